@@ -1,0 +1,5 @@
+import sys
+
+from portraitkit.cli import main
+
+sys.exit(main())
