@@ -70,10 +70,16 @@ def open_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             # We apply our own pixel limit below, so Pillow's bomb warning is only noise here;
             # its hard error (twice the warning size) still stops absurd headers.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image = _decode(image, path.name, max_pixels)
+            with Image.open(path) as opened:
+                image = _decode(opened, path.name, max_pixels)
+                if image is opened:  # closing the file would also discard the pixels
+                    image = opened.copy()
     except PortraitkitError:
         raise
+    except Image.DecompressionBombError as error:
+        raise PortraitkitError(
+            f"{path.name} declares an absurdly large canvas (a 'decompression bomb' or a corrupt header): remove it."
+        ) from error
     except _READ_ERRORS as error:
         raise PortraitkitError(
             f"{path.name} could not be read as an image ({_short(error)}): "
@@ -100,31 +106,30 @@ def _decode(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
             "that can be opened safely: resize it or export it as JPEG."
         )
     image.load()
+    icc = image.info.get("icc_profile")
     # EXIF orientation first, while the EXIF is still attached: phones store pixels as the sensor
     # saw them and only a tag says "rotate 90 degrees" (HEIC rotation is applied by libheif).
     image = ImageOps.exif_transpose(image) or image
-    image = _to_rgb(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _high_bit_depth_to_l(image)
+    elif image.mode in ("P", "PA", "1"):
+        # Palette images may carry transparency in `info`; RGBA makes it an ordinary alpha channel.
+        image = image.convert("RGBA")
     if image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
         # `thumbnail` keeps the aspect ratio and reduces in integer steps before the LANCZOS
-        # pass (`reducing_gap`), which is both fast and free of aliasing.
+        # pass (`reducing_gap`), which is both fast and free of aliasing. Downscaling before the
+        # colour conversion below keeps that conversion cheap.
         image.thumbnail((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.LANCZOS, reducing_gap=3.0)
-    return image
+    return _to_rgb(image, icc)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit scaled down (not clipped), alpha on white, CMYK/ICC to sRGB."""
-    icc = image.info.get("icc_profile")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = _high_bit_depth_to_l(image)
-    if image.mode == "P" or image.mode == "PA":
-        # Palette images may carry transparency in `info`; RGBA makes it an ordinary alpha channel.
-        image = image.convert("RGBA")
+def _to_rgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """8-bit L/LA/RGB/RGBA/CMYK/YCbCr to RGB: alpha composited on white, colour through the ICC profile."""
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba).convert("RGB")
-        icc = None if image.mode != "RGB" else icc
     if icc and image.mode in ("RGB", "CMYK"):
         converted = _icc_to_srgb(image, icc)
         if converted is not None:

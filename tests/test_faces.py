@@ -1,0 +1,88 @@
+"""faces: dlib detection, landmarks and identity on real public-domain portraits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from portraitkit import faces
+from portraitkit.faces import SAME_PERSON_THRESHOLD, detect_faces, face_embedding, identity_distance
+
+
+@pytest.fixture(scope="module")
+def hopper(portrait_path) -> Image.Image:
+    return Image.open(portrait_path).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def hopper_face(hopper) -> faces.Face:
+    found = detect_faces(hopper)
+    assert len(found) == 1
+    return found[0]
+
+
+def test_models_are_found_without_importing_the_package():
+    folder = faces.models_dir()
+    assert (folder / "shape_predictor_68_face_landmarks.dat").is_file()
+    assert (folder / "dlib_face_recognition_resnet_model_v1.dat").is_file()
+
+
+def test_detects_one_face_with_landmarks_in_ibug_order(hopper_face):
+    left, top, right, bottom = hopper_face.box
+    assert all(isinstance(v, int) for v in hopper_face.box)
+    assert 0 <= left < right <= 512 and 0 <= top < bottom <= 600
+    assert hopper_face.landmarks.shape == (68, 2) and hopper_face.landmarks.dtype == float
+    assert hopper_face.score > 0.5
+    marks = hopper_face.landmarks
+    eye_left, eye_right = hopper_face.eye_centers()
+    # iBUG order: eyes above the nose tip (30), nose tip above the mouth (48-67), chin (8) lowest.
+    assert eye_left[0] < eye_right[0]
+    assert max(eye_left[1], eye_right[1]) < marks[30, 1] < marks[48:68, 1].mean() < marks[8, 1]
+    assert abs(hopper_face.roll_degrees()) < 10
+
+
+def test_detection_on_a_large_photo_maps_back_to_full_resolution(hopper, hopper_face):
+    big = hopper.resize((hopper.width * 4, hopper.height * 4), Image.BICUBIC)  # beyond DETECT_MAX_SIDE
+    found = detect_faces(big)
+    assert len(found) == 1
+    # HOG boxes snap to its pyramid's scales, so compare centres and sizes, then the landmarks.
+    box, small = np.array(found[0].box, float), np.array(hopper_face.box, float) * 4
+    width = small[2] - small[0]
+    assert np.abs((box[:2] + box[2:]) / 2 - (small[:2] + small[2:]) / 2).max() < 0.1 * width
+    assert 0.8 < (box[2] - box[0]) / width < 1.25
+    assert np.abs(found[0].landmarks - hopper_face.landmarks * 4).mean() < 0.03 * width
+
+
+def test_roll_follows_a_rotated_face(hopper):
+    rotated = hopper.rotate(-12, resample=Image.BICUBIC, fillcolor=(128, 128, 128))  # clockwise on screen
+    (face,) = detect_faces(rotated)
+    assert 7 < face.roll_degrees() < 17
+
+
+def test_no_face_in_a_landscape():
+    rng = np.random.default_rng(0)
+    sky = np.linspace(90, 230, 300)[:, None, None] * np.array([0.6, 0.8, 1.0])
+    noise = rng.normal(0, 6, (300, 400, 3))
+    assert detect_faces(Image.fromarray(np.clip(sky + noise, 0, 255).astype(np.uint8))) == []
+
+
+def test_largest_face_first(hopper):
+    canvas = Image.new("RGB", (900, 620), (200, 200, 200))
+    canvas.paste(hopper.resize((256, 300)), (10, 10))
+    canvas.paste(hopper, (380, 10))
+    found = detect_faces(canvas)
+    assert len(found) == 2
+    assert found[0].area > found[1].area and found[0].box[0] > 380
+
+
+def test_identity_same_person_and_different_person(hopper, hopper_face):
+    skimage_data = pytest.importorskip("skimage.data")  # the astronaut ships with scikit-image
+    reference = face_embedding(hopper, hopper_face)
+    assert reference.shape == (128,)
+    variant = hopper.transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(6, resample=Image.BICUBIC).resize((400, 469))
+    (variant_face,) = detect_faces(variant)
+    assert identity_distance(reference, face_embedding(variant, variant_face)) < SAME_PERSON_THRESHOLD / 2
+    astronaut = Image.fromarray(skimage_data.astronaut())
+    other_face = detect_faces(astronaut)[0]
+    assert identity_distance(reference, face_embedding(astronaut, other_face)) > SAME_PERSON_THRESHOLD
