@@ -1,0 +1,85 @@
+"""Resumable training checkpoints, written so that a disconnect never leaves a half-checkpoint.
+
+A checkpoint is a folder `checkpoints/step_NNNNNN/` holding:
+- `lora.safetensors`: the trainable (LoRA) tensors by parameter name,
+- `optimizer.pt`: the optimizer's state dict (tensors, numbers and lists only; read back with
+  `torch.load(weights_only=True)`, which refuses arbitrary pickled objects),
+- `state.json`: the step, the learning-rate scheduler and, on fp16 GPUs, the loss scaler.
+
+It is assembled in a hidden temporary folder and renamed into place in one step, so a folder
+with the final name is always complete; leftovers of an interrupted write are ignored and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+STEP_FOLDER = re.compile(r"^step_(\d{6,})$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    for folder in root.glob("step_*") if root.is_dir() else []:
+        match = STEP_FOLDER.match(folder.name)
+        if match and (folder / "state.json").is_file():
+            found.append((int(match.group(1)), folder))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state: dict, keep: int = 3) -> Path:
+    """Write a checkpoint atomically and keep only the newest `keep` (Drive space is finite)."""
+    import torch
+    from safetensors.torch import save_file
+
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
+    try:
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in trainable.items()}, tmp / "lora.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        final = checkpoint_dir(run_dir, step)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for _, old in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path, model_parameters: dict, optimizer) -> dict:
+    """Restore LoRA tensors in place and the optimizer; return the saved state (step, scheduler...)."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "lora.safetensors")
+    missing = set(model_parameters) - set(tensors)
+    if missing:
+        raise KeyError(f"checkpoint {folder} lacks {len(missing)} LoRA tensors, e.g. {sorted(missing)[0]}")
+    with torch.no_grad():
+        for name, parameter in model_parameters.items():
+            parameter.copy_(tensors[name])
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+    return json.loads((folder / "state.json").read_text())
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    for leftover in (Path(run_dir) / "checkpoints").glob(".writing-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
