@@ -288,9 +288,12 @@ def _add_lora(pipe, config: TrainConfig) -> dict:
     pipe.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
     modules = {"unet": pipe.unet}
     if config.train_text_encoder:
+        from peft import inject_adapter_in_model
+
         for name, encoder in zip(["text_encoder", "text_encoder_2"], _text_encoders(pipe)):
-            encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGETS))
-            modules[name] = encoder
+            # peft directly: transformers 5's own `add_adapter` demands a newer peft than exists.
+            config_te = LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_ENCODER_TARGETS)
+            modules[name] = inject_adapter_in_model(config_te, encoder)
     return modules
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Tests never touch the network or the user's caches: no hub downloads (they fail fast instead
+# of hanging), tiny base models and datasets' caches in a throwaway folder. Set before anything
+# imports huggingface_hub, which reads these once.
+_CACHE = Path(tempfile.mkdtemp(prefix="portraitkit-tests-"))
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(_CACHE / "hf"),
+                  PORTRAITKIT_CACHE=str(_CACHE / "portraitkit"), MPLBACKEND="Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 

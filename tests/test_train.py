@@ -1,0 +1,186 @@
+"""LoRA training on the offline tiny bases: outputs, learning, resume, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from portraitkit import checkpoints
+from portraitkit.cli import main
+from portraitkit.errors import PortraitkitError
+from portraitkit.train import KOHYA_FILE, LORA_FILE, TrainConfig, batch_indices, denoising_loss, train
+
+
+@pytest.fixture(scope="module")
+def face_dataset(tmp_path_factory, portrait_path):
+    """Four 64 px crops of a real portrait, as an imagefolder with captions."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340), (110, 50, 300)]):
+        name = f"face_{index}.png"
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / name)
+        rows.append({"file_name": name, "text": "a photo of sks person" + (", close-up" if index % 2 else "")})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def tiny_config(dataset, out, **overrides) -> TrainConfig:
+    settings = dict(dataset_dir=str(dataset), out_dir=str(out), base="tiny-sd", steps=8, rank=4, lr=1e-3,
+                    checkpoint_every=4, validation_steps=2)
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, face_dataset):
+    out = tmp_path_factory.mktemp("run")
+    # A high learning rate: the tiny base is random, and the test wants a clear effect quickly.
+    return train(tiny_config(face_dataset, out, steps=60, lr=1e-2, rank=8, checkpoint_every=20, validate_every=30))
+
+
+def test_run_folder_has_every_output(trained_run):
+    settings = json.loads((trained_run / "config.json").read_text())
+    assert settings["settings"]["rank"] == 8 and settings["settings"]["optimizer"] == "adamw8bit"
+    assert settings["base"]["family"] == "sd" and settings["versions"]["torch"]
+
+    rows = [json.loads(line) for line in (trained_run / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 61))
+    assert all({"step", "loss", "lr", "seconds"} <= row.keys() and row["loss"] > 0 for row in rows)
+
+    assert (trained_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (trained_run / "validation" / "step_000030.png").is_file()
+    assert len(list((trained_run / "validation" / "step_000060").glob("*.png"))) == 2 * 2  # prompts x seeds
+    assert [step for step, _ in checkpoints.complete_checkpoints(trained_run)] == [20, 40, 60]
+
+
+def test_lora_files_load_in_diffusers_and_kohya_layout(trained_run):
+    import torch
+    from safetensors.torch import load_file
+
+    from portraitkit.bases import load_pipeline
+
+    diffusers_keys = load_file(trained_run / LORA_FILE).keys()
+    assert diffusers_keys and all(key.startswith("unet.") for key in diffusers_keys)
+    assert any(".attn1.to_q.lora" in key for key in diffusers_keys) and any(".attn2.to_v.lora" in key for key in diffusers_keys)
+
+    kohya = load_file(trained_run / KOHYA_FILE)
+    downs = [key for key in kohya if key.endswith(".lora_down.weight")]
+    assert downs and all(key.startswith("lora_unet_") for key in kohya)
+    assert all(kohya[key.replace(".lora_down.weight", ".alpha")].item() == 8 for key in downs)
+    assert len(downs) == len([key for key in kohya if key.endswith(".lora_up.weight")])
+
+    pipe = load_pipeline("tiny-sd")
+    kwargs = dict(prompt="a photo of sks person", num_inference_steps=2, height=64, width=64, output_type="np")
+    base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    pipe.load_lora_weights(trained_run)
+    with_lora = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert abs(with_lora - base).max() > 1e-3
+
+
+def test_lora_lowers_the_denoising_loss_on_its_dataset(trained_run, face_dataset):
+    before = denoising_loss("tiny-sd", str(face_dataset))
+    after = denoising_loss("tiny-sd", str(face_dataset), lora_dir=str(trained_run))
+    assert after < before * 0.95, (before, after)
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, face_dataset):
+    from safetensors.torch import load_file
+
+    reference = train(tiny_config(face_dataset, tmp_path / "straight"))
+
+    def disconnect(row):
+        if row["step"] == 6:
+            raise KeyboardInterrupt  # Colab dropping the runtime between checkpoints
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(face_dataset, interrupted), on_step=disconnect)
+    # Leftovers of a checkpoint write cut short must not be mistaken for a checkpoint.
+    (interrupted / "checkpoints" / ".writing-abc").mkdir()
+    (interrupted / "checkpoints" / "step_000005").mkdir()
+    assert checkpoints.latest_checkpoint(interrupted)[0] == 4
+
+    train(tiny_config(face_dataset, interrupted, resume=True))
+    expected, resumed = load_file(reference / LORA_FILE), load_file(interrupted / LORA_FILE)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert (expected[key] - resumed[key]).abs().max().item() < 1e-5, key
+    steps = [json.loads(line)["step"] for line in (interrupted / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # the lost steps 5-6 are logged once, not twice
+    assert not (interrupted / "checkpoints" / ".writing-abc").exists()
+
+
+def test_interrupted_checkpoint_write_leaves_no_checkpoint(tmp_path, monkeypatch, face_dataset):
+    import torch
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        train(tiny_config(face_dataset, tmp_path / "run", steps=4))
+    assert checkpoints.latest_checkpoint(tmp_path / "run") is None
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path, face_dataset):
+    run = train(tiny_config(face_dataset, tmp_path / "run", steps=4))
+    with pytest.raises(PortraitkitError, match="--resume"):
+        train(tiny_config(face_dataset, run, steps=4))
+    with pytest.raises(PortraitkitError, match="rank"):
+        train(tiny_config(face_dataset, run, steps=8, rank=8, resume=True))
+
+
+def test_sdxl_with_text_encoders_accumulation_and_prior_preservation(tmp_path, face_dataset):
+    from safetensors.torch import load_file
+
+    from portraitkit.bases import load_pipeline
+
+    run = train(tiny_config(face_dataset, tmp_path / "run", base="tiny-sdxl", steps=3, train_text_encoder=True,
+                            grad_accum=2, batch_size=2, noise_offset=0.05, class_dir=str(tmp_path / "class"),
+                            num_class_images=2, optimizer="adamw"))
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2  # generated by the base model
+    keys = load_file(run / LORA_FILE).keys()
+    assert {key.split(".")[0] for key in keys} == {"unet", "text_encoder", "text_encoder_2"}
+    kohya_prefixes = {key.split("_")[1] for key in load_file(run / KOHYA_FILE)}
+    assert kohya_prefixes == {"unet", "te1", "te2"}
+    pipe = load_pipeline("tiny-sdxl")
+    pipe.load_lora_weights(run)
+    assert pipe(prompt="a photo of sks person", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
+
+
+def test_sd15_text_encoder_uses_the_sd1_kohya_name(tmp_path, face_dataset):
+    from safetensors.torch import load_file
+
+    run = train(tiny_config(face_dataset, tmp_path / "run", steps=2, train_text_encoder=True))
+    prefixes = {key.split("_")[1] for key in load_file(run / KOHYA_FILE)}
+    assert prefixes == {"unet", "te"}
+
+
+def test_missing_bitsandbytes_names_the_fix(tmp_path, monkeypatch, face_dataset):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
+    with pytest.raises(PortraitkitError, match="pip install -U bitsandbytes.*--optimizer adamw"):
+        train(tiny_config(face_dataset, tmp_path / "run", steps=2))
+
+
+def test_cli_reports_unreachable_base_in_one_sentence(tmp_path, capsys, face_dataset):
+    status = main(["train", str(face_dataset), "--out", str(tmp_path / "run"), "--base", "nobody/no-such-model"])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "nobody/no-such-model" in error and "--base tiny-sd" in error and "Traceback" not in error
+
+
+def test_cli_explains_a_folder_that_is_not_a_dataset(tmp_path, capsys):
+    status = main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "2"])
+    assert status == 2 and "portraitkit prep" in capsys.readouterr().err
+
+
+def test_batches_cover_every_image_once_per_epoch():
+    order = [batch_indices(seed=3, micro_index=i, batch_size=2, size=5) for i in range(5)]
+    flat = [i for batch in order for i in batch]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert batch_indices(3, 4, 2, 5) == order[4]  # stateless: the same call, the same batch
