@@ -24,13 +24,15 @@ from portraitkit.errors import PortraitkitError
 if TYPE_CHECKING:
     from portraitkit.faces import Face
 
-# CIE 1931 xy chromaticities of light sources (CIE 15:2004 tables); the camera is assumed
-# white-balanced for daylight (D65), so another source tints the picture by its ratio to D65.
+# CIE 1931 xy chromaticities of light sources; the camera is assumed white-balanced for daylight
+# (D65), so another source tints the picture by its ratio to D65. Phones correct colour
+# *temperature* well but leave the green-magenta tint of fluorescent tubes and cheap LEDs, so
+# those two are D65 moved off the daylight locus (by 0.03 in y), not a colour temperature.
 ILLUMINANTS = {
-    "tungsten": (0.44757, 0.40745),  # CIE A, 2856 K: household bulbs, orange
-    "fluorescent": (0.37208, 0.37529),  # CIE F2, cool-white tube: slightly green
-    "shade": (0.29902, 0.31485),  # CIE D75, 7500 K: blue open shade
-    "magenta": (0.3127, 0.2990),  # D65 pushed off the daylight locus towards magenta (cheap LEDs)
+    "tungsten": (0.44757, 0.40745),  # CIE A, 2856 K (CIE 15:2004): household bulbs, orange
+    "shade": (0.28070, 0.28840),  # CIE daylight at 10000 K: blue open shade, overcast sky
+    "fluorescent": (0.3127, 0.3590),  # green tint of fluorescent tubes
+    "magenta": (0.3127, 0.2990),  # magenta tint of some LED lamps and screens
 }
 _D65_XY = (0.31271, 0.32902)
 _XYZ_TO_RGB = np.array([[3.2406, -1.5372, -0.4986], [-0.9689, 1.8758, 0.0415], [0.0557, -0.2040, 1.0570]])
@@ -113,11 +115,16 @@ def overhead_light_map(size: tuple[int, int], landmarks: np.ndarray) -> tuple[np
     the landmarks (iBUG 68, 0-based) and softened like the penumbra of a real lamp.
     """
     width, height = size
-    pts = np.asarray(landmarks, dtype=np.float64)
-    face_width = np.linalg.norm(pts[16] - pts[0])
+    full = np.asarray(landmarks, dtype=np.float64)
+    face_width = np.linalg.norm(full[16] - full[0])
+    # work in a window around the head (a 12 MP photo would otherwise need full-size grids)
+    left, top = (max(0, int(v - 1.2 * face_width)) for v in full.min(axis=0))
+    right = min(width, int(full[:, 0].max() + 1.2 * face_width))
+    bottom = min(height, int(full[:, 1].max() + 1.5 * face_width))
+    pts = full - [left, top]
     eye_width = np.mean([np.linalg.norm(pts[39] - pts[36]), np.linalg.norm(pts[45] - pts[42])])
     nose_width = np.linalg.norm(pts[35] - pts[31])
-    shape = (height, width)
+    shape = (bottom - top, right - left)
 
     shadow = np.zeros(shape, np.float32)
     for eye in (pts[36:42], pts[42:48]):
@@ -142,7 +149,12 @@ def overhead_light_map(size: tuple[int, int], landmarks: np.ndarray) -> tuple[np
     highlight = np.maximum(highlight, _ellipse_mask(shape, bridge, (0.35 * nose_width, 0.6 * np.linalg.norm(pts[30] - pts[27]))))
 
     softness = 0.06 * face_width  # a lamp is not a point: shadow edges are soft
-    return ndimage.gaussian_filter(shadow, softness), ndimage.gaussian_filter(highlight, softness)
+    maps = []
+    for window in (shadow, highlight):
+        whole = np.zeros((height, width), np.float32)
+        whole[top:bottom, left:right] = ndimage.gaussian_filter(window, softness)
+        maps.append(whole)
+    return maps[0], maps[1]
 
 
 def add_overhead_light(image: Image.Image, strength: float = 0.6, face: Face | None = None) -> Image.Image:

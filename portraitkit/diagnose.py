@@ -61,16 +61,16 @@ class Thresholds:
     # mean gamma-encoded luma of the face, 0-1. Well-exposed skin sits around 0.4-0.7.
     too_dark_mean_luma: float = 0.25
     too_bright_mean_luma: float = 0.85
-    # colour cast: chroma of the scene average in CIELAB units. About 2-3 units is a just-
-    # noticeable difference on a neutral; 8 is an obvious tint on whites and greys (a phone's
-    # partly corrected indoor tungsten light gives 10-20).
+    # colour cast: chroma of the estimated light in CIELAB units. About 2-3 units is a just-
+    # noticeable difference on a neutral; clean daylight portraits measure under 3; 8 is an
+    # obvious tint on whites and greys (uncorrected tungsten light at a quarter strength).
     color_cast: float = 8.0
     # shadows, in photographic stops darker than the lit cheek. Portrait lighting ratios:
     # 2:1 (1 stop) reads as soft modelling, 4:1 (2 stops) as dramatic; beyond 1.5 stops under
     # the eyes or nose reads as tired eyes and a "moustache" shadow.
     shadow_stops: float = 1.5
-    # halo overshoot as a fraction of edge contrast. Unprocessed edges measure about 0.05-0.1
-    # (texture beside edges); a 0.25 overshoot is a visible light/dark rim around hair and eyes.
+    # halo overshoot as a fraction of edge contrast. Unprocessed photos measure under 0.1; a
+    # 0.25 overshoot (a 50-100% unsharp mask) is a visible light/dark rim around hair and eyes.
     oversharpening: float = 0.25
     # blockiness: extra step at 8-pixel block boundaries over other columns. Clean photos
     # measure near 0-0.1; 0.3 is where blocks show in smooth skin (JPEG quality ~30 and below).
@@ -198,29 +198,38 @@ def measure_exposure(rgb: np.ndarray) -> Measure:
 def _cast_direction(a: float, b: float) -> str:
     """Name the hue of a cast the way a learner would describe the tint."""
     hue = np.degrees(np.arctan2(b, a)) % 360
-    names = [  # CIELAB hue angles: 0 red/magenta, 90 yellow, 180 green, 270 blue
-        (30, "magenta-red"), (75, "orange (warm)"), (110, "yellow"), (160, "yellow-green"),
-        (215, "green"), (250, "cyan"), (310, "blue (cool)"), (345, "purple-magenta"), (360, "magenta-red"),
+    names = [  # CIELAB hue angles: 0 magenta-red, 90 yellow, 180 green, 270 blue
+        (20, "magenta"), (105, "warm (orange-yellow)"), (150, "yellow-green"), (200, "green"),
+        (240, "cyan"), (310, "cool (blue)"), (340, "purple"), (360, "magenta"),
     ]
     return next(name for limit, name in names if hue < limit)
 
 
 def measure_color_cast(rgb: np.ndarray) -> Measure:
-    """Strength of a colour cast: how far the scene's average colour is from grey, in CIELAB.
+    """Strength of a colour cast: how far the light's colour, estimated from the photo, is from grey.
 
-    Grey-world: over a whole scene, colours average to about neutral in neutral light, so the
-    chroma sqrt(a*^2 + b*^2) of the average is the cast. The average is taken in linear light
-    (where an illuminant's tint multiplies every pixel alike) and then converted to CIELAB,
-    whose units are roughly equal steps of perceived colour difference. Very dark and clipped
-    pixels are left out: their colour is noise or the sensor's limit, not the light's.
+    The light is estimated with grey-edge (van de Weijer, Gevers and Gijsenij 2007, "Edge-based
+    color constancy"): colour *differences* across edges average to the colour of the light,
+    which holds far better than "the scene averages to grey" in portraits full of skin and
+    clothes. Linear-light gradients after a 2-pixel Gaussian, pooled with a Minkowski 6-norm
+    (their best settings). The estimate is converted to CIELAB at mid-grey brightness, and its
+    chroma sqrt(a*^2 + b*^2) is the score: CIELAB units are roughly equal steps of perceived
+    colour difference. Very dark and clipped pixels are left out (noise and sensor limits).
     """
+    linear = srgb_to_linear(rgb.astype(np.float64))
     y = luma(rgb)
     usable = (y > 0.04) & (y < 0.96)
-    pixels = rgb[usable] if usable.sum() > 100 else rgb.reshape(-1, 3)
-    mean_linear = srgb_to_linear(pixels.astype(np.float64)).mean(axis=0)
-    # normalise brightness so the cast, not the exposure, sets the chroma
-    mean_linear = mean_linear / max(float(mean_linear @ _RGB_TO_XYZ[1]), 1e-6) * 0.18
-    lab = srgb_to_lab(linear_to_srgb(mean_linear)[None, :])[0]
+    if usable.sum() < 100:
+        usable = np.ones_like(usable)
+    gradients = []
+    for channel in range(3):
+        smooth = ndimage.gaussian_filter(linear[..., channel], 2.0)
+        gradients.append(np.hypot(ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1))[usable])
+    p = 6
+    light = np.array([np.mean(g**p) ** (1 / p) for g in gradients])
+    # mid-grey brightness, so the cast, not the exposure or contrast, sets the chroma
+    light = light / max(float(light @ _RGB_TO_XYZ[1]), 1e-12) * 0.18
+    lab = srgb_to_lab(linear_to_srgb(light)[None, :])[0]
     a, b = float(lab[1]), float(lab[2])
     return Measure(
         score=float(np.hypot(a, b)),
@@ -318,10 +327,11 @@ def measure_oversharpening(gray: np.ndarray) -> Measure:
     """Halo overshoot: how far edges ring past their two sides, as a fraction of edge contrast.
 
     Sharpening (an unsharp mask) adds a bright rim on the light side of every edge and a dark
-    rim on the dark side. Across each strong edge, the plateaus are the medians 6-8 px out on
-    either side; overshoot is how far the profile within 5 px goes above the light plateau plus
-    how far it dips below the dark one, divided by the edge's contrast. Only edges of at least
-    20 levels' contrast count. Score: the median over edges.
+    rim on the dark side. Each strong edge's profile is scaled so its dark plateau (median 6-8 px
+    out) is 0 and its light plateau is 1; only edges of at least 20 levels' contrast count.
+    The median over edges of these profiles is the photo's typical edge: texture beside single
+    edges averages out, a halo that every edge shares does not. Score: how far that typical
+    edge rises above 1 within 5 px on the light side plus how far it dips below 0 on the dark side.
     """
     profiles, offsets = _edge_profiles(gray)
     if profiles.shape[0] == 0:
@@ -329,13 +339,18 @@ def measure_oversharpening(gray: np.ndarray) -> Measure:
     far_dark = np.median(profiles[:, offsets <= -6], axis=1)
     far_light = np.median(profiles[:, offsets >= 6], axis=1)
     contrast = far_light - far_dark
-    near_light = profiles[:, (offsets >= 1) & (offsets <= 5)].max(axis=1)
-    near_dark = profiles[:, (offsets <= -1) & (offsets >= -5)].min(axis=1)
     usable = contrast >= 20
     if usable.sum() < 20:
         return Measure(score=0.0, detail={"edges": int(usable.sum())})
-    halo = (np.maximum(0, near_light - far_light) + np.maximum(0, far_dark - near_dark))[usable] / contrast[usable]
-    return Measure(score=float(np.median(halo)), detail={"edges": int(usable.sum()), "mean_overshoot": float(halo.mean())})
+    typical = np.median((profiles[usable] - far_dark[usable, None]) / contrast[usable, None], axis=0)
+    near = (np.abs(offsets) >= 1) & (np.abs(offsets) <= 5)
+    overshoot = max(0.0, float(typical[near & (offsets > 0)].max() - 1))
+    undershoot = max(0.0, float(-typical[near & (offsets < 0)].min()))
+    return Measure(
+        score=overshoot + undershoot,
+        detail={"edges": int(usable.sum()), "overshoot": overshoot, "undershoot": undershoot,
+                "typical_edge": [round(float(v), 3) for v in typical]},
+    )
 
 
 def measure_jpeg_blockiness(gray: np.ndarray) -> Measure:
@@ -419,7 +434,7 @@ def _flags(measures: dict[str, Measure], on_face: bool, t: Thresholds) -> list[s
         flags.append(f"{where.capitalize()} is too bright (overexposed).")
     cast = measures["color_cast"]
     if cast.score > t.color_cast:
-        flags.append(f"The colours have a {cast.detail['direction']} cast (strength {cast.score:.0f}), typical of indoor or mixed light.")
+        flags.append(f"The colours have a {cast.detail['direction']} tint (strength {cast.score:.0f}), typical of indoor or mixed light.")
     shadows = measures["shadow_harshness"]
     if shadows.score is not None and shadows.score > t.shadow_stops:
         part = "under the eyes" if shadows.detail["under_eye_stops"] >= shadows.detail["under_nose_stops"] else "under the nose"

@@ -1,0 +1,159 @@
+"""diagnose: each measure grows with its cause on real portraits, and the report is JSON-ready."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from portraitkit import degrade
+from portraitkit.diagnose import MEASURES, Thresholds, diagnose_image
+from portraitkit.faces import detect_faces
+
+
+@pytest.fixture(scope="module")
+def portraits(portrait_path) -> dict[str, tuple[Image.Image, object]]:
+    """Real public-domain portraits with their detected faces.
+
+    Grace Hopper (matplotlib) is itself a JPEG saved at about quality 80 (its quantisation
+    tables), the astronaut (scikit-image) a lossless PNG.
+    """
+    found = {"hopper": Image.open(portrait_path).convert("RGB")}
+    data = pytest.importorskip("skimage.data")
+    found["astronaut"] = Image.fromarray(data.astronaut())
+    return {name: (image, detect_faces(image)[0]) for name, image in found.items()}
+
+
+def scores(images, measure, face=None) -> list[float]:
+    return [diagnose_image(image, face).measures[measure].score for image in images]
+
+
+def assert_increasing(values, name):
+    assert all(b > a for a, b in zip(values, values[1:])), f"{name} not increasing: {np.round(values, 3).tolist()}"
+
+
+@pytest.mark.parametrize("name", ["hopper", "astronaut"])
+@pytest.mark.parametrize("light", ["tungsten", "fluorescent", "shade", "magenta"])
+def test_color_cast_grows_with_cast_strength(portraits, name, light):
+    image, face = portraits[name]
+    # hopper is slightly warm: a blue (shade) cast first cancels that, so it starts further out
+    strengths = (0.5, 0.75, 1.0, 1.5) if (name, light) == ("hopper", "shade") else (0.25, 0.5, 0.75, 1.0)
+    values = scores([image] + [degrade.add_color_cast(image, s, light) for s in strengths], "color_cast", face)
+    assert_increasing(values[1:], f"{name} {light}")
+    assert values[-1] > values[0] + 3  # a full-strength cast is far past the photo's own tint
+
+
+def test_color_cast_direction_names_the_tint(portraits):
+    image, _ = portraits["astronaut"]
+    directions = {
+        light: diagnose_image(degrade.add_color_cast(image, 0.8, light)).measures["color_cast"].detail["direction"]
+        for light in ("tungsten", "shade", "fluorescent")
+    }
+    assert directions["tungsten"].startswith("warm")
+    assert directions["shade"].startswith("cool")
+    assert "green" in directions["fluorescent"]
+
+
+@pytest.mark.parametrize("name", ["hopper", "astronaut"])
+@pytest.mark.parametrize("on_face", [True, False])
+def test_jpeg_blockiness_grows_as_quality_drops(portraits, name, on_face):
+    image, face = portraits[name]
+    # below the source's own quality (hopper's ~80): re-saving above it changes little either way
+    qualities = (90, 70, 50, 30, 15, 5) if name == "astronaut" else (70, 50, 30, 15, 5)
+    values = scores([degrade.compress_jpeg(image, q) for q in qualities], "jpeg_blockiness", face if on_face else None)
+    assert_increasing(values, f"{name} jpeg")
+
+
+@pytest.mark.parametrize("name", ["hopper", "astronaut"])
+@pytest.mark.parametrize("on_face", [True, False])
+def test_oversharpening_grows_with_unsharp_amount(portraits, name, on_face):
+    image, face = portraits[name]
+    images = [image] + [degrade.oversharpen(image, s) for s in (0.5, 1.0, 2.0, 3.0)]
+    assert_increasing(scores(images, "oversharpening", face if on_face else None), f"{name} sharpening")
+
+
+@pytest.mark.parametrize("name", ["hopper", "astronaut"])
+@pytest.mark.parametrize("on_face", [True, False])
+def test_noise_grows_with_added_noise_and_reads_in_levels(portraits, name, on_face):
+    image, face = portraits[name]
+    sigmas = (2.0, 4.0, 8.0, 16.0)
+    values = scores([image] + [degrade.add_noise(image, s, seed=1) for s in sigmas], "noise", face if on_face else None)
+    assert_increasing(values, f"{name} noise")
+    # the estimate is in 8-bit levels: strong added noise reads close to what was added
+    assert 0.7 * sigmas[-1] < values[-1] < 1.4 * sigmas[-1]
+
+
+@pytest.mark.parametrize("name", ["hopper", "astronaut"])
+@pytest.mark.parametrize("on_face", [True, False])
+def test_blur_grows_with_gaussian_blur(portraits, name, on_face):
+    image, face = portraits[name]
+    images = [image] + [degrade.blur(image, s) for s in (0.5, 1.0, 2.0, 3.0, 4.0)]
+    assert_increasing(scores(images, "blur", face if on_face else None), f"{name} blur")
+
+
+@pytest.mark.parametrize("name", ["hopper", "astronaut"])
+def test_shadow_harshness_grows_with_overhead_light(portraits, name):
+    image, face = portraits[name]
+    images = [image] + [degrade.add_overhead_light(image, s, face) for s in (0.25, 0.5, 0.75, 1.0)]
+    values = scores(images, "shadow_harshness", face)
+    assert_increasing(values, f"{name} overhead light")
+    assert values[0] < Thresholds().shadow_stops < values[-1]  # clean photo not flagged, harsh one is
+
+
+def test_exposure_separates_under_from_over(portraits):
+    image, face = portraits["hopper"]
+    dark = diagnose_image(degrade.change_exposure(image, -3), face).measures["exposure"]
+    bright = diagnose_image(degrade.change_exposure(image, 2), face).measures["exposure"]
+    normal = diagnose_image(image, face).measures["exposure"]
+    assert dark.detail["dark_clipped_frac"] > normal.detail["dark_clipped_frac"]
+    assert bright.detail["bright_clipped_frac"] > normal.detail["bright_clipped_frac"]
+    assert dark.detail["mean_luma"] < normal.detail["mean_luma"] < bright.detail["mean_luma"]
+    assert bright.score > normal.score and dark.score > normal.score
+
+
+def test_clean_portraits_raise_no_flags_and_damaged_ones_do(portraits):
+    for name, (image, face) in portraits.items():
+        assert diagnose_image(image, face).flags == [], name
+    image, face = portraits["hopper"]
+    damaged = degrade.add_noise(degrade.add_color_cast(image, 0.6), 12.0)
+    flags = " ".join(diagnose_image(damaged, face).flags)
+    assert "tint" in flags and "grainy" in flags and "JPEG" not in flags
+    assert "JPEG" in " ".join(diagnose_image(degrade.compress_jpeg(image, 10), face).flags)
+
+
+def test_without_a_face_shadows_are_unmeasured_and_the_rest_measured(portraits):
+    image, _ = portraits["hopper"]
+    diagnosis = diagnose_image(image)
+    assert set(diagnosis.measures) == set(MEASURES)
+    assert diagnosis.measures["shadow_harshness"].score is None
+    assert all(isinstance(m.score, float) for n, m in diagnosis.measures.items() if n != "shadow_harshness")
+
+
+def test_to_dict_is_json(portraits):
+    image, face = portraits["astronaut"]
+    data = json.loads(json.dumps(diagnose_image(image, face).to_dict()))
+    assert set(data) == {"measures", "flags"}
+    assert set(data["measures"]) == set(MEASURES)
+    assert set(data["measures"]["exposure"]["detail"]) >= {"dark_clipped_frac", "bright_clipped_frac", "mean_luma"}
+    assert isinstance(data["measures"]["shadow_harshness"]["score"], float)
+
+
+def test_face_region_is_what_is_measured(portraits):
+    """A blurred background leaves a face measurement alone (portrait mode is not a blur problem)."""
+    image, face = portraits["hopper"]
+    left, top, right, bottom = face.box
+    background_blurred = degrade.blur(image, 4.0)
+    inner = (left + 20, top + 20, right - 20, bottom - 20)  # well inside the face
+    background_blurred.paste(image.crop(inner), inner[:2])
+    sharp_face = diagnose_image(image, face).measures["blur"].score
+    assert diagnose_image(background_blurred).measures["blur"].score > sharp_face + 0.1
+    assert diagnose_image(background_blurred, face).measures["blur"].score < diagnose_image(degrade.blur(image, 4.0), face).measures["blur"].score
+
+
+def test_tiny_and_flat_images_do_not_crash():
+    for image in (Image.new("RGB", (12, 9), (128, 128, 128)), Image.new("RGB", (300, 200), (255, 255, 255))):
+        diagnosis = diagnose_image(image)
+        assert diagnosis.measures["shadow_harshness"].score is None
+        json.dumps(diagnosis.to_dict())
