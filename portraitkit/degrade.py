@@ -121,10 +121,13 @@ def overhead_light_map(size: tuple[int, int], landmarks: np.ndarray) -> tuple[np
     left, top = (max(0, int(v - 1.2 * face_width)) for v in full.min(axis=0))
     right = min(width, int(full[:, 0].max() + 1.2 * face_width))
     bottom = min(height, int(full[:, 1].max() + 1.5 * face_width))
-    pts = full - [left, top]
+    # the maps are smooth: draw them with the face about 200 px wide and enlarge the result
+    scale = min(1.0, 200.0 / max(face_width, 1.0))
+    pts = (full - [left, top]) * scale
+    face_width *= scale
     eye_width = np.mean([np.linalg.norm(pts[39] - pts[36]), np.linalg.norm(pts[45] - pts[42])])
     nose_width = np.linalg.norm(pts[35] - pts[31])
-    shape = (bottom - top, right - left)
+    shape = (max(1, round((bottom - top) * scale)), max(1, round((right - left) * scale)))
 
     shadow = np.zeros(shape, np.float32)
     for eye in (pts[36:42], pts[42:48]):
@@ -152,7 +155,8 @@ def overhead_light_map(size: tuple[int, int], landmarks: np.ndarray) -> tuple[np
     maps = []
     for window in (shadow, highlight):
         whole = np.zeros((height, width), np.float32)
-        whole[top:bottom, left:right] = ndimage.gaussian_filter(window, softness)
+        soft = Image.fromarray(ndimage.gaussian_filter(window, softness).astype(np.float32))  # mode "F"
+        whole[top:bottom, left:right] = np.asarray(soft.resize((right - left, bottom - top), Image.Resampling.BILINEAR))
         maps.append(whole)
     return maps[0], maps[1]
 
