@@ -347,11 +347,17 @@ def encode_images(pipe, images: list, resolution: int):
     import torch
 
     vae = pipe.vae
+    # SDXL's VAE overflows to NaN in fp16 (its config says force_upcast): encode in fp32, once.
+    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+    dtype = torch.float32 if upcast else vae.dtype
+    vae.to(dtype=dtype)
     latents = []
     with torch.no_grad():
         for image in images:
-            pixels = image_to_tensor(image, resolution)[None].to(vae.device, vae.dtype)
+            pixels = image_to_tensor(image, resolution)[None].to(vae.device, dtype)
             latents.append(vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
+    if upcast:
+        vae.to(dtype=torch.float16)
     return torch.cat(latents).float()
 
 
