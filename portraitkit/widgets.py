@@ -1,0 +1,231 @@
+"""ipywidgets panels for the course notebooks: upload, overrides, training, styles, picks.
+
+Every panel is a small class holding its widgets as attributes (so tests drive them from
+Python: set a checkbox's `value`, call a button's `click()`) and showing itself when it is the
+last expression of a cell. The work each control triggers is a library call (prep, train,
+export...); the panels only wire controls to those calls and show the result.
+
+They work with ipywidgets 7 (what Colab ships) and 8 (JupyterLab): only widgets, traits and
+layouts present in both are used, and `FileUpload.value`, whose shape changed between the two,
+is read through `uploaded_files`. Exceptions inside widget callbacks vanish into the browser's
+log, so every callback shows a `PortraitkitError` in the panel's status line instead.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from portraitkit.errors import PortraitkitError
+
+THUMB_PX = 160  # thumbnail side in the panels: big enough to judge a face, small enough for 20 at once
+
+
+def _widgets():
+    import ipywidgets
+
+    return ipywidgets
+
+
+def _png(image, size: int = THUMB_PX) -> bytes:
+    """A PIL image as PNG bytes for an `ipywidgets.Image`, shrunk to `size` pixels at most."""
+    image = image.copy()
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _thumbnail(path: Path, size: int = THUMB_PX) -> bytes:
+    from portraitkit.photos import open_photo
+
+    return _png(open_photo(path), size)
+
+
+class _Panel:
+    """Shows `self.widget` when the panel is a cell's last expression (ipywidgets 7 and 8)."""
+
+    widget = None
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _say(label, text: str, ok: bool = True) -> None:
+    import html
+
+    colour = "#1a7f37" if ok else "#cf222e"
+    label.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+
+
+# --- upload (local Jupyter; in Colab use portraitkit.colab.upload_photos) -------------------------
+
+
+def uploaded_files(value) -> list[tuple[str, bytes]]:
+    """(name, content) pairs from a FileUpload's `value`, in ipywidgets 7 or 8 form.
+
+    ipywidgets 7: a dict {name: {"metadata": {...}, "content": bytes}}.
+    ipywidgets 8: a tuple of dicts {"name", "type", "size", "content": memoryview, "last_modified"}.
+    """
+    if isinstance(value, dict):
+        return [(name, bytes(item["content"])) for name, item in value.items()]
+    return [(item["name"], bytes(item["content"])) for item in value or ()]
+
+
+class UploadPanel(_Panel):
+    """A FileUpload button that saves the chosen photos into `dest_dir` as they arrive."""
+
+    def __init__(self, dest_dir: str | Path):
+        w = _widgets()
+        self.dest_dir = Path(dest_dir)
+        self.saved: list[Path] = []
+        self.upload = w.FileUpload(accept="image/*,.heic,.heif", multiple=True, description="Add photos")
+        self.status = w.HTML()
+        self.upload.observe(self._on_upload, names="value")
+        self.widget = w.VBox([self.upload, self.status])
+
+    def _on_upload(self, change) -> None:
+        from portraitkit.colab import list_photos, save_upload
+
+        problems = []
+        for name, content in uploaded_files(change["new"]):
+            try:
+                path = save_upload(name, content, self.dest_dir)
+            except PortraitkitError as error:
+                problems.append(str(error))
+                continue
+            if path is None:
+                problems.append(f"{name} is not a photo (JPEG, PNG, WEBP or HEIC)")
+            elif path not in self.saved:
+                self.saved.append(path)
+        count = len(list_photos(self.dest_dir))
+        text = f"{count} photos in {self.dest_dir}."
+        _say(self.status, text + (" " + "; ".join(problems) if problems else ""), ok=not problems)
+
+
+# --- training: a live loss curve ----------------------------------------------------------------
+
+
+class LossMonitor(_Panel):
+    """`train(config, on_step=monitor)`: a status line every step and the loss curve redrawn live.
+
+    The curve is the run's own `loss.png`, drawn by `train.plot_loss` from train_log.jsonl, at
+    most every `every_seconds` (drawing costs ~0.1 s, and on Drive each redraw is an upload).
+    tqdm's progress bar, shown by `train` itself, sits above it.
+    """
+
+    def __init__(self, run_dir: str | Path, total_steps: int, every_seconds: float = 10.0):
+        w = _widgets()
+        self.run_dir = Path(run_dir)
+        self.total_steps = total_steps
+        self.every_seconds = every_seconds
+        self.rows: list[dict] = []
+        self._drawn_at: float | None = None  # None: draw at the first step, so the curve shows at once
+        self.status = w.HTML("waiting for the first step...")
+        self.image = w.Image(format="png", layout=w.Layout(max_width="600px"))
+        self.widget = w.VBox([self.status, self.image])
+        if (self.run_dir / "loss.png").is_file():  # a resumed run: show the curve so far at once
+            self.image.value = (self.run_dir / "loss.png").read_bytes()
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(row)
+        recent = [r["seconds"] for r in self.rows[-20:]]
+        per_step = sum(recent) / len(recent)
+        left = max(self.total_steps - row["step"], 0) * per_step
+        self.status.value = (f"step {row['step']}/{self.total_steps} · loss {row['loss']:.4f} · "
+                             f"{per_step:.2f} s/step · about {left / 60:.0f} min left")
+        due = self._drawn_at is None or time.monotonic() - self._drawn_at >= self.every_seconds
+        if due or row["step"] >= self.total_steps:
+            self.redraw()
+
+    def redraw(self) -> None:
+        from portraitkit.train import plot_loss
+
+        path = plot_loss(self.run_dir)
+        if path is not None:
+            self.image.value = path.read_bytes()
+        self._drawn_at = time.monotonic()
+
+
+# --- picks: the ranked gallery, checkboxes, export ---------------------------------------------
+
+
+class PicksPanel(_Panel):
+    """The ranked portraits with their scores, a checkbox each, and an export button.
+
+    Reads `images_dir/ranking.json` (best first). Every tick is saved to `picks.json` at once, so
+    a disconnect loses no choice; the export writes `zip_path` (and copies to `copy_to`, e.g. a
+    Drive folder) with the picks and their recipes (`portraitkit.export.export_picks`).
+    """
+
+    def __init__(self, images_dir: str | Path, zip_path: str | Path, copy_to: str | Path | None = None,
+                 limit: int | None = None, columns: int = 4):
+        import json
+
+        from portraitkit.export import load_picks
+
+        w = _widgets()
+        self.images_dir = Path(images_dir)
+        self.zip_path = Path(zip_path)
+        self.copy_to = Path(copy_to) if copy_to is not None else None
+        ranking_path = self.images_dir / "ranking.json"
+        if not ranking_path.is_file():
+            raise PortraitkitError(f"{self.images_dir} has no ranking.json; rank the portraits first with "
+                                   f"`portraitkit pick {self.images_dir} --reference DATASET`")
+        self.ranking = json.loads(ranking_path.read_text(encoding="utf-8"))[:limit]
+        saved = set(load_picks(self.images_dir))
+        self.checkboxes: dict[str, object] = {}
+        cards = []
+        for row in self.ranking:
+            box = w.Checkbox(value=row["file"] in saved, description="pick", indent=False)
+            box.observe(self._on_tick, names="value")
+            self.checkboxes[row["file"]] = box
+            cards.append(w.VBox([w.Image(value=_thumbnail(self.images_dir / row["file"]), format="png"),
+                                 w.HTML(_score_html(row)), box],
+                                layout=w.Layout(width=f"{THUMB_PX + 20}px", margin="4px")))
+        self.export_button = w.Button(description="Export picks", icon="download", button_style="primary")
+        self.export_button.on_click(self._on_export)
+        self.status = w.HTML()
+        self.exported: Path | None = None
+        grid = w.GridBox(cards, layout=w.Layout(grid_template_columns=f"repeat({columns}, {THUMB_PX + 28}px)"))
+        self.widget = w.VBox([grid, w.HBox([self.export_button, self.status])])
+        self._show_count()
+
+    @property
+    def picked(self) -> list[str]:
+        """Picked file names, best-ranked first."""
+        return [name for name, box in self.checkboxes.items() if box.value]
+
+    def _show_count(self) -> None:
+        _say(self.status, f"{len(self.picked)} picked.")
+
+    def _on_tick(self, change) -> None:
+        from portraitkit.export import save_picks
+
+        save_picks(self.images_dir, self.picked)
+        self._show_count()
+
+    def _on_export(self, button) -> None:
+        from portraitkit.export import export_picks
+
+        try:
+            self.exported = export_picks(self.images_dir, self.picked, self.zip_path, copy_to=self.copy_to)
+        except PortraitkitError as error:
+            _say(self.status, str(error), ok=False)
+            return
+        where = f" and copied to {self.copy_to}" if self.copy_to is not None else ""
+        _say(self.status, f"{len(self.picked)} portraits with their recipes saved in {self.exported}{where}.")
+
+
+def _score_html(row: dict) -> str:
+    import html
+
+    distance = row.get("identity_distance")
+    likeness = "no face" if distance is None else f"distance {distance:.2f}"
+    reasons = ", ".join(row.get("reasons") or [])
+    text = f"<b>#{row.get('rank')}</b> · score {row.get('score', 0):.2f}<br>{likeness}"
+    if reasons:
+        text += f"<br><small>{html.escape(reasons)}</small>"
+    return text

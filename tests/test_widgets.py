@@ -1,0 +1,88 @@
+"""The notebook panels, driven from Python as a learner's clicks would drive them; effects on files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import zipfile
+
+import pytest
+
+from portraitkit import widgets
+from portraitkit.errors import PortraitkitError
+from test_export import make_portraits  # tests/ is on sys.path (pytest's default import mode)
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+def test_upload_value_of_ipywidgets_7_and_8(tmp_path, portrait_path):
+    content = portrait_path.read_bytes()
+    v7 = {"me.jpg": {"metadata": {"name": "me.jpg", "type": "image/jpeg", "size": len(content), "lastModified": 0},
+                     "content": content}}
+    v8 = ({"name": "me.jpg", "type": "image/jpeg", "size": len(content), "content": memoryview(content),
+           "last_modified": NOW},)
+    assert widgets.uploaded_files(v7) == widgets.uploaded_files(v8) == [("me.jpg", content)]
+    assert widgets.uploaded_files(()) == widgets.uploaded_files({}) == []
+
+
+def test_upload_panel_saves_photos_and_names_the_empty_ones(tmp_path, portrait_path):
+    panel = widgets.UploadPanel(tmp_path / "photos")
+    content = portrait_path.read_bytes()
+    panel.upload.value = (
+        {"name": "me.jpg", "type": "image/jpeg", "size": len(content), "content": memoryview(content), "last_modified": NOW},
+        {"name": "big.jpg", "type": "image/jpeg", "size": 0, "content": memoryview(b""), "last_modified": NOW},
+    )
+    assert (tmp_path / "photos" / "me.jpg").read_bytes() == content
+    assert not (tmp_path / "photos" / "big.jpg").exists()
+    assert "1 photos in" in panel.status.value and "big.jpg arrived empty" in panel.status.value
+
+
+def test_picks_panel_ticks_are_saved_and_export_writes_the_zip(tmp_path):
+    images = make_portraits(tmp_path / "portraits")
+    drive = tmp_path / "drive" / "picks"
+    panel = widgets.PicksPanel(images, tmp_path / "my_picks.zip", copy_to=drive)
+    assert list(panel.checkboxes) == ["studio_0.png", "studio_1.png", "outdoor_0.png"]  # best first
+    assert "no face" in panel.widget.children[0].children[2].children[1].value  # the unranked one says why
+
+    panel.export_button.click()  # nothing picked yet: said in the panel, nothing written
+    assert "tick at least one" in panel.status.value and not (tmp_path / "my_picks.zip").exists()
+
+    panel.checkboxes["studio_1.png"].value = True
+    panel.checkboxes["studio_0.png"].value = True
+    assert json.loads((images / "picks.json").read_text()) == ["studio_0.png", "studio_1.png"]
+    panel.checkboxes["studio_1.png"].value = False
+    assert json.loads((images / "picks.json").read_text()) == ["studio_0.png"]
+
+    panel.export_button.click()
+    with zipfile.ZipFile(tmp_path / "my_picks.zip") as archive:
+        assert set(archive.namelist()) == {"portraits/studio_0.png", "recipes.json", "recipes.txt"}
+        assert json.loads(archive.read("recipes.json"))[0]["seed"] == 0
+    assert (drive / "studio_0.png").is_file()
+    assert "1 portraits" in panel.status.value and str(drive) in panel.status.value
+
+    # after a disconnect, a new panel starts from the saved picks
+    again = widgets.PicksPanel(images, tmp_path / "my_picks.zip")
+    assert again.picked == ["studio_0.png"]
+
+
+def test_picks_panel_needs_a_ranking(tmp_path):
+    with pytest.raises(PortraitkitError, match="portraitkit pick"):
+        widgets.PicksPanel(tmp_path, tmp_path / "picks.zip")
+
+
+def test_loss_monitor_shows_progress_and_the_run_curve(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    monitor = widgets.LossMonitor(run, total_steps=3, every_seconds=3600)
+    drawn = []
+    for step in (1, 2, 3):  # train() appends each row to train_log.jsonl, then calls on_step
+        row = {"step": step, "loss": 1.0 / step, "lr": 1e-4, "seconds": 0.5}
+        with (run / "train_log.jsonl").open("a") as log:
+            log.write(json.dumps(row) + "\n")
+        monitor(row)
+        drawn.append(bytes(monitor.image.value))  # ipywidgets 8 holds a memoryview
+    assert drawn[0][:8] == b"\x89PNG\r\n\x1a\n"  # the first step shows a curve at once
+    assert drawn[1] == drawn[0] != drawn[2]  # then not more often than asked, but always at the end
+    assert (run / "loss.png").read_bytes() == drawn[2]
+    assert "step 3/3" in monitor.status.value
+    assert bytes(widgets.LossMonitor(run, total_steps=6).image.value) == drawn[2]  # a resumed run shows it at once
