@@ -105,6 +105,98 @@ class UploadPanel(_Panel):
         _say(self.status, text + (" " + "; ".join(problems) if problems else ""), ok=not problems)
 
 
+# --- prepare: override prep's verdicts -----------------------------------------------------------
+
+
+class OverridePanel(_Panel):
+    """Every photo prep examined, its verdict in words, and a toggle to use it or leave it out.
+
+    A toggle calls `portraitkit.overrides.set_decision`, which changes the dataset at once
+    (metadata.jsonl and the images) and records the change in report.json.
+    """
+
+    def __init__(self, dataset_dir: str | Path, photos_dir: str | Path, columns: int = 4):
+        from portraitkit.overrides import can_override, read_report
+
+        w = _widgets()
+        self.dataset_dir, self.photos_dir = Path(dataset_dir), Path(photos_dir)
+        report = read_report(self.dataset_dir)
+        self.words = report.get("summary", {}).get("reason_words", {})
+        self.toggles: dict[str, object] = {}
+        self.labels: dict[str, object] = {}
+        self._reverting = False
+        cards = []
+        for entry in report["photos"]:
+            toggle = w.ToggleButton(value=entry["status"] == "accepted", disabled=not can_override(entry),
+                                    layout=w.Layout(width=f"{THUMB_PX}px"))
+            self._style(toggle)
+            toggle.observe(lambda change, source=entry["source"]: self._on_toggle(source, change), names="value")
+            label = w.HTML(self._verdict(entry))
+            self.toggles[entry["source"]], self.labels[entry["source"]] = toggle, label
+            cards.append(w.VBox([self._picture(entry), label, toggle],
+                                layout=w.Layout(width=f"{THUMB_PX + 20}px", margin="4px")))
+        self.status = w.HTML()
+        grid = w.GridBox(cards, layout=w.Layout(grid_template_columns=f"repeat({columns}, {THUMB_PX + 28}px)"))
+        self.widget = w.VBox([grid, self.status])
+        self._count(report)
+
+    @property
+    def used(self) -> list[str]:
+        """Sources (as named in report.json) that the dataset now uses."""
+        return [source for source, toggle in self.toggles.items() if toggle.value]
+
+    def _picture(self, entry: dict):
+        w = _widgets()
+        try:
+            return w.Image(value=_thumbnail(self.photos_dir / entry["source"]), format="png")
+        except (PortraitkitError, OSError):
+            return w.HTML(f"<i>{entry['source']}: no preview</i>")
+
+    def _verdict(self, entry: dict) -> str:
+        import html
+
+        said = [self.words.get(code, code) for code in entry.get("reasons", [])]
+        warned = [self.words.get(code, code) for code in entry.get("warnings", [])]
+        text = f"<b>{html.escape(entry['source'])}</b><br>{entry['status']}"
+        if entry.get("override"):
+            text += " (by you)"
+        if said:
+            text += f": {html.escape(', '.join(said))}"
+        if warned:
+            text += f"<br><small>note: {html.escape(', '.join(warned))}</small>"
+        return text
+
+    @staticmethod
+    def _style(toggle) -> None:
+        toggle.description = "used for training" if toggle.value else "left out"
+        toggle.button_style = "success" if toggle.value else ""
+        toggle.icon = "check" if toggle.value else "times"
+
+    def _on_toggle(self, source: str, change) -> None:
+        from portraitkit.overrides import read_report, set_decision
+
+        if self._reverting:
+            return
+        toggle = self.toggles[source]
+        try:
+            entry = set_decision(self.dataset_dir, source, change["new"], self.photos_dir)
+        except PortraitkitError as error:
+            self._reverting = True  # put the toggle back without acting on that change
+            toggle.value = change["old"]
+            self._reverting = False
+            _say(self.status, str(error), ok=False)
+            return
+        self._style(toggle)
+        self.labels[source].value = self._verdict(entry)
+        self._count(read_report(self.dataset_dir))
+
+    def _count(self, report: dict) -> None:
+        summary = report.get("summary", {})
+        accepted, needed = summary.get("accepted", len(self.used)), summary.get("min_accepted", 0)
+        text = f"{accepted} photos will be used for training"
+        _say(self.status, text + (f" (at least {needed} are needed)." if accepted < needed else "."), ok=accepted >= needed)
+
+
 # --- training: a live loss curve ----------------------------------------------------------------
 
 

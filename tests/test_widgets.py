@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,75 @@ def test_loss_monitor_shows_progress_and_the_run_curve(tmp_path):
     assert (run / "loss.png").read_bytes() == drawn[2]
     assert "step 3/3" in monitor.status.value
     assert bytes(widgets.LossMonitor(run, total_steps=6).image.value) == drawn[2]  # a resumed run shows it at once
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, samples_dir):
+    """data/samples prepared once at 128 px (a few seconds); each test works on its own copy."""
+    from portraitkit.prep import PrepConfig, prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "dataset"
+    prepare(samples_dir, out, PrepConfig(resolution=128))
+    return out
+
+
+@pytest.fixture
+def dataset(prepared, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(prepared, tmp_path / "dataset"))
+
+
+def metadata_files(dataset):
+    return [json.loads(line)["file_name"] for line in (dataset / "metadata.jsonl").read_text().splitlines()]
+
+
+def load_imagefolder(dataset):
+    from datasets import load_dataset
+
+    return load_dataset("imagefolder", data_dir=str(dataset), split="train")
+
+
+def test_override_leaves_out_an_accepted_photo_and_brings_it_back(dataset, samples_dir):
+    panel = widgets.OverridePanel(dataset, samples_dir)
+    before = metadata_files(dataset)
+    assert panel.toggles["hopper_soft.jpg"].value and "hopper_soft.png" in before
+
+    panel.toggles["hopper_soft.jpg"].value = False
+    assert metadata_files(dataset) == [name for name in before if name != "hopper_soft.png"]
+    assert not (dataset / "hopper_soft.png").exists()
+    report = json.loads((dataset / "report.json").read_text())
+    entry = next(e for e in report["photos"] if e["source"] == "hopper_soft.jpg")
+    assert entry["status"] == "rejected" and entry["override"] and entry["output"] is None
+    assert report["summary"]["accepted"] == len(before) - 1
+    assert len(load_imagefolder(dataset)) == len(before) - 1  # what training will read
+    assert "left out" in panel.toggles["hopper_soft.jpg"].description and "by you" in panel.labels["hopper_soft.jpg"].value
+
+    panel.toggles["hopper_soft.jpg"].value = True
+    assert sorted(metadata_files(dataset)) == sorted(before) and (dataset / "hopper_soft.png").is_file()
+
+
+def test_override_uses_a_rejected_photo_cropped_like_prep(dataset, samples_dir):
+    from PIL import Image
+
+    panel = widgets.OverridePanel(dataset, samples_dir)
+    assert not panel.toggles["hopper_blurry.jpg"].value
+    panel.toggles["hopper_blurry.jpg"].value = True
+
+    rows = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]
+    added = next(row for row in rows if row["file_name"] == "hopper_blurry.png")
+    assert added["text"] == "a photo of sks person"
+    assert Image.open(dataset / "hopper_blurry.png").size == (128, 128)
+    entry = next(e for e in json.loads((dataset / "report.json").read_text())["photos"] if e["source"] == "hopper_blurry.jpg")
+    assert entry["status"] == "accepted" and entry["reasons"] == ["blurry"]  # prep's measurement is kept
+    assert len(load_imagefolder(dataset)) == len(rows) == 11
+    assert "11 photos will be used" in panel.status.value
+
+
+def test_override_cannot_use_a_photo_without_a_face(dataset, samples_dir):
+    panel = widgets.OverridePanel(dataset, samples_dir)
+    assert panel.toggles["coffee.jpg"].disabled  # nothing to crop: the toggle is off limits
+    before = (dataset / "metadata.jsonl").read_text()
+    panel.toggles["coffee.jpg"].value = True  # even when driven from code
+    assert not panel.toggles["coffee.jpg"].value and "no face found" in panel.status.value
+    assert (dataset / "metadata.jsonl").read_text() == before
