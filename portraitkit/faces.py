@@ -135,7 +135,7 @@ def detect_faces(image: Image.Image | np.ndarray) -> list[Face]:
 
     predictor = _shape_predictor()
     faces = []
-    for rect, score in zip(rects, scores):
+    for rect, score in zip(rects, scores, strict=True):
         # Landmarks are fitted on the full-resolution pixels: more detail, better eye positions.
         full = dlib.rectangle(
             int(round(rect.left() / scale)), int(round(rect.top() / scale)),
