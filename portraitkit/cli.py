@@ -98,7 +98,114 @@ def run_train(args) -> int:
     return 0
 
 
-COMMANDS: list = [add_train]
+def add_prep(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prep", help="check, crop and caption a folder of photos into a training set",
+        description="Check every photo (readable, one clear face, sharp, well exposed, the same person, "
+        "no duplicates), crop the good ones square around the face and caption them. Writes the "
+        "dataset, report.json and contact_sheet.png to --out.",
+    )
+    parser.add_argument("photos_dir", metavar="PHOTOS_DIR", help="folder with 10-20 photos of one person")
+    parser.add_argument("--out", dest="out_dir", metavar="DATASET_DIR", required=True, help="folder for the prepared dataset")
+    parser.add_argument("--resolution", type=int, default=512, help="side of the square images: 512 for SD 1.5, 1024 for SDXL (default: 512)")
+    parser.add_argument("--token", default="sks", help="the rare word that will mean this person (default: sks)")
+    parser.add_argument("--class-word", default="person", help="what the person is: person, man, woman... (default: person)")
+    parser.set_defaults(func=run_prep)
+
+
+def run_prep(args) -> int:
+    from portraitkit.prep import PrepConfig, prepare
+
+    config = PrepConfig(resolution=args.resolution, token=args.token, class_word=args.class_word)
+    result = prepare(args.photos_dir, args.out_dir, config)
+    print(f"Dataset in {result.out_dir}: see report.json and contact_sheet.png there.")
+    if not result.enough:
+        print(result.message, file=sys.stderr)
+        return 1
+    print(result.message)
+    return 0
+
+
+def add_lens(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lens", help="how camera distance and focal length change a face (pinhole head model)",
+        description="Apparent changes of a face photographed from --distance-cm instead of --reference-cm "
+        "(both measured from the camera to the nose tip), with the face framed at the same width, and the "
+        "stretch of a face placed --offset-frac of the way to the frame's edge.",
+    )
+    parser.add_argument("--distance-cm", type=float, required=True, help="camera to nose tip, e.g. 30 for an arm's-length selfie")
+    parser.add_argument("--reference-cm", type=float, default=152.4, help="distance to compare against (default: 152.4, 5 feet)")
+    parser.add_argument("--focal-mm", type=float, default=26.0, help="35 mm-equivalent focal length (default: 26, a phone's main camera)")
+    parser.add_argument("--offset-frac", type=float, default=0.8,
+                        help="where the face sits: 0 the centre, 1 the left/right edge of the frame (default: 0.8)")
+    parser.add_argument("--head", choices=["women", "men"], default="women", help="which anthropometric averages (default: women)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run_lens)
+
+
+def run_lens(args) -> int:
+    import json
+
+    from portraitkit.lens import distortion
+
+    if args.reference_cm <= 0:
+        raise PortraitkitError(f"--reference-cm must be positive, got {args.reference_cm}.")
+    result = distortion(args.distance_cm, args.reference_cm, args.focal_mm, args.offset_frac, args.head).to_dict()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"At {args.distance_cm:g} cm instead of {args.reference_cm:g} cm (face framed at the same width):")
+    print(f"  nose width relative to face width  {result['nose_to_face_width_change_pct']:+.1f}%")
+    print(f"  nose length relative to face width {result['nose_length_change_pct']:+.1f}%")
+    print(f"  visible ears relative to face      {result['ear_visible_change_pct']:+.1f}%")
+    print(f"With a {args.focal_mm:g} mm lens ({result['field_of_view_deg']:.0f} degrees across), a face at "
+          f"{args.offset_frac:g} of the way to the edge is stretched {result['edge_stretch_pct']:+.1f}% in width.")
+    return 0
+
+
+def add_diagnose(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "diagnose", help="measure light, colour and processing problems in photos",
+        description="Measure exposure, colour cast, shadow harshness, over-sharpening, JPEG blockiness, noise "
+        "and blur of each photo, on the largest face when one is found, and name the problems found.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="photos (JPEG, PNG, HEIC, ...)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
+    parser.set_defaults(func=run_diagnose)
+
+
+def run_diagnose(args) -> int:
+    import json
+
+    from portraitkit.diagnose import diagnose_image
+    from portraitkit.faces import detect_faces
+    from portraitkit.photos import open_photo
+
+    results, failed = [], 0
+    for path in args.files:
+        try:
+            image = open_photo(path)
+        except PortraitkitError as error:  # one bad file must not hide the others' results
+            failed += 1
+            results.append({"file": path, "error": str(error)})
+            if not args.json:
+                print(f"{path}: {error}", file=sys.stderr)
+            continue
+        faces = detect_faces(image)
+        diagnosis = diagnose_image(image, faces[0] if faces else None)
+        measures = diagnosis.to_dict()["measures"]
+        results.append({"file": path, "face_found": bool(faces), "flags": diagnosis.flags, **measures})
+        if not args.json:
+            scores = ", ".join(f"{name} {m['score']:.2f}" for name, m in measures.items() if m["score"] is not None)
+            print(f"{path}: {scores}" + ("" if faces else " (no face found: whole photo)"))
+            for flag in diagnosis.flags:
+                print(f"  - {flag}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose]
 
 
 def main(argv: list[str] | None = None) -> int:
