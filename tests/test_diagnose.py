@@ -157,3 +157,25 @@ def test_tiny_and_flat_images_do_not_crash():
         diagnosis = diagnose_image(image)
         assert diagnosis.measures["shadow_harshness"].score is None
         json.dumps(diagnosis.to_dict())
+
+
+def test_cli_diagnose_json_one_object_per_file_and_bad_files_reported(portrait_path, tmp_path, capsys):
+    from portraitkit import cli
+
+    flat = tmp_path / "wall.png"
+    Image.new("RGB", (320, 240), (200, 180, 160)).save(flat)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    status = cli.main(["diagnose", str(portrait_path), str(flat), str(broken), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert status == 1  # one file could not be read; the others are still reported
+    assert [row["file"] for row in rows] == [str(portrait_path), str(flat), str(broken)]
+    hopper, wall, bad = rows
+    for row in (hopper, wall):
+        assert isinstance(row["flags"], list)
+        for name in MEASURES:
+            score = row[name]["score"]
+            assert score is None if (name == "shadow_harshness" and row is wall) else isinstance(score, float), name
+            assert isinstance(row[name]["detail"], dict)
+    assert hopper["face_found"] and not wall["face_found"]
+    assert "error" in bad

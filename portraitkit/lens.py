@@ -1,0 +1,622 @@
+"""Why a selfie changes your face: a pinhole camera looking at a head built from anthropometry.
+
+The head is a set of 3D points in centimetres, in head coordinates: origin midway between the
+two tragi (the flap in front of each ear canal), x to the right as the camera sees it, y up,
+z forward out of the face. Every number comes from a publication; nothing is adjusted to
+match any result, including the published selfie figures the notebook compares against.
+
+Sources
+- Widths, per sex (adult means): nasal width al-al 4.32 / 4.07 cm, bizygomatic width zy-zy
+  13.38 / 13.01, bitemporal ft-ft 11.53 / 11.12, bigonial go-go 10.66 / 9.68, biocular ex-ex
+  9.82 / 9.44, intercanthal en-en 3.22 / 3.21, mouth width ch-ch 5.59 / 5.20 (men / women;
+  J Korean Assoc Maxillofac Plast Reconstr Surg 2019, doi:10.1186/s40902-019-0191-7, table 9).
+- Profile (depths and heights), one measured subject: nasion, pronasale, subnasale, upper lip
+  and pogonion to the midpoint of the tragi 8.85, 10.38, 9.19, 9.44, 10.73 cm; nasion to
+  pogonion 9.97 (the facial line, taken as vertical), nasion to pronasale 4.47, to subnasale
+  5.09, to upper lip 6.10, exocanthion to nasion 4.74, bitragion width 13.14, subnasale to
+  menton 6.05, trichion to nasion 5.68 (Deli et al., Prog Orthod 2013, 14:32,
+  doi:10.1186/2196-1042-14-32, table 2). Each midline point is placed by trilateration from
+  two of these distances; the others (Ls-Prn 2.50, Prn-Pg 6.36, Sn-Pg 4.99) are left over as a
+  check (see `profile_check`).
+- Ears: protrusion of the helix rim from the side of the head 1.96 cm (Karnail et al.,
+  J Chem Health Risks 2023, "Evaluation of 3d position and size of ear...", 100 adults).
+
+Modelling assumptions (the only ones): horizontal cross-sections of the face are half-ellipses
+through the two sides (half the width measured at that level) and the midline (its depth), so
+a point beside the midline sits on that ellipse; the cheekbones (zygia) are at the height of
+the tragi and the face is that wide from the eyes down to there; the eye corners are level
+with the nasion; the jaw angles at the height of the mouth; the nose is the triangle of pronasale,
+subnasale and the alae on the cheek surface. Distances are measured from the camera to the
+tip of the nose, which is what a learner can measure with a tape.
+
+A 35 mm-equivalent focal length F means a 36 x 24 mm frame: the horizontal field of view is
+2 atan(18 / F). Phone main cameras are about 24-26 mm, front cameras about 23-31 mm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from portraitkit.errors import PortraitkitError
+
+FRAME_HALF_WIDTH_MM = 18.0  # a 36 x 24 mm frame, the reference of "35 mm equivalent"
+DEFAULT_FOCAL_MM = 26.0  # a phone's main camera
+REFERENCE_CM = 152.4  # 5 feet: the clinical portrait distance both studies compare against
+
+# --- published anthropometry (cm) -------------------------------------------------------------
+
+WIDTHS_CM = {  # J Korean Assoc Maxillofac Plast Reconstr Surg 2019, table 9: (men, women)
+    "nasal": (4.32, 4.07),
+    "bizygomatic": (13.38, 13.01),
+    "bitemporal": (11.53, 11.12),
+    "bigonial": (10.66, 9.68),
+    "biocular": (9.82, 9.44),
+    "intercanthal": (3.22, 3.21),
+    "mouth": (5.59, 5.20),
+}
+UPPER_VERMILION_CM = (1.37, 1.34)  # same table: labrale superius to stomion, (men, women)
+DELI_2013_CM = {  # Deli et al. 2013, table 2, one subject; M = midpoint of the tragi
+    "N-M": 8.85, "Prn-M": 10.38, "Sn-M": 9.19, "Ls-M": 9.44, "Pg-M": 10.73,
+    "N-Pg": 9.97, "N-Prn": 4.47, "N-Sn": 5.09, "N-Ls": 6.10, "Ex-N": 4.74,
+    "Tr-Tl": 13.14, "Sn-Me": 6.05, "Tr-N": 5.68,
+    # not used to build the head, kept to check it:
+    "Ls-Prn": 2.50, "Prn-Pg": 6.36, "Sn-Pg": 4.99,
+}
+EAR_PROTRUSION_CM = 1.96  # Karnail et al. 2023: ear rim to the side of the head
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published selfie figure: `change_pct` at `distance_cm` against `reference_cm`."""
+
+    source: str
+    quantity: str  # a key of `Distortion`
+    distance_cm: float
+    reference_cm: float
+    change_pct: float
+    head: str  # "men", "women" or "both"
+    kind: str  # "model" (computed by the authors) or "measured" (photos of volunteers)
+
+
+PUBLISHED = [
+    Published("Ward et al. 2018, JAMA Facial Plast Surg, doi:10.1001/jamafacial.2018.0009",
+              "nose_to_face_width", 30.5, 152.4, 30.0, "men", "model"),
+    Published("Ward et al. 2018, JAMA Facial Plast Surg, doi:10.1001/jamafacial.2018.0009",
+              "nose_to_face_width", 30.5, 152.4, 29.0, "women", "model"),
+    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
+              "nose_length", 30.5, 152.4, 6.4, "both", "measured"),
+    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
+              "nose_length", 45.7, 152.4, 4.3, "both", "measured"),
+    # the same study's alar-base-to-facial-width ratio went *down* in its selfies (front camera
+    # against a DSLR): measurements and models disagree, which the notebook shows
+    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
+              "nose_to_face_width", 30.5, 152.4, -10.8, "both", "measured"),
+    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
+              "nose_to_face_width", 45.7, 152.4, -7.8, "both", "measured"),
+]
+
+
+# --- the head ---------------------------------------------------------------------------------
+
+
+def _trilaterate(a: np.ndarray, r_a: float, b: np.ndarray, r_b: float) -> np.ndarray:
+    """The point in the (y, z) profile plane at r_a from a and r_b from b, on the face side (larger z)."""
+    d = np.linalg.norm(b - a)
+    along = (r_a**2 - r_b**2 + d**2) / (2 * d)
+    across = math.sqrt(max(r_a**2 - along**2, 0.0))
+    unit = (b - a) / d
+    normal = np.array([-unit[1], unit[0]])
+    candidates = [a + along * unit + across * normal, a + along * unit - across * normal]
+    return max(candidates, key=lambda p: p[1])
+
+
+def _profile() -> dict[str, np.ndarray]:
+    """Midline points (y, z) in cm from Deli et al. 2013, tragi midpoint at the origin."""
+    d = DELI_2013_CM
+    m = np.zeros(2)
+    # nasion and pogonion: the facial line N-Pg is vertical, so N = (y, z), Pg = (y - N-Pg, z)
+    y_n = (d["N-M"] ** 2 - d["Pg-M"] ** 2 + d["N-Pg"] ** 2) / (2 * d["N-Pg"])
+    n = np.array([y_n, math.sqrt(d["N-M"] ** 2 - y_n**2)])
+    pg = n - [d["N-Pg"], 0.0]
+    prn = _trilaterate(n, d["N-Prn"], m, d["Prn-M"])
+    sn = _trilaterate(n, d["N-Sn"], m, d["Sn-M"])
+    ls = _trilaterate(n, d["N-Ls"], m, d["Ls-M"])
+    me = np.array([sn[0] - d["Sn-Me"], pg[1]])  # menton under the pogonion
+    tr = np.array([n[0] + d["Tr-N"], n[1]])  # hairline above the nasion (a vertical forehead)
+    return {"Tr": tr, "N": n, "Prn": prn, "Sn": sn, "Ls": ls, "Pg": pg, "Me": me}
+
+
+def profile_check(head: "Head | None" = None) -> dict[str, tuple[float, float]]:
+    """Distances Deli et al. measured but the head was not built from: (model, published) in cm."""
+    p = _profile()
+    d = DELI_2013_CM
+    head = head or Head("women")
+    ex_n = np.linalg.norm(head.points["exocanthion_left"] - head.points["nasion"])
+    return {
+        "Ex-N": (float(ex_n), d["Ex-N"]),
+        "Ls-Prn": (float(np.linalg.norm(p["Ls"] - p["Prn"])), d["Ls-Prn"]),
+        "Prn-Pg": (float(np.linalg.norm(p["Prn"] - p["Pg"])), d["Prn-Pg"]),
+        "Sn-Pg": (float(np.linalg.norm(p["Sn"] - p["Pg"])), d["Sn-Pg"]),
+    }
+
+
+@dataclass
+class Head:
+    """A head as 3D points (cm, head coordinates) and the cross-sections that give its outline."""
+
+    sex: str = "women"  # "men" or "women": which column of the width table
+    points: dict[str, np.ndarray] = field(init=False)
+    sections: list[tuple[float, float, float]] = field(init=False)  # (y, half width, midline depth)
+
+    def __post_init__(self):
+        if self.sex not in ("men", "women"):
+            raise PortraitkitError(f"Unknown head {self.sex!r}: use 'men' or 'women'.")
+        column = 0 if self.sex == "men" else 1
+        half = {name: values[column] / 2 for name, values in WIDTHS_CM.items()}
+        p = _profile()
+
+        def face_depth(y: float) -> float:
+            """Depth of the face's midline without the nose, from hairline to chin."""
+            ys = [p[k][0] for k in ("Me", "Pg", "Ls", "Sn", "N", "Tr")]
+            zs = [p[k][1] for k in ("Me", "Pg", "Ls", "Sn", "N", "Tr")]
+            return float(np.interp(y, ys, zs))
+
+        y_mouth = p["Ls"][0] - UPPER_VERMILION_CM[column]  # the stomion, where the lips meet
+        # (y, half width) at the levels the widths are measured at; linear in between
+        levels = [
+            (p["Tr"][0], half["bitemporal"]),  # the forehead
+            (p["N"][0], half["bizygomatic"]),  # widest across the cheekbones from the eyes...
+            (0.0, half["bizygomatic"]),  # ...to the zygia, at the height of the tragi
+            (y_mouth, half["bigonial"]),  # jaw angles at the height of the mouth
+            (p["Me"][0], 0.0),  # the chin closes the outline
+        ]
+        ys = np.linspace(p["Me"][0], p["Tr"][0], 41)
+        level_y, level_w = zip(*sorted(levels))
+        self.sections = [(float(y), float(np.interp(y, level_y, level_w)), face_depth(y)) for y in ys]
+
+        def on_surface(x: float, y: float) -> np.ndarray:
+            half_width = float(np.interp(y, level_y, level_w))
+            depth = face_depth(y) * math.sqrt(max(0.0, 1 - (x / half_width) ** 2)) if half_width > abs(x) else 0.0
+            return np.array([x, y, depth])
+
+        ex_x = half["biocular"]
+        y_eye = p["N"][0]  # eye corners level with the nasion (Ex-N is checked in `profile_check`)
+        y_alar = p["Sn"][0]
+        points = {
+            "nasion": np.array([0.0, *p["N"]]),
+            "pronasale": np.array([0.0, *p["Prn"]]),
+            "subnasale": np.array([0.0, *p["Sn"]]),
+            "labrale_superius": np.array([0.0, *p["Ls"]]),
+            "pogonion": np.array([0.0, *p["Pg"]]),
+            "menton": np.array([0.0, *p["Me"]]),
+            "trichion": np.array([0.0, *p["Tr"]]),
+        }
+        for side, sign in (("right", -1.0), ("left", 1.0)):
+            points[f"alare_{side}"] = on_surface(sign * half["nasal"], y_alar)
+            points[f"exocanthion_{side}"] = on_surface(sign * ex_x, y_eye)
+            points[f"endocanthion_{side}"] = on_surface(sign * half["intercanthal"], y_eye)
+            points[f"cheilion_{side}"] = on_surface(sign * half["mouth"], y_mouth)
+            points[f"zygion_{side}"] = on_surface(sign * half["bizygomatic"], 0.0)
+            tragion_x = DELI_2013_CM["Tr-Tl"] / 2
+            points[f"tragion_{side}"] = np.array([sign * tragion_x, 0.0, 0.0])
+            points[f"ear_rim_{side}"] = np.array([sign * (tragion_x + EAR_PROTRUSION_CM), 0.0, 0.0])
+        self.points = points
+        self.face_depth = face_depth
+        self.on_surface = on_surface
+        self.half_width_at = lambda y: float(np.interp(y, level_y, level_w))
+
+    def ring(self, y: float, samples: int = 91) -> np.ndarray:
+        """The front half of the face's cross-section at height `y`, as (samples, 3) points."""
+        angles = np.linspace(0, np.pi, samples)
+        half_width, depth = self.half_width_at(y), self.face_depth(y)
+        return np.stack([-half_width * np.cos(angles), np.full_like(angles, y), depth * np.sin(angles)], axis=1)
+
+    def outline(self, samples: int = 91) -> np.ndarray:
+        """Points on every cross-section, (N, 3): whatever the viewpoint, the silhouette is among them."""
+        return np.concatenate([self.ring(y, samples) for y, _, _ in self.sections])
+
+
+# --- the camera -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole camera `distance_cm` from the nose tip, level with it, aimed so the nose tip lands
+    at `offset_frac` of the way from the frame's centre to its left/right edge."""
+
+    distance_cm: float
+    focal_mm: float = DEFAULT_FOCAL_MM
+    offset_frac: float = 0.0
+
+    def __post_init__(self):
+        if not self.distance_cm > 0:
+            raise PortraitkitError(f"The camera distance must be positive, got {self.distance_cm} cm.")
+        if not self.focal_mm > 0:
+            raise PortraitkitError(f"The focal length must be positive, got {self.focal_mm} mm.")
+        if not -1.0 <= self.offset_frac <= 1.0:
+            raise PortraitkitError(f"--offset-frac is a fraction of the half frame, from -1 to 1; got {self.offset_frac}.")
+
+    @property
+    def field_of_view_deg(self) -> float:
+        return math.degrees(2 * math.atan(FRAME_HALF_WIDTH_MM / self.focal_mm))
+
+    @property
+    def off_axis_deg(self) -> float:
+        return math.degrees(math.atan(self.offset_frac * FRAME_HALF_WIDTH_MM / self.focal_mm))
+
+    def project(self, head: Head, points: np.ndarray) -> np.ndarray:
+        """Image positions in mm on the 36 x 24 mm frame (x right, y up) of head points (N, 3) in cm.
+
+        The subject faces the camera wherever they are in the frame (as in a selfie), so an
+        off-axis head is the on-axis head swung round the camera's centre by the off-axis angle.
+        """
+        tip = head.points["pronasale"]
+        relative = np.asarray(points, dtype=np.float64) - [0.0, tip[1], tip[2] + self.distance_cm]
+        # camera coordinates: x right, y up, depth = distance in front of the camera
+        x, y, depth = relative[:, 0], relative[:, 1], -relative[:, 2]
+        angle = math.radians(self.off_axis_deg)
+        x, depth = x * math.cos(angle) + depth * math.sin(angle), -x * math.sin(angle) + depth * math.cos(angle)
+        if np.any(depth <= 0):
+            raise PortraitkitError("The camera is inside the head: use a larger distance.")
+        return np.stack([self.focal_mm * x / depth, self.focal_mm * y / depth], axis=1)
+
+
+# --- what the camera sees ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Apparent sizes on the frame (mm), at one camera set-up."""
+
+    face_width: float  # the outline at the height of the cheekbones
+    face_height: float  # hairline to chin
+    nose_width: float  # alare to alare
+    nose_length: float  # nasion to nose tip
+    ear_visible: float  # how far the ear rims reach beyond the face's outline, both sides
+
+    @property
+    def nose_to_face_width(self) -> float:
+        return self.nose_width / self.face_width
+
+
+def appear(head: Head, camera: Camera) -> Appearance:
+    pts = head.points
+    names = ["alare_right", "alare_left", "nasion", "pronasale", "trichion", "menton", "ear_rim_right", "ear_rim_left"]
+    projected = dict(zip(names, camera.project(head, np.stack([pts[n] for n in names]))))
+    outline = camera.project(head, head.outline())
+    cheeks = camera.project(head, head.ring(0.0, samples=721))  # the cheekbones' level
+    left, right = cheeks[:, 0].min(), cheeks[:, 0].max()
+    ear_visible = max(0.0, left - projected["ear_rim_right"][0]) + max(0.0, projected["ear_rim_left"][0] - right)
+    return Appearance(
+        face_width=float(right - left),
+        face_height=float(outline[:, 1].max() - outline[:, 1].min()),
+        nose_width=float(np.linalg.norm(projected["alare_left"] - projected["alare_right"])),
+        nose_length=float(np.linalg.norm(projected["pronasale"] - projected["nasion"])),
+        ear_visible=float(ear_visible),
+    )
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """Changes at `distance_cm` against `reference_cm`, in %, with the face framed at the same width.
+
+    Every quantity is relative to the face width, which is how a viewer judges a face that
+    fills the picture (Ward et al. do the same: "keeping the bizygomatic breadth constant").
+    """
+
+    distance_cm: float
+    reference_cm: float
+    focal_mm: float
+    offset_frac: float
+    head: str
+    nose_to_face_width: float
+    nose_length: float
+    ear_visible: float
+    edge_stretch: float  # face width/height at this offset against the frame's centre
+    field_of_view_deg: float
+
+    def to_dict(self) -> dict:
+        return {
+            "distance_cm": self.distance_cm,
+            "reference_cm": self.reference_cm,
+            "focal_mm": self.focal_mm,
+            "offset_frac": self.offset_frac,
+            "head": self.head,
+            "field_of_view_deg": round(self.field_of_view_deg, 2),
+            "nose_to_face_width_change_pct": round(self.nose_to_face_width, 2),
+            "nose_length_change_pct": round(self.nose_length, 2),
+            "ear_visible_change_pct": round(self.ear_visible, 2),
+            "edge_stretch_pct": round(self.edge_stretch, 2),
+        }
+
+
+def _change(value: float, reference: float) -> float:
+    return 100.0 * (value / reference - 1.0) if reference else float("nan")
+
+
+def edge_stretch_pct(head: Head, distance_cm: float, focal_mm: float, offset_frac: float) -> float:
+    """How much wider (horizontal offset) a face looks at `offset_frac` than at the centre, in %.
+
+    A rectilinear lens keeps straight lines straight by stretching everything away from the
+    centre: a round object at angle t off the axis comes out about 1/cos(t) times longer along
+    the radius. The angle grows with the field of view, so a wide lens stretches faces at the
+    edges while a longer lens at the same framing barely does.
+    """
+    on = appear(head, Camera(distance_cm, focal_mm, 0.0))
+    off = appear(head, Camera(distance_cm, focal_mm, offset_frac))
+    return _change(off.face_width / off.face_height, on.face_width / on.face_height)
+
+
+def distortion(
+    distance_cm: float,
+    reference_cm: float = REFERENCE_CM,
+    focal_mm: float = DEFAULT_FOCAL_MM,
+    offset_frac: float = 0.0,
+    head: Head | str = "women",
+) -> Distortion:
+    """The selfie effect at `distance_cm` against `reference_cm` (both to the nose tip).
+
+    Nose and ear changes are for a face in the middle of the frame, where they depend on the
+    distance alone; `edge_stretch` is the extra change of a face at `offset_frac`, which is
+    where the focal length (through the field of view) comes in.
+    """
+    head = Head(head) if isinstance(head, str) else head
+    near = appear(head, Camera(distance_cm, focal_mm, 0.0))
+    far = appear(head, Camera(reference_cm, focal_mm, 0.0))
+    return Distortion(
+        distance_cm=distance_cm,
+        reference_cm=reference_cm,
+        focal_mm=focal_mm,
+        offset_frac=offset_frac,
+        head=head.sex,
+        nose_to_face_width=_change(near.nose_to_face_width, far.nose_to_face_width),
+        nose_length=_change(near.nose_length / near.face_width, far.nose_length / far.face_width),
+        ear_visible=_change(near.ear_visible / near.face_width, far.ear_visible / far.face_width),
+        edge_stretch=edge_stretch_pct(head, distance_cm, focal_mm, offset_frac),
+        field_of_view_deg=Camera(distance_cm, focal_mm).field_of_view_deg,
+    )
+
+
+def compare_with_published() -> list[dict]:
+    """Each published figure beside the model's, with the difference in percentage points."""
+    rows = []
+    for item in PUBLISHED:
+        heads = ["men", "women"] if item.head == "both" else [item.head]
+        model = np.mean([getattr(distortion(item.distance_cm, item.reference_cm, head=h), item.quantity) for h in heads])
+        rows.append({
+            "source": item.source.split(",")[0],
+            "kind": item.kind,
+            "quantity": item.quantity,
+            "head": item.head,
+            "distance_cm": item.distance_cm,
+            "reference_cm": item.reference_cm,
+            "published_pct": item.change_pct,
+            "model_pct": round(float(model), 1),
+            "difference_pct_points": round(float(model) - item.change_pct, 1),
+        })
+    return rows
+
+
+# --- re-rendering a real photo from another distance ------------------------------------------
+
+NOSE_BRIDGE = [27, 28, 29, 30]  # iBUG 68 (0-based): nasion to nose tip
+NOSE_BASE = {31: "alare", 32: "between", 33: "subnasale", 34: "between", 35: "alare"}
+
+
+def landmark_depths(landmarks: np.ndarray, head: Head | str = "women") -> np.ndarray:
+    """Depth (cm, head coordinates, z forward) of each of a frontal face's 68 landmarks.
+
+    The photo's landmarks are put on the head model's scale by the face's width (jaw points 0
+    and 16, on the outline at the cheekbones, against the model's bizygomatic width) and lined
+    up at the nasion (point 27). Each half of the face is scaled on its own, from the nose
+    bridge to its outline point, so a face turned slightly still has its outline at the edge
+    of the model's cross-section. The nose takes its depths from the model's profile (bridge
+    from nasion to tip, base at subnasale and alae); every other point sits on the face's
+    cross-section.
+    """
+    head = Head(head) if isinstance(head, str) else head
+    pts = np.asarray(landmarks, dtype=np.float64)
+    half_width = head.half_width_at(0.0)
+    cm_per_px = 2 * half_width / max(np.linalg.norm(pts[16] - pts[0]), 1e-6)
+    nasion, tip = head.points["nasion"], head.points["pronasale"]
+    middle = pts[NOSE_BRIDGE, 0].mean()
+    left_scale = half_width / max(middle - pts[0, 0], 1e-6)
+    right_scale = half_width / max(pts[16, 0] - middle, 1e-6)
+    offset = pts[:, 0] - middle
+    x_cm = np.where(offset < 0, offset * left_scale, offset * right_scale)
+    y_cm = nasion[1] - (pts[:, 1] - pts[27, 1]) * cm_per_px
+    depths = np.array([head.on_surface(x, y)[2] for x, y in zip(x_cm, y_cm)])
+    bridge_y = np.clip(y_cm[NOSE_BRIDGE], tip[1], nasion[1])
+    depths[NOSE_BRIDGE] = np.interp(bridge_y, [tip[1], nasion[1]], [tip[2], nasion[2]])
+    base = {"alare": head.points["alare_left"][2], "subnasale": head.points["subnasale"][2]}
+    base["between"] = (base["alare"] + base["subnasale"]) / 2
+    for index, name in NOSE_BASE.items():
+        depths[index] = base[name]
+    return depths
+
+
+def reproject_landmarks(landmarks: np.ndarray, from_cm: float, to_cm: float, head: Head | str = "women") -> np.ndarray:
+    """Where a frontal face's 68 landmarks land if the photo is taken from `to_cm` instead of
+    `from_cm` (camera to nose tip), with the face framed at the same width.
+
+    A point at depth z is at camera distance D + z_tip - z, and its offset from the image centre
+    (the nose tip, where the camera aims) scales with one over that distance. Re-framing keeps
+    points at the depth of the cheekbones' outline (z = 0) where they were.
+    """
+    head = Head(head) if isinstance(head, str) else head
+    if not (from_cm > 0 and to_cm > 0):
+        raise PortraitkitError("Camera distances must be positive.")
+    pts = np.asarray(landmarks, dtype=np.float64)
+    depths = landmark_depths(pts, head)
+    tip = head.points["pronasale"][2]
+    if from_cm + tip - depths.max() <= 0 or to_cm + tip - depths.max() <= 0:
+        raise PortraitkitError("The camera would be inside the face: use distances of at least 10 cm.")
+    scale = ((from_cm + tip - depths) / (to_cm + tip - depths)) / ((from_cm + tip) / (to_cm + tip))
+    center = pts[30]
+    return center + (pts - center) * scale[:, None]
+
+
+def piecewise_affine_warp(image, source_points: np.ndarray, target_points: np.ndarray, box=None):
+    """Move `source_points` of `image` to `target_points`, bending the triangles between them.
+
+    Delaunay triangles over the target points; each output pixel inside them takes the
+    colour at the same barycentric position in the matching source triangle (bilinear).
+    Pixels outside the triangles, or outside `box` (left, top, right, bottom), are unchanged.
+    """
+    from PIL import Image
+    from scipy import ndimage
+    from scipy.spatial import Delaunay
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    height, width = pixels.shape[:2]
+    left, top, right, bottom = box or (0, 0, width, height)
+    triangulation = Delaunay(target_points)
+    ys, xs = np.mgrid[top:bottom, left:right]
+    query = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    simplex = triangulation.find_simplex(query)
+    inside = simplex >= 0
+    transform = triangulation.transform[simplex[inside]]
+    partial = np.einsum("nij,nj->ni", transform[:, :2], query[inside] - transform[:, 2])
+    barycentric = np.concatenate([partial, 1 - partial.sum(axis=1, keepdims=True)], axis=1)
+    corners = source_points[triangulation.simplices[simplex[inside]]]  # (n, 3, 2)
+    source = np.einsum("ni,nij->nj", barycentric, corners)
+    out = pixels.copy()
+    rows, cols = query[inside, 1].astype(int), query[inside, 0].astype(int)
+    for channel in range(3):
+        out[rows, cols, channel] = ndimage.map_coordinates(pixels[..., channel], [source[:, 1], source[:, 0]], order=1, mode="nearest")
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+def warp_to_distance(image, to_cm: float, from_cm: float = REFERENCE_CM, face=None, head: Head | str = "women"):
+    """Re-render a frontal portrait as if taken from `to_cm` instead of `from_cm` (to the nose tip).
+
+    A depth-aware mesh warp: the 68 detected landmarks get depths from the head model, move as
+    a pinhole camera at the new distance would see them (`reproject_landmarks`), and a ring of
+    fixed points around the head plus the image's border keeps hair and background in place.
+    Returns (warped image, landmarks after the warp). `face` defaults to the largest detected one.
+    """
+    if face is None:
+        from portraitkit.faces import detect_faces
+
+        found = detect_faces(image)
+        if not found:
+            raise PortraitkitError("No face found: the distance warp needs a clear, frontal face.")
+        face = found[0]
+    source = np.asarray(face.landmarks, dtype=np.float64)
+    target = reproject_landmarks(source, from_cm, to_cm, head)
+    width, height = image.size
+    center = source.mean(axis=0)
+    spread = (source.max(axis=0) - source.min(axis=0)) / 2
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    ring = center + np.stack([np.cos(angles), np.sin(angles)], axis=1) * spread * 1.6
+    border = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], dtype=np.float64)
+    anchors = np.concatenate([ring, border])
+    anchors[:, 0] = np.clip(anchors[:, 0], 0, width - 1)
+    anchors[:, 1] = np.clip(anchors[:, 1], 0, height - 1)
+    box = (
+        max(0, int(ring[:, 0].min())), max(0, int(ring[:, 1].min())),
+        min(width, int(ring[:, 0].max()) + 1), min(height, int(ring[:, 1].max()) + 1),
+    )
+    warped = piecewise_affine_warp(
+        image, np.concatenate([source, anchors]), np.concatenate([target, anchors]), box=box
+    )
+    return warped, target
+
+
+# --- drawings for the notebook ----------------------------------------------------------------
+
+
+def face_drawing(head: Head, camera: Camera) -> dict[str, np.ndarray]:
+    """The projected face as named polylines on the frame (mm): outline, eyes, nose, mouth, ears."""
+    rings = [camera.project(head, head.ring(y, samples=181)) for y, _, _ in head.sections]
+    left = np.array([ring[np.argmin(ring[:, 0])] for ring in rings])
+    right = np.array([ring[np.argmax(ring[:, 0])] for ring in rings])
+    p = head.points
+
+    def line(*names: str) -> np.ndarray:
+        return camera.project(head, np.stack([p[n] for n in names]))
+
+    return {
+        "outline": np.concatenate([left, right[::-1], left[:1]]),
+        "eye_right": line("exocanthion_right", "endocanthion_right"),
+        "eye_left": line("endocanthion_left", "exocanthion_left"),
+        "nose": line("nasion", "pronasale", "alare_left", "subnasale", "alare_right", "pronasale"),
+        "mouth": line("cheilion_right", "labrale_superius", "cheilion_left"),
+        "ear_right": line("tragion_right", "ear_rim_right"),
+        "ear_left": line("tragion_left", "ear_rim_left"),
+    }
+
+
+def plot_face(ax, distance_cm: float, focal_mm: float = DEFAULT_FOCAL_MM, offset_frac: float = 0.0,
+              head: Head | str = "women", reference_cm: float | None = REFERENCE_CM, frame: bool = False):
+    """Draw the face as the camera sees it.
+
+    frame=False: scaled to the same face width and centred, with the face from `reference_cm`
+    dashed behind it, to compare shapes. frame=True: true size on the 36 x 24 mm frame, to
+    show what the framing does (a long lens close up cannot fit the face at all).
+    """
+    head = Head(head) if isinstance(head, str) else head
+
+    def drawing(distance: float, offset: float):
+        camera = Camera(distance, focal_mm, offset)
+        lines = face_drawing(head, camera)
+        if frame:
+            return lines
+        outline = lines["outline"]
+        width = outline[:, 0].max() - outline[:, 0].min()
+        center = camera.project(head, head.points["pronasale"][None])[0]
+        return {name: (pts - center) / width for name, pts in lines.items()}
+
+    if reference_cm and not frame:
+        for pts in drawing(reference_cm, 0.0).values():
+            ax.plot(pts[:, 0], pts[:, 1], color="0.6", lw=1.2, ls="--")
+    for name, pts in drawing(distance_cm, offset_frac if frame else 0.0).items():
+        ax.plot(pts[:, 0], pts[:, 1], color="C3" if name == "nose" else "C0", lw=2)
+    ax.set_aspect("equal")
+    if frame:
+        from matplotlib.patches import Rectangle
+
+        ax.add_patch(Rectangle((-18, -12), 36, 24, fill=False, color="k", lw=1))
+        ax.set_xlim(-19, 19)
+        ax.set_ylim(-13, 13)
+        ax.set_title(f"in the frame: {focal_mm:.0f} mm at {distance_cm:.0f} cm")
+    else:
+        ax.set_title(f"{distance_cm:.0f} cm (solid) vs {reference_cm:.0f} cm (dashed)" if reference_cm else f"{distance_cm:.0f} cm")
+        ax.set_xlim(-0.75, 0.75)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: float = REFERENCE_CM,
+                          head: Head | str = "women", distances=None):
+    """Model curves (nose width and length, relative to face width) against distance, with the
+    published points; `distance_cm` is marked."""
+    head = Head(head) if isinstance(head, str) else head
+    distances = np.geomspace(15, 400, 40) if distances is None else np.asarray(distances)
+    results = [distortion(d, reference_cm, head=head) for d in distances]
+    ax.plot(distances, [r.nose_to_face_width for r in results], color="C3", label="model: nose width / face width")
+    ax.plot(distances, [r.nose_length for r in results], color="C1", label="model: nose length / face width")
+    styles = {("nose_to_face_width", "model"): ("C3", "s"), ("nose_to_face_width", "measured"): ("C3", "v"),
+              ("nose_length", "measured"): ("C1", "o"), ("nose_length", "model"): ("C1", "D")}
+    for item in PUBLISHED:
+        if item.reference_cm != reference_cm:
+            continue
+        color, marker = styles[(item.quantity, item.kind)]
+        label = f"{item.source.split(',')[0]} ({item.kind}, {item.head}): {item.quantity.replace('_', ' ')}"
+        ax.plot(item.distance_cm, item.change_pct, marker=marker, color=color, ls="none", ms=8,
+                mfc="none" if item.kind == "model" else color, label=label)
+    if distance_cm is not None:
+        ax.axvline(distance_cm, color="0.3", lw=1, ls=":")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log")
+    ticks = [t for t in (15, 20, 30, 50, 100, 150, 300, 500) if distances.min() <= t <= distances.max()]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("camera to nose tip (cm)")
+    ax.set_ylabel(f"change vs {reference_cm:.0f} cm (%)")
+    ax.legend(fontsize=7, loc="lower left")
+    return ax
