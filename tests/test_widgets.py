@@ -159,3 +159,27 @@ def test_override_cannot_use_a_photo_without_a_face(dataset, samples_dir):
     panel.toggles["coffee.jpg"].value = True  # even when driven from code
     assert not panel.toggles["coffee.jpg"].value and "no face found" in panel.status.value
     assert (dataset / "metadata.jsonl").read_text() == before
+
+
+def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
+    from portraitkit.files import write_json
+    from portraitkit.train import TrainConfig, run_config
+
+    run = tmp_path / "run"  # config.json exactly as train writes it, without training
+    write_json(run / "config.json", run_config(TrainConfig(dataset_dir=str(prepared), out_dir=str(run), base="tiny-sd")))
+    panel = widgets.StylePanel(run, chosen=["outdoor", "studio"], per_style=2, lora_scale=0.8)
+    assert panel.chosen == [name for name in panel.styles if name in ("outdoor", "studio")]
+    assert "sks person" in panel.prompt.value and "4 images" in panel.prompt.value
+
+    panel.checkboxes["studio"].value = False
+    panel.checkboxes["golden_hour"].value = True
+    panel.lora_scale.value = 0.6
+    config = panel.config(tmp_path / "portraits", steps=2)
+    assert sorted(config.styles) == ["golden_hour", "outdoor"] and config.per_style == 2
+    assert config.lora_scale == 0.6 and config.steps == 2 and config.run_dir == str(run)
+
+    for box in panel.checkboxes.values():
+        box.value = False
+    assert "Tick at least one" in panel.prompt.value
+    with pytest.raises(PortraitkitError, match="no style is ticked"):
+        panel.config(tmp_path / "portraits")
