@@ -193,6 +193,17 @@ PROBLEMS: dict[str, Callable[[Image.Image, float], Image.Image]] = {
 }
 
 
+# which measure in `portraitkit.diagnose` each problem should raise
+PROBLEM_MEASURES = {
+    "overhead light": "shadow_harshness",
+    "colour cast": "color_cast",
+    "over-sharpening": "oversharpening",
+    "JPEG compression": "jpeg_blockiness",
+    "noise": "noise",
+    "blur": "blur",
+}
+
+
 def simulate(image: Image.Image, problem: str, amount: float) -> Image.Image:
     """Apply one of `PROBLEMS` at `amount` in 0-1 (0: unchanged), for a single widget slider."""
     if problem not in PROBLEMS:
@@ -200,3 +211,37 @@ def simulate(image: Image.Image, problem: str, amount: float) -> Image.Image:
     if amount <= 0:
         return image.convert("RGB").copy()
     return PROBLEMS[problem](image, float(amount))
+
+
+def plot_problem_strip(image: Image.Image, problem: str, amounts=(0.0, 0.25, 0.5, 0.75, 1.0), face: Face | None = None):
+    """One row of the photo with `problem` at each amount, its measure under each; returns (figure, scores).
+
+    With a face, the crops show the face (where the problem is judged) and the measure is taken there.
+    """
+    import matplotlib.pyplot as plt
+
+    from portraitkit.diagnose import diagnose_image, face_region
+
+    measure = PROBLEM_MEASURES[problem]
+    if face is None and problem == "overhead light":
+        from portraitkit.faces import detect_faces
+
+        found = detect_faces(image)
+        face = found[0] if found else None
+    fig, axes = plt.subplots(1, len(amounts), figsize=(2.6 * len(amounts), 3.2))
+    scores = []
+    for ax, amount in zip(np.atleast_1d(axes), amounts):
+        if problem == "overhead light":
+            out = add_overhead_light(image, amount, face) if amount > 0 else image.convert("RGB")
+        else:
+            out = simulate(image, problem, amount)
+        score = diagnose_image(out, face).measures[measure].score
+        scores.append(score)
+        shown = out.crop(face_region(out.size, face)) if face is not None else out
+        ax.imshow(shown)
+        ax.set_title(f"{problem} {amount:.2f}", fontsize=9)
+        ax.set_xlabel(f"{measure} = {score:.2f}" if score is not None else f"{measure}: n/a", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig, scores

@@ -82,6 +82,18 @@ class Thresholds:
     # whose eyelashes and skin texture are gone (a Gaussian blur of about 2 px on a 250 px face).
     blur: float = 0.5
 
+    def for_score(self, measure: str) -> float:
+        """The score at which `measure` is flagged (exposure: the smaller of its two clipping limits)."""
+        return {
+            "exposure": min(self.bright_clipped_frac, self.dark_clipped_frac),
+            "color_cast": self.color_cast,
+            "shadow_harshness": self.shadow_stops,
+            "oversharpening": self.oversharpening,
+            "jpeg_blockiness": self.jpeg_blockiness,
+            "noise": self.noise,
+            "blur": self.blur,
+        }[measure]
+
 
 @dataclass
 class Measure:
@@ -483,3 +495,22 @@ def diagnose_image(image: Image.Image, face: Face | None = None, thresholds: Thr
     for name, measure in measures.items():
         measure.detail["region"] = list(regions.get(name, region))  # (left, top, right, bottom) measured
     return Diagnosis(measures=measures, flags=_flags(measures, face is not None, thresholds))
+
+
+def plot_scores(ax, diagnoses: dict[str, Diagnosis], thresholds: Thresholds = Thresholds()):
+    """Bars of each measure as a multiple of its flag threshold (1 = flagged), one colour per diagnosis."""
+    names = list(MEASURES)
+    height = 0.8 / max(len(diagnoses), 1)
+    for i, (label, diagnosis) in enumerate(diagnoses.items()):
+        values = []
+        for name in names:
+            score = diagnosis.measures[name].score
+            values.append(0.0 if score is None else score / thresholds.for_score(name))
+        positions = np.arange(len(names)) + (i - (len(diagnoses) - 1) / 2) * height
+        ax.barh(positions, values, height=height, label=label)
+    ax.axvline(1.0, color="C3", ls="--", lw=1)
+    ax.set_yticks(np.arange(len(names)), [n.replace("_", " ") for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("score / flag threshold (right of the dashed line: flagged)")
+    ax.legend(fontsize=8, loc="lower right")
+    return ax

@@ -620,3 +620,23 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
     ax.set_ylabel(f"change vs {reference_cm:.0f} cm (%)")
     ax.legend(fontsize=7, loc="lower left")
     return ax
+
+
+def distance_for_framing(focal_mm: float, face_fraction: float = 0.25, head: Head | str = "women") -> float:
+    """Camera distance (cm, to the nose tip) at which the face fills `face_fraction` of the frame's width.
+
+    This is how focal length really acts on a face: to frame it the same way, a longer lens
+    must stand further back, and the distance is what changes the face's proportions.
+    """
+    head = Head(head) if isinstance(head, str) else head
+    if not 0 < face_fraction < 1:
+        raise PortraitkitError(f"face_fraction is the share of the frame's width, between 0 and 1; got {face_fraction}.")
+    target = face_fraction * 2 * FRAME_HALF_WIDTH_MM
+    near, far = 1.0, 100000.0  # the apparent width falls steadily with distance: bisect on a log scale
+    for _ in range(60):
+        middle = math.sqrt(near * far)
+        if appear(head, Camera(middle, focal_mm)).face_width > target:
+            near = middle
+        else:
+            far = middle
+    return math.sqrt(near * far)

@@ -387,3 +387,136 @@ def _score_html(row: dict) -> str:
     if reasons:
         text += f"<br><small>{html.escape(reasons)}</small>"
     return text
+
+
+# --- notebooks 01 and 02: lens sliders, processing sliders ----------------------------------------
+# (self-contained: uses only _Panel from above, plus portraitkit.lens / degrade / diagnose)
+
+
+def _redraw(output, draw) -> None:
+    """Replace what `output` shows with the figure `draw()` returns (ipywidgets 7 and 8)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import clear_output, display
+
+    with output:
+        clear_output(wait=True)
+        figure = draw()
+        display(figure)
+        plt.close(figure)
+
+
+class LensPanel(_Panel):
+    """Distance, focal length and position sliders redrawing the projected face and the distortion curve."""
+
+    def __init__(self, distance_cm: float = 30.5, focal_mm: float = 26.0, offset_frac: float = 0.8,
+                 reference_cm: float = 152.4, head: str = "women"):
+        w = _widgets()
+        self.reference_cm = reference_cm
+        slider = dict(continuous_update=False, style={"description_width": "initial"}, layout=w.Layout(width="420px"))
+        self.distance = w.FloatSlider(value=distance_cm, min=15, max=300, step=0.5, description="camera to nose (cm)", **slider)
+        self.focal = w.FloatSlider(value=focal_mm, min=13, max=135, step=1, description="focal length (mm, 35mm eq.)", **slider)
+        self.offset = w.FloatSlider(value=offset_frac, min=0, max=1, step=0.05, description="face position (0 centre, 1 edge)", **slider)
+        self.head = w.Dropdown(options=["women", "men"], value=head, description="head")
+        self.numbers = w.HTML()
+        self.output = w.Output()
+        for control in (self.distance, self.focal, self.offset, self.head):
+            control.observe(lambda change: self.redraw(), names="value")
+        self.widget = w.VBox([self.distance, self.focal, self.offset, self.head, self.numbers, self.output])
+        self.redraw()
+
+    def figure(self):
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        from portraitkit import lens
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1.3, 1.6]})
+        lens.plot_face(axes[0], self.distance.value, self.focal.value, head=self.head.value, reference_cm=self.reference_cm)
+        lens.plot_face(axes[1], self.distance.value, self.focal.value, self.offset.value, head=self.head.value, frame=True)
+        lens.plot_distortion_curve(axes[2], self.distance.value, self.reference_cm, head=self.head.value,
+                                   distances=np.geomspace(15, 300, 24))
+        fig.tight_layout()
+        return fig
+
+    def redraw(self) -> None:
+        from portraitkit.lens import distortion
+
+        result = distortion(self.distance.value, self.reference_cm, self.focal.value, self.offset.value, self.head.value)
+        self.result = result
+        self.numbers.value = (
+            f"At {result.distance_cm:.0f} cm against {result.reference_cm:.0f} cm: nose width / face width "
+            f"<b>{result.nose_to_face_width:+.1f}%</b>, nose length <b>{result.nose_length:+.1f}%</b>, "
+            f"visible ears <b>{result.ear_visible:+.1f}%</b>. At this position with a {self.focal.value:.0f} mm lens "
+            f"({result.field_of_view_deg:.0f}° across) the face is stretched <b>{result.edge_stretch:+.1f}%</b>."
+        )
+        _redraw(self.output, self.figure)
+
+
+class ProcessingPanel(_Panel):
+    """One slider per light or processing problem; the photo before and after, and the diagnosis of both.
+
+    The problems are applied in the order a phone would: light and colour at capture, then
+    blur, sensor noise, sharpening, and JPEG last when the file is saved or shared.
+    """
+
+    ORDER = ["overhead light", "colour cast", "blur", "noise", "over-sharpening", "JPEG compression"]
+
+    def __init__(self, image, face=None):
+        from portraitkit.diagnose import diagnose_image
+        from portraitkit.faces import detect_faces
+
+        w = _widgets()
+        self.image = image.convert("RGB")
+        if face is None:
+            found = detect_faces(self.image)
+            face = found[0] if found else None
+        self.face = face
+        self.before = diagnose_image(self.image, face)
+        slider = dict(min=0.0, max=1.0, step=0.05, value=0.0, continuous_update=False,
+                      style={"description_width": "initial"}, layout=w.Layout(width="360px"))
+        self.sliders = {problem: w.FloatSlider(description=problem, **slider) for problem in self.ORDER}
+        if face is None:  # relighting needs landmarks
+            self.sliders["overhead light"].disabled = True
+        self.flags = w.HTML()
+        self.output = w.Output()
+        for control in self.sliders.values():
+            control.observe(lambda change: self.redraw(), names="value")
+        self.widget = w.VBox([w.HBox([w.VBox(list(self.sliders.values())[:3]), w.VBox(list(self.sliders.values())[3:])]),
+                              self.flags, self.output])
+        self.redraw()
+
+    def processed(self):
+        from portraitkit import degrade
+
+        out = self.image
+        for problem in self.ORDER:
+            amount = self.sliders[problem].value
+            if amount <= 0:
+                continue
+            out = degrade.add_overhead_light(out, amount, self.face) if problem == "overhead light" else degrade.simulate(out, problem, amount)
+        return out
+
+    def redraw(self) -> None:
+        import html
+
+        import matplotlib.pyplot as plt
+
+        from portraitkit.diagnose import diagnose_image, face_region, plot_scores
+
+        after_image = self.processed()
+        self.after = diagnose_image(after_image, self.face)
+        flags = self.after.flags or ["no problems flagged"]
+        self.flags.value = "<b>After:</b><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in flags) + "</ul>"
+
+        def draw():
+            fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+            box = face_region(self.image.size, self.face) if self.face is not None else (0, 0, *self.image.size)
+            for ax, picture, title in ((axes[0], self.image, "before"), (axes[1], after_image, "after")):
+                ax.imshow(picture.crop(box))
+                ax.set_title(title)
+                ax.axis("off")
+            plot_scores(axes[2], {"before": self.before, "after": self.after})
+            fig.tight_layout()
+            return fig
+
+        _redraw(self.output, draw)

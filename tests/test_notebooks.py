@@ -1,0 +1,77 @@
+"""Every notebook in notebooks/ runs headless from top to bottom on CPU, so a broken lesson fails CI.
+
+Each notebook has a code cell tagged `parameters` (papermill's convention). The test inserts a
+cell right after it that overrides some of those values, from OVERRIDES below, so a notebook
+runs small; a notebook without an entry runs with its defaults. Notebooks run in a temporary
+working folder, with the `python3` kernel pointed at the interpreter running the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+# per notebook: parameter overrides (name -> value, written with repr) and a timeout in seconds
+OVERRIDES: dict[str, dict] = {
+    "01_lens_distortion.ipynb": {"params": {"CURVE_POINTS": 8, "MAX_SIDE": 400, "DISTANCES_CM": [20, 30.5, 60, 152.4, 300]}, "timeout": 120},
+    "02_light_and_processing.ipynb": {"params": {"MAX_SIDE": 400, "LEVELS": [0.0, 0.5, 1.0]}, "timeout": 120},
+}
+DEFAULT_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory, monkeypatch_module):
+    """A `python3` kernelspec for this interpreter, found before any other on JUPYTER_PATH."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (tests)",
+        "language": "python",
+    }))
+    monkeypatch_module.setenv("JUPYTER_PATH", str(root))
+    monkeypatch_module.setenv("MPLBACKEND", "Agg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def with_overrides(notebook, params: dict) -> None:
+    """Insert a cell setting `params` right after the cell tagged `parameters`."""
+    index = next((i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])), None)
+    assert index is not None, "every notebook needs a code cell tagged `parameters`"
+    if params:
+        source = "# injected by tests/test_notebooks.py\n" + "\n".join(f"{name} = {value!r}" for name, value in params.items())
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["tags"] = ["injected-parameters"]
+        notebook.cells.insert(index + 1, cell)
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_runs_top_to_bottom(name, kernel_env, tmp_path):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    assert notebook.metadata.get("accelerator") == "GPU" and notebook.metadata["colab"]["gpuType"] == "T4"
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit notebooks without outputs"
+    assert "colab-badge.svg" in notebook.cells[0].source
+    settings = OVERRIDES.get(name, {})
+    with_overrides(notebook, settings.get("params", {}))
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=settings.get("timeout", DEFAULT_TIMEOUT),
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
