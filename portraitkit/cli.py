@@ -205,7 +205,75 @@ def run_diagnose(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose]
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_styles(subparsers) -> None:
+    parser = subparsers.add_parser("styles", help="list the portrait styles, one per line: name, then description",
+                                   description="List the built-in styles plus those in --styles-file.")
+    parser.add_argument("--styles-file", help="YAML or JSON file with your own styles")
+    parser.add_argument("--family", choices=("sd", "sdxl"), default="sd", help="model family the styles are resolved for (default: sd)")
+    parser.set_defaults(func=run_styles)
+
+
+def run_styles(args) -> int:
+    from portraitkit.styles import load_styles
+
+    styles = load_styles(*([args.styles_file] if args.styles_file else []), family=args.family)
+    width = max(len(name) for name in styles) + 2
+    for name, style in styles.items():
+        print(f"{name:<{width}}{style.description}")
+    return 0
+
+
+def add_sample(subparsers) -> None:
+    from portraitkit.sample import SampleConfig
+
+    parser = subparsers.add_parser("sample", help="generate styled portraits with a trained LoRA",
+                                   description="Generate portraits in the chosen styles with the run's LoRA; writes the "
+                                   "PNGs (recipe in their `parameters` text), manifest.json and grids/ to --out.")
+    add_dataclass_arguments(parser, SampleConfig, positional=("run_dir",), renames={"out_dir": "out"}, skip=("styles",))
+    parser.add_argument("--styles", type=_names, help="comma-separated style names, e.g. studio,outdoor (see `portraitkit styles`); "
+                        "default: studio,natural,outdoor,corporate")
+    parser.set_defaults(func=run_sample)
+
+
+def run_sample(args) -> int:
+    from portraitkit.sample import SampleConfig, sample
+
+    config = config_from_args(SampleConfig, args)
+    made = sample(config)
+    print(f"{len(made)} portraits in {config.out_dir} (manifest.json; one grid per style in grids/)")
+    return 0
+
+
+def add_pick(subparsers) -> None:
+    parser = subparsers.add_parser("pick", help="rank portraits by likeness to the person and picture quality",
+                                   description="Score every image in IMAGES_DIR against the person in the reference "
+                                   "dataset; writes ranking.json (best first) and picks.png (the top K) there.")
+    parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images, e.g. the --out of `portraitkit sample`")
+    parser.add_argument("--reference", metavar="DATASET_DIR", required=True, help="the prepared dataset of the person")
+    parser.add_argument("--top", type=int, default=8, help="images on the picks sheet (default: 8)")
+    parser.set_defaults(func=run_pick)
+
+
+def run_pick(args) -> int:
+    from pathlib import Path
+
+    from portraitkit.rank import PICKS_SHEET, RANKING_FILE, rank_images
+
+    ranked = rank_images(args.images_dir, args.reference, top=args.top)
+    for row in ranked[: args.top]:
+        distance = "no face" if row["identity_distance"] is None else f"distance {row['identity_distance']:.2f}"
+        why = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
+        print(f"#{row['rank']:<3} {row['score']:.2f}  {distance:<14} {row['file']}{why}")
+    folder = Path(args.images_dir)
+    print(f"Ranking of {len(ranked)} images in {folder / RANKING_FILE}; picks sheet {folder / PICKS_SHEET}")
+    return 0
+
+
+COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -544,6 +544,11 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
                 images.append(image)
                 save_image(folder / f"prompt{p}_seed{seed}.png", image)
     grid = save_image(folder.with_suffix(".png"), image_grid(images, columns=len(config.validation_seeds)))
+    # identity.json: how much each step's images look like the person; best/ keeps the likeliest LoRA.
+    from portraitkit.rank import score_validation_step
+
+    score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
+                          save_best=lambda folder: save_lora(pipe, config, folder))
     if not config.train_text_encoder:
         for encoder in _text_encoders(pipe):
             encoder.to("cpu")

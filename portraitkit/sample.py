@@ -1,0 +1,302 @@
+"""Sampling: styled portraits of the person from a trained run.
+
+The story of `sample`:
+1. read the run folder's config.json: which base model, which resolution, and (from the
+   dataset it trained on) the token and class word the LoRA answers to;
+2. load the base in fp16 on a GPU (fp32 on a CPU), add the LoRA at the chosen strength;
+3. for each style and seed render one image, saving it with its full recipe in a PNG text chunk
+   and in `manifest.json` (rewritten after every image, so a disconnect loses at most one);
+4. lay each style's images out in `grids/<style>.png`.
+
+Every image starts from noise drawn by a CPU generator seeded with its seed, so the same seed and
+settings give the same image again, on any machine that runs the same software in the same
+precision. A re-run into the same folder keeps the images whose recipe has not changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from portraitkit.errors import PortraitkitError
+from portraitkit.files import save_image, write_json
+from portraitkit.styles import Style, load_styles, select_styles
+from portraitkit.train import LORA_FILE
+
+MANIFEST = "manifest.json"
+ADAPTER = "person"
+
+
+def _help(text: str, default=dataclasses.MISSING, choices=None):
+    return field(default=default, metadata={"help": text, "choices": choices})
+
+
+@dataclass
+class SampleConfig:
+    """Settings of a sampling run; each field's help is also its `portraitkit sample` help."""
+
+    run_dir: str = _help("run folder written by `portraitkit train`")
+    out_dir: str = _help("folder for the images, manifest.json and grids/")
+    styles: list[str] | None = _help("style names (see `portraitkit styles`); default: studio, natural, outdoor, corporate", None)
+    per_style: int = _help("images per style, with seeds seed, seed+1, ...", 4)
+    seed: int = _help("first seed; the same seed and settings give the same image", 0)
+    lora_scale: float = _help("LoRA strength: 1 as trained, 0 is the base model alone, 0.7-0.9 trades likeness for the style", 1.0)
+    steps: int | None = _help("denoising steps; default: the style's own (30)", None)
+    guidance_scale: float | None = _help("classifier-free guidance; default: the style's own (7 SD1.5, 5.5 SDXL)", None)
+    sampler: str = _help("sampler, named as in AUTOMATIC1111", "dpmpp_2m_karras", choices=("dpmpp_2m_karras", "euler_a", "euler", "ddim"))
+    resolution: int | None = _help("image size in pixels; default: the size the LoRA was trained at", None)
+    lora: str = _help("which LoRA: final (the run's last step) or best (the validation step most like the person)", "final",
+                      choices=("final", "best"))
+    token: str | None = _help("the person's token in prompts; default: read from the run's dataset captions", None)
+    class_word: str | None = _help("the class word after the token (person, woman, man...); default: from the captions", None)
+    styles_file: str | None = _help("YAML or JSON file with your own styles, added to the built-in ones", None)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    label: str  # AUTOMATIC1111's name, written into the PNG
+    scheduler: str  # diffusers class
+    options: tuple = ()
+
+
+# DPM++ 2M with Karras sigmas gives clean portraits in 20-30 steps on SD1.5 and SDXL alike.
+SAMPLERS = {
+    "dpmpp_2m_karras": Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", (("use_karras_sigmas", True),)),
+    "euler_a": Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
+    "euler": Sampler("Euler", "EulerDiscreteScheduler"),
+    "ddim": Sampler("DDIM", "DDIMScheduler"),
+}
+
+
+def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list[dict]:
+    """Render every chosen style and seed; return the manifest (one dict per image).
+
+    `styles` is a style library from `load_styles` (default: the built-ins plus `styles_file`).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from portraitkit.grids import image_grid
+
+    run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
+    run = read_run(run_dir)
+    family = run["base"]["family"]
+    if styles is None:
+        styles = load_styles(*([config.styles_file] if config.styles_file else []), family=family)
+    chosen = select_styles(styles, config.styles)
+    if config.per_style < 1:
+        raise PortraitkitError("--per-style must be at least 1")
+    token, class_word = person_words(run, config.token, config.class_word)
+    lora_dir = run_dir / "best" if config.lora == "best" else run_dir
+    if not (lora_dir / LORA_FILE).is_file():
+        hint = "use --lora final" if config.lora == "best" else "train it first, or wait for the run to finish"
+        raise PortraitkitError(f"{lora_dir} has no {LORA_FILE}: {hint}")
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler)
+    pipe.load_lora_weights(str(lora_dir), adapter_name=ADAPTER)
+    # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
+    pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
+    resolution = config.resolution or run["settings"].get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    shared = {
+        "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label, "width": resolution, "height": resolution,
+        "model": model_name(run), "lora": str(lora_dir / LORA_FILE), "lora_hash": file_hash(lora_dir / LORA_FILE),
+        "token": token, "class_word": class_word,
+    }
+    planned = []
+    for style in chosen:
+        prompt, negative = style.render(token, class_word)
+        for seed in range(config.seed, config.seed + config.per_style):
+            planned.append({
+                "file": f"{style.name}_seed{seed}.png", "style": style.name, "seed": seed, "prompt": prompt,
+                "negative_prompt": negative, "steps": config.steps or style.steps,
+                "guidance_scale": config.guidance_scale or style.guidance_scale, **shared,
+            })
+
+    manifest = _previous_manifest(out_dir)
+    for entry in tqdm(planned, desc="sampling portraits", unit="img"):
+        if manifest.get(entry["file"]) == entry and (out_dir / entry["file"]).is_file():
+            continue  # made by an earlier run with exactly this recipe
+        generator = torch.Generator("cpu").manual_seed(entry["seed"])
+        with torch.inference_mode():
+            image = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
+                         guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator).images[0]
+        save_image(out_dir / entry["file"], image, pnginfo=png_parameters(entry))
+        manifest[entry["file"]] = entry
+        write_json(out_dir / MANIFEST, list(manifest.values()))
+    write_json(out_dir / MANIFEST, list(manifest.values()))
+
+    from PIL import Image
+
+    for style in chosen:
+        files = [e["file"] for e in planned if e["style"] == style.name]
+        with_images = [Image.open(out_dir / name).convert("RGB") for name in files]
+        save_image(out_dir / "grids" / f"{style.name}.png", image_grid(with_images, columns=min(4, len(with_images))))
+    return planned
+
+
+# --- the run and the person -------------------------------------------------------------------
+
+
+def read_run(run_dir: Path) -> dict:
+    """The run's config.json, or a clear error for a folder that is not a finished run."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise PortraitkitError(f"{run_dir} is not a training run (it has no config.json): pass the --out folder of `portraitkit train`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+CAPTION_WORDS = re.compile(r"\bphoto of (?:an? )?(\S+) (\w+)")
+
+
+def person_words(run: dict, token: str | None = None, class_word: str | None = None) -> tuple[str, str]:
+    """The token and class word the LoRA was trained with.
+
+    Given ones win. Otherwise they come from the run's dataset: the values prep recorded in its
+    report.json, else the words after "photo of" shared by every caption in metadata.jsonl.
+    """
+    if token and class_word:
+        return token, class_word
+    dataset = Path(run["settings"]["dataset_dir"])
+    found = _words_from_report(dataset / "report.json") or _words_from_captions(dataset / "metadata.jsonl")
+    if found is None:
+        raise PortraitkitError(
+            f"could not tell the person's token and class word from the run's dataset ({dataset}): "
+            "pass them with --token and --class-word, as given to `portraitkit prep` (e.g. --token sks --class-word person)"
+        )
+    return token or found[0], class_word or found[1]
+
+
+def _words_from_report(path: Path) -> tuple[str, str] | None:
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    for section in (report, report.get("summary"), report.get("config"), report.get("settings")):
+        if isinstance(section, dict) and section.get("token") and section.get("class_word"):
+            return str(section["token"]), str(section["class_word"])
+    return None
+
+
+def _words_from_captions(path: Path) -> tuple[str, str] | None:
+    if not path.is_file():
+        return None
+    from portraitkit.files import read_jsonl
+
+    found = {match.groups() for row in read_jsonl(path) if (match := CAPTION_WORDS.search(str(row.get("text", ""))))}
+    return found.pop() if len(found) == 1 else None  # several answers: better to ask than to guess
+
+
+def model_name(run: dict) -> str:
+    """The base as AUTOMATIC1111 users would recognise it: the repo id, or the preset's name."""
+    from portraitkit.bases import TINY_PRESETS
+
+    base = run["base"]
+    return base["name"] if base["name"] in TINY_PRESETS else base["source"]
+
+
+def file_hash(path: Path) -> str:
+    """First 12 hex digits of the file's SHA-256: tells two LoRAs with the same path apart."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _previous_manifest(out_dir: Path) -> dict[str, dict]:
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return {entry["file"]: entry for entry in json.loads(path.read_text(encoding="utf-8"))}
+    except (json.JSONDecodeError, TypeError, KeyError):
+        raise PortraitkitError(f"{path} is not a portraitkit manifest: choose an empty --out folder") from None
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+
+def load_for_sampling(base: str, family: str, device: str, sampler: str = "dpmpp_2m_karras"):
+    """The base pipeline, set up for a T4: fp16 weights, memory-light VAE decoding for SDXL."""
+    import diffusers
+    import torch
+
+    from portraitkit.bases import load_pipeline
+
+    pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32)
+    choice = SAMPLERS[sampler]
+    pipe.scheduler = getattr(diffusers, choice.scheduler).from_config(pipe.scheduler.config, **dict(choice.options))
+    if family == "sdxl":
+        # SDXL's VAE overflows in fp16, so diffusers decodes in fp32: several GB at 1024 px.
+        # Slicing decodes a batch one image at a time; tiling decodes in overlapping tiles for
+        # sizes above the VAE's tile size. Attention needs no slicing: PyTorch 2's fused
+        # attention already avoids the quadratic memory (and slicing would slow it down).
+        pipe.vae.enable_slicing()
+        pipe.vae.enable_tiling()
+    return pipe.to(device)
+
+
+# --- the recipe in the PNG --------------------------------------------------------------------
+
+
+def a1111_parameters(entry: dict) -> str:
+    """The recipe in AUTOMATIC1111's layout, which its PNG Info tab and many viewers read."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("portraitkit")
+    except PackageNotFoundError:
+        ours = "dev"
+    fields = {
+        "Steps": entry["steps"], "Sampler": entry["sampler"], "CFG scale": entry["guidance_scale"], "Seed": entry["seed"],
+        "Size": f"{entry['width']}x{entry['height']}", "Model": entry["model"], "Lora scale": entry["lora_scale"],
+        "Lora hash": entry["lora_hash"], "Style": entry["style"], "Version": f"portraitkit {ours}",
+    }
+    settings = ", ".join(f"{key}: {_quoted(value)}" for key, value in fields.items())
+    return f"{entry['prompt']}\nNegative prompt: {entry['negative_prompt']}\n{settings}"
+
+
+def _quoted(value) -> str:
+    text = str(value)
+    # A value holding the separators is JSON-quoted, as AUTOMATIC1111 itself does.
+    return json.dumps(text) if any(c in text for c in ',:"\n') else text
+
+
+def png_parameters(entry: dict):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", a1111_parameters(entry))
+    return info
+
+
+_SETTING = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def read_parameters(path) -> dict:
+    """The recipe in a PNG written by `sample`, parsed by `parse_parameters` ({} if it has none)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = image.text.get("parameters")
+    return parse_parameters(text) if text else {}
+
+
+def parse_parameters(text: str) -> dict:
+    """Parse an AUTOMATIC1111 `parameters` text back into a dict.
+
+    Keys: "prompt", "negative_prompt", then the settings by their names ("Steps", "Seed"...).
+    """
+    lines = text.strip().split("\n")
+    settings_line = lines.pop() if lines and lines[-1].startswith("Steps:") else ""
+    negative_at = next((i for i, line in enumerate(lines) if line.startswith("Negative prompt:")), len(lines))
+    result = {"prompt": "\n".join(lines[:negative_at]),
+              "negative_prompt": "\n".join(lines[negative_at:])[len("Negative prompt:"):].strip()}
+    for key, value in _SETTING.findall(settings_line):
+        result[key.strip()] = json.loads(value) if value.startswith('"') else value.strip()
+    return result

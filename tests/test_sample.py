@@ -1,0 +1,126 @@
+"""Sampling with a LoRA trained on the offline tiny base: recipes, manifest, determinism, scale 0."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from portraitkit.cli import main
+from portraitkit.errors import PortraitkitError
+from portraitkit.sample import SampleConfig, person_words, read_parameters, sample
+
+STEPS = 3  # denoising steps: the tiny base's pictures are noise whatever the count
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, portrait_path):
+    """A tiny-sd LoRA trained a few steps (at a high rate, so it visibly changes the images)."""
+    from portraitkit.train import TrainConfig, train
+
+    dataset = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340)]):
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(dataset / f"{index}.png")
+        rows.append({"file_name": f"{index}.png", "text": "a photo of zwx woman" + (", close-up" if index else "")})
+    (dataset / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path_factory.mktemp("run")
+    return train(TrainConfig(dataset_dir=str(dataset), out_dir=str(out), base="tiny-sd", steps=4, rank=4, lr=1e-2,
+                             optimizer="adamw", checkpoint_every=0, validation_steps=1, validation_seeds=(0,)))
+
+
+@pytest.fixture(scope="module")
+def sampled(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("images")
+    code = main(["sample", str(run_dir), "--out", str(out), "--styles", "studio,black_and_white", "--per-style", "2",
+                 "--seed", "7", "--steps", str(STEPS)])
+    assert code == 0
+    return out
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_manifest_lists_every_image_with_its_recipe(sampled):
+    manifest = json.loads((sampled / "manifest.json").read_text())
+    assert [(e["style"], e["seed"]) for e in manifest] == [("studio", 7), ("studio", 8), ("black_and_white", 7), ("black_and_white", 8)]
+    for entry in manifest:
+        assert {"file", "style", "seed", "prompt", "negative_prompt", "lora_scale", "steps", "guidance_scale"} <= entry.keys()
+        assert (sampled / entry["file"]).is_file() and Image.open(sampled / entry["file"]).size == (64, 64)
+        # The token and class word were read from the run's dataset captions.
+        assert "zwx woman" in entry["prompt"] and entry["steps"] == STEPS and entry["lora_scale"] == 1.0
+    assert "sepia" in manifest[2]["negative_prompt"]  # the style's own negative words
+    for style in ("studio", "black_and_white"):
+        assert Image.open(sampled / "grids" / f"{style}.png").size == (128, 64)  # 2 images side by side
+
+
+def test_png_carries_the_recipe_in_automatic1111_layout(sampled):
+    entry = json.loads((sampled / "manifest.json").read_text())[1]
+    text = Image.open(sampled / entry["file"]).text["parameters"]
+    prompt, negative, settings = text.split("\n")
+    assert prompt == entry["prompt"] and negative == "Negative prompt: " + entry["negative_prompt"]
+    assert settings.startswith(f"Steps: {STEPS}, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: 8, Size: 64x64, Model: tiny-sd, Lora scale: 1.0")
+    parsed = read_parameters(sampled / entry["file"])
+    assert parsed["prompt"] == entry["prompt"] and parsed["negative_prompt"] == entry["negative_prompt"]
+    assert parsed["Seed"] == "8" and parsed["Style"] == "studio" and parsed["Lora hash"] == entry["lora_hash"]
+
+
+def test_same_seed_gives_the_same_image_and_a_rerun_keeps_finished_ones(run_dir, sampled, tmp_path):
+    again = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=2, seed=7, steps=STEPS))
+    assert np.array_equal(pixels(tmp_path / again[0]["file"]), pixels(sampled / "studio_seed7.png"))
+    assert not np.array_equal(pixels(tmp_path / "studio_seed7.png"), pixels(tmp_path / "studio_seed8.png"))
+
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+    sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=2, seed=7, steps=STEPS))
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")} == before
+
+
+def test_lora_scale_zero_gives_the_base_models_image(run_dir, sampled, tmp_path):
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+
+    from portraitkit.bases import load_pipeline
+
+    made = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=1, seed=7,
+                               steps=STEPS, lora_scale=0.0))[0]
+    assert read_parameters(tmp_path / made["file"])["Lora scale"] == "0.0"
+
+    # The base model alone, straight through diffusers, with no LoRA ever loaded.
+    pipe = load_pipeline("tiny-sd")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+    base = pipe(made["prompt"], negative_prompt=made["negative_prompt"], num_inference_steps=STEPS, guidance_scale=made["guidance_scale"],
+                height=64, width=64, generator=torch.Generator().manual_seed(7)).images[0]
+    base = np.asarray(base, dtype=np.int16)
+    assert np.array_equal(pixels(tmp_path / made["file"]), base)
+    assert np.abs(pixels(sampled / "studio_seed7.png") - base).max() > 10  # at scale 1 the LoRA shows
+
+
+def test_token_and_class_word_come_from_the_captions_or_the_user(tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    run = {"settings": {"dataset_dir": str(dataset)}}
+    (dataset / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a photo of ohwx man, outdoors"}\n'
+                                            '{"file_name": "b.png", "text": "a photo of ohwx man"}\n')
+    assert person_words(run) == ("ohwx", "man")
+    (dataset / "report.json").write_text(json.dumps({"config": {"token": "sks", "class_word": "person"}}))
+    assert person_words(run) == ("sks", "person")  # prep's own record wins over reading captions
+    assert person_words(run, class_word="woman") == ("sks", "woman")
+
+    (dataset / "report.json").unlink()
+    (dataset / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a photo of ohwx man"}\n'
+                                            '{"file_name": "b.png", "text": "a photo of zwx woman"}\n')
+    with pytest.raises(PortraitkitError, match="--token and --class-word"):
+        person_words(run)
+
+
+def test_clear_errors_for_a_folder_that_is_not_a_run_and_unknown_styles(run_dir, tmp_path, capsys):
+    assert main(["sample", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "not a training run" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--out", str(tmp_path / "out"), "--styles", "studio,glamour"]) == 2
+    assert "unknown style(s) glamour" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--out", str(tmp_path / "out"), "--lora", "best"]) == 2
+    assert "use --lora final" in capsys.readouterr().err
