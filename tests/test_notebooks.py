@@ -22,6 +22,17 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 OVERRIDES: dict[str, dict] = {
     "01_lens_distortion.ipynb": {"params": {"CURVE_POINTS": 8, "MAX_SIDE": 400, "DISTANCES_CM": [20, 30.5, 60, 152.4, 300]}, "timeout": 120},
     "02_light_and_processing.ipynb": {"params": {"MAX_SIDE": 400, "LEVELS": [0.0, 0.5, 1.0]}, "timeout": 120},
+    # 00 and 03-06 share one work folder, as in Colab, so 03 -> 04 -> 05 -> 06 chain (sorted order):
+    # each notebook runs in its own tmp folder under the session's basetemp, so "../course" is
+    # the same folder for all of them and a fresh one in every test session. Tiny base, 64 px.
+    "00_setup.ipynb": {"params": {"WORK_DIR": "../course"}, "timeout": 60},
+    "03_prepare_photos.ipynb": {"params": {"WORK_DIR": "../course", "PHOTOS_DIR": str(NOTEBOOKS.parent / "data" / "samples"),
+                                           "RESOLUTION": 128, "UPLOAD": False}, "timeout": 120},
+    "04_train_lora.ipynb": {"params": {"WORK_DIR": "../course", "BASE": "tiny-sd", "STEPS": 4, "RANK": 4, "RESOLUTION": 64,
+                                       "CHECKPOINT_EVERY": 2, "VALIDATE_EVERY": 2, "VALIDATION_STEPS": 2}, "timeout": 180},
+    "05_styled_portraits.ipynb": {"params": {"WORK_DIR": "../course", "STYLES": ["studio", "outdoor"], "PER_STYLE": 2,
+                                             "STEPS": 2}, "timeout": 180},
+    "06_final_picks.ipynb": {"params": {"WORK_DIR": "../course", "TOP": 4}, "timeout": 120},
 }
 DEFAULT_TIMEOUT = 600
 
