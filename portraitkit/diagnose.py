@@ -63,7 +63,7 @@ class Thresholds:
     too_bright_mean_luma: float = 0.85
     # colour cast: chroma of the estimated light in CIELAB units. About 2-3 units is a just-
     # noticeable difference on a neutral; clean daylight portraits measure under 3; 8 is an
-    # obvious tint on whites and greys (uncorrected tungsten light at a quarter strength).
+    # obvious tint on whites and greys (tungsten light with a fifth of its cast left uncorrected).
     color_cast: float = 8.0
     # shadows, in photographic stops darker than the lit cheek. Portrait lighting ratios:
     # 2:1 (1 stop) reads as soft modelling, 4:1 (2 stops) as dramatic; beyond 1.5 stops under
@@ -73,13 +73,15 @@ class Thresholds:
     # 0.25 overshoot (a 50-100% unsharp mask) is a visible light/dark rim around hair and eyes.
     oversharpening: float = 0.25
     # blockiness: extra step at 8-pixel block boundaries over other columns. Clean photos
-    # measure near 0-0.1; 0.3 is where blocks show in smooth skin (JPEG quality ~30 and below).
+    # measure about 0-0.15; 0.3 is reached near JPEG quality 50, below which blocks show in
+    # smooth skin.
     jpeg_blockiness: float = 0.3
     # noise: standard deviation in 8-bit levels on flat areas. Under 2 is invisible; 5 shows as
     # grain on skin at full size.
     noise: float = 5.0
-    # blur effect (0 sharp - 1 flat). Sharp portraits measure about 0.2-0.35; 0.5 is a face
-    # whose eyelashes and skin texture are gone (a Gaussian blur of about 2 px on a 250 px face).
+    # blur effect (0 sharp - 1 flat). Sharp portraits measure about 0.25-0.4; 0.5 is a face
+    # whose eyelashes and skin texture are gone (a Gaussian blur of about 1-1.5 px on a
+    # 100-250 px face).
     blur: float = 0.5
 
     def for_score(self, measure: str) -> float:
@@ -400,6 +402,8 @@ def measure_noise(gray: np.ndarray) -> Measure:
     texture also respond, so only pixels whose (pre-smoothed) gradient is in the lower half are
     used, which keeps skin and walls and drops eyelashes and hair.
     """
+    if min(gray.shape) < 5:
+        return Measure(score=0.0, detail={"sigma_levels": 0.0, "flat_fraction": 0.0})
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
     response = np.abs(ndimage.convolve(gray, mask, mode="reflect"))[1:-1, 1:-1]
     smooth = ndimage.gaussian_filter(gray, 2.0)
@@ -479,7 +483,7 @@ def diagnose_image(image: Image.Image, face: Face | None = None, thresholds: Thr
     blur_image.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.LANCZOS)  # downscale only
     landmarks = None if face is None else np.asarray(face.landmarks, dtype=np.float64) - region[:2]
     small = image.copy()
-    small.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.BOX)  # an average colour needs no detail
+    small.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.BOX)  # the light's colour needs no fine detail
 
     measures = {
         "exposure": measure_exposure(region_rgb),

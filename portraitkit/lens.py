@@ -13,21 +13,23 @@ Sources
 - Profile (depths and heights), one measured subject: nasion, pronasale, subnasale, upper lip
   and pogonion to the midpoint of the tragi 8.85, 10.38, 9.19, 9.44, 10.73 cm; nasion to
   pogonion 9.97 (the facial line, taken as vertical), nasion to pronasale 4.47, to subnasale
-  5.09, to upper lip 6.10, exocanthion to nasion 4.74, bitragion width 13.14, subnasale to
-  menton 6.05, trichion to nasion 5.68 (Deli et al., Prog Orthod 2013, 14:32,
-  doi:10.1186/2196-1042-14-32, table 2). Each midline point is placed by trilateration from
-  two of these distances; the others (Ls-Prn 2.50, Prn-Pg 6.36, Sn-Pg 4.99) are left over as a
-  check (see `profile_check`).
+  5.09, to upper lip 6.10, bitragion width 13.14, subnasale to menton 6.05, trichion to
+  nasion 5.68 (Deli et al., Prog Orthod 2013, 14:32, doi:10.1186/2196-1042-14-32, table 2).
+  Each midline point is placed by trilateration from two of these distances; others from the
+  same table (Ex-N 4.74, Ls-Prn 2.50, Prn-Pg 6.36, Sn-Pg 4.99) are left over as a check
+  (see `profile_check`).
 - Ears: protrusion of the helix rim from the side of the head 1.96 cm (Karnail et al.,
-  J Chem Health Risks 2023, "Evaluation of 3d position and size of ear...", 100 adults).
+  "Evaluation of 3d Position and Size of Ear Using Anthropometric Landmarks Amongst General
+  Population", J Chem Health Risks, jchr.org/index.php/JCHR/article/view/1868; 100 adults).
 
 Modelling assumptions (the only ones): horizontal cross-sections of the face are half-ellipses
 through the two sides (half the width measured at that level) and the midline (its depth), so
 a point beside the midline sits on that ellipse; the cheekbones (zygia) are at the height of
 the tragi and the face is that wide from the eyes down to there; the eye corners are level
-with the nasion; the jaw angles at the height of the mouth; the nose is the triangle of pronasale,
-subnasale and the alae on the cheek surface. Distances are measured from the camera to the
-tip of the nose, which is what a learner can measure with a tape.
+with the nasion; the jaw angles at the height of the mouth; the menton is under the pogonion and
+the hairline above the nasion; the ear rims stick out sideways at the depth of the tragi; the
+nose is the triangle of pronasale, subnasale and the alae on the cheek surface. Distances are
+measured from the camera to the tip of the nose, which is what a learner can measure with a tape.
 
 A 35 mm-equivalent focal length F means a 36 x 24 mm frame: the horizontal field of view is
 2 atan(18 / F). Phone main cameras are about 24-26 mm, front cameras about 23-31 mm.
@@ -65,7 +67,7 @@ DELI_2013_CM = {  # Deli et al. 2013, table 2, one subject; M = midpoint of the 
     # not used to build the head, kept to check it:
     "Ls-Prn": 2.50, "Prn-Pg": 6.36, "Sn-Pg": 4.99,
 }
-EAR_PROTRUSION_CM = 1.96  # Karnail et al. 2023: ear rim to the side of the head
+EAR_PROTRUSION_CM = 1.96  # Karnail et al.: ear rim to the side of the head
 
 
 @dataclass(frozen=True)
