@@ -273,7 +273,28 @@ def run_pick(args) -> int:
     return 0
 
 
-COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick]
+def add_demo(subparsers) -> None:
+    from portraitkit.demo import DemoConfig
+
+    parser = subparsers.add_parser("demo", help="the whole pipeline on the sample photos, with an HTML report",
+                                   description="Prepare the sample photos, train a LoRA, sample styled portraits, rank them "
+                                   "and write report.html in --out. The default tiny-sd base runs on a CPU in a minute or "
+                                   "two (its pictures are noise); --base sd15 or sdxl on a GPU makes real portraits.")
+    add_dataclass_arguments(parser, DemoConfig, renames={"out_dir": "out", "photos_dir": "photos"}, skip=("styles",))
+    parser.add_argument("--styles", type=_names, help="comma-separated style names (see `portraitkit styles`); default: "
+                        "studio,outdoor,black_and_white on a tiny base, studio,natural,outdoor,corporate on a real one")
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    from portraitkit.demo import DemoConfig, demo
+
+    report = demo(config_from_args(DemoConfig, args))
+    print(f"Done: open {report} in a browser.")
+    return 0
+
+
+COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick, add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

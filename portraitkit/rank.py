@@ -258,9 +258,10 @@ def picks_sheet(images_dir: Path, rows: list[dict]):
         except OSError:
             pass  # unreadable: its reason is in ranking.json, the caption still shows its place
         identity = "no usable face" if row["identity_distance"] is None else f"identity distance {row['identity_distance']:.2f}"
+        name = row["file"] if len(row["file"]) <= 34 else row["file"][:16] + "..." + row["file"][-15:]
         draw = ImageDraw.Draw(tile)
-        draw.text((6, CELL - CAPTION + 5), f"#{row['rank']}  score {row['score']:.2f}  {row['file'][:20]}", fill="black", font=font)
-        draw.text((6, CELL - CAPTION + 24), identity, fill="dimgray", font=font)
+        draw.text((6, CELL - CAPTION + 5), f"#{row['rank']}  score {row['score']:.2f}  {identity}", fill="black", font=font)
+        draw.text((6, CELL - CAPTION + 24), name, fill="dimgray", font=font)
         tiles.append(tile)
     return image_grid(tiles, columns=min(4, len(tiles)))
 

@@ -1,0 +1,52 @@
+"""The demo end to end on the sample photos and the tiny base, at the smallest useful size."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from portraitkit.cli import main
+
+
+def test_demo_runs_every_stage_and_reports_them(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--train-steps", "2", "--styles", "studio,outdoor", "--per-style", "1", "--sample-steps", "2"]
+    assert main(args) == 0
+    assert "report.html" in capsys.readouterr().out
+
+    # prep: the sample folder's Grace Hopper photos in, the stranger, duplicate and no-face photos out
+    report = json.loads((out / "dataset" / "report.json").read_text())
+    decisions = {photo["source"]: photo["status"] for photo in report["photos"]}
+    assert decisions["hopper.jpg"] == "accepted"
+    assert decisions["astronaut.jpg"] == decisions["coffee.jpg"] == decisions["hopper_duplicate.jpg"] == "rejected"
+
+    # train: a LoRA, and an honest identity record (the tiny base draws no faces)
+    run = out / "run"
+    assert (run / "pytorch_lora_weights.safetensors").is_file()
+    identity = json.loads((run / "identity.json").read_text())
+    assert [row["step"] for row in identity["steps"]] == [1, 2]
+    assert identity["best_step"] is None and identity["reference_faces"] > 0
+    assert all(row["mean_identity_distance"] is None and row["reason"] for row in identity["steps"])
+
+    # sample and pick: every portrait listed, each ranked with the reason it has no score
+    manifest = json.loads((out / "portraits" / "manifest.json").read_text())
+    assert [(entry["style"], entry["seed"]) for entry in manifest] == [("studio", 0), ("outdoor", 0)]
+    ranking = json.loads((out / "portraits" / "ranking.json").read_text())
+    assert {row["file"] for row in ranking} == {entry["file"] for entry in manifest}
+    assert all(row["identity_distance"] is None and row["reasons"] == ["no face found"] for row in ranking)
+    checked = [row["file"] for row in json.loads((out / "scorer_check" / "ranking.json").read_text())]
+    assert checked[0] == "hopper.jpg" and checked.index("astronaut.jpg") < checked.index("coffee.jpg") == 3
+
+    # the report: every stage, and a self-contained folder (every link is relative and exists)
+    html = (out / "report.html").read_text()
+    for heading in ["1. Photos", "2. Training", "3. Styled portraits", "4. Ranking", "tiny-sd"]:
+        assert heading in html
+    links = re.findall(r'(?:src|href)="?([^" >]+)', html)
+    assert links and all(not link.startswith(("/", "http")) and (out / link).is_file() for link in links)
+    seconds = json.loads((out / "demo.json").read_text())["seconds"]
+    assert set(seconds) == {"prep", "train", "sample", "pick", "scorer check"}
+
+    # Run again into the same folder: the finished run and portraits are kept, not redone.
+    kept = {path: path.stat().st_mtime_ns for path in [run / "pytorch_lora_weights.safetensors", out / "portraits" / manifest[0]["file"]]}
+    assert main(args) == 0
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept
