@@ -218,7 +218,7 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
         rows = [[str(r["step"]), f"{r['faces_found']} of {r['images']}", _distance(r["mean_identity_distance"]), _e(r["reason"] or "-")]
                 for r in identity["steps"]]
         best = (f"Step {identity['best_step']} looks most like the person; its LoRA is kept in <code>run/{_e(identity['best_lora'])}</code>."
-                if identity["best_step"] is not None else f"No step could be judged: {_e(identity['reason'])}.")
+                if identity["best_step"] is not None else _e(identity["reason"][:1].upper() + identity["reason"][1:]) + ".")
         parts += [f"<p>Each validation step scored against the training photos (mean identity distance, 0.6 or less is the "
                   f"same person). {best} The final output is <code>run/{_e(identity['final_lora'])}</code>.</p>",
                   _table(["step", "faces found", "mean identity distance", "note"], rows)]

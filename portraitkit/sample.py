@@ -96,13 +96,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
         hint = "use --lora final" if config.lora == "best" else "train it first, or wait for the run to finish"
         raise PortraitkitError(f"{lora_dir} has no {LORA_FILE}: {hint}")
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler)
-    pipe.load_lora_weights(str(lora_dir), adapter_name=ADAPTER)
-    # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
-    pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
-    resolution = config.resolution or run["settings"].get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
-
+    resolution = config.resolution or run["settings"].get("resolution") or native_resolution(run["base"]["source"])
     shared = {
         "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label, "width": resolution, "height": resolution,
         "model": model_name(run), "lora": str(lora_dir / LORA_FILE), "lora_hash": file_hash(lora_dir / LORA_FILE),
@@ -119,9 +113,16 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
             })
 
     manifest = _previous_manifest(out_dir)
-    for entry in tqdm(planned, desc="sampling portraits", unit="img"):
-        if manifest.get(entry["file"]) == entry and (out_dir / entry["file"]).is_file():
-            continue  # made by an earlier run with exactly this recipe
+    # Images an earlier run made with exactly this recipe are kept (a Colab disconnect costs
+    # only the image in progress), and the model is not even loaded when none is missing.
+    missing = [e for e in planned if not (manifest.get(e["file"]) == e and (out_dir / e["file"]).is_file())]
+    if missing:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler)
+        pipe.load_lora_weights(str(lora_dir), adapter_name=ADAPTER)
+        # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
+        pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
+    for entry in tqdm(missing, desc="sampling portraits", unit="img"):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
             image = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
@@ -189,6 +190,20 @@ def _words_from_captions(path: Path) -> tuple[str, str] | None:
 
     found = {match.groups() for row in read_jsonl(path) if (match := CAPTION_WORDS.search(str(row.get("text", ""))))}
     return found.pop() if len(found) == 1 else None  # several answers: better to ask than to guess
+
+
+def native_resolution(source: str) -> int:
+    """The size a base draws best at (512 SD1.5, 1024 SDXL, 64 tiny), from its small config files."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from portraitkit.bases import base_unavailable
+
+    try:
+        unet = UNet2DConditionModel.load_config(source, subfolder="unet")
+        vae = AutoencoderKL.load_config(source, subfolder="vae")
+    except Exception as error:  # offline, moved folder, gated repo: say which and what to do
+        raise base_unavailable(source, error) from None
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def model_name(run: dict) -> str:

@@ -124,3 +124,22 @@ def test_clear_errors_for_a_folder_that_is_not_a_run_and_unknown_styles(run_dir,
     assert "unknown style(s) glamour" in capsys.readouterr().err
     assert main(["sample", str(run_dir), "--out", str(tmp_path / "out"), "--lora", "best"]) == 2
     assert "use --lora final" in capsys.readouterr().err
+
+
+def test_sdxl_runs_get_the_sdxl_styles_and_can_use_the_best_lora(tmp_path, run_dir):
+    import shutil
+
+    from portraitkit.train import TrainConfig, train
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(json.loads((run_dir / "config.json").read_text())["settings"]["dataset_dir"], dataset)
+    xl_run = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "run"), base="tiny-sdxl", steps=1, rank=4,
+                               optimizer="adamw", checkpoint_every=0, validation_steps=1, validation_seeds=(0,)))
+    # best/ is written when validation images show the person; the tiny base never draws one.
+    (xl_run / "best").mkdir()
+    shutil.copy(xl_run / "pytorch_lora_weights.safetensors", xl_run / "best")
+    made = sample(SampleConfig(run_dir=str(xl_run), out_dir=str(tmp_path / "out"), styles=["studio"], per_style=1,
+                               steps=1, lora="best"))[0]
+    assert made["guidance_scale"] == 5.5 and made["prompt"].startswith("A head-and-shoulders studio portrait photograph of zwx woman")
+    assert made["lora"].endswith("best/pytorch_lora_weights.safetensors") and made["model"] == "tiny-sdxl"
+    assert read_parameters(tmp_path / "out" / made["file"])["Size"] == "64x64"
