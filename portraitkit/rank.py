@@ -93,8 +93,11 @@ def image_files(images_dir: Path) -> list[tuple[str, dict]]:
     manifest = images_dir / "manifest.json"
     if manifest.is_file():
         keep = ("style", "seed", "lora_scale")
-        entries = json.loads(manifest.read_text(encoding="utf-8"))
-        found = [(e["file"], {k: e[k] for k in keep if k in e}) for e in entries if (images_dir / e["file"]).is_file()]
+        try:
+            entries = json.loads(manifest.read_text(encoding="utf-8"))
+            found = [(e["file"], {k: e[k] for k in keep if k in e}) for e in entries if (images_dir / e["file"]).is_file()]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise PortraitkitError(f"{manifest} is not a portraitkit manifest: remove it to rank every image in the folder") from None
     else:
         found = [(p.name, {}) for p in sorted(images_dir.iterdir())
                  if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".") and p.name != PICKS_SHEET]
