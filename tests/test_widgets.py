@@ -183,3 +183,36 @@ def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
     assert "Tick at least one" in panel.prompt.value
     with pytest.raises(PortraitkitError, match="no style is ticked"):
         panel.config(tmp_path / "portraits")
+
+
+def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
+    from portraitkit.plan import Device
+
+    run = tmp_path / "run"
+    panel = widgets.TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64)
+    assert "estimated" in panel.estimate.value and "fits" in panel.estimate.value and "GiB" in panel.estimate.value
+    assert "Estimates, not measurements" in panel.estimate.value and "noise, not portraits" in panel.estimate.value
+    assert "A new run" in panel.resume.value
+
+    panel.rank.value = 8
+    panel.text_encoder.value = True
+    panel.optimizer.value = "adamw"
+    config = panel.config(checkpoint_every=2)
+    assert (config.base, config.steps, config.rank, config.resolution) == ("tiny-sd", 4, 8, 64)
+    assert config.train_text_encoder and config.optimizer == "adamw" and config.checkpoint_every == 2
+    assert not config.resume and config.dataset_dir == str(prepared) and config.out_dir == str(run)
+    panel.resolution.value = 0
+    assert panel.config().resolution is None  # the base's own size
+
+    # after a disconnect the same panel continues the run in the folder
+    from portraitkit.files import write_json
+    from portraitkit.train import run_config
+
+    write_json(run / "config.json", run_config(config))
+    panel.update()
+    assert panel.config().resume and "continues from step 0" in panel.resume.value
+
+    # a machine too small for the run: the panel says so, with the planner's advice
+    small = Device("tiny-gpu", gpu_memory_gb=0.2, host_ram_gb=64, sd15_its=6.9, source="a test machine")
+    cramped = widgets.TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64, gpu=small)
+    assert "does not fit" in cramped.estimate.value
