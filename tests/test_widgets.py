@@ -26,13 +26,23 @@ def test_upload_value_of_ipywidgets_7_and_8(tmp_path, portrait_path):
     assert widgets.uploaded_files(()) == widgets.uploaded_files({}) == []
 
 
+def browser_upload(upload, files: dict[str, bytes]) -> None:
+    """What the browser side of a FileUpload sends when files are chosen, in ipywidgets 7 or 8."""
+    import ipywidgets
+
+    if ipywidgets.__version__.startswith("7."):  # Colab: metadata and data lists, then a counter bump
+        upload.metadata = [{"name": name, "type": "image/jpeg", "size": len(data), "lastModified": 0} for name, data in files.items()]
+        upload.data = list(files.values())
+        upload._counter += 1
+    else:
+        upload.value = tuple({"name": name, "type": "image/jpeg", "size": len(data), "content": memoryview(data),
+                              "last_modified": NOW} for name, data in files.items())
+
+
 def test_upload_panel_saves_photos_and_names_the_empty_ones(tmp_path, portrait_path):
     panel = widgets.UploadPanel(tmp_path / "photos")
     content = portrait_path.read_bytes()
-    panel.upload.value = (
-        {"name": "me.jpg", "type": "image/jpeg", "size": len(content), "content": memoryview(content), "last_modified": NOW},
-        {"name": "big.jpg", "type": "image/jpeg", "size": 0, "content": memoryview(b""), "last_modified": NOW},
-    )
+    browser_upload(panel.upload, {"me.jpg": content, "big.jpg": b""})
     assert (tmp_path / "photos" / "me.jpg").read_bytes() == content
     assert not (tmp_path / "photos" / "big.jpg").exists()
     assert "1 photos in" in panel.status.value and "big.jpg arrived empty" in panel.status.value
