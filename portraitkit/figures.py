@@ -14,11 +14,12 @@ ADAM_STATE = {"AdamW (32-bit)": 8, "8-bit AdamW": 2}
 GIB = 2**30  # GiB, as nvidia-smi, Colab and the planner report memory
 
 
-def lora_figure(rank: int = 16, d: int = 768, k: int = 768):
+def lora_figure(rank: int = 16, d: int = 640, k: int = 640):
     """W (d x k, frozen) beside B (d x r) and A (r x k), drawn to scale, with their sizes.
 
-    768 x 768 is a self-attention projection of SD1.5's deepest blocks (1280-wide blocks have
-    larger ones; the ratio is what matters).
+    640 x 640 is a self-attention projection (to_q, to_k, to_v, to_out) in SD1.5's 640-channel
+    blocks; the other blocks have 320 x 320 and 1280 x 1280 ones, and cross-attention's to_k and
+    to_v are C x 768. The share the LoRA adds, r(d+k)/(dk), is what the figure is about.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle

@@ -226,3 +226,17 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     small = Device("tiny-gpu", gpu_memory_gb=0.2, host_ram_gb=64, sd15_its=6.9, source="a test machine")
     cramped = widgets.TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64, gpu=small)
     assert "does not fit" in cramped.estimate.value
+
+
+def test_teaching_figures_draw_the_arithmetic():
+    from portraitkit import figures
+
+    texts = " ".join(t.get_text() for t in figures.lora_figure(rank=8, d=640, k=640).axes[0].texts)
+    assert "409,600 numbers" in texts and "r·(d+k) = 10,240" in texts and "2.5% of W" in texts
+
+    axes = figures.memory_figure("tiny-sd", rank=4).axes[0]
+    heights = {}
+    for bar in axes.patches:  # stacked bars: sum each column's parts
+        heights[round(bar.get_x(), 2)] = heights.get(round(bar.get_x(), 2), 0) + bar.get_height()
+    full_adamw, full_8bit, lora_adamw, lora_8bit = (heights[x] for x in sorted(heights))
+    assert full_adamw > full_8bit > lora_adamw > lora_8bit  # 8-bit state saves; a LoRA saves far more
