@@ -294,7 +294,30 @@ def run_demo(args) -> int:
     return 0
 
 
-COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick, add_demo]
+def add_plan(subparsers) -> None:
+    from portraitkit.plan import PlanConfig
+
+    parser = subparsers.add_parser("plan", help="estimate GPU memory, RAM and time of a training run before starting it",
+                                   description="Estimate a LoRA training run's peak GPU memory, peak RAM and time per step "
+                                   "on a GPU (default: the free Colab T4), whether it fits, and the cheapest change that "
+                                   "makes it fit. Estimates computed from the architecture: no weights are loaded (for a "
+                                   "Hugging Face id only its small config files are read).")
+    add_dataclass_arguments(parser, PlanConfig)
+    parser.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    parser.set_defaults(func=run_plan)
+
+
+def run_plan(args) -> int:
+    import json
+
+    from portraitkit.plan import PlanConfig, plan_run
+
+    plan = plan_run(**dataclasses.asdict(config_from_args(PlanConfig, args)))
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.summary())
+    return 0
+
+
+COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick, add_demo, add_plan]
 
 
 def main(argv: list[str] | None = None) -> int:

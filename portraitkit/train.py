@@ -102,6 +102,10 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     if start_step >= config.steps and (run_dir / LORA_FILE).is_file():
         print(f"{run_dir} already finished {start_step} steps; raise --steps to train further.")
         return run_dir
+    if torch.cuda.is_available():  # stop now, with advice, rather than out of memory after minutes of loading
+        from portraitkit.plan import check_training_fits
+
+        check_training_fits(config)
 
     accelerator = Accelerator(mixed_precision=_mixed_precision(config), gradient_accumulation_steps=config.grad_accum)
     device = accelerator.device

@@ -1,0 +1,531 @@
+"""Peak GPU memory, peak RAM and time per step of LoRA training on real-size SD1.5 and SDXL:
+portraitkit's T4 recipe beside a plain diffusers + peft loop, and one image of inference per base.
+
+On a machine with a CUDA GPU, one command measures everything, writes
+benchmarks/results/<gpu>-<date>.json and prints a table with the planner's estimates beside:
+
+    python benchmarks/bench_training.py
+
+On a CPU, the same script runs on the tiny bases in well under a minute, to prove that it works
+(GPU fields are null; nothing is written unless --out is given; tests/test_benchmarks.py runs it):
+
+    python benchmarks/bench_training.py --tiny
+
+Memory and time depend on the architecture and the settings, not on the weights: the real-size
+bases are built from the published configurations in portraitkit.plan with random weights, saved
+once as fp16 safetensors (about 2 GB for SD1.5, 7 GB for SDXL, under --cache), and loaded the way
+training loads a downloaded base. Each configuration runs in a fresh Python process, so no peak
+leaks from one into the next:
+
+- portraitkit: `portraitkit.train.train` itself (fp16 frozen weights, fp32 LoRA, 8-bit AdamW,
+  gradient checkpointing, SDPA, latents and text embeddings cached once), on a small generated
+  dataset; the time of each step comes from its train_log.jsonl, the GPU peaks from `on_step`
+  (loading and caching up to the first step, the training steps, then the final validation);
+- plain: the loop most tutorials write, without those savings: fp32 weights under fp16 autocast,
+  the VAE and text encoder(s) run in every step, 32-bit AdamW, no gradient checkpointing;
+- inference: one image at 25 steps with the fp16 pipeline, after a 2-step warm-up.
+
+Peak GPU memory: torch.cuda.max_memory_allocated and max_memory_reserved, and the device-level
+figure (reserved plus what CUDA itself holds: total - free - reserved, read after the steps).
+Peak RAM: ru_maxrss of the process (includes memory-mapped weight files) and the sampled peak of
+its anonymous memory (RssAnon, what the kernel cannot drop). Seconds per step: the median after
+the warm-up steps, with the GPU synchronised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+MARK = "BENCH_RESULT "
+CAPTION = "a photo of sks person"
+GIB = 2**30
+PACKAGES = ["portraitkit", "torch", "diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors"]
+BUILD_VERSION = 1  # bump when the random-base recipe changes, so stale folders are rebuilt
+
+
+# --- the parent: prepare, run each configuration in its own process, report ----------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="CPU check on the tiny bases (tiny-sd, tiny-sdxl)")
+    parser.add_argument("--bases", help="comma-separated: sd15,sdxl (default), or tiny-sd,tiny-sdxl with --tiny")
+    parser.add_argument("--recipes", default="portraitkit,plain,inference", help="which configurations to measure")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--steps", type=int, help="measured steps per training configuration (default 10; 3 with --tiny)")
+    parser.add_argument("--warmup", type=int, help="steps run before measuring (default 3; 1 with --tiny)")
+    parser.add_argument("--out", help=f"results folder (default {RESULTS.relative_to(REPO)}; none with --tiny)")
+    parser.add_argument("--cache", help="where the random-weight real-size bases are kept (default: portraitkit's cache)")
+    parser.add_argument("--fresh", action="store_true", help="with --tiny: start each configuration as a new interpreter, "
+                        "as GPU runs always do, instead of forking this one after its imports")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(json.loads(args.child))
+
+    bases = (args.bases or ("tiny-sd,tiny-sdxl" if args.tiny else "sd15,sdxl")).split(",")
+    recipes = args.recipes.split(",")
+    steps, warmup = args.steps or (3 if args.tiny else 10), args.warmup if args.warmup is not None else (1 if args.tiny else 3)
+    # On a GPU every configuration gets a new interpreter: CUDA cannot be used in a forked process.
+    # On a CPU, forking after the heavy imports gives each configuration its own process in a second.
+    launch = run_forked if args.tiny and not args.fresh else run_fresh
+    if launch is run_forked:
+        preload()
+    work = Path(tempfile.mkdtemp(prefix="portraitkit-bench-"))
+    results = []
+    try:
+        for base in bases:
+            folder = prepare_base(base, args.cache)
+            resolution = resolution_of(folder)
+            dataset = make_dataset(work / f"data-{resolution}", resolution)
+            for recipe in recipes:  # one at a time: peaks must not overlap
+                spec = {"task": recipe, "base": base, "folder": str(folder), "dataset": str(dataset), "rank": args.rank,
+                        "resolution": resolution, "steps": steps, "warmup": warmup, "work": str(work / f"{base}-{recipe}")}
+                results.append(launch(spec))
+                print(f"{base} {recipe}: {results[-1]['status']}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(table(results))
+    out = args.out or (None if args.tiny else str(RESULTS))
+    if out:
+        gpu = results[0]["gpu"] or "cpu"
+        path = Path(out) / f"{slug(gpu)}-{results[0]['date']}.json"
+        from portraitkit.files import write_json
+
+        write_json(path, results)
+        print(f"\nWrote {path}")
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg", "PORTRAITKIT_SKIP_PLAN": "1",
+             "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_fresh(spec: dict) -> dict:
+    """One configuration in a new interpreter; its last BENCH_RESULT line is the result."""
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env={**os.environ, **CHILD_ENV},
+                          capture_output=True, text=True)
+    lines = [line[len(MARK):] for line in done.stdout.splitlines() if line.startswith(MARK)]
+    if lines:
+        return json.loads(lines[-1])
+    reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return {**identity(spec, None), "status": f"crashed (exit {done.returncode}): {reason[:300]}"}
+
+
+def run_forked(spec: dict) -> dict:
+    """One configuration in a forked copy of this process (CPU only), its output silenced."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=forked_child, args=(spec, writer))
+    process.start()
+    writer.close()
+    try:
+        result = reader.recv()
+    except EOFError:
+        result = {**identity(spec, None), "status": "crashed: the forked process ended without a result"}
+    process.join()
+    return result
+
+
+def forked_child(spec: dict, writer) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.environ.update(CHILD_ENV)
+    writer.send(measure(spec))
+
+
+def preload() -> None:
+    """The imports every configuration needs, done once before forking."""
+    import diffusers  # noqa: F401
+    import peft  # noqa: F401
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
+
+    import portraitkit.plan  # noqa: F401
+    import portraitkit.train  # noqa: F401
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # train reports a missing bitsandbytes itself
+        pass
+
+
+def prepare_base(base: str, cache: str | None) -> Path:
+    """A diffusers folder for `base`: the tiny presets as portraitkit builds them; for sd15/sdxl a
+    real-size model with random weights, built once in a separate process (on the GPU when there is one)."""
+    from portraitkit.bases import TINY_PRESETS, cache_dir, tiny_base_folder
+
+    if base in TINY_PRESETS:
+        return tiny_base_folder(base)
+    folder = Path(cache or cache_dir() / "bench-bases") / f"{base}-random-v{BUILD_VERSION}"
+    if not (folder / "model_index.json").is_file():
+        print(f"Building a random-weight {base} in {folder} (once)...", flush=True)
+        spec = {"task": "build", "base": base, "folder": str(folder)}
+        subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], check=True)
+    return folder
+
+
+def resolution_of(folder: Path) -> int:
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def make_dataset(folder: Path, resolution: int, count: int = 4) -> Path:
+    """A few smooth random colour images with captions, as `portraitkit prep` lays them out."""
+    import numpy as np
+    from PIL import Image
+
+    from portraitkit.files import save_image, write_jsonl
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(count):
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((resolution, resolution), Image.BICUBIC)
+        save_image(folder / f"photo_{index}.png", image)
+        rows.append({"file_name": f"photo_{index}.png", "text": CAPTION})
+    write_jsonl(folder / "metadata.jsonl", rows)
+    return folder
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def table(results: list[dict]) -> str:
+    def cell(row, key, digits=2):
+        measured, estimate = row.get(key), (row.get("estimate") or {}).get(key)
+        text = "-" if measured is None else f"{measured:.{digits}f}"
+        if estimate is not None:
+            text += f" (est {estimate:.{digits}f})"
+        return text
+
+    header = ["base", "recipe", "px", "GPU alloc GiB", "GPU total GiB", "RAM GiB", "s/step", "status"]
+    rows = [[r["base"], r["recipe"], str(r["resolution"]), cell(r, "peak_gpu_allocated_gb"), cell(r, "peak_gpu_mem_gb"),
+             cell(r, "peak_host_ram_gb", 1), cell(r, "seconds_per_step", 3), r["status"][:40]] for r in results]
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)) for line in [header, *rows]]
+    gpu = results[0]["gpu"] if results else None
+    lines.insert(0, f"Measured on {gpu or 'a CPU (no GPU figures)'}; (est ...) = portraitkit.plan's estimate")
+    for base in dict.fromkeys(r["base"] for r in results):
+        mine = next((r for r in results if r["base"] == base and r["recipe"] == "portraitkit" and r["status"] == "ok"), None)
+        plain = next((r for r in results if r["base"] == base and r["recipe"] == "plain" and r["status"] == "ok"), None)
+        if mine and plain:
+            memory = (f", {plain['peak_gpu_allocated_gb'] / mine['peak_gpu_allocated_gb']:.2f}x less GPU memory"
+                      if mine["peak_gpu_allocated_gb"] else "")
+            lines.append(f"{base}: portraitkit's step is {plain['seconds_per_step'] / mine['seconds_per_step']:.2f}x as fast "
+                         f"as the plain loop's{memory}")
+    return "\n".join(lines)
+
+
+# --- the children -------------------------------------------------------------------------------
+
+
+def child(spec: dict) -> int:
+    if spec["task"] == "build":
+        build_random_base(spec["base"], Path(spec["folder"]))
+        return 0
+    print(MARK + json.dumps(measure(spec)), flush=True)
+    return 0
+
+
+def measure(spec: dict) -> dict:
+    tasks = {"portraitkit": measure_portraitkit, "plain": measure_plain, "inference": measure_inference}
+    if spec["task"] not in tasks:
+        raise SystemExit(f"unknown recipe {spec['task']}: use portraitkit, plain or inference")
+    watcher = RamWatcher()
+    result = identity(spec, gpu_name())
+    try:
+        result.update(tasks[spec["task"]](spec))
+        result["status"] = "ok"
+    except Exception as error:
+        if "out of memory" in str(error).lower():
+            result["status"] = "out of memory"
+        else:
+            result["status"] = f"error: {type(error).__name__}: {str(error)[:300]}"
+    result.update(watcher.stop())
+    result["estimate"], result["difference_pct"] = estimate(spec, result)
+    return result
+
+
+def identity(spec: dict, gpu: str | None) -> dict:
+    return {"gpu": gpu, "base": spec["base"], "resolution": spec["resolution"], "rank": spec["rank"], "batch_size": 1,
+            "recipe": spec["task"], "tiny": spec["base"].startswith("tiny"),
+            "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(), "versions": versions(),
+            "peak_gpu_allocated_gb": None, "peak_gpu_reserved_gb": None, "peak_gpu_mem_gb": None,
+            "peak_host_ram_gb": None, "seconds_per_step": None}
+
+
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def versions() -> dict:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    import torch
+
+    found["cuda"] = torch.version.cuda
+    found["python"] = sys.version.split()[0]
+    return found
+
+
+class RamWatcher:
+    """Peak RAM of this process: the kernel's high-water mark, and sampled anonymous memory."""
+
+    def __init__(self, every: float = 0.02):
+        self.peak_anon = 0
+        self.running = True
+        self.thread = threading.Thread(target=self.sample, args=(every,), daemon=True)
+        self.thread.start()
+
+    def sample(self, every: float) -> None:
+        status = Path("/proc/self/status")
+        while self.running and status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak_anon = max(self.peak_anon, int(line.split()[1]) * 1024)
+            time.sleep(every)
+
+    def stop(self) -> dict:
+        self.running = False
+        self.thread.join()
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        return {"peak_host_ram_gb": round(maxrss / GIB, 3), "peak_host_anon_gb": round(self.peak_anon / GIB, 3) or None}
+
+
+class GpuPeaks:
+    """torch.cuda's peak counters per phase; all None on a CPU."""
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.cuda = torch.cuda.is_available()
+        self.phases: dict[str, dict] = {}
+        self.outside = None  # what CUDA holds outside PyTorch's allocator
+
+    def close_phase(self, name: str) -> None:
+        if not self.cuda:
+            return
+        cuda = self.torch.cuda
+        cuda.synchronize()
+        self.phases[name] = {"allocated_gb": round(cuda.max_memory_allocated() / GIB, 3),
+                             "reserved_gb": round(cuda.max_memory_reserved() / GIB, 3)}
+        if self.outside is None or name == "train_steps":
+            free, total = cuda.mem_get_info()
+            self.outside = (total - free - cuda.memory_reserved()) / GIB
+        cuda.reset_peak_memory_stats()
+
+    def summary(self) -> dict:
+        if not self.cuda:
+            return {}
+        allocated = max(p["allocated_gb"] for p in self.phases.values())
+        reserved = max(p["reserved_gb"] for p in self.phases.values())
+        return {"peak_gpu_allocated_gb": allocated, "peak_gpu_reserved_gb": reserved,
+                "peak_gpu_mem_gb": round(reserved + self.outside, 3), "cuda_outside_allocator_gb": round(self.outside, 3),
+                "phases": self.phases}
+
+
+def measure_portraitkit(spec: dict) -> dict:
+    """portraitkit's own training code path, on the T4 recipe (fp16 on a GPU)."""
+    import torch
+
+    from portraitkit.files import read_jsonl
+    from portraitkit.train import TrainConfig, train
+
+    total = spec["warmup"] + spec["steps"]
+    peaks = GpuPeaks()
+
+    def on_step(row):
+        if row["step"] == 1:
+            peaks.close_phase("load_cache_first_step")
+        elif row["step"] == total:
+            peaks.close_phase("train_steps")
+
+    config = TrainConfig(
+        dataset_dir=spec["dataset"], out_dir=spec["work"], base=spec["folder"], steps=total, rank=spec["rank"],
+        resolution=spec["resolution"], mixed_precision="fp16" if torch.cuda.is_available() else "no",
+        optimizer="adamw8bit", gradient_checkpointing=True, checkpoint_every=0, validate_every=0,
+        validation_prompts=[CAPTION], validation_seeds=(0,), validation_steps=2)
+    train(config, on_step=on_step)
+    peaks.close_phase("save_and_validate")
+    rows = read_jsonl(Path(spec["work"]) / "train_log.jsonl")
+    seconds = [row["seconds"] for row in rows if row["step"] > spec["warmup"]]
+    return {"seconds_per_step": round(statistics.median(seconds), 4), "measured_steps": len(seconds),
+            "warmup_steps": spec["warmup"], **peaks.summary()}
+
+
+def measure_plain(spec: dict) -> dict:
+    """A plain diffusers + peft loop: fp32 weights, fp16 autocast, VAE and text encoders in every
+    step, 32-bit AdamW, no gradient checkpointing (SDPA is diffusers' default attention here too)."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from PIL import Image
+
+    from portraitkit.bases import load_pipeline
+    from portraitkit.train import UNET_TARGETS, encode_text, image_to_tensor, unet_conditioning
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    peaks = GpuPeaks()
+    pipe = load_pipeline(spec["folder"], dtype=torch.float32, device=device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
+    pipe.unet.add_adapter(LoraConfig(r=spec["rank"], lora_alpha=spec["rank"], init_lora_weights="gaussian",
+                                     target_modules=UNET_TARGETS))
+    trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-2)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=cuda)
+    photo = Image.open(Path(spec["dataset"]) / "photo_0.png").convert("RGB")
+    pixels = image_to_tensor(photo, spec["resolution"])[None].to(device)
+    generator = torch.Generator().manual_seed(0)
+    seconds = []
+    for step in range(spec["warmup"] + spec["steps"]):
+        if cuda:
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        with torch.no_grad(), autocast:  # the frozen encoders run in every step
+            cond = encode_text(pipe, [CAPTION], device)
+            latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
+        noisy = noise_scheduler.add_noise(latents.float(), noise, timesteps)
+        with autocast:
+            prediction = pipe.unet(noisy, timesteps, **unet_conditioning(cond, spec["resolution"], torch.float32)).sample
+            loss = F.mse_loss(prediction.float(), noise)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - began)
+        if step == 0:
+            peaks.close_phase("load_first_step")
+    peaks.close_phase("train_steps")
+    measured = seconds[spec["warmup"]:]
+    return {"seconds_per_step": round(statistics.median(measured), 4), "measured_steps": len(measured),
+            "warmup_steps": spec["warmup"], **peaks.summary()}
+
+
+def measure_inference(spec: dict, steps: int = 25) -> dict:
+    """One image at `steps` denoising steps with the fp16 pipeline (fp32 on a CPU), after a warm-up."""
+    import torch
+
+    from portraitkit.bases import load_pipeline
+
+    cuda = torch.cuda.is_available()
+    peaks = GpuPeaks()
+    pipe = load_pipeline(spec["folder"], dtype=torch.float16 if cuda else torch.float32, device="cuda" if cuda else "cpu")
+    size = {"height": spec["resolution"], "width": spec["resolution"]}
+    pipe(CAPTION, num_inference_steps=2, generator=torch.Generator().manual_seed(0), **size)
+    if cuda:
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    pipe(CAPTION, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **size)
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - began
+    peaks.close_phase("load_and_images")
+    return {"seconds_per_image": round(elapsed, 3), "seconds_per_step": round(elapsed / steps, 4),
+            "inference_steps": steps, **peaks.summary()}
+
+
+def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
+    """portraitkit.plan's estimate for the same configuration on this machine, and the % differences."""
+    import torch
+
+    from portraitkit.plan import local_cuda_device, plan_run
+
+    try:
+        device = local_cuda_device() if torch.cuda.is_available() else "cpu"
+        recipe = "plain" if spec["task"] == "plain" else "portraitkit"
+        plan = plan_run(base=spec["folder"], resolution=spec["resolution"], rank=spec["rank"], gpu=device,
+                        steps=spec["steps"], recipe=recipe, advise=False)
+    except Exception as error:  # the measurement stands on its own
+        return {"error": f"{type(error).__name__}: {error}"}, None
+    if spec["task"] == "inference":
+        figures = {**plan.inference, "seconds_per_step": plan.inference["seconds_per_image"] / plan.inference["steps"]}
+    else:
+        figures = {key: value for key, value in plan.to_dict().items()
+                   if key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb",
+                              "seconds_per_step", "phases_gb")}
+    figures["calibrated_on"] = plan.to_dict()["calibration"]["source"]
+    differences = {}
+    for key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb", "seconds_per_step"):
+        measured, estimated = result.get(key), figures.get(key)
+        if measured and estimated is not None:
+            differences[key] = round(100 * (estimated - measured) / measured, 1)
+    return figures, differences
+
+
+def build_random_base(base: str, folder: Path) -> None:
+    """The published architecture of `base` with random weights, saved like a hub download (fp16)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from portraitkit.bases import tiny_tokenizer
+    from portraitkit.plan import ARCHITECTURES, build_component
+
+    arch = ARCHITECTURES[base]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float16)
+    with torch.device(device):
+        parts = {name: build_component(arch, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2") if name in arch}
+    torch.set_default_dtype(torch.float32)
+    scheduler_class = EulerDiscreteScheduler if arch["family"] == "sdxl" else PNDMScheduler
+    scheduler = scheduler_class.from_config({k: v for k, v in arch["scheduler"].items() if k != "_class_name"})
+    # Token ids only index the embedding table: portraitkit's small offline tokenizer stands in for CLIP's.
+    if arch["family"] == "sdxl":
+        pipe = StableDiffusionXLPipeline(**parts, tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(), scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(**parts, tokenizer=tiny_tokenizer(), scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        pipe.save_pretrained(build, safe_serialization=True)
+        build.rename(folder)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

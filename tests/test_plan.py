@@ -1,0 +1,149 @@
+"""The memory planner: exact counts, how estimates move with each setting, fit and advice, the
+`plan` command's JSON, and train's refusal to start a GPU run that will not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from portraitkit.cli import main
+from portraitkit.errors import PortraitkitError
+from portraitkit.plan import (
+    Device,
+    check_training_fits,
+    lora_parameter_count,
+    optimizer_state_bytes,
+    parameter_counts,
+    plan_for_training,
+    plan_run,
+)
+from portraitkit.train import TrainConfig
+
+
+def test_lora_and_model_sizes_match_the_published_figures():
+    # FACTS.md: 797,184 LoRA parameters per rank 4 for SD1.5 (x2 per doubling), 5,806,080 for SDXL
+    assert lora_parameter_count("sd15", 4) == 797_184
+    assert plan_run("sd15", advise=False).parameters["lora"] == 4 * 797_184  # rank 16
+    assert lora_parameter_count("sdxl", 4) == 5_806_080
+    # SD1.5 UNet 859.5M, CLIP-L 123.1M, VAE 83.7M; SDXL UNet ~2.6B, second encoder ~695M
+    assert parameter_counts("sd15") == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    sdxl = parameter_counts("sdxl")
+    assert sdxl["unet"] == 2_567_463_684 and sdxl["text_encoder_2"] == 694_659_840
+
+
+def test_weights_are_counted_in_bytes_of_their_dtype():
+    plan = plan_run("sd15", advise=False)
+    assert plan.breakdown_gb["weights_unet"] == pytest.approx(859_520_964 * 2 / 2**30)  # fp16 on a GPU
+    assert plan.breakdown_gb["lora_params"] == pytest.approx(16 * 797_184 / 4 * 4 / 2**30)  # fp32 LoRA
+    plain = plan_run("sd15", recipe="plain", batch_size=8, advise=False)
+    assert plain.breakdown_gb["weights_unet"] == pytest.approx(2 * plan.breakdown_gb["weights_unet"])
+
+
+def test_8bit_adamw_keeps_a_quarter_of_the_state_except_for_small_tensors():
+    assert optimizer_state_bytes([4096], "adamw") == 8 * 4096
+    assert optimizer_state_bytes([4096], "adamw8bit") == 2 * 4096 + 8 * 16  # + one fp32 scale per 256 values
+    assert optimizer_state_bytes([100], "adamw8bit") == 8 * 100  # bitsandbytes keeps tensors < 4096 in 32 bits
+    eight = plan_run("sd15", advise=False).breakdown_gb["optimizer_state"]
+    thirty_two = plan_run("sd15", optimizer="adamw", advise=False).breakdown_gb["optimizer_state"]
+    assert 0 < eight < thirty_two / 3
+
+
+def test_memory_grows_with_resolution_rank_batch_and_text_encoder_training():
+    base = plan_run("sd15", resolution=384, advise=False)
+    variants = {
+        "resolution": plan_run("sd15", resolution=512, advise=False),
+        "rank": plan_run("sd15", resolution=384, rank=64, advise=False),
+        "batch": plan_run("sd15", resolution=384, batch_size=2, advise=False),
+        "text encoder": plan_run("sd15", resolution=384, train_text_encoder=True, advise=False),
+    }
+    for name, plan in variants.items():
+        assert plan.phases_gb["train_step"] > base.phases_gb["train_step"], name
+        assert plan.peak_gpu_allocated_gb >= base.peak_gpu_allocated_gb, name
+    assert variants["batch"].seconds_per_step > 1.9 * base.seconds_per_step
+    assert variants["text encoder"].parameters["lora"] > base.parameters["lora"]
+    assert variants["resolution"].breakdown_gb["training_activations_and_grads"] > 1.5 * base.breakdown_gb["training_activations_and_grads"]
+
+
+def test_gradient_checkpointing_trades_activation_memory_for_time():
+    on = plan_run("sd15", advise=False)
+    off = plan_run("sd15", gradient_checkpointing=False, advise=False)
+    assert on.breakdown_gb["training_activations_and_grads"] < off.breakdown_gb["training_activations_and_grads"] / 2
+    assert on.seconds_per_step > off.seconds_per_step
+
+
+def test_a_run_too_big_for_a_t4_fits_an_a100_and_gets_advice():
+    settings = dict(base="sd15", recipe="plain", batch_size=8)
+    t4 = plan_run(**settings, gpu="t4")
+    assert not t4.fits and t4.fits_gpu is False and t4.peak_gpu_mem_gb > 14.75
+    assert t4.advice == "use portraitkit's recipe (cached latents and text, fp16 weights)"
+    assert plan_run(**{**settings, "recipe": "portraitkit"}, gpu="t4", advise=False).fits
+    a100 = plan_run(**settings, gpu="a100")
+    assert a100.fits and a100.advice is None
+
+
+def test_advice_when_no_setting_helps():
+    tiny_gpu = Device("toy", gpu_memory_gb=0.3, host_ram_gb=None, tflops=1.0)  # less than a CUDA context
+    plan = plan_run("tiny-sd", gpu=tiny_gpu)
+    assert not plan.fits and "more GPU memory" in plan.advice
+
+
+def test_plan_json_from_the_command_line(capsys):
+    assert main(["plan", "--base", "sd15", "--gpu", "t4", "--steps", "800", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["estimate"] is True and plan["units"].startswith("GiB")
+    for key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb", "seconds_per_step"):
+        assert isinstance(plan[key], float) and plan[key] > 0, key
+    assert plan["peak_gpu_allocated_gb"] < plan["peak_gpu_reserved_gb"] < plan["peak_gpu_mem_gb"]
+    assert plan["total_seconds"] == pytest.approx(800 * plan["seconds_per_step"], rel=0.01)
+    assert plan["fits"] is True and plan["advice"] is None
+    assert "diffusers docs" in plan["calibration"]["source"] and plan["assumptions"]
+    assert plan["inference"]["steps"] == 25 and plan["inference"]["seconds_per_image"] > 0
+
+
+def test_plan_command_rejects_an_impossible_resolution(capsys):
+    assert main(["plan", "--base", "sd15", "--resolution", "500"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_tiny_base_on_a_cpu_uses_its_own_configuration():
+    plan = plan_run("tiny-sd", gpu="cpu")
+    assert "its own config.json" in plan.architecture_source and plan.resolution == 64
+    assert plan.peak_gpu_mem_gb is None and plan.fits_gpu is None and 0 < plan.peak_host_ram_gb < 2
+
+
+def test_train_refuses_a_gpu_run_that_will_not_fit_before_loading(tmp_path, monkeypatch):
+    import torch
+
+    import portraitkit.bases
+    import portraitkit.plan
+
+    settings = dict(base="sd15", resolution=384, batch_size=4, gradient_checkpointing=False)
+    needed = plan_run(**settings, gpu="a100", advise=False).peak_gpu_mem_gb
+    small = Device("Tesla T4", gpu_memory_gb=round(needed - 0.2, 2), host_ram_gb=64.0, sd15_its=6.9)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda: small)
+    monkeypatch.setattr(portraitkit.bases, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
+    config = TrainConfig(dataset_dir=str(tmp_path / "dataset"), out_dir=str(tmp_path / "run"), **settings)
+
+    from portraitkit.train import train
+
+    with pytest.raises(PortraitkitError, match="GiB of GPU memory") as refused:
+        train(config)
+    assert "turn gradient checkpointing on" in str(refused.value)
+    assert plan_for_training(config, small).advice in str(refused.value)
+    assert "PORTRAITKIT_SKIP_PLAN=1" in str(refused.value)
+
+    monkeypatch.setenv("PORTRAITKIT_SKIP_PLAN", "1")
+    check_training_fits(config)  # the escape hatch: no estimate, no error
+
+
+def test_a_planner_failure_never_blocks_training(monkeypatch, capsys):
+    import portraitkit.plan
+
+    def broken(config, device=None):
+        raise RuntimeError("unexpected architecture")
+
+    monkeypatch.setattr(portraitkit.plan, "plan_for_training", broken)
+    check_training_fits(TrainConfig(dataset_dir="d", out_dir="o"))
+    assert "could not estimate memory" in capsys.readouterr().out
