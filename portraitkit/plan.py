@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -457,13 +458,15 @@ def _advice(config: PlanConfig, device: Device, plan: Plan) -> str:
     """The first change, from least to most costly in quality or time, that makes the run fit."""
     changes = []
     if not config.gradient_checkpointing:
-        changes.append(("turn gradient checkpointing on (--gradient-checkpointing; ~20% slower)", {"gradient_checkpointing": True}))
+        changes.append(("turn gradient checkpointing on (--gradient-checkpointing; about a third more compute per step)",
+                        {"gradient_checkpointing": True}))
     if config.optimizer != "adamw8bit":
         changes.append(("use 8-bit AdamW (--optimizer adamw8bit)", {"optimizer": "adamw8bit"}))
     if config.recipe == "plain":
         changes.append(("use portraitkit's recipe (cached latents and text, fp16 weights)", {"recipe": "portraitkit"}))
     if config.batch_size > 1:
-        changes.append((f"use --batch-size 1 --grad-accum {config.batch_size} (the same effective batch, slower)", {"batch_size": 1}))
+        changes.append((f"use --batch-size 1 --grad-accum {config.batch_size} (the same effective batch, slower)",
+                        {"batch_size": 1}))
     if config.train_text_encoder:
         changes.append(("train the UNet only (leave out --train-text-encoder)", {"train_text_encoder": False}))
     for rank in (8, 4):
@@ -504,13 +507,7 @@ def architecture(base: str) -> dict:
 
     spec = resolve_base(base)
     preset = ARCHITECTURES["sdxl" if spec.family == "sdxl" else "sd15"]
-    configs = {}
-    for name in (*COMPONENTS, "scheduler"):
-        if name not in preset and name != "text_encoder_2":
-            continue
-        config = _read_config(spec.source, name)
-        if config is not None:
-            configs[name] = config
+    configs = {name: config for name in (*COMPONENTS, "scheduler") if (config := _read_config(spec.source, name))}
     if "unet" not in configs:  # no network: the family's published architecture is the best guess
         return {**preset, "source": f"{preset['source']} (assumed: {base}'s own configuration could not be read)"}
     return {"family": spec.family, "source": f"{base}: its own config.json files", **configs}
@@ -838,8 +835,8 @@ def local_cuda_device() -> Device:
     import torch
 
     properties = torch.cuda.get_device_properties(0)
-    name = properties.name.lower()
-    known = next((DEVICES[k] for k in ("t4", "l4", "a100") if k in name), None)
+    words = re.findall(r"[a-z0-9]+", properties.name.lower())  # "Tesla T4", "NVIDIA L4", "NVIDIA A100-SXM4-40GB"
+    known = next((DEVICES[k] for k in ("t4", "l4", "a100") if k in words), None)
     return Device(
         properties.name, gpu_memory_gb=round(properties.total_memory / GIB, 2),
         host_ram_gb=psutil.virtual_memory().total / GIB,
@@ -849,7 +846,8 @@ def local_cuda_device() -> Device:
 
 
 def plan_for_training(config, device: Device | None = None) -> Plan:
-    """The plan of a `TrainConfig` on `device` (default: this machine's GPU)."""
+    """The plan of a `TrainConfig` on `device` (default: this machine's GPU), with train's mixed
+    precision on a GPU (fp16 or bf16 weights: the same bytes)."""
     device = device or local_cuda_device()
     plan = plan_run(base=config.base, resolution=config.resolution, rank=config.rank, batch_size=config.batch_size,
                     train_text_encoder=config.train_text_encoder, gpu=device, steps=config.steps,
