@@ -19,11 +19,12 @@ import html
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import write_json, write_text
+from portraitkit.settings import setting
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 # Photos ranked in the tiny demo's "scorer on real photos" section: the person, the person
@@ -31,22 +32,19 @@ SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 SCORER_PHOTOS = ("hopper.jpg", "hopper_blurry.jpg", "astronaut.jpg", "coffee.jpg")
 
 
-def _help(text: str, default=dataclasses.MISSING):
-    return field(default=default, metadata={"help": text})
-
 
 @dataclass
 class DemoConfig:
     """Settings of the demo; None means "right for the base" (tiny: seconds on a CPU; real: full size)."""
 
-    out_dir: str = _help("folder for everything the demo makes, report.html first")
-    base: str = _help("tiny-sd (offline toy model, CPU, about a minute), sd15 or sdxl (GPU and network: real portraits)", "tiny-sd")
-    photos_dir: str | None = _help("photos of one person; default: the repository's data/samples", None)
-    train_steps: int | None = _help("training steps; default: 40 on a tiny base, 1000 on a real one (~100 per photo)", None)
-    styles: list[str] | None = _help("styles to sample; default: studio, outdoor, black_and_white (tiny) or studio, natural, outdoor, corporate", None)
-    per_style: int | None = _help("portraits per style; default: 2 on a tiny base, 4 on a real one", None)
-    sample_steps: int | None = _help("denoising steps per portrait; default: 8 on a tiny base, the style's own (30) on a real one", None)
-    seed: int = _help("seed for training and sampling", 0)
+    out_dir: str = setting("folder for everything the demo makes, report.html first")
+    base: str = setting("tiny-sd (offline toy model, CPU, about a minute), sd15 or sdxl (GPU and network: real portraits)", "tiny-sd")
+    photos_dir: str | None = setting("photos of one person; default: the repository's data/samples", None)
+    train_steps: int | None = setting("training steps; default: 40 on a tiny base, 1000 on a real one (~100 per photo)", None)
+    styles: list[str] | None = setting("styles to sample; default: studio, outdoor, black_and_white (tiny) or studio, natural, outdoor, corporate", None)
+    per_style: int | None = setting("portraits per style; default: 2 on a tiny base, 4 on a real one", None)
+    sample_steps: int | None = setting("denoising steps per portrait; default: 8 on a tiny base, the style's own (30) on a real one", None)
+    seed: int = setting("seed for training and sampling", 0)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
+from portraitkit.settings import setting
 
 GIB = 2**30
 
@@ -161,24 +162,21 @@ ASSUMPTIONS = [
 # --- planning settings --------------------------------------------------------------------------
 
 
-def _help(text: str, default=dataclasses.MISSING, choices=None):
-    return field(default=default, metadata={"help": text, "choices": choices})
-
 
 @dataclass
 class PlanConfig:
     """A training run to plan; each field's help is also its `portraitkit plan` help."""
 
-    base: str = _help("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "sd15")
-    resolution: int | None = _help("training size in pixels; default: the base's own (512 SD1.5, 1024 SDXL)", None)
-    rank: int = _help("LoRA rank", 16)
-    batch_size: int = _help("images per micro-batch", 1)
-    train_text_encoder: bool = _help("also train LoRA on the text encoder(s)", False)
-    gpu: str = _help("where it runs: t4 (free Colab), l4, a100, or cpu", "t4", choices=tuple(DEVICES))
-    steps: int = _help("optimizer steps, for the total time", 1000)
-    optimizer: str = _help("adamw8bit or adamw", "adamw8bit", choices=("adamw8bit", "adamw"))
-    gradient_checkpointing: bool = _help("recompute activations in the backward pass", True)
-    recipe: str = _help("portraitkit (cached latents and text, fp16 weights) or plain (fp32 weights under autocast, "
+    base: str = setting("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "sd15")
+    resolution: int | None = setting("training size in pixels; default: the base's own (512 SD1.5, 1024 SDXL)", None)
+    rank: int = setting("LoRA rank", 16)
+    batch_size: int = setting("images per micro-batch", 1)
+    train_text_encoder: bool = setting("also train LoRA on the text encoder(s)", False)
+    gpu: str = setting("where it runs: t4 (free Colab), l4, a100, or cpu", "t4", choices=tuple(DEVICES))
+    steps: int = setting("optimizer steps, for the total time", 1000)
+    optimizer: str = setting("adamw8bit or adamw", "adamw8bit", choices=("adamw8bit", "adamw"))
+    gradient_checkpointing: bool = setting("recompute activations in the backward pass", True)
+    recipe: str = setting("portraitkit (cached latents and text, fp16 weights) or plain (fp32 weights under autocast, "
                         "VAE and text encoders every step, no checkpointing, 32-bit AdamW)", "portraitkit",
                         choices=("portraitkit", "plain"))
 

@@ -15,15 +15,15 @@ precision. A re-run into the same folder keeps the images whose recipe has not c
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
+from portraitkit.settings import setting
 from portraitkit.styles import Style, load_styles, select_styles
 from portraitkit.train import LORA_FILE
 
@@ -31,29 +31,26 @@ MANIFEST = "manifest.json"
 ADAPTER = "person"
 
 
-def _help(text: str, default=dataclasses.MISSING, choices=None):
-    return field(default=default, metadata={"help": text, "choices": choices})
-
 
 @dataclass
 class SampleConfig:
     """Settings of a sampling run; each field's help is also its `portraitkit sample` help."""
 
-    run_dir: str = _help("run folder written by `portraitkit train`")
-    out_dir: str = _help("folder for the images, manifest.json and grids/")
-    styles: list[str] | None = _help("style names (see `portraitkit styles`); default: studio, natural, outdoor, corporate", None)
-    per_style: int = _help("images per style, with seeds seed, seed+1, ...", 4)
-    seed: int = _help("first seed; the same seed and settings give the same image", 0)
-    lora_scale: float = _help("LoRA strength: 1 as trained, 0 is the base model alone, 0.7-0.9 trades likeness for the style", 1.0)
-    steps: int | None = _help("denoising steps; default: the style's own (30)", None)
-    guidance_scale: float | None = _help("classifier-free guidance; default: the style's own (7 SD1.5, 5.5 SDXL)", None)
-    sampler: str = _help("sampler, named as in AUTOMATIC1111", "dpmpp_2m_karras", choices=("dpmpp_2m_karras", "euler_a", "euler", "ddim"))
-    resolution: int | None = _help("image size in pixels; default: the size the LoRA was trained at", None)
-    lora: str = _help("which LoRA: final (the run's last step) or best (the validation step most like the person)", "final",
+    run_dir: str = setting("run folder written by `portraitkit train`")
+    out_dir: str = setting("folder for the images, manifest.json and grids/")
+    styles: list[str] | None = setting("style names (see `portraitkit styles`); default: studio, natural, outdoor, corporate", None)
+    per_style: int = setting("images per style, with seeds seed, seed+1, ...", 4)
+    seed: int = setting("first seed; the same seed and settings give the same image", 0)
+    lora_scale: float = setting("LoRA strength: 1 as trained, 0 is the base model alone, 0.7-0.9 trades likeness for the style", 1.0)
+    steps: int | None = setting("denoising steps; default: the style's own (30)", None)
+    guidance_scale: float | None = setting("classifier-free guidance; default: the style's own (7 SD1.5, 5.5 SDXL)", None)
+    sampler: str = setting("sampler, named as in AUTOMATIC1111", "dpmpp_2m_karras", choices=("dpmpp_2m_karras", "euler_a", "euler", "ddim"))
+    resolution: int | None = setting("image size in pixels; default: the size the LoRA was trained at", None)
+    lora: str = setting("which LoRA: final (the run's last step) or best (the validation step most like the person)", "final",
                       choices=("final", "best"))
-    token: str | None = _help("the person's token in prompts; default: read from the run's dataset captions", None)
-    class_word: str | None = _help("the class word after the token (person, woman, man...); default: from the captions", None)
-    styles_file: str | None = _help("YAML or JSON file with your own styles, added to the built-in ones", None)
+    token: str | None = setting("the person's token in prompts; default: read from the run's dataset captions", None)
+    class_word: str | None = setting("the class word after the token (person, woman, man...); default: from the captions", None)
+    styles_file: str | None = setting("YAML or JSON file with your own styles, added to the built-in ones", None)
 
 
 @dataclass(frozen=True)

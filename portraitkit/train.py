@@ -21,15 +21,15 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from portraitkit import checkpoints
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import atomic_path, read_jsonl, save_image, write_json, write_jsonl
+from portraitkit.settings import setting
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
@@ -37,47 +37,44 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-def _help(text: str, default=dataclasses.MISSING, choices=None):
-    return field(default=default, metadata={"help": text, "choices": choices})
-
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run; each field's help is also its `portraitkit train` help."""
 
-    dataset_dir: str = _help("prepared dataset: images plus metadata.jsonl with file_name and text")
-    out_dir: str = _help("run folder: LoRA, config, log, checkpoints, validation images")
-    base: str = _help("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "tiny-sd")
-    steps: int = _help("optimizer steps; person LoRAs usually need 500-1500 (about 100 per photo)", 1000)
-    rank: int = _help("LoRA rank; 16 keeps a face's detail while the file stays ~13 MB for SD1.5", 16)
-    alpha: float | None = _help("LoRA alpha; default = rank, so the LoRA scale is 1 whatever the rank", None)
-    lr: float = _help("learning rate for the UNet LoRA (1e-4 is the usual person-LoRA rate)", 1e-4)
-    text_encoder_lr: float = _help("learning rate for text-encoder LoRA, lower as it overfits faster", 5e-5)
-    train_text_encoder: bool = _help("also train LoRA on the text encoder(s): more likeness, more memory", False)
-    resolution: int | None = _help("training size in pixels; default: the base's own (512 SD1.5, 1024 SDXL)", None)
-    batch_size: int = _help("images per micro-batch; 1 fits a T4 for SDXL", 1)
-    grad_accum: int = _help("micro-batches per optimizer step (a larger effective batch without memory)", 1)
-    seed: int = _help("seed for the LoRA init and every random draw of the run", 0)
-    optimizer: str = _help("adamw8bit (bitsandbytes, 2 bytes of state per parameter) or adamw (8 bytes)", "adamw8bit",
+    dataset_dir: str = setting("prepared dataset: images plus metadata.jsonl with file_name and text")
+    out_dir: str = setting("run folder: LoRA, config, log, checkpoints, validation images")
+    base: str = setting("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "tiny-sd")
+    steps: int = setting("optimizer steps; person LoRAs usually need 500-1500 (about 100 per photo)", 1000)
+    rank: int = setting("LoRA rank; 16 keeps a face's detail while the file stays ~13 MB for SD1.5", 16)
+    alpha: float | None = setting("LoRA alpha; default = rank, so the LoRA scale is 1 whatever the rank", None)
+    lr: float = setting("learning rate for the UNet LoRA (1e-4 is the usual person-LoRA rate)", 1e-4)
+    text_encoder_lr: float = setting("learning rate for text-encoder LoRA, lower as it overfits faster", 5e-5)
+    train_text_encoder: bool = setting("also train LoRA on the text encoder(s): more likeness, more memory", False)
+    resolution: int | None = setting("training size in pixels; default: the base's own (512 SD1.5, 1024 SDXL)", None)
+    batch_size: int = setting("images per micro-batch; 1 fits a T4 for SDXL", 1)
+    grad_accum: int = setting("micro-batches per optimizer step (a larger effective batch without memory)", 1)
+    seed: int = setting("seed for the LoRA init and every random draw of the run", 0)
+    optimizer: str = setting("adamw8bit (bitsandbytes, 2 bytes of state per parameter) or adamw (8 bytes)", "adamw8bit",
                            choices=("adamw8bit", "adamw"))
-    mixed_precision: str = _help("auto (fp16 on a T4, bf16 where supported, fp32 on CPU), no, fp16 or bf16", "auto",
+    mixed_precision: str = setting("auto (fp16 on a T4, bf16 where supported, fp32 on CPU), no, fp16 or bf16", "auto",
                                  choices=("auto", "no", "fp16", "bf16"))
-    gradient_checkpointing: bool = _help("recompute activations in the backward pass: far less memory, ~20% slower", True)
-    snr_gamma: float | None = _help("min-SNR loss weighting gamma (Hang et al. 2023 use 5); None turns it off", 5.0)
-    noise_offset: float = _help("noise offset, e.g. 0.05, lets the model learn darker and brighter images", 0.0)
-    warmup_steps: int = _help("learning-rate warm-up steps", 0)
-    max_grad_norm: float = _help("gradient clipping norm", 1.0)
-    class_dir: str | None = _help("prior preservation: folder of class images (missing ones are generated)", None)
-    class_prompt: str = _help("caption of the class images", "a photo of a person")
-    num_class_images: int = _help("class images to use for prior preservation", 50)
-    prior_loss_weight: float = _help("weight of the class-image loss", 1.0)
-    checkpoint_every: int = _help("save a resumable checkpoint every N steps (0 = never)", 100)
-    keep_checkpoints: int = _help("how many recent checkpoints to keep", 3)
-    validate_every: int = _help("render validation images every N steps (0 = only at the end)", 0)
-    validation_prompts: list[str] | None = _help("prompts for validation; default: the first two captions", None)
-    validation_seeds: tuple[int, ...] = _help("seeds for validation images", (0, 1))
-    validation_steps: int = _help("denoising steps per validation image", 25)
-    resume: bool = _help("continue from the newest complete checkpoint in out_dir", False)
+    gradient_checkpointing: bool = setting("recompute activations in the backward pass: far less memory, ~20% slower", True)
+    snr_gamma: float | None = setting("min-SNR loss weighting gamma (Hang et al. 2023 use 5); None turns it off", 5.0)
+    noise_offset: float = setting("noise offset, e.g. 0.05, lets the model learn darker and brighter images", 0.0)
+    warmup_steps: int = setting("learning-rate warm-up steps", 0)
+    max_grad_norm: float = setting("gradient clipping norm", 1.0)
+    class_dir: str | None = setting("prior preservation: folder of class images (missing ones are generated)", None)
+    class_prompt: str = setting("caption of the class images", "a photo of a person")
+    num_class_images: int = setting("class images to use for prior preservation", 50)
+    prior_loss_weight: float = setting("weight of the class-image loss", 1.0)
+    checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)
+    keep_checkpoints: int = setting("how many recent checkpoints to keep", 3)
+    validate_every: int = setting("render validation images every N steps (0 = only at the end)", 0)
+    validation_prompts: list[str] | None = setting("prompts for validation; default: the first two captions", None)
+    validation_seeds: tuple[int, ...] = setting("seeds for validation images", (0, 1))
+    validation_steps: int = setting("denoising steps per validation image", 25)
+    resume: bool = setting("continue from the newest complete checkpoint in out_dir", False)
 
 
 # Settings that may change when a run is resumed; everything else must match the saved config.
