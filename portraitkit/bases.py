@@ -26,7 +26,7 @@ from portraitkit.errors import PortraitkitError
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 # Bumped whenever a tiny config changes, so stale cached folders are rebuilt, never reused.
-TINY_VERSION = 2
+TINY_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,24 @@
 
 Real Stable Diffusion tokenizers cannot be downloaded here, and the tiny bases only need a
 tokenizer of the same kind (byte-level BPE with CLIP's `</w>` word ends), not the same
-vocabulary. We learn a few hundred merges from the words portrait prompts use, so prompts
-tokenise into whole words rather than letters. Output: portraitkit/assets/tiny_tokenizer/.
+vocabulary. We learn merges from the words portrait prompts use (the list below plus every word
+of the built-in styles), so prompts tokenise into whole words rather than letters and a style's
+prompt fits CLIP's 77 tokens on the tiny bases as it does on the real ones. Output:
+portraitkit/assets/tiny_tokenizer/.
 
 Run: python scripts/make_tiny_tokenizer.py
 """
 
 import collections
 import json
+import re
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "portraitkit" / "assets" / "tiny_tokenizer"
-NUM_MERGES = 400
+import yaml
+
+ASSETS = Path(__file__).resolve().parents[1] / "portraitkit" / "assets"
+OUT = ASSETS / "tiny_tokenizer"
+NUM_MERGES = 1200  # enough for every corpus word to become one token
 CORPUS = """
 a photo of sks person man woman portrait headshot close up upper body studio outdoor corporate natural
 soft key light from the side clean fill light no harsh shadows neutral grey background bokeh park
@@ -38,6 +44,17 @@ def bytes_to_unicode() -> dict[int, str]:
             chars.append(256 + extra)
             extra += 1
     return dict(zip(printable, map(chr, chars)))
+
+
+def style_words() -> list[str]:
+    """Every word in the built-in styles, as CLIP's pre-tokenizer splits them (letters only)."""
+    def strings(node):
+        if isinstance(node, dict):
+            return [text for value in node.values() for text in strings(value)]
+        return [node] if isinstance(node, str) else []
+
+    styles = yaml.safe_load((ASSETS / "styles.yaml").read_text(encoding="utf-8"))
+    return [word for text in strings(styles) for word in re.findall(r"[a-z]+", text.lower())]
 
 
 def learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
@@ -70,7 +87,7 @@ def learn_merges(words: list[str], count: int) -> list[tuple[str, str]]:
 def main() -> None:
     alphabet = list(bytes_to_unicode().values())
     tokens = alphabet + [c + "</w>" for c in alphabet]
-    merges = learn_merges(CORPUS.split(), NUM_MERGES)
+    merges = learn_merges(CORPUS.split() + style_words(), NUM_MERGES)
     tokens += ["".join(pair) for pair in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from portraitkit.bases import tiny_tokenizer
 from portraitkit.cli import main
 from portraitkit.errors import PortraitkitError
 from portraitkit.styles import DEFAULT_STYLES, FAMILIES, Style, load_styles, select_styles
@@ -21,6 +22,7 @@ def clip_tokens(text: str) -> int:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_builtin_styles_are_complete_portrait_recipes(family):
     styles = load_styles(family=family)
+    tokenizer = tiny_tokenizer()
     assert len(styles) >= 8 and set(DEFAULT_STYLES) <= set(styles)
     for style in styles.values():
         prompt, negative = style.render("zwx", "woman")
@@ -28,6 +30,10 @@ def test_builtin_styles_are_complete_portrait_recipes(family):
         assert negative and style.description and style.steps >= 20 and 1 < style.guidance_scale <= 8
         # CLIP truncates at 77 tokens: a style's words past that would be silently dropped.
         assert clip_tokens(prompt) <= 77 and clip_tokens(negative) <= 77, style.name
+        # The tiny bases read the whole prompt too (no truncation warnings in the CPU demo); a
+        # style with new words needs `python scripts/make_tiny_tokenizer.py` to keep it so.
+        for text in (prompt, negative):
+            assert len(tokenizer(text).input_ids) <= tokenizer.model_max_length, style.name
 
 
 def test_sd15_and_sdxl_get_their_own_prompts_and_guidance():
