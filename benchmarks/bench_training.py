@@ -21,6 +21,8 @@ leaks from one into the next:
   gradient checkpointing, SDPA, latents and text embeddings cached once), on a small generated
   dataset; the time of each step comes from its train_log.jsonl, the GPU peaks from `on_step`
   (loading and caching up to the first step, the training steps, then the final validation);
+- portraitkit_no_checkpointing: the same without gradient checkpointing, which `train` chooses by
+  default where the planner finds that the run fits with room to spare (SD1.5 on a T4);
 - plain: the loop most tutorials write, without those savings: fp32 weights under fp16 autocast,
   the VAE and text encoder(s) run in every step, 32-bit AdamW, no gradient checkpointing;
 - inference: one image at 25 steps with the fp16 pipeline, after a 2-step warm-up.
@@ -57,6 +59,7 @@ CAPTION = "a photo of sks person"
 GIB = 2**30
 PACKAGES = ["portraitkit", "torch", "diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors"]
 BUILD_VERSION = 1  # bump when the random-base recipe changes, so stale folders are rebuilt
+PORTRAITKIT, NO_CHECKPOINTING = "portraitkit", "portraitkit_no_checkpointing"  # the recipes of train itself
 
 
 # --- the parent: prepare, run each configuration in its own process, report ----------------------
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU check on the tiny bases (tiny-sd, tiny-sdxl)")
     parser.add_argument("--bases", help="comma-separated: sd15,sdxl (default), or tiny-sd,tiny-sdxl with --tiny")
-    parser.add_argument("--recipes", default="portraitkit,plain,inference", help="which configurations to measure")
+    parser.add_argument("--recipes", default=f"{PORTRAITKIT},{NO_CHECKPOINTING},plain,inference",
+                        help="which configurations to measure")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--steps", type=int, help="measured steps per training configuration (default 10; 3 with --tiny)")
     parser.add_argument("--warmup", type=int, help="steps run before measuring (default 3; 1 with --tiny)")
@@ -231,13 +235,15 @@ def table(results: list[dict]) -> str:
     gpu = results[0]["gpu"] if results else None
     lines.insert(0, f"Measured on {gpu or 'a CPU (no GPU figures)'}; (est ...) = portraitkit.plan's estimate")
     for base in dict.fromkeys(r["base"] for r in results):
-        mine = next((r for r in results if r["base"] == base and r["recipe"] == "portraitkit" and r["status"] == "ok"), None)
         plain = next((r for r in results if r["base"] == base and r["recipe"] == "plain" and r["status"] == "ok"), None)
-        if mine and plain:
-            memory = (f", {plain['peak_gpu_allocated_gb'] / mine['peak_gpu_allocated_gb']:.2f}x less GPU memory"
-                      if mine["peak_gpu_allocated_gb"] else "")
-            lines.append(f"{base}: portraitkit's step is {plain['seconds_per_step'] / mine['seconds_per_step']:.2f}x as fast "
-                         f"as the plain loop's{memory}")
+        for recipe in (PORTRAITKIT, NO_CHECKPOINTING):
+            mine = next((r for r in results if r["base"] == base and r["recipe"] == recipe and r["status"] == "ok"), None)
+            if mine and plain:
+                memory = (f", {plain['peak_gpu_allocated_gb'] / mine['peak_gpu_allocated_gb']:.2f}x less GPU memory"
+                          if mine["peak_gpu_allocated_gb"] else "")
+                name = "portraitkit's step" + ("" if recipe == PORTRAITKIT else " without checkpointing")
+                lines.append(f"{base}: {name} is {plain['seconds_per_step'] / mine['seconds_per_step']:.2f}x as fast "
+                             f"as the plain loop's{memory}")
     return "\n".join(lines)
 
 
@@ -253,9 +259,10 @@ def child(spec: dict) -> int:
 
 
 def measure(spec: dict) -> dict:
-    tasks = {"portraitkit": measure_portraitkit, "plain": measure_plain, "inference": measure_inference}
+    tasks = {PORTRAITKIT: measure_portraitkit, NO_CHECKPOINTING: measure_portraitkit, "plain": measure_plain,
+             "inference": measure_inference}
     if spec["task"] not in tasks:
-        raise SystemExit(f"unknown recipe {spec['task']}: use portraitkit, plain or inference")
+        raise SystemExit(f"unknown recipe {spec['task']}: use {', '.join(tasks)}")
     watcher = RamWatcher()
     result = identity(spec, gpu_name())
     try:
@@ -357,7 +364,8 @@ class GpuPeaks:
 
 
 def measure_portraitkit(spec: dict) -> dict:
-    """portraitkit's own training code path, on the T4 recipe (fp16 on a GPU)."""
+    """portraitkit's own training code path, on the T4 recipe (fp16 on a GPU), with or without
+    gradient checkpointing as the recipe's name says."""
     import torch
 
     from portraitkit.files import read_jsonl
@@ -375,7 +383,7 @@ def measure_portraitkit(spec: dict) -> dict:
     config = TrainConfig(
         dataset_dir=spec["dataset"], out_dir=spec["work"], base=spec["folder"], steps=total, rank=spec["rank"],
         resolution=spec["resolution"], mixed_precision="fp16" if torch.cuda.is_available() else "no",
-        optimizer="adamw8bit", gradient_checkpointing=True, checkpoint_every=0, validate_every=0,
+        optimizer="adamw8bit", gradient_checkpointing=spec["task"] == PORTRAITKIT, checkpoint_every=0, validate_every=0,
         validation_prompts=[CAPTION], validation_seeds=(0,), validation_steps=2)
     train(config, on_step=on_step)
     peaks.close_phase("save_and_validate")
@@ -477,7 +485,8 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
         device = local_cuda_device() if torch.cuda.is_available() else "cpu"
         recipe = "plain" if spec["task"] == "plain" else "portraitkit"
         plan = plan_run(base=spec["folder"], resolution=spec["resolution"], rank=spec["rank"], gpu=device,
-                        steps=spec["steps"], recipe=recipe, advise=False)
+                        steps=spec["steps"], recipe=recipe, gradient_checkpointing=spec["task"] != NO_CHECKPOINTING,
+                        advise=False)
     except Exception as error:  # the measurement stands on its own
         return {"error": f"{type(error).__name__}: {error}"}, None
     if spec["task"] == "inference":

@@ -43,7 +43,8 @@ def add_dataclass_arguments(parser, config_class, positional=(), renames=None, s
         flag = "--" + renames.get(f.name, f.name.replace("_", "-"))
         default = None if f.default is dataclasses.MISSING else f.default
         if kind is bool:
-            action = argparse.BooleanOptionalAction if default else "store_true"
+            # --flag / --no-flag where the default is on or left to the stage (None)
+            action = argparse.BooleanOptionalAction if default is not False else "store_true"
             parser.add_argument(flag, dest=f.name, action=action, default=default, help=help_text)
         elif kind in (list, tuple):
             item = typing.get_args(hints[f.name])

@@ -175,7 +175,9 @@ class PlanConfig:
     gpu: str = setting("where it runs: t4 (free Colab), l4, a100, or cpu", "t4", choices=tuple(DEVICES))
     steps: int = setting("optimizer steps, for the total time", 1000)
     optimizer: str = setting("adamw8bit or adamw", "adamw8bit", choices=("adamw8bit", "adamw"))
-    gradient_checkpointing: bool = setting("recompute activations in the backward pass", True)
+    gradient_checkpointing: bool | None = setting(
+        "recompute activations in the backward pass (far less memory, about a third more compute per step); "
+        "default: as train chooses, off only where the run fits the GPU with room to spare without it", None)
     recipe: str = setting("portraitkit (cached latents and text, fp16 weights) or plain (fp32 weights under autocast, "
                         "VAE and text encoders every step, no checkpointing, 32-bit AdamW)", "portraitkit",
                         choices=("portraitkit", "plain"))
@@ -298,24 +300,45 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+# Train leaves gradient checkpointing off only where the run then needs at most this share of the
+# GPU's memory: the estimate may be off by some percent, and the user's other notebooks share the GPU.
+ROOM_TO_SPARE = 0.8
+
+
 def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, batch_size: int = 1,
              train_text_encoder: bool = False, gpu: str | Device = "t4", steps: int = 1000, optimizer: str = "adamw8bit",
-             gradient_checkpointing: bool = True, recipe: str = "portraitkit", advise: bool = True) -> Plan:
+             gradient_checkpointing: bool | None = None, recipe: str = "portraitkit", advise: bool = True) -> Plan:
     """Estimate a run's peak GPU memory, RAM and time; when it does not fit, say the cheapest change
-    that does, and when it fits with checkpointing, whether it would also fit (faster) without."""
+    that does, and when it fits with checkpointing, whether it would also fit (faster) without.
+
+    `gradient_checkpointing=None` plans what `train` chooses by default: off where the run fits the
+    GPU with room to spare without it (about a quarter faster per step), on elsewhere and on a CPU.
+    """
     device = _device(gpu)
     config = PlanConfig(base=base, resolution=resolution, rank=rank, batch_size=batch_size,
                         train_text_encoder=train_text_encoder, gpu=device.name, steps=steps, optimizer=optimizer,
                         gradient_checkpointing=gradient_checkpointing, recipe=recipe)
-    plan = _estimate(config, device, architecture(base))
+    arch = architecture(base)
+    plan = None
+    if recipe == "plain":  # the plain loop never checkpoints
+        config = dataclasses.replace(config, gradient_checkpointing=False)
+    elif gradient_checkpointing is None:  # train's default
+        if device.gpu_memory_gb is not None:
+            plan = _estimate(dataclasses.replace(config, gradient_checkpointing=False), device, arch)
+            if not plan.fits or plan.peak_gpu_mem_gb > ROOM_TO_SPARE * device.gpu_memory_gb:
+                plan = None
+        config = dataclasses.replace(config, gradient_checkpointing=plan is None)
+    plan = plan or _estimate(config, device, arch)
     if advise and not plan.fits:
         plan.advice = _advice(config, device, plan)
-    elif advise and gradient_checkpointing and recipe == "portraitkit":
-        unchecked = _estimate(dataclasses.replace(config, gradient_checkpointing=False), device, architecture(base))
+    elif advise and config.gradient_checkpointing and recipe == "portraitkit":
+        unchecked = _estimate(dataclasses.replace(config, gradient_checkpointing=False), device, arch)
         if unchecked.fits:
+            tight = device.gpu_memory_gb is not None and unchecked.peak_gpu_mem_gb > ROOM_TO_SPARE * device.gpu_memory_gb
             plan.faster = (f"it also fits without gradient checkpointing (--no-gradient-checkpointing): about "
                            f"{unchecked.seconds_per_step:.2f} s/step instead of {plan.seconds_per_step:.2f}, "
-                           f"{unchecked.peak_gpu_mem_gb or unchecked.peak_host_ram_gb:.1f} GiB")
+                           f"{unchecked.peak_gpu_mem_gb or unchecked.peak_host_ram_gb:.1f} GiB"
+                           + (f" of {device.gpu_memory_gb}, with little room to spare" if tight else ""))
     return plan
 
 
@@ -361,29 +384,32 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
     flops = step["flops"]
 
     if recipe.cached:
-        # train: everything on the GPU while caching (one image, all captions at once); then only the
-        # UNet (and trained encoders) stay; the final validation brings the VAE and encoders back, and
-        # SDXL's pipeline decodes with its VAE upcast to fp32.
+        # `train` moves the models so that each phase has on the GPU only what it runs: the VAE and
+        # text encoders while caching (one image, all captions at once), then the UNet (and trained
+        # encoders); the final validation encodes its prompts, sends the encoders back and brings
+        # the VAE, which SDXL's pipeline upcasts to fp32 (as caching does).
         captions = max(graph(name, "encode", CAPTIONS_ENCODED_AT_ONCE)["peak"] for name in encoder_names)
         upcast = _vae_upcasts(arch, recipe)
-        validation = max(graph("unet", "infer", 2)["peak"], graph("vae", "decode", 1, 4 if upcast else recipe.weight_bytes)["peak"])
-        phases = {  # (weights and optimizer state, peak of the graph run in that phase)
-            "load_and_cache": (sum(weights.values()) + lora_bytes, max(vae_encode["peak"], captions)),
-            "train_step": (weights["unet"] + lora_bytes + optimizer_bytes + (encoders if config.train_text_encoder else 0),
-                           step["peak"]),
-            "validation": (weights["unet"] + encoders + weights["vae"] * (2 if upcast else 1) + lora_bytes + optimizer_bytes,
-                           validation),
+        vae = weights["vae"] * (2 if upcast else 1)
+        trained_encoders = encoders if config.train_text_encoder else 0
+        trainer = lora_bytes + optimizer_bytes
+        denoise_and_decode = max(graph("unet", "infer", 2)["peak"], graph("vae", "decode", 1, 4 if upcast else recipe.weight_bytes)["peak"])
+        phases = {  # (weights on the device, LoRA and optimizer state, peak of the graph run in that phase)
+            "load_and_cache": (vae + encoders, lora_bytes, max(vae_encode["peak"], captions)),
+            "train_step": (weights["unet"] + trained_encoders, trainer, step["peak"]),
+            "validation_prompts": (weights["unet"] + encoders, trainer, captions),
+            "validation": (weights["unet"] + trained_encoders + vae, trainer, denoise_and_decode),
         }
     else:  # the plain loop: every model on the GPU, the VAE and text encoders run in every step
         per_step = [graph("vae", "encode", config.batch_size)] + [graph(n, "encode", config.batch_size) for n in encoder_names]
         flops += sum(g["flops"] for g in per_step)
-        phases = {"train_step": (sum(weights.values()) + lora_bytes + optimizer_bytes,
+        phases = {"train_step": (sum(weights.values()), lora_bytes + optimizer_bytes,
                                  max([step["peak"]] + [g["peak"] for g in per_step]))}
 
     tflops = device.achieved_tflops()
     seconds = flops / (tflops * 1e12)
     if on_gpu:
-        phases = {name: fixed + graph for name, (fixed, graph) in phases.items()}
+        phases = {name: on_device + trainer + peak for name, (on_device, trainer, peak) in phases.items()}
         allocated = max(phases.values()) / GIB
         reserved = allocated * (1 + ALLOCATOR_OVERHEAD)
         gpu_total = reserved + CUDA_CONTEXT_GB
@@ -392,11 +418,11 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
         loaded = sum(weights.values()) if recipe.weight_bytes == 2 else sum(weights.values()) + max(params.values()) * 2
         resting = (weights["vae"] + (0 if config.train_text_encoder else encoders)) if recipe.cached else 0
         host = HOST_BASELINE_GB + HOST_CUDA_GB + max(loaded, resting) / GIB
-    else:  # on a CPU every phase is in RAM, and the VAE and encoders "moved to the CPU" never left it
+    else:  # on a CPU every model is in RAM all the time, whatever "moving it to the CPU" says
         allocated = reserved = gpu_total = None
-        resting = (weights["vae"] + (0 if config.train_text_encoder else encoders)) if recipe.cached else 0
-        phases = {name: fixed + graph + min(CPU_EXTRA_RATIO * graph, CPU_EXTRA_CAP_GB * GIB)
-                  + (resting if name == "train_step" else 0) for name, (fixed, graph) in phases.items()}
+        everything = sum(weights.values())
+        phases = {name: everything + trainer + peak + min(CPU_EXTRA_RATIO * peak, CPU_EXTRA_CAP_GB * GIB)
+                  for name, (_, trainer, peak) in phases.items()}
         host = HOST_BASELINE_GB + max(phases.values()) / GIB
     fits_gpu = None if gpu_total is None else gpu_total <= device.gpu_memory_gb
     fits_host = None if device.host_ram_gb is None else host <= device.host_ram_gb
@@ -855,25 +881,31 @@ def plan_for_training(config, device: Device | None = None) -> Plan:
     return plan
 
 
-def check_training_fits(config) -> None:
-    """Stop a GPU run that will not fit, before minutes of loading end in an out-of-memory crash.
+def check_training_fits(config) -> bool:
+    """Stop a GPU run that will not fit, before minutes of loading end in an out-of-memory crash,
+    and return whether the run uses gradient checkpointing (decided here when it is left to us).
 
-    A planner failure never blocks training: it prints a warning and the run goes on. Setting
-    PORTRAITKIT_SKIP_PLAN=1 skips the check (the estimate may be wrong for an unusual setup).
+    A planner failure never blocks training: it prints a warning and the run goes on, with
+    checkpointing unless the user turned it off. Setting PORTRAITKIT_SKIP_PLAN=1 skips the check
+    (the estimate may be wrong for an unusual setup).
     """
+    safe_choice = config.gradient_checkpointing is not False
     if os.environ.get("PORTRAITKIT_SKIP_PLAN") == "1":
-        return
+        return safe_choice
     try:
         plan = plan_for_training(config)
     except PortraitkitError:
         raise
     except Exception as error:  # a bug or an unusual base must not stop a run that may well fit
         print(f"portraitkit: could not estimate memory ({type(error).__name__}: {error}); training anyway.")
-        return
+        return safe_choice
     if plan.fits:
         where = f"{plan.peak_gpu_mem_gb:.1f} GiB of GPU memory, " if plan.peak_gpu_mem_gb is not None else ""
-        print(f"Estimated peak: {where}{plan.peak_host_ram_gb:.1f} GiB of RAM; it fits this {plan.device.name}.")
-        return
+        chosen = "" if config.gradient_checkpointing is not None else (
+            "; gradient checkpointing on, as it would not fit with room to spare without" if plan.config.gradient_checkpointing
+            else "; gradient checkpointing off: it fits with room to spare without, and steps are faster")
+        print(f"Estimated peak: {where}{plan.peak_host_ram_gb:.1f} GiB of RAM; it fits this {plan.device.name}{chosen}.")
+        return plan.config.gradient_checkpointing
     needs = (f"about {plan.peak_gpu_mem_gb:.1f} GiB of GPU memory and this {plan.device.name} has {plan.device.gpu_memory_gb} GiB"
              if plan.fits_gpu is False else
              f"about {plan.peak_host_ram_gb:.1f} GiB of RAM and this machine has {plan.device.host_ram_gb:.1f} GiB")

@@ -59,7 +59,9 @@ class TrainConfig:
                            choices=("adamw8bit", "adamw"))
     mixed_precision: str = setting("auto (fp16 on a T4, bf16 where supported, fp32 on CPU), no, fp16 or bf16", "auto",
                                  choices=("auto", "no", "fp16", "bf16"))
-    gradient_checkpointing: bool = setting("recompute activations in the backward pass: far less memory, ~20% slower", True)
+    gradient_checkpointing: bool | None = setting(
+        "recompute activations in the backward pass: far less memory, about a third more compute per step; "
+        "default: off only where the planner finds the run fits the GPU with room to spare without it, on elsewhere and on a CPU", None)
     snr_gamma: float | None = setting("min-SNR loss weighting gamma (Hang et al. 2023 use 5); None turns it off", 5.0)
     noise_offset: float = setting("noise offset, e.g. 0.05, lets the model learn darker and brighter images", 0.0)
     warmup_steps: int = setting("learning-rate warm-up steps", 0)
@@ -99,10 +101,11 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     if start_step >= config.steps and (run_dir / LORA_FILE).is_file():
         print(f"{run_dir} already finished {start_step} steps; raise --steps to train further.")
         return run_dir
+    checkpointing = config.gradient_checkpointing is not False
     if torch.cuda.is_available():  # stop now, with advice, rather than out of memory after minutes of loading
         from portraitkit.plan import check_training_fits
 
-        check_training_fits(config)
+        checkpointing = check_training_fits(config)
 
     accelerator = Accelerator(mixed_precision=_mixed_precision(config), gradient_accumulation_steps=config.grad_accum)
     device = accelerator.device
@@ -116,25 +119,23 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     set_seed(config.seed)
     lora_modules = _add_lora(pipe, config)
-    pipe.to(device)
     for module in lora_modules.values():
         _cast_trainable_to_fp32(module)
-    if config.gradient_checkpointing:
+    if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             for encoder in _text_encoders(pipe):
                 encoder.gradient_checkpointing_enable()
 
+    # Caching runs only the VAE and the text encoders, so the UNet joins the GPU after them: SDXL's
+    # 4.8 GiB UNet never sits beside the VAE encoding 1024 px images.
+    _move(pipe.vae, *_text_encoders(pipe), to=device)
     class_examples = _class_examples(config, pipe, resolution) if config.class_dir else []
     cache = encode_examples(pipe, examples, resolution, with_text=not config.train_text_encoder)
     class_cache = encode_examples(pipe, class_examples, resolution, with_text=not config.train_text_encoder) if class_examples else None
     # Only the UNet (and trained text encoders) run from here on; the VAE waits on the CPU.
-    pipe.vae.to("cpu")
-    if not config.train_text_encoder:
-        for encoder in _text_encoders(pipe):
-            encoder.to("cpu")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    _move(pipe.vae, *([] if config.train_text_encoder else _text_encoders(pipe)), to="cpu")
+    pipe.unet.to(device)
 
     trainable = {f"{prefix}.{name}": parameter for prefix, module in lora_modules.items()
                  for name, parameter in module.named_parameters() if parameter.requires_grad}
@@ -276,6 +277,16 @@ def _mixed_precision(config: TrainConfig) -> str:
 
 def _text_encoders(pipe) -> list:
     return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+
+
+def _move(*modules, to) -> None:
+    """Move modules between the GPU and the CPU, handing freed GPU memory back at once."""
+    import torch
+
+    for module in modules:
+        module.to(to)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _add_lora(pipe, config: TrainConfig) -> dict:
@@ -475,6 +486,8 @@ def _class_examples(config: TrainConfig, pipe, resolution: int) -> list[dict]:
     folder = Path(config.class_dir)
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    if len(existing) < config.num_class_images:  # generating runs the whole pipeline
+        pipe.unet.to(pipe.vae.device)
     for index in tqdm(range(len(existing), config.num_class_images), desc="class images", unit="img"):
         generator = torch.Generator().manual_seed(config.seed + index)
         image = pipe(config.class_prompt, height=resolution, width=resolution, num_inference_steps=config.validation_steps, generator=generator).images[0]
@@ -530,18 +543,23 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
     from portraitkit.grids import image_grid
 
     device = pipe.unet.device
-    pipe.vae.to(device)
-    for encoder in _text_encoders(pipe):
-        encoder.to(device)
     prompts = validation_prompts(config, examples)
+    # The prompts are encoded first and the encoders leave the GPU before the VAE comes: the
+    # decode at full size (SDXL's VAE in fp32) is the run's largest graph.
+    _move(*_text_encoders(pipe), to=device)
+    with torch.no_grad():
+        embeddings = [prompt_embeddings(pipe, prompt, device) for prompt in prompts]
+    _move(*([] if config.train_text_encoder else _text_encoders(pipe)), to="cpu")
+    _move(pipe.vae, to=device)
     folder = run_dir / "validation" / f"step_{step:06d}"
     images = []
     autocast = torch.autocast(device.type, dtype=pipe.vae.dtype) if device.type == "cuda" else contextlib.nullcontext()
     with torch.no_grad(), autocast:
-        for p, prompt in enumerate(prompts):
+        for p, embedding in enumerate(embeddings):
             for seed in config.validation_seeds:
                 generator = torch.Generator().manual_seed(seed)
-                image = pipe(prompt, height=resolution, width=resolution, num_inference_steps=config.validation_steps, generator=generator).images[0]
+                image = pipe(**embedding, height=resolution, width=resolution, num_inference_steps=config.validation_steps,
+                             generator=generator).images[0]
                 images.append(image)
                 save_image(folder / f"prompt{p}_seed{seed}.png", image)
     grid = save_image(folder.with_suffix(".png"), image_grid(images, columns=len(config.validation_seeds)))
@@ -550,11 +568,20 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
 
     score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
                           save_best=lambda folder: save_lora(pipe, config, folder))
-    if not config.train_text_encoder:
-        for encoder in _text_encoders(pipe):
-            encoder.to("cpu")
-    pipe.vae.to("cpu")
+    _move(pipe.vae, to="cpu")
     return grid
+
+
+def prompt_embeddings(pipe, prompt: str, device) -> dict:
+    """A prompt and the empty negative prompt as the embeddings the pipeline's call takes, so the
+    text encoders need not stay on the GPU while it denoises and decodes."""
+    if hasattr(pipe, "text_encoder_2"):
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+    embeds, negative = pipe.encode_prompt(prompt, device, 1, True)
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
 
 
 def plot_loss(run_dir: Path) -> Path | None:

@@ -21,7 +21,7 @@ def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
 
     [written] = tmp_path.glob("cpu-*.json")
     results = json.loads(written.read_text())
-    assert [r["recipe"] for r in results] == ["portraitkit", "plain", "inference"]
+    assert [r["recipe"] for r in results] == ["portraitkit", "portraitkit_no_checkpointing", "plain", "inference"]
     for result in results:
         assert result["status"] == "ok", result["status"]
         assert result["gpu"] is None and result["tiny"] is True and result["base"] == "tiny-sdxl"
@@ -34,7 +34,9 @@ def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
         assert "peak_host_ram_gb" in result["difference_pct"] and "seconds_per_step" in result["difference_pct"]
     training = results[0]
     assert training["measured_steps"] == 2 and training["warmup_steps"] == 1
-    assert results[2]["inference_steps"] == 25 and results[2]["seconds_per_image"] > 0
+    assert results[3]["inference_steps"] == 25 and results[3]["seconds_per_image"] > 0
+    # each training recipe is set against the planner's estimate of that same recipe
+    assert results[1]["estimate"]["seconds_per_step"] < results[0]["estimate"]["seconds_per_step"]
 
 
 def test_gpu_style_fresh_interpreter_launch_works(tmp_path):
