@@ -165,9 +165,8 @@ class IdentityScorer:
 
     def score(self, image, penalties: Penalties = Penalties()) -> dict:
         """identity_distance, score, faces, blur, exposure, mean_luma and reasons of one image."""
-        from portraitkit.diagnose import Thresholds, diagnose_image
+        from portraitkit.diagnose import diagnose_image
         from portraitkit.faces import detect_faces, face_embedding
-
         from portraitkit.prep import PrepConfig
 
         found = detect_faces(image)
@@ -179,7 +178,9 @@ class IdentityScorer:
         distance = self.distance(face_embedding(image, face))
         measures = diagnose_image(image, face).measures
         blur, exposure = measures["blur"], measures["exposure"]
-        limits = Thresholds()
+        # The limits prep judges the training photos by: exposure by lost detail, so that a
+        # well-exposed portrait of very dark skin is never marked down as "too dark".
+        limits = PrepConfig()
         reasons, score = [], 1.0 - distance
         if distance > SAME_PERSON_THRESHOLD:
             reasons.append(f"looks like someone else (identity distance {distance:.2f}, the same person is at most {SAME_PERSON_THRESHOLD})")
@@ -187,8 +188,8 @@ class IdentityScorer:
         if others:
             reasons.append(f"{1 + len(others)} faces in the picture")
             score -= penalties.several_faces
-        if blur.score is not None and blur.score > limits.blur:
-            reasons.append(f"blurry face (blur {blur.score:.2f}, sharp faces measure under {limits.blur})")
+        if blur.score is not None and blur.score > limits.max_blur:
+            reasons.append(f"blurry face (blur {blur.score:.2f}, sharp faces measure under {limits.max_blur})")
             score -= penalties.blurry
         problem = _exposure_problem(exposure.detail, limits)
         if problem:
@@ -200,13 +201,13 @@ class IdentityScorer:
 
 
 def _exposure_problem(detail: dict, limits) -> str | None:
-    if detail["mean_luma"] < limits.too_dark_mean_luma:
+    if detail["mean_luma"] < limits.min_face_luma:
         return f"face too dark (mean brightness {detail['mean_luma']:.2f})"
-    if detail["mean_luma"] > limits.too_bright_mean_luma:
+    if detail["mean_luma"] > limits.max_face_luma:
         return f"face too bright (mean brightness {detail['mean_luma']:.2f})"
-    if detail["bright_clipped_frac"] > limits.bright_clipped_frac:
+    if detail["bright_clipped_frac"] > limits.max_bright_clipped:
         return f"{detail['bright_clipped_frac']:.0%} of the face blown out to white"
-    if detail["dark_clipped_frac"] > limits.dark_clipped_frac:
+    if detail["dark_clipped_frac"] > limits.max_dark_clipped:
         return f"{detail['dark_clipped_frac']:.0%} of the face crushed to black"
     return None
 
@@ -248,17 +249,18 @@ def picks_sheet(images_dir: Path, rows: list[dict]):
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     from portraitkit.grids import image_grid
+    from portraitkit.photos import open_photo
 
     font = ImageFont.load_default(size=15)
     tiles = []
     for row in rows:
         tile = Image.new("RGB", (CELL, CELL), "white")
         try:
-            with Image.open(images_dir / row["file"]) as image:
-                # Small images (the tiny base's 64 px) are enlarged as crisp pixels, not smudged.
-                method = Image.NEAREST if max(image.size) < CELL // 2 else Image.LANCZOS
-                tile.paste(ImageOps.pad(image.convert("RGB"), (CELL, CELL - CAPTION), method=method, color="white"))
-        except OSError:
+            image = open_photo(images_dir / row["file"])  # upright, as it was scored
+            # Small images (the tiny base's 64 px) are enlarged as crisp pixels, not smudged.
+            method = Image.NEAREST if max(image.size) < CELL // 2 else Image.LANCZOS
+            tile.paste(ImageOps.pad(image, (CELL, CELL - CAPTION), method=method, color="white"))
+        except PortraitkitError:
             pass  # unreadable: its reason is in ranking.json, the caption still shows its place
         identity = "no usable face" if row["identity_distance"] is None else f"identity distance {row['identity_distance']:.2f}"
         name = row["file"] if len(row["file"]) <= 34 else row["file"][:16] + "..." + row["file"][-15:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -106,3 +107,29 @@ def test_without_reference_faces_nothing_is_invented(tmp_path, samples_dir):
     assert record["best_step"] is None and record["best_lora"] is None and record["recommended"] == "final"
     assert record["steps"][0]["mean_identity_distance"] is None
     assert "no face was found in the 2 training images" in record["reason"]
+
+
+def test_exposure_is_judged_as_prep_judges_it(tmp_path, reference_dir, samples_dir):
+    from portraitkit import degrade
+    from portraitkit.photos import open_photo
+
+    # 1.8 stops under: mean face brightness 0.24 with 13% of the face at black, which prep
+    # accepts (as it accepts well-exposed very dark skin, 0.2-0.3): no exposure mark-down here.
+    degrade.change_exposure(open_photo(samples_dir / "hopper.jpg"), -1.8).save(tmp_path / "dim.png")
+    degrade.change_exposure(open_photo(samples_dir / "hopper.jpg"), -3.0).save(tmp_path / "night.png")
+    ranking = {row["file"]: row for row in rank_images(tmp_path, reference_dir)}
+    assert 0.2 < ranking["dim.png"]["mean_luma"] < 0.25 and ranking["dim.png"]["reasons"] == []
+    assert any("crushed to black" in reason or "too dark" in reason for reason in ranking["night.png"]["reasons"])
+
+
+def test_picks_sheet_shows_phone_photos_upright(tmp_path, reference_dir, samples_dir):
+    from portraitkit.photos import open_photo
+    from portraitkit.rank import picks_sheet
+
+    sideways, upright = tmp_path / "sideways", tmp_path / "upright"
+    sideways.mkdir(), upright.mkdir()
+    shutil.copy(samples_dir / "hopper_phone_sideways.jpg", sideways / "phone.jpg")  # EXIF orientation 6
+    open_photo(samples_dir / "hopper_phone_sideways.jpg").save(upright / "phone.jpg", quality=100)
+    row = {"file": "phone.jpg", "rank": 1, "score": 0.9, "identity_distance": 0.2}
+    turned, straight = (np.asarray(picks_sheet(folder, [row]), dtype=float) for folder in (sideways, upright))
+    assert np.abs(turned - straight).mean() < 2  # the same picture, give or take JPEG re-saving
