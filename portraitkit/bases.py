@@ -109,7 +109,8 @@ def load_pipeline(name: str, dtype=None, device=None):
     import torch
 
     spec = resolve_base(name)
-    kwargs = {"torch_dtype": dtype or torch.float32}
+    # safetensors only: a repository with nothing but pickled .bin weights is refused, not unpickled
+    kwargs = {"torch_dtype": dtype or torch.float32, "use_safetensors": True}
     if spec.family == "sd":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     tries = [{"variant": "fp16"}, {}] if dtype == torch.float16 and not spec.offline else [{}]

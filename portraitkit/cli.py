@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -192,8 +193,15 @@ def run_diagnose(args) -> int:
             if not args.json:
                 print(f"{path}: {error}", file=sys.stderr)
             continue
-        faces = detect_faces(image)
-        diagnosis = diagnose_image(image, faces[0] if faces else None)
+        try:
+            faces = detect_faces(image)
+            diagnosis = diagnose_image(image, faces[0] if faces else None)
+        except Exception as error:  # a bug on one odd photo must not lose the others' results
+            failed += 1
+            results.append({"file": path, "error": f"could not be measured ({type(error).__name__}: {error})"})
+            if not args.json:
+                print(f"{path}: could not be measured ({type(error).__name__}: {error})", file=sys.stderr)
+            continue
         measures = diagnosis.to_dict()["measures"]
         results.append({"file": path, "face_found": bool(faces), "flags": diagnosis.flags, **measures})
         if not args.json:
@@ -331,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"portraitkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `portraitkit styles | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -234,10 +234,10 @@ class Camera:
     offset_frac: float = 0.0
 
     def __post_init__(self):
-        if not self.distance_cm > 0:
-            raise PortraitkitError(f"The camera distance must be positive, got {self.distance_cm} cm.")
-        if not self.focal_mm > 0:
-            raise PortraitkitError(f"The focal length must be positive, got {self.focal_mm} mm.")
+        if not 0 < self.distance_cm < math.inf:
+            raise PortraitkitError(f"The camera distance must be a positive number of cm, got {self.distance_cm}.")
+        if not 0 < self.focal_mm < math.inf:
+            raise PortraitkitError(f"The focal length must be a positive number of mm, got {self.focal_mm}.")
         if not -1.0 <= self.offset_frac <= 1.0:
             raise PortraitkitError(f"--offset-frac is a fraction of the half frame, from -1 to 1; got {self.offset_frac}.")
 

@@ -14,6 +14,7 @@ throw away), and files that would still need too much memory are refused before 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -34,7 +35,15 @@ DEFAULT_MAX_PIXELS = 16_000_000
 DECODE_LIMIT_PIXELS = 100_000_000
 
 # File suffixes that prep looks at when it scans a folder. HEIC/HEIF come from iPhones.
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff", ".gif")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".tif", ".tiff", ".gif")
+
+# Pillow refuses canvases over twice this many pixels as it opens them (decompression bombs).
+# A JPEG is decoded at reduced size (`draft`), so a 200 MP phone photo is fine: the limit is
+# raised to let such photos through, and DECODE_LIMIT_PIXELS guards what is really decoded.
+CANVAS_LIMIT_PIXELS = 256_000_000
+
+# Pillow calls a JPEG with a multi-picture block (iPhone gain maps, many Android phones) "MPO".
+JPEG_FORMATS = ("JPEG", "MPO")
 
 # Pillow's own errors for files it cannot parse. `SyntaxError` and `struct.error`-like
 # `ValueError`s come out of some plugins on corrupt headers.
@@ -70,7 +79,7 @@ def open_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             # We apply our own pixel limit below, so Pillow's bomb warning is only noise here;
             # its hard error (twice the warning size) still stops absurd headers.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with _canvas_limit(CANVAS_LIMIT_PIXELS), Image.open(path) as opened:
                 image = _decode(opened, path.name, max_pixels)
                 if image is opened:  # closing the file would also discard the pixels
                     image = opened.copy()
@@ -90,12 +99,22 @@ def open_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return image
 
 
+@contextlib.contextmanager
+def _canvas_limit(pixels: int):
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(previous or 0, pixels)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def _decode(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
     """Decode an opened (header-only) image into an upright RGB image of at most `max_pixels`."""
     width, height = image.size
     if width < 1 or height < 1:
         raise PortraitkitError(f"{name} has no pixels ({width}x{height}): remove it.")
-    if image.format == "JPEG":
+    if image.format in JPEG_FORMATS:
         # Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale, the smallest that still gives at
         # least `max_pixels`: a 48 MP photo then costs what a 12 MP one does.
         scale = min(1.0, (max_pixels / (width * height)) ** 0.5)
@@ -109,7 +128,7 @@ def _decode(image: Image.Image, name: str, max_pixels: int) -> Image.Image:
     icc = image.info.get("icc_profile")
     # EXIF orientation first, while the EXIF is still attached: phones store pixels as the sensor
     # saw them and only a tag says "rotate 90 degrees" (HEIC rotation is applied by libheif).
-    image = ImageOps.exif_transpose(image) or image
+    ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a 90 MP canvas
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         image = _high_bit_depth_to_l(image)
     elif image.mode in ("P", "PA", "1"):

@@ -873,7 +873,9 @@ def plan_for_training(config, device: Device | None = None) -> Plan:
     """The plan of a `TrainConfig` on `device` (default: this machine's GPU), with train's mixed
     precision on a GPU (fp16 or bf16 weights: the same bytes)."""
     device = device or local_cuda_device()
-    plan = plan_run(base=config.base, resolution=config.resolution, rank=config.rank, batch_size=config.batch_size,
+    # prior preservation puts a class image beside each training image in the UNet's batch
+    batch = config.batch_size * (2 if config.class_dir else 1)
+    plan = plan_run(base=config.base, resolution=config.resolution, rank=config.rank, batch_size=batch,
                     train_text_encoder=config.train_text_encoder, gpu=device, steps=config.steps,
                     optimizer=config.optimizer, gradient_checkpointing=config.gradient_checkpointing, advise=False)
     if not plan.fits:

@@ -216,7 +216,7 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     photos = []
     for index, path in enumerate(tqdm(inputs, desc="prep", unit="photo")):
         staged = staging / f"{index:05d}.png"
-        photos.append(_examine_safely(path, path.relative_to(photos_dir).as_posix(), staged, config))
+        photos.append(_examine_safely(path, _printable(path.relative_to(photos_dir).as_posix()), staged, config))
 
     _check_identity(photos, config)
     _check_duplicates(photos, config)
@@ -251,23 +251,40 @@ def _check_config(config: PrepConfig) -> None:
             raise PortraitkitError(f"The {name.replace('_', ' ')} {value!r} is empty or has a line break: use a short word.")
 
 
+def _printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (a name from an old camera or a Windows zip)
+    become U+FFFD instead of breaking report.json."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """The dataset folder is new, empty, or one prep wrote before (it then replaces its images)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PortraitkitError(f"{out_dir} is a file: give a folder for the dataset with --out.")
+    if out_dir.is_dir() and not (out_dir / "report.json").is_file() and any(
+            not entry.name.startswith(".") for entry in out_dir.iterdir()):
+        raise PortraitkitError(f"{out_dir} already holds files that prep did not write: choose a new or empty --out folder.")
+
+
 def _find_inputs(photos_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]:
     """Photo files under `photos_dir` (sorted, hidden ones and the dataset folder skipped) and the rest."""
     if not photos_dir.is_dir():
         raise PortraitkitError(f"{photos_dir} is not a folder: give the folder that holds your photos.")
     if out_dir.resolve() == photos_dir.resolve():
         raise PortraitkitError("The dataset folder must differ from the photos folder: choose another --out.")
+    _check_out_dir(out_dir)
+    dataset_inside = photos_dir.resolve() in out_dir.resolve().parents
     inputs, ignored = [], []
     for path in sorted(photos_dir.rglob("*")):
         relative = path.relative_to(photos_dir)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
             continue  # .DS_Store, ._IMG (macOS), .ipynb_checkpoints, our own staging folder
-        if out_dir.resolve() in path.resolve().parents:
+        if dataset_inside and out_dir.resolve() in path.resolve().parents:
             continue  # a dataset folder inside the photos folder: our own outputs
         if path.suffix.lower() in PHOTO_SUFFIXES:
             inputs.append(path)
         else:
-            ignored.append(relative.as_posix())
+            ignored.append(_printable(relative.as_posix()))
     if not inputs:
         raise PortraitkitError(
             f"No photos found in {photos_dir}: add 10-20 JPEG, PNG, WEBP or HEIC photos of the person."

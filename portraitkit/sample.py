@@ -15,6 +15,7 @@ precision. A re-run into the same folder keeps the images whose recipe has not c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -82,13 +83,15 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
     run = read_run(run_dir)
     family = run["base"]["family"]
-    if styles is None:
-        styles = load_styles(*([config.styles_file] if config.styles_file else []), family=family)
-    chosen = select_styles(styles, config.styles)
+    chosen = select_styles(styles or style_library(config), config.styles)
     if config.per_style < 1:
         raise PortraitkitError("--per-style must be at least 1")
     token, class_word = person_words(run, config.token, config.class_word)
     lora_dir = run_dir / "best" if config.lora == "best" else run_dir
+    identity = run_dir / "identity.json"
+    if config.lora == "final" and identity.is_file() and json.loads(identity.read_text()).get("recommended") == "best":
+        print("An earlier validation step looked more like the person than the final one (identity.json): "
+              "try --lora best as well.")
     if not (lora_dir / LORA_FILE).is_file():
         hint = "use --lora final" if config.lora == "best" else "train it first, or wait for the run to finish"
         raise PortraitkitError(f"{lora_dir} has no {LORA_FILE}: {hint}")
@@ -136,6 +139,36 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
         with_images = [Image.open(out_dir / name).convert("RGB") for name in files]
         save_image(out_dir / "grids" / f"{style.name}.png", image_grid(with_images, columns=min(4, len(with_images))))
     return planned
+
+
+def style_library(config: SampleConfig) -> dict[str, Style]:
+    """The styles a sampling run chooses from: the built-ins for the run's model family plus the
+    config's styles file."""
+    family = read_run(Path(config.run_dir))["base"]["family"]
+    return load_styles(*([config.styles_file] if config.styles_file else []), family=family)
+
+
+def compare_dials(config: SampleConfig, out_dir: str | Path, styles: dict[str, Style] | None = None,
+                  guidance_scales=(3.0, 7.0, 12.0), lora_scales=(0.0, 0.5, 1.0)):
+    """What guidance and LoRA strength do, side by side: the first chosen style at the first seed,
+    rendered at each guidance scale (top row) and at each LoRA strength (bottom row). Returns
+    that grid; each variant is an ordinary sampling run in its own folder under `out_dir`, so its
+    image carries its recipe and a re-run after a disconnect renders only what is missing."""
+    from PIL import Image
+
+    from portraitkit.grids import image_grid
+
+    styles = styles or style_library(config)
+    first = select_styles(styles, config.styles)[0]
+    one = dataclasses.replace(config, styles=[first.name], per_style=1)
+    variants = [(f"guidance_{g:g}", {"guidance_scale": g}) for g in guidance_scales]
+    variants += [(f"strength_{s:g}", {"lora_scale": s}) for s in lora_scales]
+    images = []
+    for folder, change in variants:
+        variant = dataclasses.replace(one, out_dir=str(Path(out_dir) / folder), **change)
+        [entry] = sample(variant, styles=styles)
+        images.append(Image.open(Path(variant.out_dir) / entry["file"]).convert("RGB"))
+    return image_grid(images, columns=max(len(guidance_scales), len(lora_scales)))
 
 
 # --- the run and the person -------------------------------------------------------------------

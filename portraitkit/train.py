@@ -96,9 +96,11 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
+    if config.keep_checkpoints < 1:
+        raise PortraitkitError("--keep-checkpoints must be at least 1 (--checkpoint-every 0 writes no checkpoints)")
     run_dir = Path(config.out_dir)
     start_step, resume_from = _prepare_run_folder(config, run_dir)
-    if start_step >= config.steps and (run_dir / LORA_FILE).is_file():
+    if start_step >= config.steps and _finished(run_dir, config.steps):
         print(f"{run_dir} already finished {start_step} steps; raise --steps to train further.")
         return run_dir
     checkpointing = config.gradient_checkpointing is not False
@@ -121,6 +123,10 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     lora_modules = _add_lora(pipe, config)
     for module in lora_modules.values():
         _cast_trainable_to_fp32(module)
+    # Training mode: older diffusers and transformers checkpoint only modules in training mode
+    # (their dropout is 0, so nothing else changes).
+    for module in lora_modules.values():
+        module.train()
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
@@ -201,6 +207,12 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 # --- the run folder ---------------------------------------------------------------------------
 
 
+def _finished(run_dir: Path, steps: int) -> bool:
+    """Every final output is there: a run killed while saving them is finished on --resume."""
+    return all(path.is_file() for path in (run_dir / LORA_FILE, run_dir / KOHYA_FILE,
+                                            run_dir / "validation" / f"step_{steps:06d}.png"))
+
+
 def _prepare_run_folder(config: TrainConfig, run_dir: Path) -> tuple[int, Path | None]:
     """Check the folder against --resume, write config.json, return (start step, checkpoint)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -272,7 +284,11 @@ def _mixed_precision(config: TrainConfig) -> str:
         return config.mixed_precision
     if not torch.cuda.is_available():
         return "no"
-    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    try:
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 has no such argument and counts native support only
+        native_bf16 = torch.cuda.is_bf16_supported()
+    return "bf16" if native_bf16 else "fp16"
 
 
 def _text_encoders(pipe) -> list:
@@ -486,12 +502,15 @@ def _class_examples(config: TrainConfig, pipe, resolution: int) -> list[dict]:
     folder = Path(config.class_dir)
     folder.mkdir(parents=True, exist_ok=True)
     existing = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
-    if len(existing) < config.num_class_images:  # generating runs the whole pipeline
+    missing = range(len(existing), config.num_class_images)
+    if missing:  # generating runs the whole pipeline; the UNet leaves again before caching
         pipe.unet.to(pipe.vae.device)
-    for index in tqdm(range(len(existing), config.num_class_images), desc="class images", unit="img"):
+    for index in tqdm(missing, desc="class images", unit="img"):
         generator = torch.Generator().manual_seed(config.seed + index)
         image = pipe(config.class_prompt, height=resolution, width=resolution, num_inference_steps=config.validation_steps, generator=generator).images[0]
         existing.append(save_image(folder / f"class_{index:04d}.png", image))
+    if missing:
+        _move(pipe.unet, to="cpu")
     return [{"image": Image.open(p).convert("RGB"), "text": config.class_prompt} for p in existing[: config.num_class_images]]
 
 
@@ -506,16 +525,24 @@ def save_lora(pipe, config: TrainConfig, run_dir: Path) -> Path:
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
-    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))}
+    # The diffusers format stores no alpha (loaders take alpha = rank), so the scale alpha / rank
+    # is folded into the B ("up") matrices: both files then apply exactly the trained update.
+    scale = (config.alpha or config.rank) / config.rank
+
+    def lora_layers(module) -> dict:
+        state = {k: (v * scale if "lora_B" in k else v) for k, v in get_peft_model_state_dict(module).items()}
+        return convert_state_dict_to_diffusers(state)
+
+    layers = {"unet_lora_layers": lora_layers(pipe.unet)}
     if config.train_text_encoder:
         for key, encoder in zip(["text_encoder_lora_layers", "text_encoder_2_lora_layers"], _text_encoders(pipe)):
-            layers[key] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+            layers[key] = lora_layers(encoder)
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".lora-") as tmp:
         type(pipe).save_lora_weights(tmp, **layers, safe_serialization=True)
         Path(tmp, LORA_FILE).replace(run_dir / LORA_FILE)
 
     kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(run_dir / LORA_FILE)))
-    alpha = float(config.alpha or config.rank)
+    alpha = float(config.rank)  # the scale is in the weights already
     kohya = {key: (_torch_tensor(alpha) if key.endswith(".alpha") else value) for key, value in kohya.items()}
     if not hasattr(pipe, "text_encoder_2"):  # SD1.x tools name the single text encoder lora_te_
         kohya = {key.replace("lora_te1_", "lora_te_"): value for key, value in kohya.items()}
@@ -551,6 +578,7 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
         embeddings = [prompt_embeddings(pipe, prompt, device) for prompt in prompts]
     _move(*([] if config.train_text_encoder else _text_encoders(pipe)), to="cpu")
     _move(pipe.vae, to=device)
+    denoiser = _without_text_encoders(pipe)
     folder = run_dir / "validation" / f"step_{step:06d}"
     images = []
     autocast = torch.autocast(device.type, dtype=pipe.vae.dtype) if device.type == "cuda" else contextlib.nullcontext()
@@ -558,8 +586,8 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
         for p, embedding in enumerate(embeddings):
             for seed in config.validation_seeds:
                 generator = torch.Generator().manual_seed(seed)
-                image = pipe(**embedding, height=resolution, width=resolution, num_inference_steps=config.validation_steps,
-                             generator=generator).images[0]
+                image = denoiser(**embedding, height=resolution, width=resolution,
+                                 num_inference_steps=config.validation_steps, generator=generator).images[0]
                 images.append(image)
                 save_image(folder / f"prompt{p}_seed{seed}.png", image)
     grid = save_image(folder.with_suffix(".png"), image_grid(images, columns=len(config.validation_seeds)))
@@ -570,6 +598,19 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
                           save_best=lambda folder: save_lora(pipe, config, folder))
     _move(pipe.vae, to="cpu")
     return grid
+
+
+def _without_text_encoders(pipe):
+    """The same pipeline (shared modules, nothing copied) without its text encoders, for a call
+    given prompt embeddings. Diffusers releases before late 2026 take a pipeline's device from
+    its alphabetically first model, the text encoder: left on the CPU, it would pull the whole
+    call there. Without it, that is the UNet's device in every release."""
+    drop = {name: None for name in ("text_encoder", "text_encoder_2") if name in pipe.components}
+    if "safety_checker" in pipe.components:  # SD1.x: portraits of the user, as load_pipeline says
+        drop["requires_safety_checker"] = False
+    denoiser = type(pipe)(**{**pipe.components, **drop})
+    denoiser.set_progress_bar_config(disable=True)
+    return denoiser
 
 
 def prompt_embeddings(pipe, prompt: str, device) -> dict:

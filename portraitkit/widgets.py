@@ -360,11 +360,13 @@ class StylePanel(_Panel):
 
     Styles are the run's model family's (`styles.load_styles`); the exact prompt and negative
     prompt the sampler will send for the first chosen style are shown as the choice changes.
-    `config(out_dir)` turns the choice into a `SampleConfig`.
+    `config(out_dir)` turns the choice into a `SampleConfig`; `steps` and `guidance_scale`
+    override every style's own, as `SampleConfig`'s fields of those names do.
     """
 
     def __init__(self, run_dir: str | Path, chosen: list[str] | None = None, per_style: int = 4,
-                 lora_scale: float = 1.0, seed: int = 0, styles: dict | None = None):
+                 lora_scale: float = 1.0, seed: int = 0, styles: dict | None = None, steps: int | None = None,
+                 guidance_scale: float | None = None):
         from portraitkit.sample import person_words, read_run
         from portraitkit.styles import DEFAULT_STYLES, load_styles
 
@@ -373,6 +375,7 @@ class StylePanel(_Panel):
         run = read_run(self.run_dir)
         self.styles = styles or load_styles(family=run["base"]["family"])
         self.token, self.class_word = person_words(run)
+        self.steps, self.guidance_scale = steps, guidance_scale
         chosen = list(chosen or DEFAULT_STYLES)
         self.checkboxes = {}
         rows = []
@@ -406,7 +409,8 @@ class StylePanel(_Panel):
         count = len(self.chosen) * self.per_style.value
         self.prompt.value = (f"<b>{count} images.</b> {html.escape(style.name)} sends:<br>"
                              f"<b>prompt</b>: {html.escape(prompt)}<br><b>negative prompt</b>: {html.escape(negative)}<br>"
-                             f"<b>guidance</b> {style.guidance_scale}, <b>steps</b> {style.steps}")
+                             f"<b>guidance</b> {self.guidance_scale or style.guidance_scale}, "
+                             f"<b>steps</b> {self.steps or style.steps}")
 
     def config(self, out_dir: str | Path, **settings):
         """A SampleConfig for the current choice; `settings` sets any other field (steps, resolution...)."""
@@ -414,6 +418,7 @@ class StylePanel(_Panel):
 
         if not self.chosen:
             raise PortraitkitError("no style is ticked; tick at least one style above")
+        settings = {"steps": self.steps, "guidance_scale": self.guidance_scale, **settings}
         return SampleConfig(run_dir=str(self.run_dir), out_dir=str(out_dir), styles=self.chosen,
                             per_style=self.per_style.value, seed=self.seed.value, lora_scale=self.lora_scale.value, **settings)
 

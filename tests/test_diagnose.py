@@ -179,3 +179,16 @@ def test_cli_diagnose_json_one_object_per_file_and_bad_files_reported(portrait_p
             assert isinstance(row[name]["detail"], dict)
     assert hopper["face_found"] and not wall["face_found"]
     assert "error" in bad
+
+
+def test_cli_diagnose_goes_on_when_one_photo_breaks_the_measures(portrait_path, tmp_path, capsys, monkeypatch):
+    from portraitkit import cli, faces
+
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (333, 222), (90, 90, 90)).save(odd)
+    real = faces.detect_faces
+    monkeypatch.setattr(faces, "detect_faces", lambda image: (_ for _ in ()).throw(RuntimeError("simulated bug"))
+                        if image.size == (333, 222) else real(image))
+    status = cli.main(["diagnose", str(odd), str(portrait_path), "--json"])
+    odd_row, hopper = json.loads(capsys.readouterr().out)
+    assert status == 1 and "simulated bug" in odd_row["error"] and hopper["face_found"]

@@ -43,7 +43,7 @@ def test_detects_one_face_with_landmarks_in_ibug_order(hopper_face):
 
 
 def test_detection_on_a_large_photo_maps_back_to_full_resolution(hopper, hopper_face):
-    big = hopper.resize((hopper.width * 4, hopper.height * 4), Image.BICUBIC)  # beyond DETECT_MAX_SIDE
+    big = hopper.resize((hopper.width * 4, hopper.height * 4), Image.BICUBIC)  # beyond DETECT_MAX_PIXELS
     found = detect_faces(big)
     assert len(found) == 1
     # HOG boxes snap to its pyramid's scales, so compare centres and sizes, then the landmarks.
@@ -52,6 +52,18 @@ def test_detection_on_a_large_photo_maps_back_to_full_resolution(hopper, hopper_
     assert np.abs((box[:2] + box[2:]) / 2 - (small[:2] + small[2:]) / 2).max() < 0.1 * width
     assert 0.8 < (box[2] - box[0]) / width < 1.25
     assert np.abs(found[0].landmarks - hopper_face.landmarks * 4).mean() < 0.03 * width
+
+
+def test_small_faces_in_large_photos_and_panoramas_are_found(hopper, hopper_face):
+    face_width = hopper_face.box[2] - hopper_face.box[0]
+    small = hopper.resize((round(hopper.width * 110 / face_width), round(hopper.height * 110 / face_width)), Image.LANCZOS)
+    for canvas_size in ((4000, 3000), (8000, 800)):  # a 12 MP photo, a panorama
+        canvas = Image.new("RGB", canvas_size, (150, 160, 170))
+        canvas.paste(small, (canvas_size[0] // 3, (canvas_size[1] - small.height) // 2))
+        found = detect_faces(canvas)
+        assert len(found) == 1, canvas_size
+        assert 77 < found[0].box[2] - found[0].box[0] < 154  # a ~110 px face (HOG boxes snap), where it was put
+        assert abs(found[0].box[0] - (canvas_size[0] // 3 + hopper_face.box[0] * 110 / face_width)) < 30
 
 
 def test_roll_follows_a_rotated_face(hopper):

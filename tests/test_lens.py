@@ -82,8 +82,11 @@ def test_cli_lens_json(capsys):
 def test_camera_rejects_impossible_setups():
     with pytest.raises(PortraitkitError):
         lens.Camera(30, 26, offset_frac=1.5)
-    with pytest.raises(PortraitkitError, match="positive"):
-        lens.Camera(0, 26)
+    for distance in (0, float("inf"), float("nan")):  # `--distance-cm inf` is a message, not a traceback
+        with pytest.raises(PortraitkitError, match="positive"):
+            lens.Camera(distance, 26)
+    with pytest.raises(PortraitkitError, match="focal length"):
+        lens.Camera(30, float("inf"))
     with pytest.raises(PortraitkitError, match="Unknown head"):
         lens.Head("child")
 

@@ -70,8 +70,13 @@ def with_overrides(notebook, params: dict) -> None:
         notebook.cells.insert(index + 1, cell)
 
 
-@pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
-def test_notebook_runs_top_to_bottom(name, kernel_env, tmp_path):
+# 03 -> 04 -> 05 -> 06 read what the one before wrote; run alone (`-k 05`), a notebook first runs
+# the ones it needs, so every test stands on its own and none runs twice in a whole session.
+CHAIN = ["03_prepare_photos.ipynb", "04_train_lora.ipynb", "05_styled_portraits.ipynb", "06_final_picks.ipynb"]
+_EXECUTED: set[str] = set()
+
+
+def execute(name: str, folder) -> None:
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
     assert notebook.metadata.get("accelerator") == "GPU" and notebook.metadata["colab"]["gpuType"] == "T4"
@@ -83,6 +88,15 @@ def test_notebook_runs_top_to_bottom(name, kernel_env, tmp_path):
         notebook,
         kernel_name="python3",
         timeout=settings.get("timeout", DEFAULT_TIMEOUT),
-        resources={"metadata": {"path": str(tmp_path)}},
+        resources={"metadata": {"path": str(folder)}},
     )
     client.execute()
+    _EXECUTED.add(name)
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_runs_top_to_bottom(name, kernel_env, tmp_path, tmp_path_factory):
+    for earlier in CHAIN[:CHAIN.index(name)] if name in CHAIN else []:
+        if earlier not in _EXECUTED:
+            execute(earlier, tmp_path_factory.mktemp("before"))  # a sibling folder: "../course" is the same
+    execute(name, tmp_path)

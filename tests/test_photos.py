@@ -146,3 +146,22 @@ def test_unreadable_files_raise_portraitkit_error(tmp_path, portrait_path):
     for name in ("truncated.jpg", "empty.jpg", "notes.jpg", "missing.jpg"):
         with pytest.raises(PortraitkitError):
             open_photo(tmp_path / name)
+
+
+def test_photos_over_pillows_canvas_limit_open_when_jpeg_draft_shrinks_them(tmp_path, monkeypatch):
+    # Pillow refuses canvases over 2 x MAX_IMAGE_PIXELS (179 MP by default) before decoding; a
+    # 200 MP phone JPEG must still open, decoded at reduced size. Here the limit is scaled down.
+    gradient = np.linspace(0, 255, 3000, dtype=np.uint8)[None, :, None].repeat(1500, 0).repeat(3, 2)
+    Image.fromarray(gradient).save(tmp_path / "phone.jpg", quality=85)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    image = open_photo(tmp_path / "phone.jpg", max_pixels=1_000_000)
+    assert image.width * image.height <= 1_000_000 and abs(image.width / image.height - 2) < 0.01
+    assert Image.MAX_IMAGE_PIXELS == 1_000_000  # Pillow's own setting is left as it was
+
+
+def test_multi_picture_jpeg_is_read_as_the_jpeg_it_is(tmp_path, portrait_path):
+    photo = Image.open(portrait_path).convert("RGB")
+    photo.save(tmp_path / "iphone.jpg", format="MPO", save_all=True, append_images=[photo.resize((64, 75))])
+    assert Image.open(tmp_path / "iphone.jpg").format == "MPO"  # what Pillow calls a JPEG with an MPF block
+    image = open_photo(tmp_path / "iphone.jpg", max_pixels=40_000)
+    assert image.size[0] * image.size[1] <= 40_000 and image.mode == "RGB"

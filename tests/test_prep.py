@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -227,6 +228,7 @@ def test_too_few_photos_exit_non_zero_with_one_sentence(samples_dir, tmp_path, c
     # a previous run's image that this run does not accept must not stay in the dataset
     (out / "old_photo.png").write_bytes(b"old")
     (out / "metadata.jsonl").write_text('{"file_name": "old_photo.png", "text": "a photo of sks person"}\n')
+    (out / "report.json").write_text('{"summary": {}, "photos": []}')  # written by that earlier prep
     status = cli.main(["prep", str(photos), "--out", str(out)])
     assert status == 1
     error = capsys.readouterr().err.strip().splitlines()
@@ -244,3 +246,23 @@ def test_unusable_folders_and_settings_raise(tmp_path):
     with pytest.raises(PortraitkitError, match="resolution"):
         prepare(tmp_path / "empty", tmp_path / "out", PrepConfig(resolution=500))
     assert cli.main(["prep", str(tmp_path / "empty"), "--out", str(tmp_path / "empty")]) == 2
+
+
+def test_awkward_names_and_output_folders(tmp_path, samples_dir):
+    photos = tmp_path / "work" / "photos"
+    photos.mkdir(parents=True)
+    shutil.copy(samples_dir / "hopper.jpg", photos / "hopper.jpg")
+    # a name that is not UTF-8 (an old camera's, or unpacked from a Windows zip)
+    shutil.copy(samples_dir / "hopper_soft.jpg", photos / os.fsdecode(b"caf\xe9.jpg"))
+    report = json.loads((prepare(photos, tmp_path / "dataset").out_dir / "report.json").read_text(encoding="utf-8"))
+    assert {e["source"] for e in report["photos"]} == {"hopper.jpg", "caf\ufffd.jpg"}
+    assert all(e["status"] == "accepted" for e in report["photos"])
+
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises(PortraitkitError, match="is a file"):
+        prepare(photos, tmp_path / "file.txt")
+    # a folder of the user's own things (here: the one holding the photos) is never written into
+    with pytest.raises(PortraitkitError, match="did not write"):
+        prepare(photos, tmp_path / "work")
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["photos"]
+    prepare(photos, tmp_path / "dataset")  # prep's own folder from before: replaced, fine

@@ -143,3 +143,21 @@ def test_sdxl_runs_get_the_sdxl_styles_and_can_use_the_best_lora(tmp_path, run_d
     assert made["guidance_scale"] == 5.5 and made["prompt"].startswith("A head-and-shoulders studio portrait photograph of zwx woman")
     assert made["lora"].endswith("best/pytorch_lora_weights.safetensors") and made["model"] == "tiny-sdxl"
     assert read_parameters(tmp_path / "out" / made["file"])["Size"] == "64x64"
+
+
+def test_compare_dials_changes_one_setting_at_a_time(run_dir, tmp_path):
+    from portraitkit.sample import compare_dials
+
+    config = SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "images"), styles=["studio"], seed=3, steps=STEPS)
+    grid = compare_dials(config, tmp_path / "dials", guidance_scales=(2.0, 9.0), lora_scales=(0.0, 1.0))
+    assert grid.size == (2 * 64, 2 * 64)  # guidance on top, LoRA strength below
+    recipes = {folder.name: json.loads((folder / "manifest.json").read_text())[0] for folder in (tmp_path / "dials").iterdir()}
+    assert {r["guidance_scale"] for n, r in recipes.items() if n.startswith("guidance")} == {2.0, 9.0}
+    assert {r["lora_scale"] for n, r in recipes.items() if n.startswith("strength")} == {0.0, 1.0}
+    assert all(r["style"] == "studio" and r["seed"] == 3 for r in recipes.values())
+    # strength 1 at the style's own guidance is exactly the portrait `sample` makes with the same recipe
+    [plain] = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "plain"), styles=["studio"], seed=3,
+                                  per_style=1, steps=STEPS))
+    assert np.array_equal(pixels(tmp_path / "plain" / plain["file"]), pixels(tmp_path / "dials" / "strength_1" / plain["file"]))
+    assert not np.array_equal(pixels(tmp_path / "dials" / "guidance_2" / plain["file"]),
+                              pixels(tmp_path / "dials" / "guidance_9" / plain["file"]))

@@ -114,6 +114,78 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, face_datase
     assert not (interrupted / "checkpoints" / ".writing-abc").exists()
 
 
+def test_a_run_killed_while_saving_its_outputs_finishes_on_resume(tmp_path, face_dataset, monkeypatch):
+    import portraitkit.train
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the runtime dropped after the last checkpoint, before the outputs
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(portraitkit.train, "run_validation", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_config(face_dataset, run, steps=4))
+    assert (run / LORA_FILE).is_file() and not (run / "validation" / "step_000004.png").exists()
+    train(tiny_config(face_dataset, run, steps=4, resume=True))
+    assert (run / KOHYA_FILE).is_file() and (run / "validation" / "step_000004.png").is_file()
+    with pytest.raises(PortraitkitError, match="at least 1"):
+        train(tiny_config(face_dataset, tmp_path / "other", keep_checkpoints=0))
+
+
+def test_lora_alpha_reaches_both_files(tmp_path, face_dataset):
+    import torch
+    from safetensors.torch import load_file
+
+    from portraitkit.bases import load_pipeline
+
+    run = train(tiny_config(face_dataset, tmp_path / "run", steps=4, rank=4, alpha=16, lr=1e-2))
+    trained = load_file(checkpoints.latest_checkpoint(run)[1] / "lora.safetensors")  # as trained: B, A, scale 16/4
+    layer = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    expected = 4.0 * trained[f"unet.{layer}.lora_B.default.weight"] @ trained[f"unet.{layer}.lora_A.default.weight"]
+    assert expected.abs().max() > 0
+
+    kohya = load_file(run / KOHYA_FILE)
+    name = "lora_unet_" + layer.replace(".", "_")
+    rank = kohya[f"{name}.lora_down.weight"].shape[0]
+    from_kohya = kohya[f"{name}.alpha"] / rank * kohya[f"{name}.lora_up.weight"] @ kohya[f"{name}.lora_down.weight"]
+    assert torch.allclose(from_kohya, expected, atol=1e-6)
+
+    pipe = load_pipeline("tiny-sd")
+    pipe.load_lora_weights(run)
+    module = pipe.unet.get_submodule(layer)
+    adapter = next(iter(module.lora_A))
+    loaded = module.scaling[adapter] * module.lora_B[adapter].weight @ module.lora_A[adapter].weight
+    assert torch.allclose(loaded, expected, atol=1e-6)
+
+
+def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatch):
+    """Diffusers before late 2026 took a pipeline's device from its alphabetically first model,
+    the text encoder, which validation leaves on the CPU while the UNet is on the GPU. Here the
+    text encoder sits on the meta device so that the two places can be told apart on a CPU."""
+    import numpy as np
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from portraitkit.bases import load_pipeline
+    from portraitkit.train import _without_text_encoders, prompt_embeddings
+
+    def first_model(self):
+        names, _ = self._get_signature_keys(self)
+        return next(m.device for m in (getattr(self, n, None) for n in sorted(names)) if isinstance(m, torch.nn.Module))
+
+    monkeypatch.setattr(DiffusionPipeline, "device", property(first_model))
+    for base in ("tiny-sd", "tiny-sdxl"):
+        pipe = load_pipeline(base)
+        with torch.no_grad():
+            embeddings = prompt_embeddings(pipe, "a photo of sks person", torch.device("cpu"))
+        for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if encoder is not None:
+                encoder.to("meta")
+        assert pipe.device.type == "meta"  # where pipe(...) itself would run
+        images = _without_text_encoders(pipe)(**embeddings, height=64, width=64, num_inference_steps=2, output_type="np").images
+        assert np.isfinite(images).all() and pipe.text_encoder.device.type == "meta"
+
+
 def test_interrupted_checkpoint_write_leaves_no_checkpoint(tmp_path, monkeypatch, face_dataset):
     import torch
 
@@ -184,3 +256,12 @@ def test_batches_cover_every_image_once_per_epoch():
     flat = [i for batch in order for i in batch]
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
     assert batch_indices(3, 4, 2, 5) == order[4]  # stateless: the same call, the same batch
+
+
+def test_pickled_weights_are_refused_not_unpickled(tmp_path):
+    from portraitkit.bases import build_tiny_pipeline, load_pipeline
+
+    build_tiny_pipeline("sd").save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert (tmp_path / "pickled" / "unet" / "diffusion_pytorch_model.bin").is_file()  # the UNet as a pickle
+    with pytest.raises(PortraitkitError, match="could not load base model"):
+        load_pipeline(str(tmp_path / "pickled"))

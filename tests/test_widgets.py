@@ -188,6 +188,14 @@ def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
     assert sorted(config.styles) == ["golden_hour", "outdoor"] and config.per_style == 2
     assert config.lora_scale == 0.6 and config.steps == 2 and config.run_dir == str(run)
 
+    # the notebook's own steps and a user's own style reach the panel's text and its config
+    from portraitkit.styles import load_styles
+
+    mine = load_styles({"styles": {"my_look": {"description": "mine", "prompt": "{token} {class_word} by a lake"}}})
+    custom = widgets.StylePanel(run, chosen=["my_look"], styles=mine, steps=3)
+    assert "sks person by a lake" in custom.prompt.value and "<b>steps</b> 3" in custom.prompt.value
+    assert custom.config(tmp_path / "portraits").steps == 3 and custom.config(tmp_path / "p", steps=5).steps == 5
+
     for box in panel.checkboxes.values():
         box.value = False
     assert "Tick at least one" in panel.prompt.value
