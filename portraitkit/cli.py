@@ -270,13 +270,10 @@ def add_pick(subparsers) -> None:
 def run_pick(args) -> int:
     from pathlib import Path
 
-    from portraitkit.rank import PICKS_SHEET, RANKING_FILE, rank_images
+    from portraitkit.rank import PICKS_SHEET, RANKING_FILE, rank_images, ranking_lines
 
     ranked = rank_images(args.images_dir, args.reference, top=args.top)
-    for row in ranked[: args.top]:
-        distance = "no face" if row["identity_distance"] is None else f"distance {row['identity_distance']:.2f}"
-        why = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
-        print(f"#{row['rank']:<3} {row['score']:.2f}  {distance:<14} {row['file']}{why}")
+    print("\n".join(ranking_lines(ranked, args.top)))
     folder = Path(args.images_dir)
     print(f"Ranking of {len(ranked)} images in {folder / RANKING_FILE}; picks sheet {folder / PICKS_SHEET}")
     return 0

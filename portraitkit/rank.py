@@ -238,6 +238,16 @@ def _reference_embeddings(images: list) -> np.ndarray:
     return _EMBEDDINGS[key.hexdigest()]
 
 
+def ranking_lines(ranking: list[dict], top: int) -> list[str]:
+    """The first `top` rows of a ranking as lines of text: rank, score, identity distance, file, why."""
+    lines = []
+    for row in ranking[:top]:
+        distance = "no face" if row["identity_distance"] is None else f"distance {row['identity_distance']:.2f}"
+        why = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
+        lines.append(f"#{row['rank']:<3} {row['score']:.2f}  {distance:<14} {row['file']}{why}")
+    return lines
+
+
 # --- the picks sheet --------------------------------------------------------------------------
 
 CELL = 300  # picks-sheet cell: a 254 px picture (enough to judge a face) over two lines of caption
