@@ -32,7 +32,6 @@ SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 SCORER_PHOTOS = ("hopper.jpg", "hopper_blurry.jpg", "astronaut.jpg", "coffee.jpg")
 
 
-
 @dataclass
 class DemoConfig:
     """Settings of the demo; None means "right for the base" (tiny: seconds on a CPU; real: full size)."""

@@ -162,7 +162,6 @@ ASSUMPTIONS = [
 # --- planning settings --------------------------------------------------------------------------
 
 
-
 @dataclass
 class PlanConfig:
     """A training run to plan; each field's help is also its `portraitkit plan` help."""

@@ -32,7 +32,6 @@ MANIFEST = "manifest.json"
 ADAPTER = "person"
 
 
-
 @dataclass
 class SampleConfig:
     """Settings of a sampling run; each field's help is also its `portraitkit sample` help."""

@@ -37,7 +37,6 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-
 @dataclass
 class TrainConfig:
     """Every setting of a training run; each field's help is also its `portraitkit train` help."""
@@ -570,6 +569,9 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
     from portraitkit.grids import image_grid
 
     device = pipe.unet.device
+    training = [module for module in (pipe.unet, *_text_encoders(pipe)) if module.training]
+    for module in training:  # inference mode for the pictures; back to training at the end
+        module.eval()
     prompts = validation_prompts(config, examples)
     # The prompts are encoded first and the encoders leave the GPU before the VAE comes: the
     # decode at full size (SDXL's VAE in fp32) is the run's largest graph.
@@ -597,6 +599,8 @@ def run_validation(pipe, config: TrainConfig, examples: list[dict], resolution: 
     score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
                           save_best=lambda folder: save_lora(pipe, config, folder))
     _move(pipe.vae, to="cpu")
+    for module in training:
+        module.train()
     return grid
 
 
