@@ -218,8 +218,9 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
         staged = staging / f"{index:05d}.png"
         photos.append(_examine_safely(path, _printable(path.relative_to(photos_dir).as_posix()), staged, config))
 
-    _check_identity(photos, config)
+    # Duplicates first: the same shot saved three times must count once in the identity vote.
     _check_duplicates(photos, config)
+    _check_identity(photos, config)
     _publish(photos, out_dir, staging, config)
 
     accepted = [p for p in photos if p.status == "accepted"]
@@ -559,7 +560,7 @@ def _check_identity(photos: list[_Photo], config: PrepConfig) -> None:
 
     with_face = [p for p in photos if p.embedding is not None]
     clean = [p for p in with_face if not p.reasons] or with_face
-    if len(clean) < 2:
+    if len(clean) < 3:  # two faces that differ: no majority says which one is the person
         return
     distances = np.array([[identity_distance(a.embedding, b.embedding) for b in clean] for a in clean])
     medians = [np.median(np.delete(row, i)) for i, row in enumerate(distances)]

@@ -69,6 +69,24 @@ def test_consensus_not_the_first_file_decides_identity(samples_run):
     assert entries["hopper.jpg"]["measurements"]["identity_distance"] < 0.3
 
 
+def test_copies_of_someone_else_do_not_outvote_the_person(tmp_path, samples_dir):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("hopper.jpg", "hopper_soft.jpg"):
+        shutil.copy(samples_dir / name, photos / name)
+    # a friend's photo saved three times (the original, a resized copy, a re-compressed one)
+    friend = Image.open(samples_dir / "astronaut.jpg")
+    friend.save(photos / "friend.jpg", quality=95)
+    friend.resize((friend.width * 9 // 10, friend.height * 9 // 10)).save(photos / "friend_small.jpg", quality=90)
+    friend.save(photos / "friend_whatsapp.jpg", quality=70)
+    # 128 px training images: the friend's face is large enough, so only identity can tell
+    report = prepare(photos, tmp_path / "dataset", PrepConfig(resolution=128)).entries
+    decisions = {e["source"]: e["reasons"] for e in report}
+    assert decisions["hopper.jpg"] == [] and decisions["hopper_soft.jpg"] == []
+    assert decisions["friend.jpg"] == ["different_person"]
+    assert all("duplicate" in decisions[name] for name in ("friend_small.jpg", "friend_whatsapp.jpg"))
+
+
 def test_duplicate_keeps_the_larger_original(samples_run):
     _, _, report = samples_run
     duplicate = next(e for e in report["photos"] if e["source"] == "hopper_duplicate.jpg")
