@@ -54,6 +54,7 @@ REJECTIONS = {
 WARNINGS = {
     "low_resolution": "enlarged",
     "tight_crop": "cropped tight",
+    "off_centre": "face near the edge",
     "color_cast": "colour cast",
     "harsh_shadows": "harsh shadows",
     "blown_highlights": "blown highlights",
@@ -94,6 +95,10 @@ class PrepConfig:
     # A crop that had to shrink below this share of its intended size (face at the photo's edge
     # or filling the frame) is kept but warned about and captioned "close-up".
     tight_crop_fraction: float = 0.75
+    # A square the photo's edge pushed more than this share of its side away from where the face
+    # wanted it: the face sits far off the usual place (the samples, cut close above the head,
+    # measure up to 0.2). Kept, but warned about.
+    max_off_centre: float = 0.25
 
     # --- faces ----------------------------------------------------------------------------------
     # The largest face counts as dominant when the next one is at most 1/1.5 of its width: the
@@ -364,6 +369,8 @@ def _examine(photo: _Photo, path: Path, staged: Path, config: PrepConfig) -> Non
         photo.warnings.append("low_resolution")
     if crop_info["fraction_of_intended"] < config.tight_crop_fraction:
         photo.warnings.append("tight_crop")
+    if crop_info["off_centre"] > config.max_off_centre:
+        photo.warnings.append("off_centre")
 
     if not rivals:  # with two similar faces we do not know whose identity this is
         photo.embedding = face_embedding(image, face)
@@ -446,9 +453,9 @@ def _crop(image: Image.Image, face, geometry: dict[str, float], config: PrepConf
     # The rotated square's axis-aligned extent must lie inside the photo: no invented borders.
     spread = abs(math.cos(angle)) + abs(math.sin(angle))
     side = min(intended, min(image.size) / spread)
-    center = eyes + (0.5 - config.eye_line_height) * side * down
+    wanted = eyes + (0.5 - config.eye_line_height) * side * down
     half = side * spread / 2
-    center = np.clip(center, [half, half], [image.width - half, image.height - half])
+    center = np.clip(wanted, [half, half], [image.width - half, image.height - half])
 
     origin = center - side / 2 * (along + down)  # top-left corner of the square, in photo pixels
     corners = np.array([origin, origin + side * along, origin + side * (along + down), origin + side * down])
@@ -475,6 +482,8 @@ def _crop(image: Image.Image, face, geometry: dict[str, float], config: PrepConf
         "side_px": side,
         "intended_side_px": intended,
         "fraction_of_intended": side / intended,
+        # how far the photo's edge pushed the square from where the face wanted it, in sides
+        "off_centre": float(np.linalg.norm(center - wanted) / side),
         "upscale": config.resolution / side,
         "rotation_degrees": geometry["roll_degrees"],
     }

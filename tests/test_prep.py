@@ -284,3 +284,16 @@ def test_awkward_names_and_output_folders(tmp_path, samples_dir):
         prepare(photos, tmp_path / "work")
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["photos"]
     prepare(photos, tmp_path / "dataset")  # prep's own folder from before: replaced, fine
+
+
+def test_a_face_at_the_photos_edge_is_kept_with_a_warning(tmp_path, samples_dir):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    hopper = Image.open(samples_dir / "hopper.jpg")
+    # the forehead cut off by the top of a tall frame: the square cannot be centred on the face
+    tall = Image.new("RGB", (3 * hopper.width, 3 * hopper.height), (120, 130, 140))
+    tall.paste(hopper.crop((0, 140, hopper.width, hopper.height)), (hopper.width, 0))
+    tall.save(photos / "edge.jpg", quality=95)
+    [entry] = prepare(photos, tmp_path / "dataset", PrepConfig(resolution=256)).entries
+    assert entry["status"] == "accepted" and "off_centre" in entry["warnings"]
+    assert entry["measurements"]["crop"]["off_centre"] > PrepConfig().max_off_centre
