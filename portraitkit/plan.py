@@ -893,6 +893,9 @@ def check_training_fits(config) -> bool:
     safe_choice = config.gradient_checkpointing is not False
     if os.environ.get("PORTRAITKIT_SKIP_PLAN") == "1":
         return safe_choice
+    if config.mixed_precision == "no":  # the planner knows half-precision GPU runs only
+        print("portraitkit: memory is estimated for fp16/bf16 runs, not --mixed-precision no; training without a check.")
+        return safe_choice
     try:
         plan = plan_for_training(config)
     except PortraitkitError:

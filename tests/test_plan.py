@@ -103,6 +103,9 @@ def test_checkpointing_is_left_off_only_with_room_to_spare(capsys, monkeypatch):
     assert "gradient checkpointing off" in capsys.readouterr().out
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", gradient_checkpointing=True)) is True
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sdxl")) is True
+    # fp32 weights on a GPU are not what the planner estimates: no guess, checkpointing stays on
+    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", mixed_precision="no")) is True
+    assert "not --mixed-precision no" in capsys.readouterr().out
 
 
 def test_a_run_too_big_for_a_t4_fits_an_a100_and_gets_advice():
