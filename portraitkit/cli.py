@@ -183,24 +183,23 @@ def run_diagnose(args) -> int:
     from portraitkit.faces import detect_faces
     from portraitkit.photos import open_photo
 
-    results, failed = [], 0
+    results = []
+
+    def failed(path: str, message: str) -> None:  # one bad file must not hide the others' results
+        results.append({"file": path, "error": message})
+        if not args.json:
+            print(f"{path}: {message}", file=sys.stderr)
+
     for path in args.files:
         try:
             image = open_photo(path)
-        except PortraitkitError as error:  # one bad file must not hide the others' results
-            failed += 1
-            results.append({"file": path, "error": str(error)})
-            if not args.json:
-                print(f"{path}: {error}", file=sys.stderr)
-            continue
-        try:
             faces = detect_faces(image)
             diagnosis = diagnose_image(image, faces[0] if faces else None)
-        except Exception as error:  # a bug on one odd photo must not lose the others' results
-            failed += 1
-            results.append({"file": path, "error": f"could not be measured ({type(error).__name__}: {error})"})
-            if not args.json:
-                print(f"{path}: could not be measured ({type(error).__name__}: {error})", file=sys.stderr)
+        except PortraitkitError as error:
+            failed(path, str(error))
+            continue
+        except Exception as error:  # a bug on one odd photo
+            failed(path, f"could not be measured ({type(error).__name__}: {error})")
             continue
         measures = diagnosis.to_dict()["measures"]
         results.append({"file": path, "face_found": bool(faces), "flags": diagnosis.flags, **measures})
@@ -211,7 +210,7 @@ def run_diagnose(args) -> int:
                 print(f"  - {flag}")
     if args.json:
         print(json.dumps(results, indent=2))
-    return 1 if failed else 0
+    return 1 if any("error" in row for row in results) else 0
 
 
 def _names(text: str) -> list[str]:

@@ -212,6 +212,7 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     _check_config(config)
     photos_dir, out_dir = Path(photos_dir), Path(out_dir)
     inputs, ignored = _find_inputs(photos_dir, out_dir)
+    _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
@@ -278,7 +279,6 @@ def _find_inputs(photos_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]
         raise PortraitkitError(f"{photos_dir} is not a folder: give the folder that holds your photos.")
     if out_dir.resolve() == photos_dir.resolve():
         raise PortraitkitError("The dataset folder must differ from the photos folder: choose another --out.")
-    _check_out_dir(out_dir)
     dataset_inside = photos_dir.resolve() in out_dir.resolve().parents
     inputs, ignored = [], []
     for path in sorted(photos_dir.rglob("*")):

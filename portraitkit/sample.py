@@ -82,7 +82,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
     run = read_run(run_dir)
     family = run["base"]["family"]
-    chosen = select_styles(styles or style_library(config), config.styles)
+    chosen = select_styles(styles or style_library(config, family), config.styles)
     if config.per_style < 1:
         raise PortraitkitError("--per-style must be at least 1")
     token, class_word = person_words(run, config.token, config.class_word)
@@ -140,10 +140,10 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     return planned
 
 
-def style_library(config: SampleConfig) -> dict[str, Style]:
-    """The styles a sampling run chooses from: the built-ins for the run's model family plus the
-    config's styles file."""
-    family = read_run(Path(config.run_dir))["base"]["family"]
+def style_library(config: SampleConfig, family: str | None = None) -> dict[str, Style]:
+    """The styles a sampling run chooses from: the built-ins for the run's model family (read
+    from the run when not given) plus the config's styles file."""
+    family = family or read_run(Path(config.run_dir))["base"]["family"]
     return load_styles(*([config.styles_file] if config.styles_file else []), family=family)
 
 
