@@ -25,7 +25,11 @@ leaks from one into the next:
   default where the planner finds that the run fits with room to spare (SD1.5 on a T4);
 - plain: the loop most tutorials write, without those savings: fp32 weights under fp16 autocast,
   the VAE and text encoder(s) run in every step, 32-bit AdamW, no gradient checkpointing;
-- inference: one image at 25 steps with the fp16 pipeline, after a 2-step warm-up.
+- inference: one image at 25 steps with the fp16 pipeline, after a 2-step warm-up;
+- load: RAM only, the base loaded in fp16 with its LoRA added, as `train` holds it before its first
+  move to the GPU, then every weight read once, as that move reads it. That part of the T4
+  recipe's RAM is the same on any machine, so a CPU measures it on the real-size bases too
+  (`--bases sd15,sdxl --recipes load`).
 
 Peak GPU memory: torch.cuda.max_memory_allocated and max_memory_reserved, and the device-level
 figure (reserved plus what CUDA itself holds: total - free - reserved, read after the steps).
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -68,14 +73,19 @@ PORTRAITKIT, NO_CHECKPOINTING = "portraitkit", "portraitkit_no_checkpointing"  #
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="CPU check on the tiny bases (tiny-sd, tiny-sdxl)")
-    parser.add_argument("--bases", help="comma-separated: sd15,sdxl (default), or tiny-sd,tiny-sdxl with --tiny")
-    parser.add_argument("--recipes", default=f"{PORTRAITKIT},{NO_CHECKPOINTING},plain,inference",
+    parser.add_argument("--bases", help="comma-separated: sd15,sdxl (default), or tiny-sd,tiny-sdxl with --tiny; "
+                        "sd15-fp32,sdxl-fp32: the same saved in fp32 only, like a base without fp16 files")
+    parser.add_argument("--recipes", default=f"{PORTRAITKIT},{NO_CHECKPOINTING},plain,inference,load",
                         help="which configurations to measure")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--steps", type=int, help="measured steps per training configuration (default 10; 3 with --tiny)")
     parser.add_argument("--warmup", type=int, help="steps run before measuring (default 3; 1 with --tiny)")
-    parser.add_argument("--out", help=f"results folder (default {RESULTS.relative_to(REPO)}; none with --tiny)")
+    parser.add_argument("--out", help=f"results folder (default {RESULTS.relative_to(REPO)}; none with --tiny), "
+                        "or a file name ending in .json")
     parser.add_argument("--cache", help="where the random-weight real-size bases are kept (default: portraitkit's cache)")
+    parser.add_argument("--ram-cap-gb", type=float, help="run each configuration in a Linux memory cgroup with this "
+                        "much RAM, as on a machine that has no more (free Colab: 11.5); page cache is reclaimed "
+                        "under the cap, and a run that needs more is killed and recorded so; needs root")
     parser.add_argument("--fresh", action="store_true", help="with --tiny: start each configuration as a new interpreter, "
                         "as GPU runs always do, instead of forking this one after its imports")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -88,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     steps, warmup = args.steps or (3 if args.tiny else 10), args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     # On a GPU every configuration gets a new interpreter: CUDA cannot be used in a forked process.
     # On a CPU, forking after the heavy imports gives each configuration its own process in a second.
-    launch = run_forked if args.tiny and not args.fresh else run_fresh
+    cap = RamCap(args.ram_cap_gb) if args.ram_cap_gb else None
+    launch = run_forked if args.tiny and not args.fresh and not cap else functools.partial(run_fresh, cap=cap)
     if launch is run_forked:
         preload()
     work = Path(tempfile.mkdtemp(prefix="portraitkit-bench-"))
@@ -105,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{base} {recipe}: {results[-1]['status']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if cap:
+            cap.close()
 
     print(table(results))
     out = args.out or (None if args.tiny else str(RESULTS))
     if out:
         gpu = results[0]["gpu"] or "cpu"
-        path = Path(out) / f"{slug(gpu)}-{results[0]['date']}.json"
+        path = Path(out) if out.endswith(".json") else Path(out) / f"{slug(gpu)}-{results[0]['date']}.json"
         from portraitkit.files import write_json
 
         write_json(path, results)
@@ -122,15 +135,61 @@ CHILD_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "A
              "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_fresh(spec: dict) -> dict:
-    """One configuration in a new interpreter; its last BENCH_RESULT line is the result."""
+def run_fresh(spec: dict, cap: RamCap | None = None) -> dict:
+    """One configuration in a new interpreter (inside the RAM cap, if any); its last BENCH_RESULT
+    line is the result."""
+    kills = cap.oom_kills() if cap else 0
+    if cap:
+        cap.drop_page_cache()
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env={**os.environ, **CHILD_ENV},
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, preexec_fn=cap.enter if cap else None)
     lines = [line[len(MARK):] for line in done.stdout.splitlines() if line.startswith(MARK)]
+    capped = {"ram_cap_gb": cap.limit_gb} if cap else {}
     if lines:
-        return json.loads(lines[-1])
+        return {**json.loads(lines[-1]), **capped}
+    if cap and cap.oom_kills() > kills:
+        return {**identity(spec, None), **capped, "status": f"out of RAM: killed under the {cap.limit_gb} GiB cap"}
     reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**identity(spec, None), "status": f"crashed (exit {done.returncode}): {reason[:300]}"}
+    return {**identity(spec, None), **capped, "status": f"crashed (exit {done.returncode}): {reason[:300]}"}
+
+
+class RamCap:
+    """A Linux memory cgroup (v1 or v2) that holds each child to `limit_gb` of RAM, as a machine with
+    no more would: the kernel reclaims page cache and memory-mapped file pages under the limit and
+    kills the process only when what it cannot reclaim exceeds it. Swap is off, as on Colab."""
+
+    def __init__(self, limit_gb: float):
+        self.limit_gb = limit_gb
+        if Path("/sys/fs/cgroup/cgroup.controllers").exists():  # cgroup v2
+            root, settings, self.events = Path("/sys/fs/cgroup"), {"memory.max": int(limit_gb * GIB), "memory.swap.max": 0}, "memory.events"
+        else:
+            root, settings, self.events = Path("/sys/fs/cgroup/memory"), {"memory.limit_in_bytes": int(limit_gb * GIB),
+                                                                          "memory.swappiness": 0}, "memory.oom_control"
+        self.path = root / f"portraitkit-bench-{os.getpid()}"
+        try:
+            self.path.mkdir()
+            for name, value in settings.items():
+                (self.path / name).write_text(str(value))
+        except OSError as error:
+            raise SystemExit(f"--ram-cap-gb needs a memory cgroup it may create and limit (root on Linux): {error}")
+
+    @staticmethod
+    def drop_page_cache() -> None:
+        """Forget cached file pages, so that the child's reads of the weight files are charged to its
+        cgroup, as on a machine that has just downloaded them (pages cached earlier stay charged to
+        whoever read them first)."""
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1")
+
+    def enter(self) -> None:  # runs in the child between fork and exec
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def oom_kills(self) -> int:
+        lines = (self.path / self.events).read_text().splitlines()
+        return next((int(line.split()[1]) for line in lines if line.startswith("oom_kill ")), 0)
+
+    def close(self) -> None:
+        self.path.rmdir()
 
 
 def run_forked(spec: dict) -> dict:
@@ -260,7 +319,7 @@ def child(spec: dict) -> int:
 
 def measure(spec: dict) -> dict:
     tasks = {PORTRAITKIT: measure_portraitkit, NO_CHECKPOINTING: measure_portraitkit, "plain": measure_plain,
-             "inference": measure_inference}
+             "inference": measure_inference, "load": measure_load}
     if spec["task"] not in tasks:
         raise SystemExit(f"unknown recipe {spec['task']}: use {', '.join(tasks)}")
     watcher = RamWatcher()
@@ -280,7 +339,7 @@ def measure(spec: dict) -> dict:
 
 def identity(spec: dict, gpu: str | None) -> dict:
     return {"gpu": gpu, "base": spec["base"], "resolution": spec["resolution"], "rank": spec["rank"], "batch_size": 1,
-            "recipe": spec["task"], "tiny": spec["base"].startswith("tiny"),
+            "recipe": spec["task"], "tiny": spec["base"].startswith("tiny"), "machine": machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(), "versions": versions(),
             "peak_gpu_allocated_gb": None, "peak_gpu_reserved_gb": None, "peak_gpu_mem_gb": None,
             "peak_host_ram_gb": None, "seconds_per_step": None}
@@ -290,6 +349,17 @@ def gpu_name() -> str | None:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine() -> dict:
+    """The CPU and RAM the figures come from (a CPU run's figures describe this machine only)."""
+    import psutil
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    return {"cpu": names[0] if names else None, "cpu_count": os.cpu_count(),
+            "ram_gb": round(psutil.virtual_memory().total / GIB, 1)}
 
 
 def versions() -> dict:
@@ -316,12 +386,16 @@ class RamWatcher:
         self.thread.start()
 
     def sample(self, every: float) -> None:
-        status = Path("/proc/self/status")
-        while self.running and status.exists():
-            for line in status.read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    self.peak_anon = max(self.peak_anon, int(line.split()[1]) * 1024)
+        while self.running:
+            self.peak_anon = max(self.peak_anon, self.anon_now())
             time.sleep(every)
+
+    @staticmethod
+    def anon_now() -> int:
+        """Bytes of anonymous memory this process holds now (0 where /proc is missing)."""
+        status = Path("/proc/self/status")
+        lines = status.read_text().splitlines() if status.exists() else []
+        return next((int(line.split()[1]) * 1024 for line in lines if line.startswith("RssAnon:")), 0)
 
     def stop(self) -> dict:
         self.running = False
@@ -475,6 +549,30 @@ def measure_inference(spec: dict, steps: int = 25) -> dict:
             "inference_steps": steps, **peaks.summary()}
 
 
+def measure_load(spec: dict) -> dict:
+    """RAM of what `train` holds before its first move to the GPU on the T4 recipe: the base in
+    fp16 with fp32 LoRA layers added (the RamWatcher around every measurement takes the peak)."""
+    import torch
+
+    from portraitkit.train import TrainConfig, load_for_training
+
+    began = time.perf_counter()
+    config = TrainConfig(dataset_dir=spec["dataset"], out_dir=spec["work"], base=spec["folder"], rank=spec["rank"])
+    pipe, _ = load_for_training(config, torch.float16)
+    loaded = time.perf_counter() - began
+    anon_after_loading = RamWatcher.anon_now()
+    # Weights loaded from safetensors files of the same dtype stay in the files' memory map until
+    # something reads them; moving them to the GPU reads every page once. Read them the same way.
+    tensors = [t for model in pipe.components.values() if isinstance(model, torch.nn.Module)
+               for t in [*model.parameters(), *model.buffers()]]
+    with torch.no_grad():
+        for tensor in tensors:
+            tensor.sum()
+    weights = sum(t.numel() * t.element_size() for t in tensors)
+    return {"seconds_to_load": round(loaded, 2), "weights_gb": round(weights / GIB, 3),
+            "host_anon_after_loading_gb": round(anon_after_loading / GIB, 3)}
+
+
 def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
     """portraitkit.plan's estimate for the same configuration on this machine, and the % differences."""
     import torch
@@ -482,7 +580,8 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
     from portraitkit.plan import local_cuda_device, plan_run
 
     try:
-        device = local_cuda_device() if torch.cuda.is_available() else "cpu"
+        # `load` is the T4 recipe's loading, whatever machine measures it
+        device = "t4" if spec["task"] == "load" else local_cuda_device() if torch.cuda.is_available() else "cpu"
         recipe = "plain" if spec["task"] == "plain" else "portraitkit"
         plan = plan_run(base=spec["folder"], resolution=spec["resolution"], rank=spec["rank"], gpu=device,
                         steps=spec["steps"], recipe=recipe, gradient_checkpointing=spec["task"] != NO_CHECKPOINTING,
@@ -491,13 +590,17 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
         return {"error": f"{type(error).__name__}: {error}"}, None
     if spec["task"] == "inference":
         figures = {**plan.inference, "seconds_per_step": plan.inference["seconds_per_image"] / plan.inference["steps"]}
+    elif spec["task"] == "load":
+        loading = plan.to_dict()["breakdown_gb"]["host_ram_loading"]
+        figures = {"peak_host_ram_gb": loading, "peak_host_anon_gb": loading}
     else:
         figures = {key: value for key, value in plan.to_dict().items()
                    if key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb",
-                              "seconds_per_step", "phases_gb")}
+                              "seconds_per_step", "flops_per_step", "phases_gb")}
     figures["calibrated_on"] = plan.to_dict()["calibration"]["source"]
     differences = {}
-    for key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb", "seconds_per_step"):
+    for key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb", "peak_host_anon_gb",
+                "seconds_per_step"):
         measured, estimated = result.get(key), figures.get(key)
         if measured and estimated is not None:
             differences[key] = round(100 * (estimated - measured) / measured, 1)
@@ -505,17 +608,19 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
 
 
 def build_random_base(base: str, folder: Path) -> None:
-    """The published architecture of `base` with random weights, saved like a hub download (fp16)."""
+    """The published architecture of `base` with random weights, saved like a hub download: in fp16,
+    or for sd15-fp32 / sdxl-fp32 in fp32 only, like a base that has no fp16 files."""
     import torch
     from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from portraitkit.bases import tiny_tokenizer
     from portraitkit.plan import ARCHITECTURES, build_component
 
-    arch = ARCHITECTURES[base]
+    name, _, stored = base.partition("-")
+    arch = ARCHITECTURES[name]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    torch.set_default_dtype(torch.float16)
+    torch.set_default_dtype(torch.float32 if stored == "fp32" else torch.float16)
     with torch.device(device):
         parts = {name: build_component(arch, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2") if name in arch}
     torch.set_default_dtype(torch.float32)

@@ -91,7 +91,6 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     """
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
@@ -114,18 +113,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     examples = load_examples(config.dataset_dir)
-    from portraitkit.bases import load_pipeline
-
-    pipe = load_pipeline(config.base, dtype=weight_dtype)
+    pipe, lora_modules = load_for_training(config, weight_dtype)
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    set_seed(config.seed)
-    lora_modules = _add_lora(pipe, config)
-    for module in lora_modules.values():
-        _cast_trainable_to_fp32(module)
-    # Training mode: older diffusers and transformers checkpoint only modules in training mode
-    # (their dropout is 0, so nothing else changes).
-    for module in lora_modules.values():
-        module.train()
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
@@ -302,6 +291,24 @@ def _move(*modules, to) -> None:
         module.to(to)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def load_for_training(config: TrainConfig, weight_dtype) -> tuple:
+    """The base in `weight_dtype` with LoRA layers (fp32, training mode) added, all still in RAM:
+    what `train` holds before its first move to the GPU. Returns (pipeline, {name: module that trains})."""
+    from accelerate.utils import set_seed
+
+    from portraitkit.bases import load_pipeline
+
+    pipe = load_pipeline(config.base, dtype=weight_dtype)
+    set_seed(config.seed)  # the LoRA's random initialisation
+    lora_modules = _add_lora(pipe, config)
+    for module in lora_modules.values():
+        _cast_trainable_to_fp32(module)
+        # Training mode: older diffusers and transformers checkpoint only modules in training mode
+        # (their dropout is 0, so nothing else changes).
+        module.train()
+    return pipe, lora_modules
 
 
 def _add_lora(pipe, config: TrainConfig) -> dict:

@@ -4,9 +4,12 @@ process and comes back as one JSON object with the planner's estimate beside it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,8 +24,9 @@ def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
 
     [written] = tmp_path.glob("cpu-*.json")
     results = json.loads(written.read_text())
-    assert [r["recipe"] for r in results] == ["portraitkit", "portraitkit_no_checkpointing", "plain", "inference"]
-    for result in results:
+    assert [r["recipe"] for r in results] == ["portraitkit", "portraitkit_no_checkpointing", "plain", "inference", "load"]
+    *timed, load = results
+    for result in timed:
         assert result["status"] == "ok", result["status"]
         assert result["gpu"] is None and result["tiny"] is True and result["base"] == "tiny-sdxl"
         assert result["resolution"] == 64 and result["rank"] == 16 and result["date"] in written.name
@@ -36,7 +40,18 @@ def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
     assert training["measured_steps"] == 2 and training["warmup_steps"] == 1
     assert results[3]["inference_steps"] == 25 and results[3]["seconds_per_image"] > 0
     # each training recipe is set against the planner's estimate of that same recipe
-    assert results[1]["estimate"]["seconds_per_step"] < results[0]["estimate"]["seconds_per_step"]
+    # (by FLOPs: a CPU's throughput is measured anew by each process, and tiny steps round alike)
+    assert results[1]["estimate"]["flops_per_step"] < results[0]["estimate"]["flops_per_step"]
+    assert timed[0]["machine"]["cpu_count"] >= 1 and timed[0]["machine"]["ram_gb"] > 0
+
+    # load: RAM only, the T4 recipe's fp16 loading, set against the planner's loading figure for a T4
+    from portraitkit.plan import plan_run
+
+    assert load["status"] == "ok" and load["seconds_per_step"] is None and load["peak_gpu_mem_gb"] is None
+    assert 0 < load["weights_gb"] < load["peak_host_anon_gb"] <= load["peak_host_ram_gb"]
+    expected = plan_run("tiny-sdxl", gpu="t4", advise=False).breakdown_gb["host_ram_loading"]
+    assert load["estimate"]["peak_host_anon_gb"] == round(expected, 2)
+    assert set(load["difference_pct"]) == {"peak_host_ram_gb", "peak_host_anon_gb"}
 
 
 def test_gpu_style_fresh_interpreter_launch_works(tmp_path):
@@ -45,3 +60,32 @@ def test_gpu_style_fresh_interpreter_launch_works(tmp_path):
                            "tiny-sdxl", "--recipes", "inference"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny-sdxl inference: ok" in done.stdout and "Wrote" not in done.stdout  # --tiny writes nothing by default
+
+
+def _may_create_memory_cgroups() -> bool:
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory")):
+        probe = root / f"portraitkit-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+            return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.skipif(not _may_create_memory_cgroups(), reason="needs permission to create memory cgroups (root on Linux)")
+def test_ram_cap_runs_a_configuration_as_on_a_machine_with_that_much_ram(tmp_path):
+    def run(cap_gb: float):
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--tiny", "--bases", "tiny-sd",
+                               "--recipes", "load", "--ram-cap-gb", str(cap_gb), "--out", str(tmp_path / str(cap_gb))],
+                              capture_output=True, text=True, timeout=300)
+        [written] = (tmp_path / str(cap_gb)).glob("cpu-*.json")
+        return done.returncode, json.loads(written.read_text())[0]
+
+    code, roomy = run(4)
+    assert code == 0 and roomy["status"] == "ok" and roomy["ram_cap_gb"] == 4
+    assert roomy["peak_host_ram_gb"] < 4
+    # Python with torch imported needs more than 0.2 GiB: the kernel kills it, and the run says so
+    code, cramped = run(0.2)
+    assert code == 1 and cramped["status"] == "out of RAM: killed under the 0.2 GiB cap", cramped["status"]
