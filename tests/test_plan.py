@@ -32,6 +32,19 @@ def test_lora_and_model_sizes_match_the_published_figures():
     assert sdxl["unet"] == 2_567_463_684 and sdxl["text_encoder_2"] == 694_659_840
 
 
+def test_loading_ram_is_python_plus_each_weight_once_and_cuda_comes_on_top():
+    # the loading figure is what benchmarks' `load` recipe measures on any machine (docs/benchmarks.md:
+    # within 0.6% for real-size SD1.5 and SDXL); CUDA's share of RAM comes only with the GPU
+    from portraitkit.plan import HOST_BASELINE_GB, HOST_CUDA_GB
+
+    plan = plan_run("sdxl", gpu="t4", advise=False)
+    weights = sum(value for key, value in plan.breakdown_gb.items() if key.startswith("weights_"))
+    loading = plan.breakdown_gb["host_ram_loading"]
+    assert loading == pytest.approx(HOST_BASELINE_GB + weights + plan.breakdown_gb["lora_params"])
+    assert 6.9 < loading < 7.2  # fp16: SDXL's 3.47 billion parameters at 2 bytes, plus Python
+    assert plan.peak_host_ram_gb == pytest.approx(loading + HOST_CUDA_GB)
+
+
 def test_weights_are_counted_in_bytes_of_their_dtype():
     plan = plan_run("sd15", advise=False)
     assert plan.breakdown_gb["weights_unet"] == pytest.approx(859_520_964 * 2 / 2**30)  # fp16 on a GPU
