@@ -134,6 +134,8 @@ def detect_faces(image: Image.Image | np.ndarray) -> list[Face]:
         rects, scores, _ = _detector().run(small, upsample, 0.0)
         if rects:
             break
+    if not rects:
+        return []  # without loading the landmark model
 
     predictor = _shape_predictor()
     faces = []

@@ -221,6 +221,27 @@ def _rounded(value: float | None) -> float | None:
 _EMBEDDINGS: dict[str, np.ndarray] = {}
 
 
+def _identity_of_step(images: list, embeddings: np.ndarray, references: int) -> dict:
+    """faces_found, mean_identity_distance and, where the step cannot be judged, the reason."""
+    if len(embeddings) == 0:
+        return {"reason": f"no face was found in the {references} training images, so there is nothing to compare with"}
+    from portraitkit.faces import detect_faces, face_embedding
+
+    scorer = IdentityScorer(embeddings)
+    distances = []
+    for image in images:
+        found = detect_faces(image)
+        if found:
+            distances.append(scorer.distance(face_embedding(image, found[0])))
+    if not distances:
+        return {"reason": f"no face was found in the {len(images)} validation images"}
+    row = {"faces_found": len(distances), "mean_identity_distance": round(float(np.mean(distances)), 4), "reason": None}
+    if len(distances) * 2 < len(images):
+        row["reason"] = (f"faces found in only {len(distances)} of {len(images)} validation images "
+                         "(at least half are needed to judge a step)")
+    return row
+
+
 def _reference_embeddings(images: list) -> np.ndarray:
     from portraitkit.faces import detect_faces, face_embedding
 
@@ -301,25 +322,12 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
     steps = {row["step"]: row for row in record.get("steps", []) if row["step"] != step}
 
     row = {"step": step, "images": len(images), "faces_found": 0, "mean_identity_distance": None, "reason": None}
-    embeddings = _reference_embeddings(reference_images)
-    if len(embeddings) == 0:
-        row["reason"] = f"no face was found in the {len(reference_images)} training images, so there is nothing to compare with"
-    else:
-        scorer = IdentityScorer(embeddings)
-        from portraitkit.faces import detect_faces, face_embedding
-
-        distances = []
-        for image in images:
-            found = detect_faces(image)
-            if found:
-                distances.append(scorer.distance(face_embedding(image, found[0])))
-        row["faces_found"] = len(distances)
-        if distances:
-            row["mean_identity_distance"] = round(float(np.mean(distances)), 4)
-        else:
-            row["reason"] = f"no face was found in the {len(images)} validation images"
-        if distances and len(distances) * 2 < len(images):
-            row["reason"] = f"faces found in only {len(distances)} of {len(images)} validation images (at least half are needed to judge a step)"
+    embeddings = np.zeros((0, 128))
+    try:
+        embeddings = _reference_embeddings(reference_images)
+        row.update(_identity_of_step(images, embeddings, len(reference_images)))
+    except PortraitkitError as error:  # the face models are missing: training goes on, unscored
+        row["reason"] = f"identity not scored: {error}"
     steps[step] = row
 
     eligible = [r for r in steps.values() if r["reason"] is None]

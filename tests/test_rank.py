@@ -109,6 +109,24 @@ def test_without_reference_faces_nothing_is_invented(tmp_path, samples_dir):
     assert "no face was found in the 2 training images" in record["reason"]
 
 
+def test_missing_face_models_leave_the_step_unscored_not_the_run_broken(tmp_path, samples_dir, monkeypatch):
+    import portraitkit.faces
+    from portraitkit.errors import PortraitkitError
+
+    def missing():
+        raise PortraitkitError("The face models are missing: run `pip install face_recognition_models`")
+
+    monkeypatch.setattr(portraitkit.faces, "_shape_predictor", missing)
+    noise = Image.effect_noise((96, 96), 60).convert("RGB")
+    assert portraitkit.faces.detect_faces(noise) == []  # no face: the landmark model is never needed
+    # a flipped copy: not in the embeddings cache, so its face needs the (missing) landmark model
+    reference = [Image.open(samples_dir / "hopper.jpg").convert("RGB").transpose(Image.FLIP_LEFT_RIGHT)]
+    record = score_validation_step(tmp_path, 5, [noise], reference, 5, save_best=lambda folder: pytest.fail("unscored"))
+    [row] = record["steps"]
+    assert row["reason"].startswith("identity not scored: The face models are missing")
+    assert row["mean_identity_distance"] is None and record["best_step"] is None and record["recommended"] == "final"
+
+
 def test_exposure_is_judged_as_prep_judges_it(tmp_path, reference_dir, samples_dir):
     from portraitkit import degrade
     from portraitkit.photos import open_photo
