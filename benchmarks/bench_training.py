@@ -26,6 +26,9 @@ leaks from one into the next:
 - plain: the loop most tutorials write, without those savings: fp32 weights under fp16 autocast,
   the VAE and text encoder(s) run in every step, 32-bit AdamW, no gradient checkpointing;
 - inference: one image at 25 steps with the fp16 pipeline, after a 2-step warm-up;
+- trace: one real training step of the UNet on the CPU (fp32, LoRA, checkpointing) counted by the
+  planner's live-tensor tracer, beside the meta trace's prediction: the check that every memory
+  estimate rests on; and how much more the process itself grew, which the CPU estimates add;
 - load: RAM only, the base loaded in fp16 with its LoRA added, as `train` holds it before its first
   move to the GPU, then every weight read once, as that move reads it. That part of the T4
   recipe's RAM is the same on any machine, so a CPU measures it on the real-size bases too
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", default=f"{PORTRAITKIT},{NO_CHECKPOINTING},plain,inference,load",
                         help="which configurations to measure")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--resolution", type=int, help="training size in pixels (default: each base's own)")
     parser.add_argument("--steps", type=int, help="measured steps per training configuration (default 10; 3 with --tiny)")
     parser.add_argument("--warmup", type=int, help="steps run before measuring (default 3; 1 with --tiny)")
     parser.add_argument("--out", help=f"results folder (default {RESULTS.relative_to(REPO)}; none with --tiny), "
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for base in bases:
             folder = prepare_base(base, args.cache)
-            resolution = resolution_of(folder)
+            resolution = args.resolution or resolution_of(folder)
             dataset = make_dataset(work / f"data-{resolution}", resolution)
             for recipe in recipes:  # one at a time: peaks must not overlap
                 spec = {"task": recipe, "base": base, "folder": str(folder), "dataset": str(dataset), "rank": args.rank,
@@ -322,7 +326,7 @@ def child(spec: dict) -> int:
 
 def measure(spec: dict) -> dict:
     tasks = {PORTRAITKIT: measure_portraitkit, NO_CHECKPOINTING: measure_portraitkit, "plain": measure_plain,
-             "inference": measure_inference, "load": measure_load}
+             "inference": measure_inference, "load": measure_load, "trace": measure_trace}
     if spec["task"] not in tasks:
         raise SystemExit(f"unknown recipe {spec['task']}: use {', '.join(tasks)}")
     watcher = RamWatcher()
@@ -576,6 +580,22 @@ def measure_load(spec: dict) -> dict:
             "host_anon_after_loading_gb": round(anon_after_loading / GIB, 3)}
 
 
+def measure_trace(spec: dict) -> dict:
+    """The real UNet's training step on the CPU under the planner's tracer (plan.check_training_step),
+    and the process's growth during it beyond its fp32 weights (sampled anonymous memory)."""
+    from portraitkit.plan import check_training_step, parameter_counts, plan_run
+
+    before = RamWatcher.anon_now()
+    watcher = RamWatcher()
+    checked = check_training_step(spec["folder"], spec["resolution"], spec["rank"])
+    anon = watcher.stop()["peak_host_anon_gb"]
+    lora = plan_run(spec["folder"], rank=spec["rank"], gpu="cpu", advise=False).parameters["lora"]
+    weights = (parameter_counts(spec["folder"])["unet"] + lora) * 4
+    return {"live_tensor_peak_gb": round(checked["live_tensor_peak_gb"], 6),
+            "traced_peak_gb": round(checked["traced_peak_gb"], 6),
+            "step_growth_gb": round(anon - (before + weights) / GIB, 3) if anon else None}
+
+
 def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
     """portraitkit.plan's estimate for the same configuration on this machine, and the % differences."""
     import torch
@@ -591,6 +611,10 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
                         advise=False)
     except Exception as error:  # the measurement stands on its own
         return {"error": f"{type(error).__name__}: {error}"}, None
+    if spec["task"] == "trace":
+        return {"live_tensor_peak_gb": result.get("traced_peak_gb")}, (
+            {"live_tensor_peak_gb": round(100 * (result["traced_peak_gb"] - result["live_tensor_peak_gb"])
+                                          / result["live_tensor_peak_gb"], 2)} if result.get("live_tensor_peak_gb") else None)
     if spec["task"] == "inference":
         figures = {**plan.inference, "seconds_per_step": plan.inference["seconds_per_image"] / plan.inference["steps"]}
     elif spec["task"] == "load":

@@ -143,6 +143,13 @@ HOST_CUDA_GB = 1.0  # extra host RAM once CUDA libraries are loaded
 # runs held 1.7-2.0 GiB more than their live tensors. So: the extra grows like that step's, up to a cap.
 CPU_EXTRA_RATIO = (1.54 - 0.43) / 0.43
 CPU_EXTRA_CAP_GB = 1.8
+# A training step's extra grows without that cap with the memory its forward pass allocates (all of
+# it again in the recomputation when checkpointing): measured real steps grew 1.10 GiB (SD1.5, 512 px),
+# 1.87 (SDXL, 512) and 6.05 (SDXL, 1024) beyond their live tensors, where that forward allocates 1.54,
+# 2.67 and 10.5 GiB, the step's traced peak without checkpointing (benchmarks/results/cpu-2026-12-01-trace*.json;
+# fitted on the two SDXL steps, SD1.5's is predicted 15% high).
+CPU_STEP_EXTRA_GB = 0.45
+CPU_STEP_EXTRA_PER_GB = 0.53
 # A CPU's throughput: SD1.5's training steps and inference at 512 px reached 0.137-0.152 TFLOP/s
 # (traced FLOPs / measured time) where a 1024x1024 fp32 matrix product reaches 0.19-0.20 on the
 # same 2-core machine (benchmarks/results/cpu-2026-12-01-sd15.json): about three quarters.
@@ -159,8 +166,9 @@ ASSUMPTIONS = [
     "seconds per step = traced FLOPs / achieved throughput of SD1.5 inference on that GPU; kernels for the "
     "backward pass run as efficiently as the forward ones; loading, caching and validation are not included",
     "cuDNN convolution workspaces are not counted",
-    f"on a CPU, RAM holds up to {CPU_EXTRA_CAP_GB} GiB more than the live tensors (glibc and oneDNN keep freed "
-    "memory; calibrated on real-size SD1.5 runs on a 2-core CPU machine)",
+    f"on a CPU, RAM holds more than the live tensors (glibc and oneDNN keep freed memory): up to {CPU_EXTRA_CAP_GB} "
+    f"GiB, and in a training step {CPU_STEP_EXTRA_GB} GiB plus {CPU_STEP_EXTRA_PER_GB:.0%} of what its forward pass "
+    "allocates if that is more (calibrated on real-size SD1.5 and SDXL on a 2-core CPU machine)",
 ]
 
 
@@ -428,8 +436,11 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
         allocated = reserved = gpu_total = None
         everything = sum(weights.values())
         host_loading = HOST_BASELINE_GB + (everything + lora_bytes) / GIB
-        phases = {name: everything + trainer + peak + min(CPU_EXTRA_RATIO * peak, CPU_EXTRA_CAP_GB * GIB)
-                  for name, (_, trainer, peak) in phases.items()}
+        forward = _training_step(key, resolution, config.batch_size, config.rank, False, recipe.weight_bytes,
+                                 recipe.autocast)["peak"]  # what the step's forward pass allocates
+        extra = {name: min(CPU_EXTRA_RATIO * peak, CPU_EXTRA_CAP_GB * GIB) for name, (_, _, peak) in phases.items()}
+        extra["train_step"] = max(extra["train_step"], CPU_STEP_EXTRA_GB * GIB + CPU_STEP_EXTRA_PER_GB * forward)
+        phases = {name: everything + trainer + peak + extra[name] for name, (_, trainer, peak) in phases.items()}
         host = HOST_BASELINE_GB + max(phases.values()) / GIB
     fits_gpu = None if gpu_total is None else gpu_total <= device.gpu_memory_gb
     fits_host = None if device.host_ram_gb is None else host <= device.host_ram_gb
@@ -729,19 +740,19 @@ class _Tracer:
         return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts)
 
 
-def _unet_inputs(arch: dict, batch: int, resolution: int, dtype):
+def _unet_inputs(arch: dict, batch: int, resolution: int, dtype, device: str = "meta"):
     import torch
 
     from portraitkit.train import unet_conditioning
 
     unet = arch["unet"]
     latent = resolution // 2 ** (len(arch["vae"]["block_out_channels"]) - 1)
-    latents = torch.empty(batch, unet["in_channels"], latent, latent, device="meta")
-    cond = {"embeds": torch.empty(batch, 77, unet["cross_attention_dim"], device="meta")}
+    latents = torch.randn(batch, unet["in_channels"], latent, latent, device=device)
+    cond = {"embeds": torch.randn(batch, 77, unet["cross_attention_dim"], device=device)}
     if unet.get("addition_embed_type") == "text_time":
         pooled = unet["projection_class_embeddings_input_dim"] - 6 * unet["addition_time_embed_dim"]
-        cond["pooled"] = torch.empty(batch, pooled, device="meta")
-    timesteps = torch.zeros(batch, dtype=torch.long, device="meta")
+        cond["pooled"] = torch.randn(batch, pooled, device=device)
+    timesteps = torch.zeros(batch, dtype=torch.long, device=device)
     return latents, timesteps, unet_conditioning(cond, resolution, dtype)
 
 
@@ -766,10 +777,17 @@ def _training_step(key: str, resolution: int, batch: int, rank: int, checkpointi
     """One micro-batch of `train`'s loop on the real-size UNet: forward, MSE loss, backward."""
     import torch
 
+    dtype = torch.float16 if weight_bytes == 2 else torch.float32
+    return _run_training_step(_component(key, "unet", weight_bytes), json.loads(key), resolution, batch, rank,
+                              checkpointing, dtype, autocast, "meta")
+
+
+def _run_training_step(unet, arch: dict, resolution: int, batch: int, rank: int, checkpointing: bool, dtype,
+                       autocast: bool, device: str) -> dict:
+    """Add the LoRA, then one forward, loss and backward of `unet` under the live-tensor tracer;
+    on meta tensors for the estimates, on real ones for `check_training_step`."""
     from portraitkit.train import UNET_TARGETS
 
-    arch = json.loads(key)
-    unet = _component(key, "unet", weight_bytes)
     lora_numels = _add_lora(unet, rank, UNET_TARGETS)
     unet.train()
     tracer = _Tracer(autocast)
@@ -778,14 +796,29 @@ def _training_step(key: str, resolution: int, batch: int, rank: int, checkpointi
         for module in unet.modules():  # diffusers' checkpointing, with autocast re-entered on recompute
             if getattr(module, "gradient_checkpointing", False):
                 module._gradient_checkpointing_func = tracer.checkpoint
-    dtype = torch.float16 if weight_bytes == 2 else torch.float32
 
     def step(_):
-        latents, timesteps, cond = _unet_inputs(arch, batch, resolution, dtype)
+        latents, timesteps, cond = _unet_inputs(arch, batch, resolution, dtype, device)
         prediction = unet(latents.to(dtype), timesteps, **cond).sample.float()
         (prediction - latents).pow(2).mean(dim=(1, 2, 3)).mean().backward()
 
     return {**tracer.run(step), "lora_numels": lora_numels}
+
+
+def check_training_step(folder: str, resolution: int, rank: int = 16, checkpointing: bool = True) -> dict:
+    """The check every memory estimate rests on: one real training step of the UNet in `folder` (a
+    diffusers folder) on this CPU, in fp32, counted by the same live-tensor tracer as the meta
+    trace. Returns both peaks in GiB (`benchmarks/bench_training.py --recipes trace` runs it)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    arch = architecture(folder)
+    key = _arch_key(arch)
+    predicted = _training_step(key, resolution, 1, rank, checkpointing, 4, False)["peak"]
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32, use_safetensors=True)
+    unet.requires_grad_(False)
+    real = _run_training_step(unet, arch, resolution, 1, rank, checkpointing, torch.float32, False, "cpu")["peak"]
+    return {"live_tensor_peak_gb": real / GIB, "traced_peak_gb": predicted / GIB}
 
 
 @functools.lru_cache(maxsize=16)

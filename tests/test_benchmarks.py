@@ -16,16 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
     # tiny-sdxl: the harder wiring (two text encoders, added time/text conditioning)
+    recipes = "portraitkit,portraitkit_no_checkpointing,plain,inference,load,trace"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--tiny", "--bases", "tiny-sdxl",
-                           "--steps", "2", "--warmup", "1", "--out", str(tmp_path)],
+                           "--recipes", recipes, "--steps", "2", "--warmup", "1", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "portraitkit's step is" in done.stdout and "est " in done.stdout
 
     [written] = tmp_path.glob("cpu-*.json")
     results = json.loads(written.read_text())
-    assert [r["recipe"] for r in results] == ["portraitkit", "portraitkit_no_checkpointing", "plain", "inference", "load"]
-    *timed, load = results
+    assert [r["recipe"] for r in results] == recipes.split(",")
+    *timed, load, trace = results
     for result in timed:
         assert result["status"] == "ok", result["status"]
         assert result["gpu"] is None and result["tiny"] is True and result["base"] == "tiny-sdxl"
@@ -52,6 +53,11 @@ def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
     expected = plan_run("tiny-sdxl", gpu="t4", advise=False).breakdown_gb["host_ram_loading"]
     assert load["estimate"]["peak_host_anon_gb"] == round(expected, 2)
     assert set(load["difference_pct"]) == {"peak_host_ram_gb", "peak_host_anon_gb"}
+
+    # trace: the real step under the planner's tracer against the meta trace (tiny-sdxl: a few hundred KiB)
+    assert trace["status"] == "ok" and trace["live_tensor_peak_gb"] > 0 and trace["step_growth_gb"] is not None
+    assert trace["estimate"]["live_tensor_peak_gb"] == trace["traced_peak_gb"]
+    assert abs(trace["difference_pct"]["live_tensor_peak_gb"]) < 5
 
 
 def test_gpu_style_fresh_interpreter_launch_works(tmp_path):

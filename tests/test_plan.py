@@ -45,6 +45,18 @@ def test_loading_ram_is_python_plus_each_weight_once_and_cuda_comes_on_top():
     assert plan.peak_host_ram_gb == pytest.approx(loading + HOST_CUDA_GB)
 
 
+@pytest.mark.parametrize("preset", ["tiny-sd", "tiny-sdxl"])
+def test_the_meta_trace_counts_what_a_real_training_step_holds(preset):
+    # the same step on real tensors (CPU, fp32, checkpointing): every memory estimate rests on this;
+    # benchmarks' `trace` recipe checks real-size SD1.5 and SDXL the same way (docs/benchmarks.md)
+    from portraitkit.bases import tiny_base_folder
+    from portraitkit.plan import check_training_step
+
+    checked = check_training_step(str(tiny_base_folder(preset)), 64, rank=4)
+    assert checked["traced_peak_gb"] > 0
+    assert checked["live_tensor_peak_gb"] == pytest.approx(checked["traced_peak_gb"], rel=0.01)
+
+
 def test_weights_are_counted_in_bytes_of_their_dtype():
     plan = plan_run("sd15", advise=False)
     assert plan.breakdown_gb["weights_unet"] == pytest.approx(859_520_964 * 2 / 2**30)  # fp16 on a GPU
