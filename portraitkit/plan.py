@@ -147,7 +147,9 @@ CPU_EXTRA_CAP_GB = 1.8
 # it again in the recomputation when checkpointing): measured real steps grew 1.10 GiB (SD1.5, 512 px),
 # 1.87 (SDXL, 512) and 6.05 (SDXL, 1024) beyond their live tensors, where that forward allocates 1.54,
 # 2.67 and 10.5 GiB, the step's traced peak without checkpointing (benchmarks/results/cpu-2026-12-01-trace*.json;
-# fitted on the two SDXL steps, SD1.5's is predicted 15% high).
+# fitted on the two SDXL steps, SD1.5's is predicted 15% high). The later phases keep that memory:
+# a real-size SDXL run at 1024 px needed more than 23 GiB (killed under that cap) although no phase
+# alone comes near (its VAE decode: 3.00 GiB of tensors, the process grew 3.95).
 CPU_STEP_EXTRA_GB = 0.45
 CPU_STEP_EXTRA_PER_GB = 0.53
 # A CPU's throughput: SD1.5's training steps and inference at 512 px reached 0.137-0.152 TFLOP/s
@@ -440,6 +442,8 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
                                  recipe.autocast)["peak"]  # what the step's forward pass allocates
         extra = {name: min(CPU_EXTRA_RATIO * peak, CPU_EXTRA_CAP_GB * GIB) for name, (_, _, peak) in phases.items()}
         extra["train_step"] = max(extra["train_step"], CPU_STEP_EXTRA_GB * GIB + CPU_STEP_EXTRA_PER_GB * forward)
+        for before, name in zip(phases, list(phases)[1:]):  # what the process kept, it keeps in the next phase
+            extra[name] = max(extra[name], extra[before])
         phases = {name: everything + trainer + peak + extra[name] for name, (_, trainer, peak) in phases.items()}
         host = HOST_BASELINE_GB + max(phases.values()) / GIB
     fits_gpu = None if gpu_total is None else gpu_total <= device.gpu_memory_gb
