@@ -583,14 +583,13 @@ def measure_load(spec: dict) -> dict:
 def measure_trace(spec: dict) -> dict:
     """The real UNet's training step on the CPU under the planner's tracer (plan.check_training_step),
     and the process's growth during it beyond its fp32 weights (sampled anonymous memory)."""
-    from portraitkit.plan import check_training_step, parameter_counts, plan_run
+    from portraitkit.plan import check_training_step, lora_parameter_count, parameter_counts
 
     before = RamWatcher.anon_now()
     watcher = RamWatcher()
     checked = check_training_step(spec["folder"], spec["resolution"], spec["rank"])
     anon = watcher.stop()["peak_host_anon_gb"]
-    lora = plan_run(spec["folder"], rank=spec["rank"], gpu="cpu", advise=False).parameters["lora"]
-    weights = (parameter_counts(spec["folder"])["unet"] + lora) * 4
+    weights = (parameter_counts(spec["folder"])["unet"] + lora_parameter_count(spec["folder"], spec["rank"])) * 4
     return {"live_tensor_peak_gb": round(checked["live_tensor_peak_gb"], 6),
             "traced_peak_gb": round(checked["traced_peak_gb"], 6),
             "step_growth_gb": round(anon - (before + weights) / GIB, 3) if anon else None}
@@ -602,6 +601,10 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
 
     from portraitkit.plan import local_cuda_device, plan_run
 
+    if spec["task"] == "trace":  # the measurement carries the meta trace's own figure
+        return {"live_tensor_peak_gb": result.get("traced_peak_gb")}, (
+            {"live_tensor_peak_gb": round(100 * (result["traced_peak_gb"] - result["live_tensor_peak_gb"])
+                                          / result["live_tensor_peak_gb"], 2)} if result.get("live_tensor_peak_gb") else None)
     try:
         # `load` is the T4 recipe's loading, whatever machine measures it
         device = "t4" if spec["task"] == "load" else local_cuda_device() if torch.cuda.is_available() else "cpu"
@@ -611,10 +614,6 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
                         advise=False)
     except Exception as error:  # the measurement stands on its own
         return {"error": f"{type(error).__name__}: {error}"}, None
-    if spec["task"] == "trace":
-        return {"live_tensor_peak_gb": result.get("traced_peak_gb")}, (
-            {"live_tensor_peak_gb": round(100 * (result["traced_peak_gb"] - result["live_tensor_peak_gb"])
-                                          / result["live_tensor_peak_gb"], 2)} if result.get("live_tensor_peak_gb") else None)
     if spec["task"] == "inference":
         figures = {**plan.inference, "seconds_per_step": plan.inference["seconds_per_image"] / plan.inference["steps"]}
     elif spec["task"] == "load":
