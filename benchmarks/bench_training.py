@@ -484,7 +484,8 @@ def measure_plain(spec: dict) -> dict:
     from PIL import Image
 
     from portraitkit.bases import load_pipeline
-    from portraitkit.train import UNET_TARGETS, encode_text, image_to_tensor, unet_conditioning
+    from portraitkit.examples import encode_text, image_to_tensor, unet_conditioning
+    from portraitkit.lora import UNET_TARGETS
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -583,7 +584,8 @@ def measure_load(spec: dict) -> dict:
 def measure_trace(spec: dict) -> dict:
     """The real UNet's training step on the CPU under the planner's tracer (plan.check_training_step),
     and the process's growth during it beyond its fp32 weights (sampled anonymous memory)."""
-    from portraitkit.plan import check_training_step, lora_parameter_count, parameter_counts
+    from portraitkit.plan import lora_parameter_count, parameter_counts
+    from portraitkit.tracing import check_training_step
 
     before = RamWatcher.anon_now()
     watcher = RamWatcher()
@@ -599,7 +601,8 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
     """portraitkit.plan's estimate for the same configuration on this machine, and the % differences."""
     import torch
 
-    from portraitkit.plan import local_cuda_device, plan_run
+    from portraitkit.devices import local_cuda_device
+    from portraitkit.plan import plan_run
 
     if spec["task"] == "trace":  # the measurement carries the meta trace's own figure
         return {"live_tensor_peak_gb": result.get("traced_peak_gb")}, (
@@ -640,7 +643,7 @@ def build_random_base(base: str, folder: Path) -> None:
     from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from portraitkit.bases import tiny_tokenizer
-    from portraitkit.plan import ARCHITECTURES, build_component
+    from portraitkit.architectures import ARCHITECTURES, build_component
 
     name, _, stored = base.partition("-")
     arch = ARCHITECTURES[name]

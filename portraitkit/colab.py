@@ -8,7 +8,7 @@ inside the repository, so a learner's photos cannot be committed by accident.
 Uploads: in Colab, `google.colab.files.upload()` is the one that works; the ipywidgets
 FileUpload widget silently delivers empty files of about 1 MB and more there
 (jupyter-widgets/ipywidgets #3452). Locally a folder path or the FileUpload widget
-(`portraitkit.widgets.UploadPanel`) is used; both end in `save_upload` below.
+(`portraitkit.widgets.photos.UploadPanel`) is used; both end in `save_upload` below.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def save_upload(name: str, content: bytes, dest_dir: str | Path) -> Path | None:
 def upload_photos(dest_dir: str | Path) -> list[Path]:
     """Colab only: open the browser's file chooser and save the chosen photos into `dest_dir`."""
     if not in_colab():
-        raise PortraitkitError("google.colab.files.upload works only in Colab; locally use a folder or widgets.UploadPanel")
+        raise PortraitkitError("google.colab.files.upload works only in Colab; locally use a folder or widgets.photos.UploadPanel")
     from google.colab import files
 
     uploaded = files.upload() or {}  # {name: bytes} (None if cancelled); it also leaves a copy in the current folder

@@ -68,7 +68,7 @@ def memory_figure(base: str = "sd15", rank: int = 16, gpu: str = "t4"):
 
     from portraitkit import plan
 
-    unet = plan._parameter_counts(plan._arch_key(plan.architecture(base)))["unet"]
+    unet = plan.parameter_counts(base)["unet"]
     lora = plan.lora_parameter_count(base, rank)
     budget = plan.DEVICES[gpu].gpu_memory_gb
     bars = {}

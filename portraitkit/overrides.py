@@ -17,7 +17,6 @@ report still says what prep measured. The contact sheet shows prep's own verdict
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
@@ -88,10 +87,10 @@ def set_decision(dataset_dir: str | Path, source: str, use: bool, photos_dir: st
 
 
 def _plain_caption(settings: dict) -> str:
-    from portraitkit.prep import PrepConfig, _caption, _Photo
+    from portraitkit.prep import PrepConfig, caption
 
     # prep's own caption with no measured words: what it would write for this person.
-    return _caption(_Photo(source=""), PrepConfig(**_prep_fields(settings)))
+    return caption(PrepConfig(**_prep_fields(settings)))
 
 
 def _prep_fields(settings: dict) -> dict:
@@ -107,7 +106,7 @@ def _crop_into(target: Path, source: str, photos_dir, settings: dict) -> None:
     """Crop `source`'s largest face the way prep does, at the dataset's resolution."""
     from portraitkit.faces import detect_faces
     from portraitkit.photos import open_photo
-    from portraitkit.prep import PrepConfig, _crop, _face_geometry
+    from portraitkit.prep import PrepConfig, crop_face, face_geometry
 
     if photos_dir is None:
         raise PortraitkitError(f"to use {source}, give the photos folder prep read (photos_dir) so it can be cropped")
@@ -117,12 +116,14 @@ def _crop_into(target: Path, source: str, photos_dir, settings: dict) -> None:
     if not found:
         raise PortraitkitError(f"no face was found in {source}, so it cannot be cropped; add another photo instead")
     face = found[0]  # largest first: with several faces, the learner means the main one
-    crop, _, _ = _crop(image, face, _face_geometry(face.landmarks), config)
+    crop, _, _ = crop_face(image, face, face_geometry(face.landmarks), config)
     save_image(target, crop)
 
 
 def _free_name(dataset_dir: Path, source: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source).with_suffix("").as_posix().replace("/", "_")).strip("._") or "photo"
+    from portraitkit.prep import output_stem
+
+    stem = output_stem(source) or "photo"  # named as prep names the photos it accepts
     name, number = f"{stem}.png", 2
     while (dataset_dir / name).exists() or (dataset_dir / SET_ASIDE / name).exists() or name == "contact_sheet.png":
         name, number = f"{stem}-{number}.png", number + 1

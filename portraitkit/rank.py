@@ -11,8 +11,8 @@ Each image gets:
 score = 1 - identity distance - penalties (below), so a higher score is better and likeness
 counts most; images without a usable face score 0 and are ranked last with the reason.
 
-Training uses the same scorer (`score_validation_step`) to tell which validation step's images
-look most like the person, and keeps a copy of that step's LoRA.
+Training's validation (`portraitkit.validate`) uses the same scorer to tell which step's images
+look most like the person; this module knows nothing of training.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -30,8 +29,6 @@ from portraitkit.files import save_image, write_json
 
 RANKING_FILE = "ranking.json"
 PICKS_SHEET = "picks.png"
-IDENTITY_FILE = "identity.json"  # in a run folder: each validation step's likeness
-BEST_DIR = "best"  # in a run folder: the LoRA of the validation step most like the person
 
 
 @dataclass(frozen=True)
@@ -129,7 +126,7 @@ class IdentityScorer:
     @classmethod
     def from_images(cls, images: list) -> IdentityScorer:
         """From PIL images of the person; raises PortraitkitError when none shows a face."""
-        embeddings = _reference_embeddings(images)
+        embeddings = reference_embeddings(images)
         if len(embeddings) == 0:
             raise PortraitkitError("no face was found in any reference image: use the dataset made by `portraitkit prep`")
         return cls(embeddings)
@@ -167,20 +164,20 @@ class IdentityScorer:
         """identity_distance, score, faces, blur, exposure, mean_luma and reasons of one image."""
         from portraitkit.diagnose import diagnose_image
         from portraitkit.faces import detect_faces, face_embedding
-        from portraitkit.prep import PrepConfig
+        from portraitkit.quality import FaceLimits
 
         found = detect_faces(image)
         if not found:
             return unscored("no face found")
         face = found[0]  # the largest: the subject of a portrait
         # Other detections count only when dlib is sure, as in prep (a badge can look like a face).
-        others = [f for f in found[1:] if f.score >= PrepConfig.other_face_min_score]
+        others = [f for f in found[1:] if f.score >= FaceLimits.other_face_min_score]
         distance = self.distance(face_embedding(image, face))
         measures = diagnose_image(image, face).measures
         blur, exposure = measures["blur"], measures["exposure"]
         # The limits prep judges the training photos by: exposure by lost detail, so that a
         # well-exposed portrait of very dark skin is never marked down as "too dark".
-        limits = PrepConfig()
+        limits = FaceLimits()
         reasons, score = [], 1.0 - distance
         if distance > SAME_PERSON_THRESHOLD:
             reasons.append(f"looks like someone else (identity distance {distance:.2f}, the same person is at most {SAME_PERSON_THRESHOLD})")
@@ -188,61 +185,29 @@ class IdentityScorer:
         if others:
             reasons.append(f"{1 + len(others)} faces in the picture")
             score -= penalties.several_faces
-        if blur.score is not None and blur.score > limits.max_blur:
+        if limits.blurry(blur.score):
             reasons.append(f"blurry face (blur {blur.score:.2f}, sharp faces measure under {limits.max_blur})")
             score -= penalties.blurry
-        problem = _exposure_problem(exposure.detail, limits)
-        if problem:
-            reasons.append(problem)
+        problems = limits.exposure_problems(exposure.detail)
+        if problems:
+            reasons.append(problems[0][1])  # one sentence is enough: brightness before clipping
             score -= penalties.badly_exposed
         return {"identity_distance": round(distance, 4), "score": round(max(0.0, score), 4), "faces": 1 + len(others),
                 "blur": _rounded(blur.score), "exposure": _rounded(exposure.score),
                 "mean_luma": _rounded(exposure.detail.get("mean_luma")), "reasons": reasons}
 
 
-def _exposure_problem(detail: dict, limits) -> str | None:
-    if detail["mean_luma"] < limits.min_face_luma:
-        return f"face too dark (mean brightness {detail['mean_luma']:.2f})"
-    if detail["mean_luma"] > limits.max_face_luma:
-        return f"face too bright (mean brightness {detail['mean_luma']:.2f})"
-    if detail["bright_clipped_frac"] > limits.max_bright_clipped:
-        return f"{detail['bright_clipped_frac']:.0%} of the face blown out to white"
-    if detail["dark_clipped_frac"] > limits.max_dark_clipped:
-        return f"{detail['dark_clipped_frac']:.0%} of the face crushed to black"
-    return None
-
-
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-# Reference embeddings by the pixels they came from: training scores every validation step
+# Reference embeddings by the pixels they came from: training's validation scores every step
 # against the same training images, which need embedding only once per process.
 _EMBEDDINGS: dict[str, np.ndarray] = {}
 
 
-def _identity_of_step(images: list, embeddings: np.ndarray, references: int) -> dict:
-    """faces_found, mean_identity_distance and, where the step cannot be judged, the reason."""
-    if len(embeddings) == 0:
-        return {"reason": f"no face was found in the {references} training images, so there is nothing to compare with"}
-    from portraitkit.faces import detect_faces, face_embedding
-
-    scorer = IdentityScorer(embeddings)
-    distances = []
-    for image in images:
-        found = detect_faces(image)
-        if found:
-            distances.append(scorer.distance(face_embedding(image, found[0])))
-    if not distances:
-        return {"reason": f"no face was found in the {len(images)} validation images"}
-    row = {"faces_found": len(distances), "mean_identity_distance": round(float(np.mean(distances)), 4), "reason": None}
-    if len(distances) * 2 < len(images):
-        row["reason"] = (f"faces found in only {len(distances)} of {len(images)} validation images "
-                         "(at least half are needed to judge a step)")
-    return row
-
-
-def _reference_embeddings(images: list) -> np.ndarray:
+def reference_embeddings(images: list) -> np.ndarray:
+    """dlib embeddings of the largest face in each image that has one, shape (faces, 128)."""
     from portraitkit.faces import detect_faces, face_embedding
 
     key = hashlib.sha1()
@@ -300,63 +265,3 @@ def picks_sheet(images_dir: Path, rows: list[dict]):
         draw.text((6, CELL - CAPTION + 24), name, fill="dimgray", font=font)
         tiles.append(tile)
     return image_grid(tiles, columns=min(4, len(tiles)))
-
-
-# --- choosing the training checkpoint ---------------------------------------------------------
-
-
-def score_validation_step(run_dir: Path, step: int, images: list, reference_images: list, final_step: int,
-                          save_best: Callable[[Path], object]) -> dict:
-    """Record how much `step`'s validation images look like the person, in run_dir/identity.json.
-
-    A step qualifies as the best when faces were found in at least half of its images; the best
-    is the one with the lowest mean identity distance. When `step` becomes the best, `save_best`
-    is called with run_dir/best to keep its LoRA (old checkpoints are pruned). Nothing is ever
-    guessed: without faces the distances are null and `reason` says why.
-    """
-    import json
-
-    run_dir = Path(run_dir)
-    path = run_dir / IDENTITY_FILE
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    steps = {row["step"]: row for row in record.get("steps", []) if row["step"] != step}
-
-    row = {"step": step, "images": len(images), "faces_found": 0, "mean_identity_distance": None, "reason": None}
-    embeddings = np.zeros((0, 128))
-    try:
-        embeddings = _reference_embeddings(reference_images)
-        row.update(_identity_of_step(images, embeddings, len(reference_images)))
-    except PortraitkitError as error:  # the face models are missing: training goes on, unscored
-        row["reason"] = f"identity not scored: {error}"
-    steps[step] = row
-
-    eligible = [r for r in steps.values() if r["reason"] is None]
-    best = min(eligible, key=lambda r: (r["mean_identity_distance"], r["step"])) if eligible else None
-    previous_best = record.get("best_step")
-    if best is not None and best["step"] == step and previous_best != step:
-        (run_dir / BEST_DIR).mkdir(exist_ok=True)
-        save_best(run_dir / BEST_DIR)  # before identity.json names it, so it never points at nothing
-    best_step = best["step"] if best is not None else None
-    from portraitkit.train import LORA_FILE
-
-    record = {
-        "reference_images": len(reference_images),
-        "reference_faces": len(embeddings),
-        "steps": [steps[s] for s in sorted(steps)],
-        "best_step": best_step,
-        "best_lora": f"{BEST_DIR}/{LORA_FILE}" if best_step is not None else None,
-        "final_step": final_step,
-        "final_lora": LORA_FILE,  # what the run writes when it finishes step `final_step`
-        # What `portraitkit sample` should use: the likeliest step, else the last one.
-        "recommended": "best" if best_step is not None and best_step != final_step else "final",
-        "reason": None if best_step is not None else _why_no_best(list(steps.values())),
-        "same_person_threshold": SAME_PERSON_THRESHOLD,
-    }
-    write_json(path, record)
-    return record
-
-
-def _why_no_best(rows: list[dict]) -> str:
-    reasons = {r["reason"] for r in rows if r["reason"]}
-    return "no validation step could be judged: " + "; ".join(sorted(reasons)) if reasons else "no validation step was scored"
-

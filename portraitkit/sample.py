@@ -22,11 +22,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from portraitkit import lora
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
 from portraitkit.settings import setting
 from portraitkit.styles import Style, load_styles, select_styles
-from portraitkit.train import LORA_FILE
 
 MANIFEST = "manifest.json"
 ADAPTER = "person"
@@ -91,14 +91,14 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     if config.lora == "final" and identity.is_file() and json.loads(identity.read_text()).get("recommended") == "best":
         print("An earlier validation step looked more like the person than the final one (identity.json): "
               "try --lora best as well.")
-    if not (lora_dir / LORA_FILE).is_file():
+    if not (lora_dir / lora.LORA_FILE).is_file():
         hint = "use --lora final" if config.lora == "best" else "train it first, or wait for the run to finish"
-        raise PortraitkitError(f"{lora_dir} has no {LORA_FILE}: {hint}")
+        raise PortraitkitError(f"{lora_dir} has no {lora.LORA_FILE}: {hint}")
 
     resolution = config.resolution or run["settings"].get("resolution") or native_resolution(run["base"]["source"])
     shared = {
         "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label, "width": resolution, "height": resolution,
-        "model": model_name(run), "lora": str(lora_dir / LORA_FILE), "lora_hash": file_hash(lora_dir / LORA_FILE),
+        "model": model_name(run), "lora": str(lora_dir / lora.LORA_FILE), "lora_hash": file_hash(lora_dir / lora.LORA_FILE),
         "token": token, "class_word": class_word,
     }
     planned = []
@@ -118,7 +118,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     if missing:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler)
-        pipe.load_lora_weights(str(lora_dir), adapter_name=ADAPTER)
+        lora.load(pipe, lora_dir, adapter_name=ADAPTER)
         # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
         pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
     for entry in tqdm(missing, desc="sampling portraits", unit="img"):

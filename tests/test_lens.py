@@ -1,4 +1,4 @@
-"""lens: the pinhole head model's geometry, the CLI, and the distance warp on a real photo."""
+"""lens, lens_warp and lens_plots: the head model's geometry, the CLI, the distance warp on a real photo, the drawings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit import cli, lens
+from portraitkit import cli, lens, lens_plots, lens_warp
 from portraitkit.errors import PortraitkitError
 from portraitkit.faces import detect_faces
 
@@ -114,7 +114,7 @@ def _find(patch: np.ndarray, image: np.ndarray, guess: np.ndarray, reach: int = 
 @pytest.mark.parametrize("to_cm, wider", [(30.5, True), (500.0, False)])
 def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm, wider):
     image, face = hopper
-    warped, moved = lens.warp_to_distance(image, to_cm, from_cm=152.4, face=face)
+    warped, moved = lens_warp.warp_to_distance(image, to_cm, from_cm=152.4, face=face)
     assert warped.size == image.size
     before, after = np.asarray(image, float).mean(axis=2), np.asarray(warped, float).mean(axis=2)
     marks = face.landmarks
@@ -135,7 +135,7 @@ def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm,
 
 def test_warp_without_a_face_says_so():
     with pytest.raises(PortraitkitError, match="No face found"):
-        lens.warp_to_distance(Image.new("RGB", (200, 200), (90, 120, 90)), 30)
+        lens_warp.warp_to_distance(Image.new("RGB", (200, 200), (90, 120, 90)), 30)
 
 
 def test_plots_draw(tmp_path):
@@ -145,9 +145,9 @@ def test_plots_draw(tmp_path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3)
-    lens.plot_face(axes[0], 30.5)
-    lens.plot_face(axes[1], 30.5, offset_frac=0.8, frame=True)
-    lens.plot_distortion_curve(axes[2], 30.5, distances=[20, 50, 150, 300])
+    lens_plots.plot_face(axes[0], 30.5)
+    lens_plots.plot_face(axes[1], 30.5, offset_frac=0.8, frame=True)
+    lens_plots.plot_distortion_curve(axes[2], 30.5, distances=[20, 50, 150, 300])
     fig.savefig(tmp_path / "lens.png")
     plt.close(fig)
     assert (tmp_path / "lens.png").stat().st_size > 1000

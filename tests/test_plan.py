@@ -9,16 +9,15 @@ import pytest
 
 from portraitkit.cli import main
 from portraitkit.errors import PortraitkitError
+from portraitkit.devices import Device
 from portraitkit.plan import (
-    Device,
-    check_training_fits,
     lora_parameter_count,
     optimizer_state_bytes,
     parameter_counts,
     plan_for_training,
     plan_run,
 )
-from portraitkit.train import TrainConfig
+from portraitkit.train import TrainConfig, check_training_fits
 
 
 def test_lora_and_model_sizes_match_the_published_figures():
@@ -50,7 +49,7 @@ def test_the_meta_trace_counts_what_a_real_training_step_holds(preset):
     # the same step on real tensors (CPU, fp32, checkpointing): every memory estimate rests on this;
     # benchmarks' `trace` recipe checks real-size SD1.5 and SDXL the same way (docs/benchmarks.md)
     from portraitkit.bases import tiny_base_folder
-    from portraitkit.plan import check_training_step
+    from portraitkit.tracing import check_training_step
 
     checked = check_training_step(str(tiny_base_folder(preset)), 64, rank=4)
     assert checked["traced_peak_gb"] > 0

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from portraitkit.cli import main
-from portraitkit.rank import rank_images, score_validation_step
+from portraitkit.rank import rank_images
+from portraitkit.validate import score_validation_step
 
 # Photos of Grace Hopper that stand in for the prepared dataset (prep's own output is tested by
 # test_prep; any folder of the person's photos is a valid reference).

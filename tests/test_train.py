@@ -10,7 +10,9 @@ import pytest
 from portraitkit import checkpoints
 from portraitkit.cli import main
 from portraitkit.errors import PortraitkitError
-from portraitkit.train import KOHYA_FILE, LORA_FILE, TrainConfig, batch_indices, denoising_loss, train
+from portraitkit.lora import KOHYA_FILE, LORA_FILE
+from portraitkit.train import TrainConfig, batch_indices, train
+from portraitkit.validate import denoising_loss
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +117,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, face_datase
 
 
 def test_a_run_killed_while_saving_its_outputs_finishes_on_resume(tmp_path, face_dataset, monkeypatch):
-    import portraitkit.train
+    import portraitkit.validate
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the runtime dropped after the last checkpoint, before the outputs
 
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(portraitkit.train, "run_validation", killed)
+        patch.setattr(portraitkit.validate, "run_validation", killed)
         with pytest.raises(KeyboardInterrupt):
             train(tiny_config(face_dataset, run, steps=4))
     assert (run / LORA_FILE).is_file() and not (run / "validation" / "step_000004.png").exists()
@@ -167,7 +169,7 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
     from diffusers import DiffusionPipeline
 
     from portraitkit.bases import load_pipeline
-    from portraitkit.train import _without_text_encoders, prompt_embeddings
+    from portraitkit.validate import prompt_embeddings, without_text_encoders
 
     def first_model(self):
         names, _ = self._get_signature_keys(self)
@@ -182,7 +184,7 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
             if encoder is not None:
                 encoder.to("meta")
         assert pipe.device.type == "meta"  # where pipe(...) itself would run
-        images = _without_text_encoders(pipe)(**embeddings, height=64, width=64, num_inference_steps=2, output_type="np").images
+        images = without_text_encoders(pipe)(**embeddings, height=64, width=64, num_inference_steps=2, output_type="np").images
         assert np.isfinite(images).all() and pipe.text_encoder.device.type == "meta"
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from portraitkit import widgets
 from portraitkit.errors import PortraitkitError
+from portraitkit.widgets.photos import OverridePanel, UploadPanel, uploaded_files
+from portraitkit.widgets.picks import PicksPanel
+from portraitkit.widgets.sampling import StylePanel
+from portraitkit.widgets.training import LossMonitor, TrainPanel
 from test_export import make_portraits  # tests/ is on sys.path (pytest's default import mode)
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -22,8 +25,8 @@ def test_upload_value_of_ipywidgets_7_and_8(tmp_path, portrait_path):
                      "content": content}}
     v8 = ({"name": "me.jpg", "type": "image/jpeg", "size": len(content), "content": memoryview(content),
            "last_modified": NOW},)
-    assert widgets.uploaded_files(v7) == widgets.uploaded_files(v8) == [("me.jpg", content)]
-    assert widgets.uploaded_files(()) == widgets.uploaded_files({}) == []
+    assert uploaded_files(v7) == uploaded_files(v8) == [("me.jpg", content)]
+    assert uploaded_files(()) == uploaded_files({}) == []
 
 
 def browser_upload(upload, files: dict[str, bytes]) -> None:
@@ -40,7 +43,7 @@ def browser_upload(upload, files: dict[str, bytes]) -> None:
 
 
 def test_upload_panel_saves_photos_and_names_the_empty_ones(tmp_path, portrait_path):
-    panel = widgets.UploadPanel(tmp_path / "photos")
+    panel = UploadPanel(tmp_path / "photos")
     content = portrait_path.read_bytes()
     browser_upload(panel.upload, {"me.jpg": content, "big.jpg": b""})
     assert (tmp_path / "photos" / "me.jpg").read_bytes() == content
@@ -51,7 +54,7 @@ def test_upload_panel_saves_photos_and_names_the_empty_ones(tmp_path, portrait_p
 def test_picks_panel_ticks_are_saved_and_export_writes_the_zip(tmp_path):
     images = make_portraits(tmp_path / "portraits")
     drive = tmp_path / "drive" / "picks"
-    panel = widgets.PicksPanel(images, tmp_path / "my_picks.zip", copy_to=drive)
+    panel = PicksPanel(images, tmp_path / "my_picks.zip", copy_to=drive)
     assert list(panel.checkboxes) == ["studio_0.png", "studio_1.png", "outdoor_0.png"]  # best first
     assert "no face" in panel.widget.children[0].children[2].children[1].value  # the unranked one says why
 
@@ -72,19 +75,19 @@ def test_picks_panel_ticks_are_saved_and_export_writes_the_zip(tmp_path):
     assert "1 portraits" in panel.status.value and str(drive) in panel.status.value
 
     # after a disconnect, a new panel starts from the saved picks
-    again = widgets.PicksPanel(images, tmp_path / "my_picks.zip")
+    again = PicksPanel(images, tmp_path / "my_picks.zip")
     assert again.picked == ["studio_0.png"]
 
 
 def test_picks_panel_needs_a_ranking(tmp_path):
     with pytest.raises(PortraitkitError, match="portraitkit pick"):
-        widgets.PicksPanel(tmp_path, tmp_path / "picks.zip")
+        PicksPanel(tmp_path, tmp_path / "picks.zip")
 
 
 def test_loss_monitor_shows_progress_and_the_run_curve(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    monitor = widgets.LossMonitor(run, total_steps=3, every_seconds=3600)
+    monitor = LossMonitor(run, total_steps=3, every_seconds=3600)
     drawn = []
     for step in (1, 2, 3):  # train() appends each row to train_log.jsonl, then calls on_step
         row = {"step": step, "loss": 1.0 / step, "lr": 1e-4, "seconds": 0.5}
@@ -96,7 +99,7 @@ def test_loss_monitor_shows_progress_and_the_run_curve(tmp_path):
     assert drawn[1] == drawn[0] != drawn[2]  # then not more often than asked, but always at the end
     assert (run / "loss.png").read_bytes() == drawn[2]
     assert "step 3/3" in monitor.status.value
-    assert bytes(widgets.LossMonitor(run, total_steps=6).image.value) == drawn[2]  # a resumed run shows it at once
+    assert bytes(LossMonitor(run, total_steps=6).image.value) == drawn[2]  # a resumed run shows it at once
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +130,7 @@ def load_imagefolder(dataset):
 
 
 def test_override_leaves_out_an_accepted_photo_and_brings_it_back(dataset, samples_dir):
-    panel = widgets.OverridePanel(dataset, samples_dir)
+    panel = OverridePanel(dataset, samples_dir)
     before = metadata_files(dataset)
     assert panel.toggles["hopper_soft.jpg"].value and "hopper_soft.png" in before
 
@@ -148,7 +151,7 @@ def test_override_leaves_out_an_accepted_photo_and_brings_it_back(dataset, sampl
 def test_override_uses_a_rejected_photo_cropped_like_prep(dataset, samples_dir):
     from PIL import Image
 
-    panel = widgets.OverridePanel(dataset, samples_dir)
+    panel = OverridePanel(dataset, samples_dir)
     assert not panel.toggles["hopper_blurry.jpg"].value
     panel.toggles["hopper_blurry.jpg"].value = True
 
@@ -163,7 +166,7 @@ def test_override_uses_a_rejected_photo_cropped_like_prep(dataset, samples_dir):
 
 
 def test_override_cannot_use_a_photo_without_a_face(dataset, samples_dir):
-    panel = widgets.OverridePanel(dataset, samples_dir)
+    panel = OverridePanel(dataset, samples_dir)
     assert panel.toggles["coffee.jpg"].disabled  # nothing to crop: the toggle is off limits
     before = (dataset / "metadata.jsonl").read_text()
     panel.toggles["coffee.jpg"].value = True  # even when driven from code
@@ -177,7 +180,7 @@ def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
 
     run = tmp_path / "run"  # config.json exactly as train writes it, without training
     write_json(run / "config.json", run_config(TrainConfig(dataset_dir=str(prepared), out_dir=str(run), base="tiny-sd")))
-    panel = widgets.StylePanel(run, chosen=["outdoor", "studio"], per_style=2, lora_scale=0.8)
+    panel = StylePanel(run, chosen=["outdoor", "studio"], per_style=2, lora_scale=0.8)
     assert panel.chosen == [name for name in panel.styles if name in ("outdoor", "studio")]
     assert "sks person" in panel.prompt.value and "4 images" in panel.prompt.value
 
@@ -192,7 +195,7 @@ def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
     from portraitkit.styles import load_styles
 
     mine = load_styles({"styles": {"my_look": {"description": "mine", "prompt": "{token} {class_word} by a lake"}}})
-    custom = widgets.StylePanel(run, chosen=["my_look"], styles=mine, steps=3)
+    custom = StylePanel(run, chosen=["my_look"], styles=mine, steps=3)
     assert "sks person by a lake" in custom.prompt.value and "<b>steps</b> 3" in custom.prompt.value
     assert custom.config(tmp_path / "portraits").steps == 3 and custom.config(tmp_path / "p", steps=5).steps == 5
 
@@ -204,10 +207,10 @@ def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
 
 
 def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
-    from portraitkit.plan import Device
+    from portraitkit.devices import Device
 
     run = tmp_path / "run"
-    panel = widgets.TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64)
+    panel = TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64)
     assert "estimated" in panel.estimate.value and "fits" in panel.estimate.value and "GiB" in panel.estimate.value
     assert "Estimates, not measurements" in panel.estimate.value and "noise, not portraits" in panel.estimate.value
     assert "A new run" in panel.resume.value
@@ -232,7 +235,7 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
 
     # a machine too small for the run: the panel says so, with the planner's advice
     small = Device("tiny-gpu", gpu_memory_gb=0.2, host_ram_gb=64, sd15_its=6.9, source="a test machine")
-    cramped = widgets.TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64, gpu=small)
+    cramped = TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64, gpu=small)
     assert "does not fit" in cramped.estimate.value
 
 

@@ -1,0 +1,53 @@
+"""Which of a pipeline's models sit on the GPU in each phase of a run; the rest wait in RAM.
+
+A T4 cannot hold SDXL's UNet beside its VAE encoding 1024 px images, nor beside the text
+encoders it no longer needs once captions are encoded. So each phase names the models it runs:
+caching needs the VAE and the text encoders, the training loop the UNet (and the text encoders
+it trains), validation the UNet with the text encoders for a moment, then the VAE. On a CPU
+every move is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+class Placement:
+    """The set of a pipeline's models on `device`; `on(...)` changes it for one phase."""
+
+    def __init__(self, pipe, device):
+        self.pipe, self.device = pipe, device
+        self.here: frozenset[str] = frozenset(name for name in MODELS if self._model(name) is not None
+                                              and self._model(name).device.type == getattr(device, "type", str(device)))
+
+    def _model(self, name: str):
+        return getattr(self.pipe, name, None)
+
+    def _place(self, names) -> None:
+        import torch
+
+        wanted = frozenset(n for n in names if self._model(n) is not None)
+        # Leaving first, then arriving: the GPU never holds both sets at once.
+        for name in sorted(self.here - wanted):
+            self._model(name).to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand freed memory back before the next models arrive
+        for name in sorted(wanted - self.here):
+            self._model(name).to(self.device)
+        self.here = wanted
+
+    @contextlib.contextmanager
+    def on(self, *names: str):
+        """Exactly `names` on the device inside the block; the previous set again after it."""
+        before = self.here
+        self._place(names)
+        try:
+            yield
+        finally:
+            self._place(before)
+
+    def keep(self, *names: str) -> None:
+        """Exactly `names` on the device from now on (the long phase: the training loop)."""
+        self._place(names)

@@ -1,0 +1,122 @@
+"""Preparation: from a folder of casual photos to a checked, captioned training set.
+
+    result = prepare("photos/", "dataset/", PrepConfig(token="sks", class_word="person"))
+
+The most common reason a personal LoRA looks unlike its owner is a bad training set, so every
+photo is checked, and every decision is written down with the measurements behind it:
+
+1. open it safely (`photos.open_photo`: formats, EXIF orientation, 16-bit, alpha, huge files);
+2. find the face (`faces.detect_faces`): none, several of similar size, or one too small to
+   train on without enlarging it into mush are rejections;
+3. measure it (`diagnose.diagnose_image` on the face): blur and bad exposure are rejections;
+   colour cast, harsh shadows, compression, noise and sharpening halos are warnings;
+4. compare the set: a face that is not the person most of the set shows is `different_person`
+   (the set's consensus decides, not the first file); the same shot twice is `duplicate`;
+5. crop a square around the face with head-and-shoulders margins, straightened by the eye line,
+   resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words.
+
+Outputs in the dataset folder (see `prepare`): the prepared PNGs and `metadata.jsonl` (a Hugging
+Face `imagefolder`), `report.json` and `contact_sheet.png`. A file that cannot be read, or any
+other failure on one photo, is recorded against that photo and the run goes on.
+
+The stage, one module per concept: `config` (PrepConfig), `photo` (what is learned about one
+input, the reason codes), `intake` (finding, examining, staging and publishing the photos),
+`checks` (quality, duplicates, identity, variety), `crops` (face geometry, the crop, its look,
+the caption), `report` (summary, report entries, contact sheet).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from portraitkit import files
+from portraitkit.prep import checks, intake, report
+from portraitkit.prep.config import PrepConfig
+from portraitkit.prep.crops import caption, crop_face, face_geometry
+from portraitkit.prep.intake import STAGING, output_stem
+from portraitkit.prep.photo import REJECTIONS, WARNINGS, Photo
+
+__all__ = ["REJECTIONS", "STAGING", "WARNINGS", "Photo", "PrepConfig", "PrepResult", "caption", "crop_face", "face_geometry",
+           "output_stem", "prepare"]
+
+
+@dataclass
+class PrepResult:
+    """What `prepare` did: per-photo entries as written to report.json, a summary, the variety."""
+
+    out_dir: Path
+    entries: list[dict[str, Any]]
+    summary: dict[str, Any]
+    variety: dict[str, Any]
+
+    @property
+    def accepted(self) -> list[dict[str, Any]]:
+        return [entry for entry in self.entries if entry["status"] == "accepted"]
+
+    @property
+    def enough(self) -> bool:
+        return self.summary["enough_to_train"]
+
+    @property
+    def message(self) -> str:
+        """One sentence: how many photos are usable and, when too few, what to add."""
+        return self.summary["message"]
+
+
+def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | None = None) -> PrepResult:
+    """Check, crop and caption every photo in `photos_dir` (and its sub-folders) into `out_dir`.
+
+    Writes to `out_dir`:
+    - one `<name>.png` per accepted photo, `config.resolution` pixels square;
+    - `metadata.jsonl`: `{"file_name", "text"}` per accepted photo, so
+      `datasets.load_dataset("imagefolder", data_dir=out_dir)` gives `image` and `text` columns;
+    - `report.json`: per input `source`, `status`, `reasons`, `warnings`, `output`, `caption` and
+      `measurements`, plus `summary`, `variety` and the `config` used;
+    - `contact_sheet.png`: every input as a thumbnail, marked accepted or rejected, in words.
+
+    Raises `PortraitkitError` when the folders are unusable or hold no photos at all; problems
+    with single photos are recorded in the report instead. Prepared images from an earlier run
+    into the same `out_dir` that this run does not accept are removed, so the dataset is exactly
+    what report.json says.
+    """
+    from tqdm.auto import tqdm
+
+    from portraitkit import faces
+
+    config = config or PrepConfig()
+    intake.check_config(config)
+    photos_dir, out_dir = Path(photos_dir), Path(out_dir)
+    inputs, ignored = intake.find_inputs(photos_dir, out_dir)
+    intake.check_out_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+    staging.mkdir()
+    faces.models_dir()  # a missing model is the user's to fix once, not one "error" per photo
+
+    photos = []
+    for index, path in enumerate(tqdm(inputs, desc="prep", unit="photo")):
+        staged = staging / f"{index:05d}.png"
+        source = intake.printable(path.relative_to(photos_dir).as_posix())
+        photos.append(intake.examine_safely(path, source, staged, config))
+
+    # Duplicates first: the same shot saved three times must count once in the identity vote.
+    checks.check_duplicates(photos, config)
+    checks.check_identity(photos, config)
+    intake.publish(photos, out_dir, staging, config)
+
+    accepted = [p for p in photos if p.status == "accepted"]
+    variety = checks.variety(accepted, config)
+    summary = report.summary(photos, ignored, config)
+    entries = [report.entry(p, config) for p in photos]
+    files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words)} for p in accepted])
+    files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary), optimize=True)
+    files.write_json(
+        out_dir / "report.json",
+        report.jsonable({"summary": summary, "variety": variety, "photos": entries, "config": vars(config)}),
+    )
+    shutil.rmtree(staging, ignore_errors=True)
+    return PrepResult(out_dir=out_dir, entries=entries, summary=summary, variety=variety)

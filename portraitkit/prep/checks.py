@@ -1,0 +1,197 @@
+"""The checks that decide: one face's quality, then the set's duplicates, identity and variety.
+
+`judge_quality` turns diagnose's measures of one face into rejections and warnings. The set-wide
+checks run once every photo is examined: `check_duplicates` first (the same shot saved three
+times must count once in the vote), then `check_identity`, then `variety` on what was accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from portraitkit.prep.config import PrepConfig
+from portraitkit.prep.photo import Photo
+
+# --- one face -----------------------------------------------------------------------------------
+
+
+def judge_quality(photo: Photo, diagnosis, warn, config: PrepConfig) -> None:
+    """Rejections from blur and exposure; warnings from the softer problems diagnose measures.
+
+    `warn` is diagnose's `Thresholds` (when a problem is worth a warning); `config`'s face
+    limits, shared with rank, decide when it is a rejection.
+    """
+    measures = diagnosis.measures
+    exposure = measures["exposure"].detail
+    limits = config.face_limits
+    if limits.blurry(measures["blur"].score):
+        photo.add("blurry")
+    exposed = {code for code, _ in limits.exposure_problems(exposure)}
+    if "underexposed" in exposed:
+        photo.add("underexposed")
+    elif exposure["dark_clipped_frac"] > warn.dark_clipped_frac:
+        photo.warnings.append("crushed_shadows")
+    if "overexposed" in exposed:
+        photo.add("overexposed")
+    elif exposure["bright_clipped_frac"] > warn.bright_clipped_frac:
+        photo.warnings.append("blown_highlights")
+    soft = {
+        "color_cast": ("color_cast", warn.color_cast),
+        "shadow_harshness": ("harsh_shadows", warn.shadow_stops),
+        "jpeg_blockiness": ("compressed", warn.jpeg_blockiness),
+        "noise": ("noisy", warn.noise),
+        "oversharpening": ("oversharpened", warn.oversharpening),
+    }
+    for measure, (code, limit) in soft.items():
+        score = measures[measure].score
+        if score is not None and score > limit:
+            photo.warnings.append(code)
+
+
+# --- the set ----------------------------------------------------------------------------------------
+
+
+def perceptual_hash(image: Image.Image) -> np.ndarray:
+    """pHash: signs of the 8x8 lowest DCT frequencies (without DC) of a 32x32 grey thumbnail.
+
+    Low frequencies describe the layout of light and dark, which resizing, recompression and
+    small colour edits leave alone, while a different framing or pose changes it.
+    """
+    from scipy.fft import dctn
+
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    low = dctn(grey, norm="ortho")[:8, :8].ravel()[1:]
+    return low > np.median(low)
+
+
+def hash_hex(bits: np.ndarray) -> str:
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
+    """Group near-identical shots; keep the best of each group, reject the rest as `duplicate`."""
+    from portraitkit.faces import identity_distance
+
+    hashed = [p for p in photos if p.phash is not None]
+    parent = list(range(len(hashed)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(hashed):
+        for j in range(i + 1, len(hashed)):
+            b = hashed[j]
+            if int(np.count_nonzero(a.phash != b.phash)) > config.max_hash_distance:
+                continue
+            if a.embedding is not None and b.embedding is not None:
+                if identity_distance(a.embedding, b.embedding) > config.max_duplicate_identity_distance:
+                    continue
+            parent[root(j)] = root(i)
+
+    groups: dict[int, list[Photo]] = {}
+    for i, photo in enumerate(hashed):
+        groups.setdefault(root(i), []).append(photo)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        # Keep the one with nothing else wrong, then the most face pixels, then the sharpest.
+        keeper = min(group, key=lambda p: (bool(p.reasons), -_face_width(p), _blur(p), p.source))
+        for photo in group:
+            if photo is keeper:
+                continue
+            photo.add("duplicate")
+            photo.duplicate_of = keeper.source
+            photo.measurements["duplicate_of"] = keeper.source
+            photo.measurements["hash_distance"] = int(np.count_nonzero(photo.phash != keeper.phash))
+
+
+def _face_width(photo: Photo) -> float:
+    return photo.measurements.get("face", {}).get("width_px", 0.0)
+
+
+def _blur(photo: Photo) -> float:
+    score = photo.measurements.get("quality", {}).get("measures", {}).get("blur", {}).get("score")
+    return 1.0 if score is None else score
+
+
+def check_identity(photos: list[Photo], config: PrepConfig) -> None:
+    """Reject faces that are not the person most of the set shows.
+
+    The consensus is found among the photos with no other problem: the medoid (the face with
+    the smallest median distance to the others) picks the majority person, the group is every
+    face within the threshold of it, and each face is then judged by its median distance to
+    that group, with dlib's pairwise threshold, so no single photo (the first, or an odd one)
+    decides who the person is.
+    """
+    from portraitkit.faces import identity_distance
+
+    with_face = [p for p in photos if p.embedding is not None]
+    clean = [p for p in with_face if not p.reasons] or with_face
+    if len(clean) < 3:  # two faces that differ: no majority says which one is the person
+        return
+    distances = np.array([[identity_distance(a.embedding, b.embedding) for b in clean] for a in clean])
+    medians = [np.median(np.delete(row, i)) for i, row in enumerate(distances)]
+    medoid = int(np.argmin(medians))
+    group = [clean[i] for i in np.flatnonzero(distances[medoid] <= config.same_person_threshold)]
+    for photo in with_face:
+        others = [identity_distance(photo.embedding, g.embedding) for g in group if g is not photo]
+        if not others:
+            continue
+        distance = float(np.median(others))
+        photo.measurements["identity_distance"] = distance
+        if distance > config.same_person_threshold:
+            photo.add("different_person")
+    for photo in group:
+        photo.measurements["identity_consensus"] = True
+
+
+# --- variety ----------------------------------------------------------------------------------------
+
+# How much spread counts as "varied", with the reason for each number.
+_VARIETY = {
+    # head turn: frontal plus three-quarter views (~30 degrees) teach the face's 3-D shape
+    "head_pose": ("yaw_degrees", 30.0, "Add photos with the head turned about 30-45 degrees to each side, and a few looking a little up or down."),
+    # light direction: one stop between the brighter side in one photo and in another is a
+    # clearly different light (window on the left vs on the right)
+    "lighting": ("side_light_stops", 1.0, "Add photos in different light: by a window, outdoors in the shade, indoors in the evening, lit from either side."),
+    # expression: inner-lip gap over mouth width changes by ~0.15 between a closed mouth and a
+    # smile with teeth
+    "expression": ("mouth_open", 0.15, "Add photos with different expressions: a smile with teeth, a closed-mouth smile, a neutral face."),
+}
+# background: mean colour distance (8-bit RGB) between photos' backgrounds; 40 is a clearly
+# different colour of wall or scenery, less is the same room
+_BACKGROUND_SPREAD = 40.0
+_BACKGROUND_ADVICE = "Add photos in different places: with one background the model learns it as part of the person."
+
+
+def variety(accepted: list[Photo], config: PrepConfig) -> dict[str, Any]:
+    """How varied the accepted set is, per aspect, and what would improve it."""
+    result: dict[str, Any] = {"advice": []}
+    if len(accepted) < config.recommended:
+        result["advice"].append(
+            f"Add {config.recommended - len(accepted)} or more photos: {config.recommended}-20 accepted photos give the most faithful likeness."
+        )
+    if len(accepted) < 2:
+        result["note"] = "Variety needs at least two accepted photos."
+        return result
+    looks = [{**p.measurements["face"], **p.measurements["look"]} for p in accepted]
+    for aspect, (key, needed, advice) in _VARIETY.items():
+        values = np.array([look[key] for look in looks])
+        spread = float(values.max() - values.min())
+        varied = spread >= needed
+        result[aspect] = {"measure": key, "min": float(values.min()), "max": float(values.max()), "spread": spread, "needed": needed, "varied": varied}
+        if not varied:
+            result["advice"].append(advice)
+    colours = np.array([look["background_rgb"] for look in looks])
+    pairwise = [float(np.linalg.norm(a - b)) for i, a in enumerate(colours) for b in colours[i + 1 :]]
+    spread = float(np.mean(pairwise))
+    result["background"] = {"measure": "mean RGB distance between backgrounds", "spread": spread, "needed": _BACKGROUND_SPREAD, "varied": spread >= _BACKGROUND_SPREAD}
+    if spread < _BACKGROUND_SPREAD:
+        result["advice"].append(_BACKGROUND_ADVICE)
+    return result

@@ -1,0 +1,78 @@
+"""What every notebook panel shares: showing itself, a status line, thumbnails, a redrawn figure.
+
+Every panel is a small class holding its widgets as attributes (so tests drive them from
+Python: set a checkbox's `value`, call a button's `click()`) and showing itself when it is the
+last expression of a cell. The work each control triggers is a library call (prep, train,
+export...); the panels only wire controls to those calls and show the result.
+
+They work with ipywidgets 7 (what Colab ships) and 8 (JupyterLab): only widgets, traits and
+layouts present in both are used. Exceptions inside widget callbacks vanish into the browser's
+log, so every callback shows a `PortraitkitError` in the panel's status line instead (`say`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+THUMB_PX = 160  # thumbnail side in the panels: big enough to judge a face, small enough for 20 at once
+
+
+def _png(image, size: int = THUMB_PX) -> bytes:
+    """A PIL image as PNG bytes for an `ipywidgets.Image`, shrunk to `size` pixels at most."""
+    image = image.copy()
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def thumbnail(path: Path, size: int = THUMB_PX) -> bytes:
+    from portraitkit.photos import open_photo
+
+    return _png(open_photo(path), size)
+
+
+def card(children: list):
+    """One photo's column in a gallery: its picture, its words, its control."""
+    import ipywidgets as w
+
+    return w.VBox(children, layout=w.Layout(width=f"{THUMB_PX + 20}px", margin="4px"))
+
+
+def gallery(cards: list, columns: int):
+    """`card`s in rows of `columns`."""
+    import ipywidgets as w
+
+    return w.GridBox(cards, layout=w.Layout(grid_template_columns=f"repeat({columns}, {THUMB_PX + 28}px)"))
+
+
+class Panel:
+    """Shows `self.widget` when the panel is a cell's last expression (ipywidgets 7 and 8)."""
+
+    widget = None
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def say(label, text: str, ok: bool = True) -> None:
+    """Put `text` in an HTML widget, green when all is well, red when not."""
+    import html
+
+    colour = "#1a7f37" if ok else "#cf222e"
+    label.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+
+
+def show_figure(output, draw) -> None:
+    """Replace what `output` shows with the figure `draw()` returns (ipywidgets 7 and 8)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import clear_output, display
+
+    with output:
+        clear_output(wait=True)
+        figure = draw()
+        display(figure)
+        plt.close(figure)
