@@ -299,6 +299,29 @@ def run_demo(args) -> int:
     return 0
 
 
+def add_class(subparsers) -> None:
+    from portraitkit.classroom import ClassConfig
+
+    parser = subparsers.add_parser("class", help="a workshop: every learner's photos through every stage, on Ray",
+                                   description="Each sub-folder of ROOT is one learner's photos. Runs each learner's prep, "
+                                   "train, sample and pick as Ray tasks (a local Ray by default, or the cluster at --address), "
+                                   "then writes class.json and class.html in --out. Run it again to resume.")
+    add_dataclass_arguments(parser, ClassConfig, positional=("root",), renames={"out_dir": "out"}, skip=("styles",))
+    parser.add_argument("--styles", type=_names, help="comma-separated style names (see `portraitkit styles`); default: the demo's")
+    parser.set_defaults(func=run_class)
+
+
+def run_class(args) -> int:
+    from portraitkit.classroom import CLASS_PAGE, ClassConfig, run_class as run
+
+    record = run(config_from_args(ClassConfig, args))
+    failed = {name: learner["reason"] for name, learner in record["learners"].items() if learner["status"] != "done"}
+    print(f"{len(record['learners']) - len(failed)} of {len(record['learners'])} learners done; open {args.out_dir}/{CLASS_PAGE}")
+    for name, reason in failed.items():
+        print(f"  {name}: {reason}")
+    return 0 if not failed else 1
+
+
 def add_plan(subparsers) -> None:
     from portraitkit.plan import PlanConfig
 
@@ -322,7 +345,7 @@ def run_plan(args) -> int:
     return 0
 
 
-COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick, add_demo, add_plan]
+COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick, add_demo, add_class, add_plan]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,10 +78,7 @@ def plan(config: DemoConfig) -> Plan:
 
 def demo(config: DemoConfig) -> Path:
     """Run prep, train, sample and pick; write report.html; return its path."""
-    from portraitkit.prep import PrepConfig, prepare
     from portraitkit.rank import rank_images
-    from portraitkit.sample import SampleConfig, sample
-    from portraitkit.train import TrainConfig, train
 
     out = Path(config.out_dir)
     photos = Path(config.photos_dir) if config.photos_dir else SAMPLES
@@ -91,43 +88,69 @@ def demo(config: DemoConfig) -> Path:
             "pass --photos with a folder of 10-20 photos of one person"
         )
     settings = plan(config)
-    seconds: dict[str, float] = {}
-
-    def timed(stage: str, work):
-        began = time.perf_counter()
-        result = work()
-        seconds[stage] = round(time.perf_counter() - began, 1)
-        return result
-
-    dataset, run_dir, portraits = out / "dataset", out / "run", out / "portraits"
-    prepared = timed("prep", lambda: prepare(photos, dataset, PrepConfig(resolution=settings.prep_resolution, token="sks", class_word="person")))
-    if not prepared.enough:
-        raise PortraitkitError(prepared.message)
-
-    train_config = TrainConfig(
-        dataset_dir=str(dataset), out_dir=str(run_dir), base=config.base, steps=settings.train_steps, seed=config.seed,
-        validate_every=settings.validate_every, checkpoint_every=settings.validate_every,
-        validation_steps=settings.validation_steps, resume=(run_dir / "config.json").is_file(),
-        # The tiny base is random: a rank-4 LoRA at a high rate shows learning within 40 steps.
-        **({"rank": 4, "lr": 1e-3} if settings.tiny else {}),
-    )
-    timed("train", lambda: train(train_config))
-
-    sample_config = SampleConfig(run_dir=str(run_dir), out_dir=str(portraits), styles=settings.styles,
-                                 per_style=settings.per_style, seed=config.seed, steps=settings.sample_steps)
-    timed("sample", lambda: sample(sample_config))
-    top = min(8, len(json.loads((portraits / "manifest.json").read_text(encoding="utf-8"))))
-    timed("pick", lambda: rank_images(portraits, dataset, top=top))
+    seconds = {stage: run_stage(stage, photos, out, config, settings) for stage in STAGES}
 
     if settings.tiny and all((photos / name).is_file() for name in SCORER_PHOTOS):
         check = out / "scorer_check"
         check.mkdir(parents=True, exist_ok=True)
         for name in SCORER_PHOTOS:
             shutil.copy2(photos / name, check / name)
-        timed("scorer check", lambda: rank_images(check, dataset, top=len(SCORER_PHOTOS)))
+        began = time.perf_counter()
+        rank_images(check, out / "dataset", top=len(SCORER_PHOTOS))
+        seconds["scorer check"] = round(time.perf_counter() - began, 1)
 
     write_json(out / "demo.json", {"config": dataclasses.asdict(config), "plan": dataclasses.asdict(settings), "seconds": seconds})
     return write_report(out, config, settings, seconds)
+
+
+# --- the stages, one person's photos into `out` ------------------------------------------------
+# dataset/, run/ and portraits/ under `out`; each stage reads what the one before wrote, so they
+# can run one after another here, or as separate tasks (the `class` command runs them on Ray).
+
+STAGES = ("prep", "train", "sample", "pick")
+
+
+def run_stage(stage: str, photos: Path, out: Path, config: DemoConfig, settings: Plan) -> float:
+    """Run one stage; return its seconds. Raises PortraitkitError with the stage's own reason."""
+    began = time.perf_counter()
+    {"prep": _prep, "train": _train, "sample": _sample, "pick": _pick}[stage](Path(photos), Path(out), config, settings)
+    return round(time.perf_counter() - began, 1)
+
+
+def _prep(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
+    from portraitkit.prep import PrepConfig, prepare
+
+    prepared = prepare(photos, out / "dataset", PrepConfig(resolution=settings.prep_resolution, token="sks", class_word="person"))
+    if not prepared.enough:
+        raise PortraitkitError(prepared.message)
+
+
+def _train(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
+    from portraitkit.train import TrainConfig, train
+
+    run_dir = out / "run"
+    train(TrainConfig(
+        dataset_dir=str(out / "dataset"), out_dir=str(run_dir), base=config.base, steps=settings.train_steps, seed=config.seed,
+        validate_every=settings.validate_every, checkpoint_every=settings.validate_every,
+        validation_steps=settings.validation_steps, resume=(run_dir / "config.json").is_file(),
+        # The tiny base is random: a rank-4 LoRA at a high rate shows learning within 40 steps.
+        **({"rank": 4, "lr": 1e-3} if settings.tiny else {}),
+    ))
+
+
+def _sample(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
+    from portraitkit.sample import SampleConfig, sample
+
+    sample(SampleConfig(run_dir=str(out / "run"), out_dir=str(out / "portraits"), styles=settings.styles,
+                        per_style=settings.per_style, seed=config.seed, steps=settings.sample_steps))
+
+
+def _pick(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
+    from portraitkit.rank import rank_images
+
+    portraits = out / "portraits"
+    top = min(8, len(json.loads((portraits / "manifest.json").read_text(encoding="utf-8"))))
+    rank_images(portraits, out / "dataset", top=top)
 
 
 # --- the report -------------------------------------------------------------------------------

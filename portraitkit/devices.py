@@ -59,7 +59,7 @@ CPU_MATMUL_FRACTION = 0.75
 
 @functools.lru_cache(maxsize=1)
 def local_cpu_device() -> Device:
-    """Training on this CPU: all of its RAM, and a throughput measured by a short matrix product."""
+    """Training on this CPU: the RAM available now, and a throughput measured by a short matrix product."""
     import time
 
     import psutil
@@ -75,24 +75,29 @@ def local_cpu_device() -> Device:
             runs += 1
         rates.append(2 * 1024**3 * runs / (time.perf_counter() - began) / 1e12)
     matmul = max(rates)
-    return Device("cpu", gpu_memory_gb=None, host_ram_gb=psutil.virtual_memory().total / GIB,
+    # The RAM a run here may use: what is free now plus what this process already holds.
+    memory = psutil.virtual_memory()
+    usable = (memory.available + psutil.Process().memory_info().rss) / GIB
+    return Device("cpu", gpu_memory_gb=None, host_ram_gb=usable,
                   tflops=matmul * CPU_MATMUL_FRACTION,
-                  source=f"this machine: {psutil.virtual_memory().total / GIB:.1f} GiB RAM; {CPU_MATMUL_FRACTION:.0%} of a "
+                  source=f"this machine: {usable:.1f} GiB of its {memory.total / GIB:.1f} GiB RAM available; {CPU_MATMUL_FRACTION:.0%} of a "
                          f"measured fp32 matrix-product rate ({matmul:.2f} TFLOP/s), calibrated on real-size SD1.5 "
                          "on a 2-core CPU machine")
 
 
-def local_cuda_device() -> Device:
-    """The GPU this process would train on, with its real memory and the machine's RAM."""
+def local_cuda_device(index: int = 0, processes_here: int = 1) -> Device:
+    """GPU `index`, with its real memory, and this process's share of the machine's RAM when
+    `processes_here` training processes (one per GPU) each load their own copy of the models."""
     import psutil
     import torch
 
-    properties = torch.cuda.get_device_properties(0)
+    properties = torch.cuda.get_device_properties(index)
     words = re.findall(r"[a-z0-9]+", properties.name.lower())  # "Tesla T4", "NVIDIA L4", "NVIDIA A100-SXM4-40GB"
     known = next((DEVICES[k] for k in ("t4", "l4", "a100") if k in words), None)
     return Device(
         properties.name, gpu_memory_gb=round(properties.total_memory / GIB, 2),
-        host_ram_gb=psutil.virtual_memory().total / GIB,
+        host_ram_gb=psutil.virtual_memory().total / GIB / processes_here,
         sd15_its=known.sd15_its if known else DEVICES["t4"].sd15_its,
-        source=(known.source if known else "speed assumed equal to a T4's (unknown GPU)") + "; memory: this GPU and machine",
+        source=(known.source if known else "speed assumed equal to a T4's (unknown GPU)") + "; memory: this GPU and machine"
+               + (f", RAM shared by {processes_here} processes" if processes_here > 1 else ""),
     )

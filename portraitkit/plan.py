@@ -214,8 +214,16 @@ def _duration(seconds: float) -> str:
 
 
 # Train leaves gradient checkpointing off only where the run then needs at most this share of the
-# GPU's memory: the estimate may be off by some percent, and the user's other notebooks share the GPU.
+# GPU's memory (on a CPU: of its RAM): the estimate may be off by some percent, and the user's
+# other notebooks share the machine.
 ROOM_TO_SPARE = 0.8
+
+
+def _room_to_spare(plan: Plan, device: Device) -> bool:
+    """The run fits with room to spare: on the GPU where there is one, else in the machine's RAM."""
+    if device.gpu_memory_gb is not None:
+        return plan.fits and plan.peak_gpu_mem_gb <= ROOM_TO_SPARE * device.gpu_memory_gb
+    return plan.fits and device.host_ram_gb is not None and plan.peak_host_ram_gb <= ROOM_TO_SPARE * device.host_ram_gb
 
 
 def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, batch_size: int = 1,
@@ -225,7 +233,7 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     that does, and when it fits with checkpointing, whether it would also fit (faster) without.
 
     `gradient_checkpointing=None` plans what `train` chooses by default: off where the run fits the
-    GPU with room to spare without it (about a quarter faster per step), on elsewhere and on a CPU.
+    GPU (on a CPU: its RAM) with room to spare without it (about a quarter faster per step), on elsewhere.
     """
     device = _device(gpu)
     config = PlanConfig(base=base, resolution=resolution, rank=rank, batch_size=batch_size,
@@ -236,10 +244,9 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     if recipe == "plain":  # the plain loop never checkpoints
         config = dataclasses.replace(config, gradient_checkpointing=False)
     elif gradient_checkpointing is None:  # train's default
-        if device.gpu_memory_gb is not None:
-            plan = _estimate(dataclasses.replace(config, gradient_checkpointing=False), device, arch)
-            if not plan.fits or plan.peak_gpu_mem_gb > ROOM_TO_SPARE * device.gpu_memory_gb:
-                plan = None
+        plan = _estimate(dataclasses.replace(config, gradient_checkpointing=False), device, arch)
+        if not _room_to_spare(plan, device):
+            plan = None
         config = dataclasses.replace(config, gradient_checkpointing=plan is None)
     plan = plan or _estimate(config, device, arch)
     if advise and not plan.fits:
@@ -247,11 +254,11 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     elif advise and config.gradient_checkpointing and recipe == "portraitkit":
         unchecked = _estimate(dataclasses.replace(config, gradient_checkpointing=False), device, arch)
         if unchecked.fits:
-            tight = device.gpu_memory_gb is not None and unchecked.peak_gpu_mem_gb > ROOM_TO_SPARE * device.gpu_memory_gb
+            budget = device.gpu_memory_gb or device.host_ram_gb
             plan.faster = (f"it also fits without gradient checkpointing (--no-gradient-checkpointing): about "
                            f"{unchecked.seconds_per_step:.2f} s/step instead of {plan.seconds_per_step:.2f}, "
                            f"{unchecked.peak_gpu_mem_gb or unchecked.peak_host_ram_gb:.1f} GiB"
-                           + (f" of {device.gpu_memory_gb}, with little room to spare" if tight else ""))
+                           + (f" of {budget:.1f}, with little room to spare" if not _room_to_spare(unchecked, device) else ""))
     return plan
 
 
@@ -454,6 +461,22 @@ def lora_parameter_count(base: str = "sd15", rank: int = 4) -> int:
     return sum(rank * (m.in_features + m.out_features) for name, m in unet.named_modules()
                if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in lora.UNET_TARGETS))
 
+
+
+def cpu_checkpointing(config) -> bool:
+    """Whether `train` on this CPU uses gradient checkpointing by default: off where the run fits
+    this machine's available RAM with room to spare without it (steps about a quarter faster)."""
+    from portraitkit.bases import TINY_PRESETS
+
+    if config.base in TINY_PRESETS:  # a few MB of weights: tracing them (seconds) would cost more than it saves
+        return False
+    try:
+        return plan_for_training(config, local_cpu_device()).config.gradient_checkpointing
+    except PortraitkitError:
+        raise
+    except Exception as error:  # a planner failure never blocks training: the memory-safe choice
+        print(f"portraitkit: could not estimate memory ({type(error).__name__}: {error}); gradient checkpointing on.")
+        return True
 
 
 def plan_for_training(config, device: Device | None = None) -> Plan:

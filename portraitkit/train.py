@@ -19,6 +19,7 @@ weights as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -70,6 +71,7 @@ class TrainConfig:
     prior_loss_weight: float = setting("weight of the class-image loss", 1.0)
     checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)
     keep_checkpoints: int = setting("how many recent checkpoints to keep", 3)
+    validate: bool = setting("render and score validation images (identity.json, best/); --no-validate trains only", True)
     validate_every: int = setting("render validation images every N steps (0 = only at the end)", 0)
     validation_prompts: list[str] | None = setting("prompts for validation; default: the first two captions", None)
     validation_seeds: tuple[int, ...] = setting("seeds for validation images", (0, 1))
@@ -78,12 +80,7 @@ class TrainConfig:
 
 
 # Settings that may change when a run is resumed; everything else must match the saved config.
-RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate_every",
-                     "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
-
-
-# Settings that may change when a run is resumed; everything else must match the saved config.
-RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate_every",
+RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate", "validate_every",
                      "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
 
 
@@ -99,24 +96,42 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
+    clock = PhaseClock()
+
     if config.keep_checkpoints < 1:
         raise PortraitkitError("--keep-checkpoints must be at least 1 (--checkpoint-every 0 writes no checkpoints)")
+    # Under `accelerate launch --num_processes N` every process trains on its own share of each
+    # batch; the main process alone writes the run folder.
+    # cpu=True without a GPU: processes started by torchrun (`accelerate launch --multi_gpu`) then
+    # join over gloo instead of each training alone.
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config), gradient_accumulation_steps=config.grad_accum,
+                              cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
     run_dir = Path(config.out_dir)
-    start_step, resume_from = _prepare_run_folder(config, run_dir)
-    if start_step >= config.steps and _finished(run_dir, config.steps):
-        print(f"{run_dir} already finished {start_step} steps; raise --steps to train further.")
+    if main:
+        _prepare_run_folder(config, run_dir, accelerator.num_processes)
+    accelerator.wait_for_everyone()
+    start_step, resume_from = checkpoints.latest_checkpoint(run_dir) or (0, None)
+    if start_step >= config.steps and _finished(run_dir, config.steps, config.validate):
+        if main:
+            print(f"{run_dir} already finished {start_step} steps; raise --steps to train further.")
         return run_dir
-    checkpointing = config.gradient_checkpointing is not False
     if torch.cuda.is_available():  # stop now, with advice, rather than out of memory after minutes of loading
-        checkpointing = check_training_fits(config)
-
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config), gradient_accumulation_steps=config.grad_accum)
+        # Each process on this machine holds its own copy of the models in RAM and on its own GPU.
+        checkpointing = check_training_fits(config, device_index=accelerator.device.index or 0,
+                                            processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    else:
+        checkpointing = config.gradient_checkpointing
+        if checkpointing is None:
+            checkpointing = plan.cpu_checkpointing(config)
     device = accelerator.device
+    share = (accelerator.process_index, accelerator.num_processes)
     # Frozen weights in half precision on a GPU: SD1.5's UNet goes from 3.4 GB to 1.7 GB.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
-    examples = load_examples(config.dataset_dir)
-    pipe, lora_modules = load_for_training(config, weight_dtype)
+    with clock("load"):
+        examples = load_examples(config.dataset_dir)
+        pipe, lora_modules = load_for_training(config, weight_dtype)
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
@@ -128,7 +143,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     # 4.8 GiB UNet never sits beside the VAE encoding 1024 px images.
     placement = Placement(pipe, device)
     with_text = not config.train_text_encoder
-    with placement.on("vae", "text_encoder", "text_encoder_2"):
+    with clock("cache"), placement.on("vae", "text_encoder", "text_encoder_2"):
         classes = class_examples(pipe, placement, config.class_dir, config.class_prompt, config.num_class_images, config.seed,
                                  config.validation_steps, resolution) if config.class_dir else []
         cache = encode_examples(pipe, examples, resolution, with_text=with_text)
@@ -149,16 +164,21 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         if state.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
         print(f"Resumed from {resume_from.name}.")
-    unet = accelerator.prepare(pipe.unet)
+    # The UNet is not wrapped for DistributedDataParallel: the text encoders, when they train, are
+    # called by the pipeline's own encode_prompt, outside any wrapper. Instead the LoRA's gradients,
+    # a few MB, are averaged across processes below; mixed precision comes from accelerator.autocast().
+    unet = pipe.unet
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     step_fn = functools.partial(
         _micro_step, pipe=pipe, unet=unet, noise_scheduler=noise_scheduler, config=config, cache=cache,
         class_cache=class_cache, examples=examples, resolution=resolution, device=device, dtype=weight_dtype,
+        share=share, autocast=accelerator.autocast,
     )
     log_path = run_dir / "train_log.jsonl"
-    progress = tqdm(total=config.steps, initial=start_step, desc="training LoRA", unit="step")
+    clock.start("steps")
+    progress = tqdm(total=config.steps, initial=start_step, desc="training LoRA", unit="step", disable=not main)
     for step in range(start_step + 1, config.steps + 1):
         began = time.perf_counter()
         losses = []
@@ -167,6 +187,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
                 loss = step_fn(micro_index=(step - 1) * config.grad_accum + micro)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
+                    _average_gradients(accelerator, trainable.values())
                     accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
@@ -174,28 +195,89 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
             losses.append(loss.detach().item())
         row = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_scheduler.get_last_lr()[0],
                "seconds": round(time.perf_counter() - began, 4)}
+        if not main:
+            continue
         with log_path.open("a", encoding="utf-8") as log:
             log.write(json.dumps(row) + "\n")
         progress.update(1)
         progress.set_postfix(loss=f"{row['loss']:.4f}")
         if on_step is not None:
             on_step(row)
-        if config.validate_every and step % config.validate_every == 0 and step < config.steps:
-            validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step)
+        if config.validate and config.validate_every and step % config.validate_every == 0 and step < config.steps:
+            with clock.pause("steps"):
+                validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step, clock)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
-            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            checkpoints.save_checkpoint(run_dir, step, trainable, optimizer,
-                                        {"lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler}, keep=config.keep_checkpoints)
-            plot_loss(run_dir)
+            with clock.pause("steps"), clock("checkpoints"):
+                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+                checkpoints.save_checkpoint(run_dir, step, trainable, optimizer,
+                                            {"lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler}, keep=config.keep_checkpoints)
+            with clock.pause("steps"), clock("plots"):
+                plot_loss(run_dir)
     progress.close()
+    clock.stop("steps")
 
-    lora.save(pipe, run_dir, config.rank, config.alpha, config.train_text_encoder)
-    validate.run_validation(pipe, placement, config, examples, resolution, run_dir, config.steps)
-    plot_loss(run_dir)
+    if main:
+        with clock("save"):
+            lora.save(pipe, run_dir, config.rank, config.alpha, config.train_text_encoder)
+        if config.validate:
+            validate.run_validation(pipe, placement, config, examples, resolution, run_dir, config.steps, clock)
+        with clock("plots"):
+            plot_loss(run_dir)
+        _record_phases(run_dir, clock.seconds)
+    accelerator.wait_for_everyone()
     return run_dir
 
 
-def check_training_fits(config) -> bool:
+class PhaseClock:
+    """Seconds per phase of a run (load, cache, steps, validation, scoring, checkpoints, save,
+    plots), so a user sees where a run's minutes go; config.json records them."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._began: dict[str, float] = {}
+
+    def start(self, phase: str) -> None:
+        self._began[phase] = time.perf_counter()
+
+    def stop(self, phase: str) -> None:
+        began = self._began.pop(phase, None)
+        if began is not None:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - began, 3)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        self.start(phase)
+        try:
+            yield
+        finally:
+            self.stop(phase)
+
+    @contextlib.contextmanager
+    def pause(self, phase: str):
+        """`phase` does not count inside the block (the training steps, while validation renders)."""
+        self.stop(phase)
+        try:
+            yield
+        finally:
+            self.start(phase)
+
+
+def _record_phases(run_dir: Path, seconds: dict) -> None:
+    record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    record["seconds_by_phase"] = seconds  # this invocation's: a resumed run records its own
+    write_json(run_dir / "config.json", record)
+
+
+def _average_gradients(accelerator, parameters) -> None:
+    """Data-parallel training: each process's gradients replaced by their mean over all processes."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    for grad, mean in zip(grads, accelerator.reduce(grads, reduction="mean")):
+        grad.copy_(mean)
+
+
+def check_training_fits(config, device_index: int = 0, processes_here: int = 1) -> bool:
     """Stop a GPU run that will not fit, before minutes of loading end in an out-of-memory crash,
     and return whether the run uses gradient checkpointing (decided here when it is left to us).
 
@@ -210,7 +292,7 @@ def check_training_fits(config) -> bool:
         print("portraitkit: memory is estimated for fp16/bf16 runs, not --mixed-precision no; training without a check.")
         return safe_choice
     try:
-        estimate = plan.plan_for_training(config)
+        estimate = plan.plan_for_training(config, plan.local_cuda_device(device_index, processes_here))
     except PortraitkitError:
         raise
     except Exception as error:  # a bug or an unusual base must not stop a run that may well fit
@@ -233,13 +315,15 @@ def check_training_fits(config) -> bool:
 # --- the run folder ---------------------------------------------------------------------------
 
 
-def _finished(run_dir: Path, steps: int) -> bool:
+def _finished(run_dir: Path, steps: int, validated: bool = True) -> bool:
     """Every final output is there: a run killed while saving them is finished on --resume."""
-    return all(path.is_file() for path in (run_dir / lora.LORA_FILE, run_dir / lora.KOHYA_FILE,
-                                            run_dir / "validation" / f"step_{steps:06d}.png"))
+    outputs = [run_dir / lora.LORA_FILE, run_dir / lora.KOHYA_FILE]
+    if validated:
+        outputs.append(run_dir / "validation" / f"step_{steps:06d}.png")
+    return all(path.is_file() for path in outputs)
 
 
-def _prepare_run_folder(config: TrainConfig, run_dir: Path) -> tuple[int, Path | None]:
+def _prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -> tuple[int, Path | None]:
     """Check the folder against --resume, write config.json, return (start step, checkpoint)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints.remove_partial_writes(run_dir)
@@ -249,12 +333,16 @@ def _prepare_run_folder(config: TrainConfig, run_dir: Path) -> tuple[int, Path |
         if latest is not None or (run_dir / lora.LORA_FILE).exists():
             raise PortraitkitError(f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --out folder")
         (run_dir / "train_log.jsonl").unlink(missing_ok=True)
-        write_json(saved, run_config(config))
+        write_json(saved, run_config(config, processes))
         return 0, None
     if saved.is_file():
-        previous = json.loads(saved.read_text())["settings"]
+        record = json.loads(saved.read_text())
+        previous = record["settings"]
         changed = sorted(k for k, v in dataclasses.asdict(config).items()
                          if k not in RESUMABLE_CHANGES and k in previous and previous[k] != v)
+        # Another number of processes may continue a run that sees the same batches: 2 x 1 = 1 x 2.
+        if "batch_size" in changed and config.batch_size * processes == previous["batch_size"] * record.get("processes", 1):
+            changed.remove("batch_size")
         if changed:
             raise PortraitkitError(f"cannot resume {run_dir}: these settings differ from the saved run: {', '.join(changed)}")
     step, folder = latest if latest is not None else (0, None)
@@ -264,12 +352,13 @@ def _prepare_run_folder(config: TrainConfig, run_dir: Path) -> tuple[int, Path |
     log_path = run_dir / "train_log.jsonl"
     if log_path.exists():
         write_jsonl(log_path, [row for row in read_jsonl(log_path) if row["step"] <= step])
-    write_json(saved, run_config(config))
+    write_json(saved, run_config(config, processes))
     return step, folder
 
 
-def run_config(config: TrainConfig) -> dict:
-    """config.json: the settings plus what they resolved to and the software that ran them."""
+def run_config(config: TrainConfig, processes: int = 1) -> dict:
+    """config.json: the settings plus what they resolved to, the number of training processes
+    (each sees `batch_size` images per micro-batch) and the software that ran them."""
     import importlib.metadata as metadata
 
     versions = {}
@@ -281,7 +370,8 @@ def run_config(config: TrainConfig) -> dict:
     from portraitkit.bases import resolve_base
 
     spec = resolve_base(config.base)
-    return {"settings": dataclasses.asdict(config), "base": {"name": spec.name, "source": spec.source, "family": spec.family},
+    return {"settings": dataclasses.asdict(config), "processes": processes,
+            "base": {"name": spec.name, "source": spec.source, "family": spec.family},
             "lora_alpha": config.alpha or config.rank, "versions": versions}
 
 
@@ -379,27 +469,36 @@ def batch_indices(seed: int, micro_index: int, batch_size: int, size: int) -> li
     return out
 
 
-def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, class_cache, examples, resolution, device, dtype):
+def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, class_cache, examples, resolution, device, dtype,
+                share=(0, 1), autocast=contextlib.nullcontext):
+    """One micro-batch's loss. With N processes (`share` = (this one, N)) the draws are made for the
+    whole N-process batch and each process takes its own slice, so N processes at --batch-size B
+    train like one at N x B."""
     import torch
 
+    rank, world = share
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro_index)
     torch.manual_seed(config.seed * 1_000_003 + micro_index)  # LoRA dropout, if any, stays reproducible
-    picks = batch_indices(config.seed, micro_index, config.batch_size, len(examples))
+    mine = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+    picks = batch_indices(config.seed, micro_index, config.batch_size * world, len(examples))[mine]
     latents, cond = _select(pipe, cache, picks, [examples[i]["text"] for i in picks], config, device)
     if class_cache is not None:
-        class_picks = batch_indices(config.seed + 1, micro_index, config.batch_size, len(class_cache["latents"]))
+        class_picks = batch_indices(config.seed + 1, micro_index, config.batch_size * world, len(class_cache["latents"]))[mine]
         class_latents, class_cond = _select(pipe, class_cache, class_picks, [config.class_prompt] * len(class_picks), config, device)
         latents = torch.cat([latents, class_latents])
         cond = {key: torch.cat([cond[key], class_cond[key]]) for key in cond}
 
-    noise = torch.randn(latents.shape, generator=generator)
+    n = len(latents)  # this process's share; the draws cover every process's, in order
+    ours = slice(rank * n, (rank + 1) * n)
+    noise = torch.randn((world * n, *latents.shape[1:]), generator=generator)
     if config.noise_offset:
-        noise += config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-    noise, timesteps = noise.to(device), timesteps.to(device)
+        noise += config.noise_offset * torch.randn((world * n, latents.shape[1], 1, 1), generator=generator)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (world * n,), generator=generator)
+    noise, timesteps = noise[ours].to(device), timesteps[ours].to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
 
-    prediction = unet(noisy.to(dtype), timesteps, **unet_conditioning(cond, resolution, dtype)).sample.float()
+    with autocast():
+        prediction = unet(noisy.to(dtype), timesteps, **unet_conditioning(cond, resolution, dtype)).sample.float()
 
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
     per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3)) * _snr_weights(noise_scheduler, timesteps, config.snr_gamma)

@@ -37,9 +37,11 @@ def validation_prompts(config, examples: list[dict]) -> list[str]:
     return list(dict.fromkeys(e["text"] for e in examples))[:2]
 
 
-def run_validation(pipe, placement, config, examples: list[dict], resolution: int, run_dir: Path, step: int) -> Path:
+def run_validation(pipe, placement, config, examples: list[dict], resolution: int, run_dir: Path, step: int,
+                   clock=None) -> Path:
     """Render `config`'s (a TrainConfig) fixed prompts x fixed seeds; save each image and a grid under
-    validation/, then score the step (identity.json, best/)."""
+    validation/, then score the step (identity.json, best/). `clock` (train's PhaseClock) times
+    the rendering as "validation" and the likeness as "scoring"."""
     import torch
 
     from portraitkit.grids import image_grid
@@ -51,13 +53,14 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
     looping = placement.here  # the UNet and any text encoder that trains stay where the loop has them
     # The prompts are encoded first and the encoders leave the GPU before the VAE comes: the
     # decode at full size (SDXL's VAE in fp32) is the run's largest graph.
-    with placement.on(*looping, "text_encoder", "text_encoder_2"), torch.no_grad():
+    timed = clock or (lambda phase: contextlib.nullcontext())
+    with timed("validation"), placement.on(*looping, "text_encoder", "text_encoder_2"), torch.no_grad():
         embeddings = [prompt_embeddings(pipe, prompt, device) for prompt in validation_prompts(config, examples)]
     folder = run_dir / "validation" / f"step_{step:06d}"
     images = []
     denoiser = without_text_encoders(pipe)
     autocast = torch.autocast(device.type, dtype=pipe.vae.dtype) if device.type == "cuda" else contextlib.nullcontext()
-    with placement.on(*looping, "vae"), torch.no_grad(), autocast:
+    with timed("validation"), placement.on(*looping, "vae"), torch.no_grad(), autocast:
         for p, embedding in enumerate(embeddings):
             for seed in config.validation_seeds:
                 generator = torch.Generator().manual_seed(seed)
@@ -67,8 +70,9 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
                 save_image(folder / f"prompt{p}_seed{seed}.png", image)
     grid = save_image(folder.with_suffix(".png"), image_grid(images, columns=len(config.validation_seeds)))
     # identity.json: how much each step's images look like the person; best/ keeps the likeliest LoRA.
-    score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
-                          save_best=lambda best: lora.save(pipe, best, config.rank, config.alpha, config.train_text_encoder))
+    with timed("scoring"):
+        score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
+                              save_best=lambda best: lora.save(pipe, best, config.rank, config.alpha, config.train_text_encoder))
     for module in training:
         module.train()
     return grid

@@ -119,10 +119,14 @@ def test_checkpointing_is_left_off_only_with_room_to_spare(capsys, monkeypatch):
     assert sd15.seconds_per_step < plan_run("sd15", gradient_checkpointing=True).seconds_per_step
     assert sdxl.config.gradient_checkpointing is True and "little room to spare" in sdxl.faster
     assert plan_run("sdxl", gpu="a100").config.gradient_checkpointing is False
-    assert plan_run("tiny-sd", gpu="cpu").config.gradient_checkpointing is True  # no GPU budget to leave room in
+    # on a CPU the same rule reads the RAM available: a toy base fits with room to spare, a small machine checkpoints
+    assert plan_run("tiny-sd", gpu="cpu").config.gradient_checkpointing is False
+    small_cpu = Device("cpu", gpu_memory_gb=None, host_ram_gb=8.0, tflops=0.15)
+    assert plan_run("sd15", gpu=small_cpu).config.gradient_checkpointing is True
+    assert plan_run("sd15", gpu=Device("cpu", gpu_memory_gb=None, host_ram_gb=64.0, tflops=0.15)).config.gradient_checkpointing is False
     # train asks the same question before loading, and a user's own choice stands
     t4 = Device("Tesla T4", gpu_memory_gb=14.75, host_ram_gb=12.7, sd15_its=6.9)
-    monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda: t4)
+    monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda *where: t4)
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15")) is False
     assert "gradient checkpointing off" in capsys.readouterr().out
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", gradient_checkpointing=True)) is True
@@ -182,7 +186,7 @@ def test_train_refuses_a_gpu_run_that_will_not_fit_before_loading(tmp_path, monk
     needed = plan_run(**settings, gpu="a100", advise=False).peak_gpu_mem_gb
     small = Device("Tesla T4", gpu_memory_gb=round(needed - 0.2, 2), host_ram_gb=64.0, sd15_its=6.9)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda: small)
+    monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda *where: small)
     monkeypatch.setattr(portraitkit.bases, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
     config = TrainConfig(dataset_dir=str(tmp_path / "dataset"), out_dir=str(tmp_path / "run"), **settings)
 

@@ -1,0 +1,182 @@
+"""Training speed like for like: `portraitkit train` beside a plain diffusers + peft loop at identical
+settings, and portraitkit's defaults beside its fastest settings that fit.
+
+Both loops run the same base, resolution, batch, LoRA rank and targets, steps, precision and
+optimizer (32-bit AdamW, no gradient checkpointing by default); what differs is what portraitkit
+does on purpose: latents and text embeddings encoded once, only the UNet in the loop. The plain
+loop is the one most tutorials write: the VAE and the text encoder run in every step. Runs
+alternate (plain, portraitkit, plain, ...) so that a busy machine slows both alike. Printed:
+seconds per step (median) and wall seconds per run (loading and saving included) of each, and
+the two ratios portraitkit / plain.
+
+    python benchmarks/bench_speed.py                      # tiny-sd on this CPU, 64 px, 60 steps, 3 runs each
+    python benchmarks/bench_speed.py --base sd15 --resolution 512 --steps 30 --mixed-precision fp16   # on a GPU
+
+portraitkit's runs skip validation (`validate=False`) so that both do the same work; the time a
+full run spends outside its loop is in its config.json (`seconds_by_phase`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTION = "a photo of sks person"
+AS_ARGS = "as --gradient-checkpointing says"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="tiny-sd")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each loop, alternating")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="in both loops")
+    parser.add_argument("--defaults", action="store_true",
+                        help="also time portraitkit's default settings against its fastest that fit")
+    parser.add_argument("--out", help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+
+    work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
+    dataset = make_dataset(work / "dataset", max(args.resolution, 64))
+    timings = {"plain": [], "portraitkit": []}
+    for run in range(args.runs):
+        timings["plain"].append(plain_loop(args, dataset))
+        timings["portraitkit"].append(portraitkit_loop(args, dataset, work / f"run{run}"))
+    result = {"settings": vars(args), "plain": summary(timings["plain"]), "portraitkit": summary(timings["portraitkit"])}
+    result["step_ratio"] = round(result["portraitkit"]["seconds_per_step"] / result["plain"]["seconds_per_step"], 3)
+    result["run_ratio"] = round(result["portraitkit"]["seconds_per_run"] / result["plain"]["seconds_per_run"], 3)
+    print(f"{'':14}{'s/step':>10}{'s/run':>10}")
+    for name in ("plain", "portraitkit"):
+        print(f"{name:14}{result[name]['seconds_per_step']:>10.4f}{result[name]['seconds_per_run']:>10.2f}")
+    print(f"portraitkit / plain: {result['step_ratio']:.2f}x per step, {result['run_ratio']:.2f}x per run "
+          f"({args.base}, {args.resolution} px, batch {args.batch_size}, rank {args.rank}, {args.steps} steps, "
+          f"{args.mixed_precision} precision, 32-bit AdamW, checkpointing {'on' if args.gradient_checkpointing else 'off'})")
+
+    if args.defaults:
+        choices = {"default": None, "checkpointing on": True, "checkpointing off": False}
+        per_step = {}
+        for _ in range(args.runs):
+            for name, choice in choices.items():
+                per_step.setdefault(name, []).append(portraitkit_loop(args, dataset, work / f"d{len(per_step[name])}{name[:5]}",
+                                                                      checkpointing=choice, optimizer="adamw8bit")["seconds_per_step"])
+        medians = {name: statistics.median(values) for name, values in per_step.items()}
+        fastest = min(v for k, v in medians.items() if k != "default")
+        result["defaults"] = {"seconds_per_step": medians, "default_over_fastest": round(medians["default"] / fastest, 3)}
+        print("portraitkit's defaults: " + ", ".join(f"{k} {v:.4f} s/step" for k, v in medians.items())
+              + f"; default / fastest: {result['defaults']['default_over_fastest']:.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def make_dataset(folder: Path, resolution: int, count: int = 4) -> Path:
+    """A few crops of a real public-domain portrait, with captions, in prep's imagefolder layout."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    rows = []
+    for index in range(count):
+        box = (80 + 10 * index, 30 + 10 * index, 400 - 10 * index, 350 - 10 * index)
+        photo.crop(box).resize((resolution, resolution), Image.LANCZOS).save(folder / f"photo_{index}.png")
+        rows.append({"file_name": f"photo_{index}.png", "text": CAPTION})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def summary(runs: list[dict]) -> dict:
+    return {"seconds_per_step": round(statistics.median(r["seconds_per_step"] for r in runs), 4),
+            "seconds_per_run": round(statistics.median(r["seconds_per_run"] for r in runs), 2), "runs": runs}
+
+
+def portraitkit_loop(args, dataset: Path, out: Path, checkpointing=AS_ARGS, optimizer: str = "adamw") -> dict:
+    """`train` itself; `checkpointing` None leaves the choice to train's default (the planner)."""
+    from portraitkit.files import read_jsonl
+    from portraitkit.train import TrainConfig, train
+
+    began = time.perf_counter()
+    train(TrainConfig(dataset_dir=str(dataset), out_dir=str(out), base=args.base, steps=args.steps, rank=args.rank,
+                      resolution=args.resolution, batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                      optimizer=optimizer, checkpoint_every=0, validate=False,
+                      gradient_checkpointing=args.gradient_checkpointing if checkpointing is AS_ARGS else checkpointing))
+    wall = time.perf_counter() - began
+    seconds = [row["seconds"] for row in read_jsonl(out / "train_log.jsonl")][1:]  # the first step warms up
+    return {"seconds_per_step": statistics.median(seconds), "seconds_per_run": wall}
+
+
+def plain_loop(args, dataset: Path) -> dict:
+    """The tutorial loop: load, add the LoRA, then VAE + text encoder + UNet + AdamW in every step; save."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from PIL import Image
+
+    from portraitkit.bases import load_pipeline
+    from portraitkit.examples import encode_text, image_to_tensor, unet_conditioning
+    from portraitkit.lora import UNET_TARGETS
+
+    began = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
+    pipe = load_pipeline(args.base, dtype=torch.float32, device=device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
+    pipe.unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+    if args.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    pipe.unet.train()
+    trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-2)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and half is torch.float16)
+    autocast = torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    photos = [image_to_tensor(Image.open(p).convert("RGB"), args.resolution) for p in sorted(dataset.glob("*.png"))]
+    generator = torch.Generator().manual_seed(0)
+    seconds = []
+    for step in range(args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+        step_began = time.perf_counter()
+        pixels = torch.stack([photos[(step * args.batch_size + i) % len(photos)] for i in range(args.batch_size)]).to(device)
+        with torch.no_grad(), autocast:
+            cond = encode_text(pipe, [CAPTION] * args.batch_size, device)
+            latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator).to(device)
+        noisy = noise_scheduler.add_noise(latents.float(), noise, timesteps)
+        with autocast:
+            prediction = pipe.unet(noisy, timesteps, **unet_conditioning(cond, args.resolution, torch.float32)).sample
+        loss = F.mse_loss(prediction.float(), noise)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - step_began)
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(pipe.unet).items()}, Path(folder) / "lora.safetensors")
+    return {"seconds_per_step": statistics.median(seconds[1:]), "seconds_per_run": time.perf_counter() - began}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Data-parallel training as the field launches it: `accelerate launch --multi_gpu --num_processes 2`, here on the CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from portraitkit.lora import KOHYA_FILE, LORA_FILE
+from portraitkit.train import TrainConfig, train
+
+SETTINGS = dict(base="tiny-sd", steps=3, rank=4, lr=1e-3, optimizer="adamw", checkpoint_every=2, validation_steps=2)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, portrait_path):
+    """Four 64 px crops of a real portrait, each with its own caption."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340), (110, 50, 300)]):
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / f"face_{index}.png")
+        rows.append({"file_name": f"face_{index}.png", "text": f"a photo of sks person, view {index}"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def launch(dataset, out, *extra):
+    # --multi_gpu is accelerate's torchrun launcher; with no GPU each process trains on the CPU over gloo
+    # (accelerate's --cpu launcher starts one process unless it is given an MPI hostfile).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "portraitkit", "train", str(dataset), "--out", str(out),
+               *[f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()], *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def lora_weights(run) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / LORA_FILE)
+
+
+def distance(a: dict, b: dict) -> float:
+    import torch
+
+    return float(torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
+
+
+def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one(tmp_path, dataset):
+    single = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "b1"), batch_size=1, **SETTINGS))
+    doubled = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "b2"), batch_size=2, **SETTINGS))
+    run = tmp_path / "two"
+    done = launch(dataset, run, "--batch-size=1", "--steps=2")  # two processes, one image each per step
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("LoRA saved in") == 2  # both processes finish; one wrote
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]  # logged once, not once per process
+    assert (run / KOHYA_FILE).is_file() and (run / "validation" / "step_000002.png").is_file()
+    assert json.loads((run / "config.json").read_text())["processes"] == 2
+
+    # One process at twice the batch continues the two-process checkpoint of step 2 to step 3.
+    resumed = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(run), batch_size=2, resume=True, **SETTINGS))
+    assert [json.loads(line)["step"] for line in (resumed / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    two, b1, b2 = lora_weights(resumed), lora_weights(single), lora_weights(doubled)
+    # the same batches, split in two: the doubled batch's LoRA (float sums in another order), not the single one's
+    assert distance(two, b2) < 0.02 * distance(b1, b2)
