@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.defaults:
         choices = {"default": None, "checkpointing on": True, "checkpointing off": False}
         per_step = {}
-        for _ in range(args.runs):
-            for name, choice in choices.items():
-                per_step.setdefault(name, []).append(portraitkit_loop(args, dataset, work / f"d{len(per_step[name])}{name[:5]}",
-                                                                      checkpointing=choice, optimizer="adamw8bit")["seconds_per_step"])
+        for run in range(args.runs):
+            for index, (name, choice) in enumerate(choices.items()):
+                timing = portraitkit_loop(args, dataset, work / f"defaults{run}-{index}", checkpointing=choice, optimizer="adamw8bit")
+                per_step.setdefault(name, []).append(timing["seconds_per_step"])
         medians = {name: statistics.median(values) for name, values in per_step.items()}
         fastest = min(v for k, v in medians.items() if k != "default")
         result["defaults"] = {"seconds_per_step": medians, "default_over_fastest": round(medians["default"] / fastest, 3)}

@@ -69,3 +69,19 @@ def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one
     two, b1, b2 = lora_weights(resumed), lora_weights(single), lora_weights(doubled)
     # the same batches, split in two: the doubled batch's LoRA (float sums in another order), not the single one's
     assert distance(two, b2) < 0.02 * distance(b1, b2)
+
+
+def test_a_run_reports_where_its_time_went_and_can_skip_validation(tmp_path, dataset):
+    run = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "run"), **SETTINGS))
+    phases = json.loads((run / "config.json").read_text())["seconds_by_phase"]
+    assert {"load", "cache", "steps", "validation", "scoring", "checkpoints", "save", "plots"} <= set(phases)
+    assert all(seconds >= 0 for seconds in phases.values())
+    logged = sum(json.loads(line)["seconds"] for line in (run / "train_log.jsonl").read_text().splitlines())
+    assert phases["steps"] >= 0.9 * logged  # the loop's own time, validation and checkpoints apart
+
+    quick = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "quick"), validate=False, **SETTINGS))
+    assert not (quick / "validation").exists() and not (quick / "identity.json").exists()
+    assert {"validation", "scoring"}.isdisjoint(json.loads((quick / "config.json").read_text())["seconds_by_phase"])
+    assert (quick / LORA_FILE).is_file()
+    again = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(quick), validate=False, resume=True, **SETTINGS))
+    assert again == quick  # finished without validation images: nothing to redo
