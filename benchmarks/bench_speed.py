@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time portraitkit's default settings against its fastest that fit")
     parser.add_argument("--out", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
+    sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     dataset = make_dataset(work / "dataset", max(args.resolution, 64))
@@ -117,64 +117,16 @@ def portraitkit_loop(args, dataset: Path, out: Path, checkpointing=AS_ARGS, opti
 
 
 def plain_loop(args, dataset: Path) -> dict:
-    """The tutorial loop: load, add the LoRA, then VAE + text encoder + UNet + AdamW in every step; save."""
+    """bench_training's plain loop at these settings, timed from loading to its last step (it saves
+    nothing; portraitkit's runs also write both LoRA files)."""
     import torch
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from PIL import Image
 
-    from portraitkit.bases import load_pipeline
-    from portraitkit.examples import encode_text, image_to_tensor, unet_conditioning
-    from portraitkit.lora import UNET_TARGETS
+    from bench_training import plain_loop as loop
 
     began = time.perf_counter()
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
-    pipe = load_pipeline(args.base, dtype=torch.float32, device=device)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-        if module is not None:
-            module.requires_grad_(False)
-    pipe.unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
-    if args.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    pipe.unet.train()
-    trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-2)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and half is torch.float16)
-    autocast = torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    photos = [image_to_tensor(Image.open(p).convert("RGB"), args.resolution) for p in sorted(dataset.glob("*.png"))]
-    generator = torch.Generator().manual_seed(0)
-    seconds = []
-    for step in range(args.steps):
-        if cuda:
-            torch.cuda.synchronize()
-        step_began = time.perf_counter()
-        pixels = torch.stack([photos[(step * args.batch_size + i) % len(photos)] for i in range(args.batch_size)]).to(device)
-        with torch.no_grad(), autocast:
-            cond = encode_text(pipe, [CAPTION] * args.batch_size, device)
-            latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator).to(device)
-        noisy = noise_scheduler.add_noise(latents.float(), noise, timesteps)
-        with autocast:
-            prediction = pipe.unet(noisy, timesteps, **unet_conditioning(cond, args.resolution, torch.float32)).sample
-        loss = F.mse_loss(prediction.float(), noise)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - step_began)
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory() as folder:
-        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(pipe.unet).items()}, Path(folder) / "lora.safetensors")
+    seconds = loop(args.base, sorted(dataset.glob("*.png")), args.resolution, args.rank, args.steps, args.batch_size,
+                   half=half, checkpointing=args.gradient_checkpointing)
     return {"seconds_per_step": statistics.median(seconds[1:]), "seconds_per_run": time.perf_counter() - began}
 
 

@@ -478,6 +478,23 @@ def measure_plain(spec: dict) -> dict:
     """A plain diffusers + peft loop: fp32 weights, fp16 autocast, VAE and text encoders in every
     step, 32-bit AdamW, no gradient checkpointing (SDPA is diffusers' default attention here too)."""
     import torch
+
+    peaks = GpuPeaks()
+    seconds = plain_loop(spec["folder"], [Path(spec["dataset"]) / "photo_0.png"], spec["resolution"], spec["rank"],
+                         spec["warmup"] + spec["steps"], half=torch.float16 if torch.cuda.is_available() else None,
+                         after_first_step=lambda: peaks.close_phase("load_first_step"))
+    peaks.close_phase("train_steps")
+    measured = seconds[spec["warmup"]:]
+    return {"seconds_per_step": round(statistics.median(measured), 4), "measured_steps": len(measured),
+            "warmup_steps": spec["warmup"], **peaks.summary()}
+
+
+def plain_loop(base: str, photos: list[Path], resolution: int, rank: int, steps: int, batch_size: int = 1,
+               half=None, checkpointing: bool = False, after_first_step=None) -> list[float]:
+    """The loop most tutorials write: the base in fp32 (autocast to `half` if given), a LoRA on the
+    UNet, then the VAE, the text encoder(s), the UNet and 32-bit AdamW in every step. Returns the
+    seconds of each step (GPU synchronised)."""
+    import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
     from peft import LoraConfig
@@ -489,34 +506,35 @@ def measure_plain(spec: dict) -> dict:
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    peaks = GpuPeaks()
-    pipe = load_pipeline(spec["folder"], dtype=torch.float32, device=device)
+    pipe = load_pipeline(base, dtype=torch.float32, device=device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
             module.requires_grad_(False)
-    pipe.unet.add_adapter(LoraConfig(r=spec["rank"], lora_alpha=spec["rank"], init_lora_weights="gaussian",
-                                     target_modules=UNET_TARGETS))
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+    if checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.unet.train()
     trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=1e-2)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and half is torch.float16)
+    autocast = torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=cuda)
-    photo = Image.open(Path(spec["dataset"]) / "photo_0.png").convert("RGB")
-    pixels = image_to_tensor(photo, spec["resolution"])[None].to(device)
+    pixels = [image_to_tensor(Image.open(p).convert("RGB"), resolution) for p in photos]
     generator = torch.Generator().manual_seed(0)
     seconds = []
-    for step in range(spec["warmup"] + spec["steps"]):
+    for step in range(steps):
         if cuda:
             torch.cuda.synchronize()
         began = time.perf_counter()
+        batch = torch.stack([pixels[(step * batch_size + i) % len(pixels)] for i in range(batch_size)]).to(device)
         with torch.no_grad(), autocast:  # the frozen encoders run in every step
-            cond = encode_text(pipe, [CAPTION], device)
-            latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
+            cond = encode_text(pipe, [CAPTION] * batch_size, device)
+            latents = pipe.vae.encode(batch).latent_dist.sample() * pipe.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator).to(device)
         noisy = noise_scheduler.add_noise(latents.float(), noise, timesteps)
         with autocast:
-            prediction = pipe.unet(noisy, timesteps, **unet_conditioning(cond, spec["resolution"], torch.float32)).sample
+            prediction = pipe.unet(noisy, timesteps, **unet_conditioning(cond, resolution, torch.float32)).sample
             loss = F.mse_loss(prediction.float(), noise)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -526,12 +544,9 @@ def measure_plain(spec: dict) -> dict:
         if cuda:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - began)
-        if step == 0:
-            peaks.close_phase("load_first_step")
-    peaks.close_phase("train_steps")
-    measured = seconds[spec["warmup"]:]
-    return {"seconds_per_step": round(statistics.median(measured), 4), "measured_steps": len(measured),
-            "warmup_steps": spec["warmup"], **peaks.summary()}
+        if step == 0 and after_first_step is not None:
+            after_first_step()
+    return seconds
 
 
 def measure_inference(spec: dict, steps: int = 25) -> dict:
