@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -30,3 +31,19 @@ def portrait_path() -> Path:
     import matplotlib.cbook
 
     return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+@pytest.fixture(scope="session")
+def face_dataset(tmp_path_factory, portrait_path):
+    """Four 64 px crops of a real portrait, as an imagefolder with captions."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340), (110, 50, 300)]):
+        name = f"face_{index}.png"
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / name)
+        rows.append({"file_name": name, "text": "a photo of sks person" + (", close-up" if index % 2 else "")})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder

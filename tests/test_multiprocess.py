@@ -7,27 +7,10 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from portraitkit.lora import KOHYA_FILE, LORA_FILE
 from portraitkit.train import TrainConfig, train
 
 SETTINGS = dict(base="tiny-sd", steps=3, rank=4, lr=1e-3, optimizer="adamw", checkpoint_every=2, validation_steps=2)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, portrait_path):
-    """Four 64 px crops of a real portrait, each with its own caption."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("dataset")
-    photo = Image.open(portrait_path).convert("RGB")
-    rows = []
-    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340), (110, 50, 300)]):
-        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / f"face_{index}.png")
-        rows.append({"file_name": f"face_{index}.png", "text": f"a photo of sks person, view {index}"})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return folder
 
 
 def launch(dataset, out, *extra):
@@ -51,11 +34,11 @@ def distance(a: dict, b: dict) -> float:
     return float(torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
 
 
-def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one(tmp_path, dataset):
-    single = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "b1"), batch_size=1, **SETTINGS))
-    doubled = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "b2"), batch_size=2, **SETTINGS))
+def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one(tmp_path, face_dataset):
+    single = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "b1"), batch_size=1, **SETTINGS))
+    doubled = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "b2"), batch_size=2, **SETTINGS))
     run = tmp_path / "two"
-    done = launch(dataset, run, "--batch-size=1", "--steps=2")  # two processes, one image each per step
+    done = launch(face_dataset, run, "--batch-size=1", "--steps=2")  # two processes, one image each per step
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("LoRA saved in") == 2  # both processes finish; one wrote
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
@@ -64,24 +47,24 @@ def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one
     assert json.loads((run / "config.json").read_text())["processes"] == 2
 
     # One process at twice the batch continues the two-process checkpoint of step 2 to step 3.
-    resumed = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(run), batch_size=2, resume=True, **SETTINGS))
+    resumed = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(run), batch_size=2, resume=True, **SETTINGS))
     assert [json.loads(line)["step"] for line in (resumed / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
     two, b1, b2 = lora_weights(resumed), lora_weights(single), lora_weights(doubled)
     # the same batches, split in two: the doubled batch's LoRA (float sums in another order), not the single one's
     assert distance(two, b2) < 0.02 * distance(b1, b2)
 
 
-def test_a_run_reports_where_its_time_went_and_can_skip_validation(tmp_path, dataset):
-    run = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "run"), **SETTINGS))
+def test_a_run_reports_where_its_time_went_and_can_skip_validation(tmp_path, face_dataset):
+    run = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "run"), **SETTINGS))
     phases = json.loads((run / "config.json").read_text())["seconds_by_phase"]
     assert {"load", "cache", "steps", "validation", "scoring", "checkpoints", "save", "plots"} <= set(phases)
     assert all(seconds >= 0 for seconds in phases.values())
     logged = sum(json.loads(line)["seconds"] for line in (run / "train_log.jsonl").read_text().splitlines())
     assert phases["steps"] >= 0.9 * logged  # the loop's own time, validation and checkpoints apart
 
-    quick = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "quick"), validate=False, **SETTINGS))
+    quick = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "quick"), validate=False, **SETTINGS))
     assert not (quick / "validation").exists() and not (quick / "identity.json").exists()
     assert {"validation", "scoring"}.isdisjoint(json.loads((quick / "config.json").read_text())["seconds_by_phase"])
     assert (quick / LORA_FILE).is_file()
-    again = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(quick), validate=False, resume=True, **SETTINGS))
+    again = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(quick), validate=False, resume=True, **SETTINGS))
     assert again == quick  # finished without validation images: nothing to redo

@@ -15,22 +15,6 @@ from portraitkit.train import TrainConfig, batch_indices, train
 from portraitkit.validate import denoising_loss
 
 
-@pytest.fixture(scope="module")
-def face_dataset(tmp_path_factory, portrait_path):
-    """Four 64 px crops of a real portrait, as an imagefolder with captions."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("dataset")
-    photo = Image.open(portrait_path).convert("RGB")
-    rows = []
-    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340), (110, 50, 300)]):
-        name = f"face_{index}.png"
-        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / name)
-        rows.append({"file_name": name, "text": "a photo of sks person" + (", close-up" if index % 2 else "")})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return folder
-
-
 def tiny_config(dataset, out, **overrides) -> TrainConfig:
     settings = dict(dataset_dir=str(dataset), out_dir=str(out), base="tiny-sd", steps=8, rank=4, lr=1e-3,
                     checkpoint_every=4, validation_steps=2)
