@@ -82,11 +82,6 @@ RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", 
                      "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
 
 
-# Settings that may change when a run is resumed; everything else must match the saved config.
-RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate_every",
-                     "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
-
-
 def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) -> Path:
     """Train a LoRA as `config` says and return the run folder.
 
@@ -122,7 +117,9 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             for encoder in lora.text_encoders(pipe):
-                encoder.gradient_checkpointing_enable()
+                # Non-reentrant: transformers 4's default (reentrant) checkpointing passes no gradient
+                # to the LoRA inside a layer whose inputs (frozen embeddings) need none.
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # Caching runs only the VAE and the text encoders, so the UNet joins the GPU after them: SDXL's
     # 4.8 GiB UNet never sits beside the VAE encoding 1024 px images.
