@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit import lora
+from portraitkit.bases import decode_problem
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
 from portraitkit.settings import setting
@@ -51,6 +52,8 @@ class SampleConfig:
     token: str | None = setting("the person's token in prompts; default: read from the run's dataset captions", None)
     class_word: str | None = setting("the class word after the token (person, woman, man...); default: from the captions", None)
     styles_file: str | None = setting("YAML or JSON file with your own styles, added to the built-in ones", None)
+    vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's (madebyollin/sdxl-vae-fp16-fix: SDXL in fp16 "
+                              "without NaN images); default: the one the run trained with", None)
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     shared = {
         "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label, "width": resolution, "height": resolution,
         "model": model_name(run), "lora": str(lora_dir / lora.LORA_FILE), "lora_hash": file_hash(lora_dir / lora.LORA_FILE),
-        "token": token, "class_word": class_word,
+        "token": token, "class_word": class_word, "vae": config.vae or run["settings"].get("vae"),
     }
     planned = []
     for style in chosen:
@@ -117,15 +120,19 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     missing = [e for e in planned if not (manifest.get(e["file"]) == e and (out_dir / e["file"]).is_file())]
     if missing:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler)
+        pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"])
         lora.load(pipe, lora_dir, adapter_name=ADAPTER)
         # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
         pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
     for entry in tqdm(missing, desc="sampling portraits", unit="img"):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
-            image = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
-                         guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator).images[0]
+            array = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
+                         guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
+                         output_type="np").images
+        if problem := decode_problem(array):  # never save a black square as a portrait
+            raise PortraitkitError(f"{entry['file']}: {problem}")
+        image = pipe.numpy_to_pil(array)[0]
         save_image(out_dir / entry["file"], image, pnginfo=png_parameters(entry))
         manifest[entry["file"]] = entry
         write_json(out_dir / MANIFEST, list(manifest.values()))
@@ -265,14 +272,14 @@ def _previous_manifest(out_dir: Path) -> dict[str, dict]:
 # --- the pipeline -----------------------------------------------------------------------------
 
 
-def load_for_sampling(base: str, family: str, device: str, sampler: str = "dpmpp_2m_karras"):
+def load_for_sampling(base: str, family: str, device: str, sampler: str = "dpmpp_2m_karras", vae: str | None = None):
     """The base pipeline, set up for a T4: fp16 weights, memory-light VAE decoding for SDXL."""
     import diffusers
     import torch
 
     from portraitkit.bases import load_pipeline
 
-    pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32)
+    pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32, vae=vae)
     choice = SAMPLERS[sampler]
     pipe.scheduler = getattr(diffusers, choice.scheduler).from_config(pipe.scheduler.config, **dict(choice.options))
     if family == "sdxl":
