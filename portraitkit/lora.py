@@ -160,6 +160,16 @@ def _split_tensor_name(key: str) -> tuple[str, str]:
 def load(pipe, folder: Path, adapter_name: str | None = None, weight_name: str = LORA_FILE) -> None:
     """Load a run's LoRA (diffusers format by default) into a pipeline, as any diffusers user would.
 
-    The file is named: diffusers up to 0.39 (Colab's) refuses a folder without `weight_name`
-    in offline mode."""
-    pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter_name)
+    The file is read here and its tensors handed to `load_lora_weights`: diffusers before 0.40
+    (Colab has 0.39) puts the standard `text_encoder.text_model.` keys into transformers 5's
+    `CLIPTextModel` without stripping the level it lacks, and fails; the level is dropped here for
+    an encoder that has none. (Reading the file ourselves also spares diffusers up to 0.39 its
+    offline-mode error for a folder given without `weight_name`.)"""
+    from safetensors.torch import load_file
+
+    state = load_file(Path(folder) / weight_name)
+    for component, encoder in zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)):
+        if not hasattr(encoder, "text_model"):
+            level = f"{component}.text_model."
+            state = {(f"{component}." + key[len(level):] if key.startswith(level) else key): value for key, value in state.items()}
+    pipe.load_lora_weights(state, adapter_name=adapter_name)

@@ -71,6 +71,8 @@ def _adapted(pipe) -> int:
 
 
 def test_diffusers_reads_the_kohya_file_whole_and_renders_the_same(text_encoder_run):
+    import diffusers
+    from packaging import version
     from safetensors.torch import load_file
 
     from portraitkit.bases import load_pipeline
@@ -81,8 +83,10 @@ def test_diffusers_reads_the_kohya_file_whole_and_renders_the_same(text_encoder_
     lora.load(pipe, run)  # diffusers format
     from_diffusers = _render(pipe)
     pipe = load_pipeline(base)
+    if not hasattr(pipe.text_encoder, "text_model") and version.parse(diffusers.__version__) < version.parse("0.40"):
+        pytest.skip("diffusers before 0.40 cannot load any kohya text-encoder LoRA into transformers 5's CLIPTextModel")
     # diffusers' kohya loader raises on any key it cannot rename; every stem must become a layer.
-    lora.load(pipe, run, weight_name=KOHYA_FILE)
+    pipe.load_lora_weights(str(run), weight_name=KOHYA_FILE)
     from_kohya = _render(pipe)
     stems = {key.split(".", 1)[0] for key in load_file(run / KOHYA_FILE)}
     assert _adapted(pipe) == len(stems)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from portraitkit import checkpoints
+from portraitkit import checkpoints, lora
 from portraitkit.cli import main
 from portraitkit.errors import PortraitkitError
 from portraitkit.lora import KOHYA_FILE, LORA_FILE
@@ -223,7 +223,7 @@ def test_sdxl_with_text_encoders_accumulation_and_prior_preservation(tmp_path, f
     kohya_prefixes = {key.split("_")[1] for key in load_file(run / KOHYA_FILE)}
     assert kohya_prefixes == {"unet", "te1", "te2"}
     pipe = load_pipeline("tiny-sdxl")
-    pipe.load_lora_weights(run, weight_name=LORA_FILE)
+    lora.load(pipe, run)
     assert pipe(prompt="a photo of sks person", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
 
 
