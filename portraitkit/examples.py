@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
-from portraitkit.files import save_image
+from portraitkit.files import read_jsonl, save_image
 
 
 def load_examples(dataset_dir: str) -> list[dict]:
@@ -24,7 +24,15 @@ def load_examples(dataset_dir: str) -> list[dict]:
         raise PortraitkitError(f"{folder} has no metadata.jsonl; prepare your photos first with `portraitkit prep PHOTOS --out {folder}`")
     from datasets import load_dataset
 
-    dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")
+    # The images metadata.jsonl names, and it, as the data files: datasets before 3.4 refuse a
+    # folder holding any other image (prep's contact_sheet.png) that has no row there.
+    names = [str(row.get("file_name", "")) for row in read_jsonl(folder / "metadata.jsonl")]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise PortraitkitError(f"{folder}/metadata.jsonl names {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
+                               f"prepare the photos again with `portraitkit prep PHOTOS --out {folder}`")
+    files = [str(folder / "metadata.jsonl"), *(str(folder / name) for name in names)]
+    dataset = load_dataset("imagefolder", data_files={"train": files}, split="train")
     if "text" not in dataset.column_names:
         raise PortraitkitError(f"{folder}/metadata.jsonl must give each image a `text` caption (portraitkit prep writes them)")
     if len(dataset) == 0:
