@@ -101,3 +101,19 @@ def test_a_dataset_below_the_training_size_is_refused_with_the_fix(tmp_path, dat
     with pytest.raises(PortraitkitError, match=r"prepared at 64 px.*`portraitkit prep PHOTOS --out DATASET --resolution 128`"):
         train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "run"), base="tiny-sd", resolution=128))
     assert not (tmp_path / "run" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_the_unet_gets_each_photos_own_size_and_crop(tmp_path):
+    import torch
+    from PIL import Image
+
+    from portraitkit.examples import size_time_ids, unet_conditioning
+
+    examples = [{"image": Image.new("RGB", (128, 128)), "original_size": [3000, 4000], "crop_top_left": [40, 200]},
+                {"image": Image.new("RGB", (128, 128)), "original_size": None, "crop_top_left": None}]  # an older dataset
+    time_ids = size_time_ids(examples, 64)
+    assert time_ids.tolist() == [[3000, 4000, 20, 100, 64, 64], [64, 64, 0, 0, 64, 64]]
+    cond = {"embeds": torch.zeros(2, 77, 64), "pooled": torch.zeros(2, 32), "time_ids": time_ids}
+    assert torch.equal(unet_conditioning(cond, 64, torch.float32)["added_cond_kwargs"]["time_ids"], time_ids)
+    del cond["time_ids"]  # what the UNet got before prep recorded sizes: square and uncropped
+    assert unet_conditioning(cond, 64, torch.float32)["added_cond_kwargs"]["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
