@@ -100,17 +100,20 @@ def base_unavailable(name: str, error: Exception) -> PortraitkitError:
     )
 
 
-def load_pipeline(name: str, dtype=None, device=None):
+def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None):
     """Load a base as a diffusers text-to-image pipeline (safety checker off: portraits of the user).
 
     Half-precision loads ask for the repo's fp16 files first, which halves the download and the
     host RAM needed while loading (free Colab has ~12.7 GB), then fall back to the full files.
+    `vae` replaces the base's VAE (see `load_vae`).
     """
     import torch
 
     spec = resolve_base(name)
     # safetensors only: a repository with nothing but pickled .bin weights is refused, not unpickled
     kwargs = {"torch_dtype": dtype or torch.float32, "use_safetensors": True}
+    if vae:
+        kwargs["vae"] = load_vae(vae, kwargs["torch_dtype"])
     if spec.family == "sd":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     tries = [{"variant": "fp16"}, {}] if dtype == torch.float16 and not spec.offline else [{}]
@@ -126,6 +129,44 @@ def load_pipeline(name: str, dtype=None, device=None):
                 raise base_unavailable(name, error) from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device) if device is not None else pipeline
+
+
+def load_vae(source: str, dtype):
+    """A diffusers VAE from a folder (with config.json) or a hub id, e.g. madebyollin/sdxl-vae-fp16-fix:
+    SDXL's own VAE overflows to NaN in fp16, that one was fine-tuned not to (diffusers' SDXL
+    training scripts take the same option)."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(source).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise PortraitkitError(f"{folder} is not a diffusers VAE folder (it has no config.json): pass the folder that holds it, "
+                               "or a hub id such as madebyollin/sdxl-vae-fp16-fix")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*")
+            return AutoencoderKL.from_pretrained(str(folder) if folder.is_dir() else source, torch_dtype=dtype)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise PortraitkitError(f"could not load the VAE '{source}' ({reason}): pass a diffusers VAE folder or hub id, "
+                               "e.g. --vae madebyollin/sdxl-vae-fp16-fix") from None
+
+
+def decode_problem(images) -> str | None:
+    """What is wrong with decoded images (a numpy batch in [0, 1]), or None when nothing is.
+
+    A VAE that overflows in fp16 returns NaN, which becomes an all-black picture once saved:
+    caught here, before anyone mistakes it for a render."""
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.float32)
+    if not np.isfinite(images).all():
+        what = "NaN (not-a-number) pixels"
+    elif images.reshape(len(images), -1).max(axis=1).min() < 1 / 255:
+        what = "all-black images"
+    else:
+        return None
+    return (f"the VAE decoded {what}: SDXL's VAE overflows in fp16; pass --vae madebyollin/sdxl-vae-fp16-fix "
+            "(a VAE fixed for fp16), or use --mixed-precision no to run in fp32")
 
 
 # --- the offline tiny bases ------------------------------------------------------------------
@@ -152,7 +193,8 @@ def tiny_tokenizer():
     from transformers import CLIPTokenizer
 
     files = resources.files("portraitkit") / "assets" / "tiny_tokenizer"
-    return CLIPTokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"), model_max_length=77)
+    # Positional: transformers 5 names them vocab/merges, 4.x vocab_file/merges_file.
+    return CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"), model_max_length=77)
 
 
 def build_tiny_pipeline(family: str):

@@ -128,3 +128,26 @@ def list_photos(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def requirements_to_install() -> str:
+    """portraitkit's requirements for `%pip install`, shell-quoted, without `dlib-bin` where a dlib
+    already imports: Colab preinstalls a source-built dlib 19.24, and the dlib-bin wheel would
+    write its own `dlib` files over that working one. Notebook 00 installs portraitkit with
+    `--no-deps` first, then these."""
+    import importlib.metadata as metadata
+    import shlex
+
+    try:
+        import dlib  # noqa: F401
+        have_dlib = True
+    except Exception:  # not installed, or a broken build: then dlib-bin is what fixes it
+        have_dlib = False
+    wanted = []
+    for requirement in metadata.requires("portraitkit") or []:
+        if "extra ==" in requirement:  # the dev extra: tests and notebook tooling
+            continue
+        name = re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0].lower()
+        if not (have_dlib and name == "dlib-bin"):
+            wanted.append(shlex.quote(requirement))
+    return " ".join(wanted)

@@ -12,22 +12,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
-from portraitkit.files import save_image
+from portraitkit.files import read_jsonl, save_image
 
 
 def load_examples(dataset_dir: str) -> list[dict]:
-    """The dataset as a list of {"image": PIL image, "text": caption}, read by `datasets`' imagefolder."""
+    """The dataset as a list of {"image": PIL image, "text": caption, "original_size", "crop_top_left"},
+    read by `datasets`' imagefolder. The last two are SDXL's size and crop conditioning as prep
+    recorded them (`prep.crops.size_conditioning`); None for datasets without them."""
     folder = Path(dataset_dir)
     if not (folder / "metadata.jsonl").is_file():
         raise PortraitkitError(f"{folder} has no metadata.jsonl; prepare your photos first with `portraitkit prep PHOTOS --out {folder}`")
     from datasets import load_dataset
 
-    dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")
+    # The images metadata.jsonl names, and it, as the data files: datasets before 3.4 refuse a
+    # folder holding any other image (prep's contact_sheet.png) that has no row there.
+    names = [str(row.get("file_name", "")) for row in read_jsonl(folder / "metadata.jsonl")]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise PortraitkitError(f"{folder}/metadata.jsonl names {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
+                               f"prepare the photos again with `portraitkit prep PHOTOS --out {folder}`")
+    files = [str(folder / "metadata.jsonl"), *(str(folder / name) for name in names)]
+    dataset = load_dataset("imagefolder", data_files={"train": files}, split="train")
     if "text" not in dataset.column_names:
         raise PortraitkitError(f"{folder}/metadata.jsonl must give each image a `text` caption (portraitkit prep writes them)")
     if len(dataset) == 0:
         raise PortraitkitError(f"{folder} holds no images")
-    return [{"image": row["image"].convert("RGB"), "text": row["text"]} for row in dataset]
+    return [{"image": row["image"].convert("RGB"), "text": row["text"], "original_size": row.get("original_size"),
+             "crop_top_left": row.get("crop_top_left")} for row in dataset]
 
 
 def image_to_tensor(image, resolution: int):
@@ -77,6 +88,8 @@ def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool
     import torch
 
     cache = {"latents": encode_images(pipe, [e["image"] for e in examples], resolution)}
+    if hasattr(pipe, "text_encoder_2"):
+        cache["time_ids"] = size_time_ids(examples, resolution)
     if with_text:
         with torch.no_grad():
             text = encode_text(pipe, [e["text"] for e in examples], pipe.text_encoder.device)
@@ -84,15 +97,36 @@ def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool
     return cache
 
 
+def size_time_ids(examples: list[dict], resolution: int):
+    """SDXL's added time ids per example: original (height, width), crop (top, left), target size.
+
+    The crop corner was recorded at the prepared image's size and is scaled to `resolution`.
+    Examples without a record (older datasets, class images) count as square and uncropped."""
+    import torch
+
+    rows = []
+    for example in examples:
+        original, corner = example.get("original_size"), example.get("crop_top_left")
+        if original and corner:
+            scale = resolution / example["image"].width
+            rows.append([*original, round(corner[0] * scale), round(corner[1] * scale), resolution, resolution])
+        else:
+            rows.append([resolution, resolution, 0, 0, resolution, resolution])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def unet_conditioning(cond: dict, resolution: int, dtype) -> dict:
-    """UNet keyword arguments from text embeddings; SDXL adds its pooled text and size/crop ids."""
+    """UNet keyword arguments from text embeddings; SDXL adds its pooled text and size/crop ids
+    (each example's own from `cond["time_ids"]`, else square and uncropped)."""
     import torch
 
     kwargs = {"encoder_hidden_states": cond["embeds"].to(dtype)}
-    if "pooled" in cond:  # original size, crop corner and target size: square crops, uncropped
+    if "pooled" in cond:
         pooled = cond["pooled"].to(dtype)
-        time_ids = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], device=pooled.device, dtype=dtype)
-        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.repeat(len(pooled), 1)}
+        time_ids = cond.get("time_ids")
+        if time_ids is None:
+            time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]]).repeat(len(pooled), 1)
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.to(pooled.device, dtype)}
     return kwargs
 
 

@@ -16,15 +16,17 @@ precision. A re-run into the same folder keeps the images whose recipe has not c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit import lora
+from portraitkit.bases import decode_problem
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
+# read_parameters is re-exported: notebook 05 reads a PNG's recipe from here.
+from portraitkit.infotext import lora_hash, model_identity, png_parameters, read_parameters  # noqa: F401
 from portraitkit.settings import setting
 from portraitkit.styles import Style, load_styles, select_styles
 
@@ -51,6 +53,8 @@ class SampleConfig:
     token: str | None = setting("the person's token in prompts; default: read from the run's dataset captions", None)
     class_word: str | None = setting("the class word after the token (person, woman, man...); default: from the captions", None)
     styles_file: str | None = setting("YAML or JSON file with your own styles, added to the built-in ones", None)
+    vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's (madebyollin/sdxl-vae-fp16-fix: SDXL in fp16 "
+                              "without NaN images); default: the one the run trained with", None)
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,12 @@ class Sampler:
     label: str  # AUTOMATIC1111's name, written into the PNG
     scheduler: str  # diffusers class
     options: tuple = ()
+    schedule_type: str | None = None  # A1111 1.9+'s "Schedule type" (None: the sampler's own)
 
 
 # DPM++ 2M with Karras sigmas gives clean portraits in 20-30 steps on SD1.5 and SDXL alike.
 SAMPLERS = {
-    "dpmpp_2m_karras": Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", (("use_karras_sigmas", True),)),
+    "dpmpp_2m_karras": Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", (("use_karras_sigmas", True),), "Karras"),
     "euler_a": Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
     "euler": Sampler("Euler", "EulerDiscreteScheduler"),
     "ddim": Sampler("DDIM", "DDIMScheduler"),
@@ -96,10 +101,15 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
         raise PortraitkitError(f"{lora_dir} has no {lora.LORA_FILE}: {hint}")
 
     resolution = config.resolution or run["settings"].get("resolution") or native_resolution(run["base"]["source"])
+    model, model_hash = model_identity(run["base"])
+    kohya = lora_dir / lora.KOHYA_FILE
     shared = {
-        "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label, "width": resolution, "height": resolution,
-        "model": model_name(run), "lora": str(lora_dir / lora.LORA_FILE), "lora_hash": file_hash(lora_dir / lora.LORA_FILE),
-        "token": token, "class_word": class_word,
+        "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label,
+        "schedule_type": SAMPLERS[config.sampler].schedule_type, "width": resolution, "height": resolution,
+        "model": model, "model_hash": model_hash, "lora": str(lora_dir / lora.LORA_FILE),
+        # A1111 names the LoRA by the kohya file it loads, and hashes that file its own way.
+        "lora_name": kohya.stem, "lora_hash": lora_hash(kohya) if kohya.is_file() else None,
+        "token": token, "class_word": class_word, "vae": config.vae or run["settings"].get("vae"),
     }
     planned = []
     for style in chosen:
@@ -117,15 +127,19 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     missing = [e for e in planned if not (manifest.get(e["file"]) == e and (out_dir / e["file"]).is_file())]
     if missing:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler)
+        pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"])
         lora.load(pipe, lora_dir, adapter_name=ADAPTER)
         # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
         pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
     for entry in tqdm(missing, desc="sampling portraits", unit="img"):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
-            image = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
-                         guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator).images[0]
+            array = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
+                         guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
+                         output_type="np").images
+        if problem := decode_problem(array):  # never save a black square as a portrait
+            raise PortraitkitError(f"{entry['file']}: {problem}")
+        image = pipe.numpy_to_pil(array)[0]
         save_image(out_dir / entry["file"], image, pnginfo=png_parameters(entry))
         manifest[entry["file"]] = entry
         write_json(out_dir / MANIFEST, list(manifest.values()))
@@ -235,23 +249,6 @@ def native_resolution(source: str) -> int:
     return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
-def model_name(run: dict) -> str:
-    """The base as AUTOMATIC1111 users would recognise it: the repo id, or the preset's name."""
-    from portraitkit.bases import TINY_PRESETS
-
-    base = run["base"]
-    return base["name"] if base["name"] in TINY_PRESETS else base["source"]
-
-
-def file_hash(path: Path) -> str:
-    """First 12 hex digits of the file's SHA-256: tells two LoRAs with the same path apart."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 def _previous_manifest(out_dir: Path) -> dict[str, dict]:
     path = out_dir / MANIFEST
     if not path.is_file():
@@ -265,14 +262,14 @@ def _previous_manifest(out_dir: Path) -> dict[str, dict]:
 # --- the pipeline -----------------------------------------------------------------------------
 
 
-def load_for_sampling(base: str, family: str, device: str, sampler: str = "dpmpp_2m_karras"):
+def load_for_sampling(base: str, family: str, device: str, sampler: str = "dpmpp_2m_karras", vae: str | None = None):
     """The base pipeline, set up for a T4: fp16 weights, memory-light VAE decoding for SDXL."""
     import diffusers
     import torch
 
     from portraitkit.bases import load_pipeline
 
-    pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32)
+    pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32, vae=vae)
     choice = SAMPLERS[sampler]
     pipe.scheduler = getattr(diffusers, choice.scheduler).from_config(pipe.scheduler.config, **dict(choice.options))
     if family == "sdxl":
@@ -283,64 +280,3 @@ def load_for_sampling(base: str, family: str, device: str, sampler: str = "dpmpp
         pipe.vae.enable_slicing()
         pipe.vae.enable_tiling()
     return pipe.to(device)
-
-
-# --- the recipe in the PNG --------------------------------------------------------------------
-
-
-def a1111_parameters(entry: dict) -> str:
-    """The recipe in AUTOMATIC1111's layout, which its PNG Info tab and many viewers read."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ours = version("portraitkit")
-    except PackageNotFoundError:
-        ours = "dev"
-    fields = {
-        "Steps": entry["steps"], "Sampler": entry["sampler"], "CFG scale": entry["guidance_scale"], "Seed": entry["seed"],
-        "Size": f"{entry['width']}x{entry['height']}", "Model": entry["model"], "Lora scale": entry["lora_scale"],
-        "Lora hash": entry["lora_hash"], "Style": entry["style"], "Version": f"portraitkit {ours}",
-    }
-    settings = ", ".join(f"{key}: {_quoted(value)}" for key, value in fields.items())
-    return f"{entry['prompt']}\nNegative prompt: {entry['negative_prompt']}\n{settings}"
-
-
-def _quoted(value) -> str:
-    text = str(value)
-    # A value holding the separators is JSON-quoted, as AUTOMATIC1111 itself does.
-    return json.dumps(text) if any(c in text for c in ',:"\n') else text
-
-
-def png_parameters(entry: dict):
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("parameters", a1111_parameters(entry))
-    return info
-
-
-_SETTING = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
-
-
-def read_parameters(path) -> dict:
-    """The recipe in a PNG written by `sample`, parsed by `parse_parameters` ({} if it has none)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        text = image.text.get("parameters")
-    return parse_parameters(text) if text else {}
-
-
-def parse_parameters(text: str) -> dict:
-    """Parse an AUTOMATIC1111 `parameters` text back into a dict.
-
-    Keys: "prompt", "negative_prompt", then the settings by their names ("Steps", "Seed"...).
-    """
-    lines = text.strip().split("\n")
-    settings_line = lines.pop() if lines and lines[-1].startswith("Steps:") else ""
-    negative_at = next((i for i, line in enumerate(lines) if line.startswith("Negative prompt:")), len(lines))
-    result = {"prompt": "\n".join(lines[:negative_at]),
-              "negative_prompt": "\n".join(lines[negative_at:])[len("Negative prompt:"):].strip()}
-    for key, value in _SETTING.findall(settings_line):
-        result[key.strip()] = json.loads(value) if value.startswith('"') else value.strip()
-    return result

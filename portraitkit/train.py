@@ -77,6 +77,8 @@ class TrainConfig:
     validation_seeds: tuple[int, ...] = setting("seeds for validation images", (0, 1))
     validation_steps: int = setting("denoising steps per validation image", 25)
     resume: bool = setting("continue from the newest complete checkpoint in out_dir", False)
+    vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's, e.g. madebyollin/sdxl-vae-fp16-fix "
+                              "(SDXL's own VAE gives NaN/black images in fp16)", None)
 
 
 # Settings that may change when a run is resumed; everything else must match the saved config.
@@ -131,13 +133,15 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     with clock("load"):
         examples = load_examples(config.dataset_dir)
+        resolution = training_resolution(config, examples)
         pipe, lora_modules = load_for_training(config, weight_dtype)
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         if config.train_text_encoder:
             for encoder in lora.text_encoders(pipe):
-                encoder.gradient_checkpointing_enable()
+                # Non-reentrant: transformers 4's default (reentrant) checkpointing passes no gradient
+                # to the LoRA inside a layer whose inputs (frozen embeddings) need none.
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # Caching runs only the VAE and the text encoders, so the UNet joins the GPU after them: SDXL's
     # 4.8 GiB UNet never sits beside the VAE encoding 1024 px images.
@@ -275,6 +279,22 @@ def _average_gradients(accelerator, parameters) -> None:
     grads = [p.grad for p in parameters if p.grad is not None]
     for grad, mean in zip(grads, accelerator.reduce(grads, reduction="mean")):
         grad.copy_(mean)
+
+
+def training_resolution(config: TrainConfig, examples: list[dict]) -> int:
+    """The size the run trains at (--resolution, else the base's own), refused when it is above the
+    dataset's: every image would be upscaled, and the LoRA would learn the blur."""
+    from portraitkit.bases import resolve_base
+    from portraitkit.sample import native_resolution
+
+    resolution = config.resolution or native_resolution(resolve_base(config.base).source)
+    prepared = min(min(example["image"].size) for example in examples)
+    if resolution > prepared:
+        raise PortraitkitError(
+            f"{config.dataset_dir} was prepared at {prepared} px, below the training resolution {resolution} px; "
+            f"prepare the photos at that size (`portraitkit prep PHOTOS --out DATASET --resolution {resolution}`), "
+            f"or train at --resolution {prepared}")
+    return resolution
 
 
 def check_training_fits(config, device_index: int = 0, processes_here: int = 1) -> bool:
@@ -422,7 +442,7 @@ def load_for_training(config: TrainConfig, weight_dtype) -> tuple:
 
     from portraitkit.bases import load_pipeline
 
-    pipe = load_pipeline(config.base, dtype=weight_dtype)
+    pipe = load_pipeline(config.base, dtype=weight_dtype, vae=config.vae)
     set_seed(config.seed)  # the LoRA's random initialisation
     lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder)
     for module in lora_modules.values():
@@ -510,9 +530,10 @@ def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, clas
 
 def _select(pipe, cache, picks, captions, config, device):
     latents = cache["latents"][picks].to(device)
-    if "embeds" in cache:
-        return latents, {key: cache[key][picks].to(device) for key in cache if key != "latents"}
-    return latents, encode_text(pipe, captions, device)  # text encoder trains: encode with gradients
+    cond = {key: cache[key][picks].to(device) for key in cache if key != "latents"}
+    if "embeds" not in cache:  # the text encoder trains: encode with gradients
+        cond.update(encode_text(pipe, captions, device))
+    return latents, cond
 
 
 def _snr_weights(noise_scheduler, timesteps, gamma: float | None):

@@ -10,7 +10,6 @@ the denoising loss on the person's own photos.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from portraitkit import lora
+from portraitkit.bases import decode_problem
 from portraitkit.errors import PortraitkitError
 from portraitkit.examples import encode_examples, load_examples, unet_conditioning
 from portraitkit.faces import SAME_PERSON_THRESHOLD
@@ -57,22 +57,30 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
     with timed("validation"), placement.on(*looping, "text_encoder", "text_encoder_2"), torch.no_grad():
         embeddings = [prompt_embeddings(pipe, prompt, device) for prompt in validation_prompts(config, examples)]
     folder = run_dir / "validation" / f"step_{step:06d}"
-    images = []
+    images, problems = [], []
     denoiser = without_text_encoders(pipe)
-    autocast = torch.autocast(device.type, dtype=pipe.vae.dtype) if device.type == "cuda" else contextlib.nullcontext()
-    with timed("validation"), placement.on(*looping, "vae"), torch.no_grad(), autocast:
+    # No fp16 autocast here: it would force the VAE's convolutions into fp16, where SDXL's VAE
+    # overflows to NaN whatever dtype the pipeline upcasts it to. peft's layers cast their
+    # inputs themselves, so the fp32 LoRA runs beside the half-precision base without it.
+    with timed("validation"), placement.on(*looping, "vae"), torch.no_grad(), torch.autocast(device.type, enabled=False):
         for p, embedding in enumerate(embeddings):
             for seed in config.validation_seeds:
                 generator = torch.Generator().manual_seed(seed)
-                image = denoiser(**embedding, height=resolution, width=resolution,
-                                 num_inference_steps=config.validation_steps, generator=generator).images[0]
+                array = denoiser(**embedding, height=resolution, width=resolution, output_type="np",
+                                 num_inference_steps=config.validation_steps, generator=generator).images
+                problems.append(decode_problem(array))
+                image = denoiser.numpy_to_pil(np.nan_to_num(array))[0]
                 images.append(image)
                 save_image(folder / f"prompt{p}_seed{seed}.png", image)
+    broken = next((problem for problem in problems if problem), None)
+    if broken:
+        print(f"portraitkit: validation at step {step}: {broken}.")
     grid = save_image(folder.with_suffix(".png"), image_grid(images, columns=len(config.validation_seeds)))
     # identity.json: how much each step's images look like the person; best/ keeps the likeliest LoRA.
     with timed("scoring"):
         score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
-                              save_best=lambda best: lora.save(pipe, best, config.rank, config.alpha, config.train_text_encoder))
+                              save_best=lambda best: lora.save(pipe, best, config.rank, config.alpha, config.train_text_encoder),
+                              broken=broken)
     for module in training:
         module.train()
     return grid
@@ -107,13 +115,14 @@ def prompt_embeddings(pipe, prompt: str, device) -> dict:
 
 
 def score_validation_step(run_dir: Path, step: int, images: list, reference_images: list, final_step: int,
-                          save_best: Callable[[Path], object]) -> dict:
+                          save_best: Callable[[Path], object], broken: str | None = None) -> dict:
     """Record how much `step`'s validation images look like the person, in run_dir/identity.json.
 
     A step qualifies as the best when faces were found in at least half of its images; the best
     is the one with the lowest mean identity distance. When `step` becomes the best, `save_best`
     is called with run_dir/best to keep its LoRA (old checkpoints are pruned). Nothing is ever
-    guessed: without faces the distances are null and `reason` says why.
+    guessed: without faces the distances are null and `reason` says why; `broken` says why the
+    images themselves are unusable (a failed decode), and the step is then not scored.
     """
     run_dir = Path(run_dir)
     path = run_dir / IDENTITY_FILE
@@ -124,7 +133,7 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
     embeddings = np.zeros((0, 128))
     try:
         embeddings = reference_embeddings(reference_images)
-        row.update(_identity_of_step(images, embeddings, len(reference_images)))
+        row.update(_identity_of_step(images, embeddings, len(reference_images)) if not broken else {"reason": broken})
     except PortraitkitError as error:  # the face models are missing: training goes on, unscored
         row["reason"] = f"identity not scored: {error}"
     steps[step] = row

@@ -123,7 +123,7 @@ def test_dataset_is_an_imagefolder_with_captions(samples_run):
     datasets = pytest.importorskip("datasets")
     _, out, report = samples_run
     dataset = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
-    assert len(dataset) == 9 and set(dataset.column_names) == {"image", "text"}
+    assert len(dataset) == 9 and set(dataset.column_names) == {"image", "text", "original_size", "crop_top_left"}
     assert all(text.startswith("a photo of sks person, ") for text in dataset["text"])
     assert dataset[0]["image"].size == (512, 512)
     captions = {e["source"]: e["caption"] for e in report["photos"]}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,15 +61,54 @@ def test_manifest_lists_every_image_with_its_recipe(sampled):
         assert Image.open(sampled / "grids" / f"{style}.png").size == (128, 64)  # 2 images side by side
 
 
-def test_png_carries_the_recipe_in_automatic1111_layout(sampled):
+# AUTOMATIC1111's infotext format, as its modules/infotext_utils.py reads it (written anew here,
+# not imported from portraitkit): the last line holds the settings when it has three or more
+# `Key: value` pairs; a quoted value is JSON; lines before "Negative prompt:" are the prompt.
+A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+A1111_LORA = re.compile(r"<lora:([^:>]+):([^:>]+)>")
+
+
+def a1111_parse(text: str) -> dict:
+    *lines, last = text.strip().split("\n")
+    if len(A1111_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    result = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in A1111_PARAM.findall(last):
+        result[key] = json.loads(value) if value[:1] == '"' and value[-1:] == '"' else value
+    return result
+
+
+def a1111_addnet_hash(path) -> str:
+    """A1111's modules/hashes.py addnet_hash_safetensors, first 12 digits (its `shorthash`)."""
+    data = open(path, "rb").read()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()[:12]
+
+
+def test_png_carries_the_recipe_in_automatic1111_layout(sampled, run_dir):
     entry = json.loads((sampled / "manifest.json").read_text())[1]
-    text = Image.open(sampled / entry["file"]).text["parameters"]
-    prompt, negative, settings = text.split("\n")
-    assert prompt == entry["prompt"] and negative == "Negative prompt: " + entry["negative_prompt"]
-    assert settings.startswith(f"Steps: {STEPS}, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: 8, Size: 64x64, Model: tiny-sd, Lora scale: 1.0")
-    parsed = read_parameters(sampled / entry["file"])
-    assert parsed["prompt"] == entry["prompt"] and parsed["negative_prompt"] == entry["negative_prompt"]
-    assert parsed["Seed"] == "8" and parsed["Style"] == "studio" and parsed["Lora hash"] == entry["lora_hash"]
+    parsed = a1111_parse(Image.open(sampled / entry["file"]).text["parameters"])
+    # The LoRA tag is in A1111's prompt; the manifest keeps the prompt diffusers used.
+    assert A1111_LORA.findall(parsed["Prompt"]) == [("pytorch_lora_weights_kohya", "1")]
+    assert A1111_LORA.sub("", parsed["Prompt"]).strip() == entry["prompt"] and "<lora:" not in entry["prompt"]
+    assert parsed["Negative prompt"] == entry["negative_prompt"]
+    assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"]) == (str(STEPS), "DPM++ 2M", "Karras")
+    assert (parsed["CFG scale"], parsed["Seed"], parsed["Size"], parsed["Model"]) == ("7.0", "8", "64x64", "tiny-sd")
+    name, lora_hash = parsed["Lora hashes"].split(": ")
+    assert name == "pytorch_lora_weights_kohya" and lora_hash == a1111_addnet_hash(run_dir / "pytorch_lora_weights_kohya.safetensors")
+    from portraitkit.bases import resolve_base
+
+    weights = next((Path(resolve_base("tiny-sd").source) / "unet").glob("*.safetensors"))
+    assert parsed["Model hash"] == hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
+    assert parsed["Style"] == "studio" and parsed["Version"].startswith("portraitkit ")
+    # portraitkit's own reader agrees with A1111's.
+    ours = read_parameters(sampled / entry["file"])
+    assert all(ours[key] == parsed[key] for key in parsed if key not in ("Prompt", "Negative prompt"))
 
 
 def test_same_seed_gives_the_same_image_and_a_rerun_keeps_finished_ones(run_dir, sampled, tmp_path):
@@ -87,7 +129,7 @@ def test_lora_scale_zero_gives_the_base_models_image(run_dir, sampled, tmp_path)
 
     made = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=1, seed=7,
                                steps=STEPS, lora_scale=0.0))[0]
-    assert read_parameters(tmp_path / made["file"])["Lora scale"] == "0.0"
+    assert "<lora:pytorch_lora_weights_kohya:0>" in read_parameters(tmp_path / made["file"])["prompt"]
 
     # The base model alone, straight through diffusers, with no LoRA ever loaded.
     pipe = load_pipeline("tiny-sd")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from portraitkit import checkpoints
+from portraitkit import checkpoints, lora
 from portraitkit.cli import main
 from portraitkit.errors import PortraitkitError
 from portraitkit.lora import KOHYA_FILE, LORA_FILE
@@ -62,7 +62,7 @@ def test_lora_files_load_in_diffusers_and_kohya_layout(trained_run):
     pipe = load_pipeline("tiny-sd")
     kwargs = dict(prompt="a photo of sks person", num_inference_steps=2, height=64, width=64, output_type="np")
     base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
-    pipe.load_lora_weights(trained_run)
+    pipe.load_lora_weights(trained_run, weight_name=LORA_FILE)
     with_lora = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert abs(with_lora - base).max() > 1e-3
 
@@ -137,7 +137,7 @@ def test_lora_alpha_reaches_both_files(tmp_path, face_dataset):
     assert torch.allclose(from_kohya, expected, atol=1e-6)
 
     pipe = load_pipeline("tiny-sd")
-    pipe.load_lora_weights(run)
+    pipe.load_lora_weights(run, weight_name=LORA_FILE)
     module = pipe.unet.get_submodule(layer)
     adapter = next(iter(module.lora_A))
     loaded = module.scaling[adapter] * module.lora_B[adapter].weight @ module.lora_A[adapter].weight
@@ -207,7 +207,7 @@ def test_sdxl_with_text_encoders_accumulation_and_prior_preservation(tmp_path, f
     kohya_prefixes = {key.split("_")[1] for key in load_file(run / KOHYA_FILE)}
     assert kohya_prefixes == {"unet", "te1", "te2"}
     pipe = load_pipeline("tiny-sdxl")
-    pipe.load_lora_weights(run)
+    lora.load(pipe, run)
     assert pipe(prompt="a photo of sks person", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
 
 

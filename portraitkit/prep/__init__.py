@@ -35,7 +35,7 @@ from typing import Any
 from portraitkit import files
 from portraitkit.prep import checks, intake, report
 from portraitkit.prep.config import PrepConfig
-from portraitkit.prep.crops import caption, crop_face, face_geometry
+from portraitkit.prep.crops import caption, crop_face, face_geometry, size_conditioning
 from portraitkit.prep.intake import STAGING, output_stem
 from portraitkit.prep.photo import REJECTIONS, WARNINGS, Photo
 
@@ -112,7 +112,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     variety = checks.variety(accepted, config)
     summary = report.summary(photos, ignored, config)
     entries = [report.entry(p, config) for p in photos]
-    files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words)} for p in accepted])
+    files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words),
+                                                    **size_conditioning(p, config)} for p in accepted])
     files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary), optimize=True)
     files.write_json(
         out_dir / "report.json",

@@ -99,6 +99,18 @@ def crop_face(image: Image.Image, face, geometry: dict[str, float], config: Prep
     return crop, corners, info
 
 
+def size_conditioning(photo, config: PrepConfig) -> dict[str, list[int]]:
+    """SDXL's size and crop conditioning for one prepared image, as diffusers' SDXL scripts define
+    it: `original_size` the photo's own (height, width); `crop_top_left` the (top, left) of the crop
+    in the photo scaled so that the crop is `config.resolution` wide, as if the photo had been
+    resized and then cropped. SDXL learned from these what a cut-off head looks like; told the
+    truth in training, it is asked for (0, 0), an uncropped picture, when sampling."""
+    scale = config.resolution / photo.measurements["crop"]["side_px"]
+    left, top = photo.crop_corners.min(axis=0)
+    return {"original_size": [int(photo.measurements["height"]), int(photo.measurements["width"])],
+            "crop_top_left": [max(0, round(top * scale)), max(0, round(left * scale))]}
+
+
 def measure_look(crop: Image.Image, landmarks: np.ndarray, geometry: dict[str, float]) -> dict[str, float]:
     """Measures for variety and captions: expression, light direction, background, colourfulness.
 

@@ -1,0 +1,52 @@
+"""Every stage through the command line, as a user runs them: prep, train with the text encoder
+(gradient checkpointing on), sample, pick. `.ci/versions` runs this at Colab's versions and at
+the declared floors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from portraitkit.cli import main
+
+
+PHOTOS = ["hopper.jpg", "hopper_soft.jpg", "hopper_tilted_bright.jpg", "hopper_warm_closeup.jpg", "hopper_greyscale.png",
+          "hopper_phone_sideways.jpg"]
+
+
+def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, capsys):
+    from safetensors.torch import load_file
+
+    from portraitkit.examples import load_examples, size_time_ids
+
+    dataset, run, portraits = tmp_path / "dataset", tmp_path / "run", tmp_path / "portraits"
+    photos = tmp_path / "photos"  # six of the sample photos: prep needs five, and takes seconds a photo
+    photos.mkdir()
+    for name in PHOTOS:
+        shutil.copy2(samples_dir / name, photos / name)
+    assert main(["prep", str(photos), "--out", str(dataset), "--resolution", "128"]) == 0
+    rows = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) >= 5 and all(len(row["original_size"]) == 2 and len(row["crop_top_left"]) == 2 for row in rows)
+    # SDXL's size/crop ids are each photo's own, as prep recorded them (the crop scaled to 64 px).
+    examples = load_examples(str(dataset))
+    time_ids = size_time_ids(examples, 64)
+    assert len({tuple(row) for row in time_ids.tolist()}) == len(rows)
+    for example, ids in zip(examples, time_ids.tolist()):
+        top, left = example["crop_top_left"]
+        assert ids == [*example["original_size"], round(top / 2), round(left / 2), 64, 64]
+
+    assert main(["train", str(dataset), "--out", str(run), "--base", "tiny-sdxl", "--resolution", "64", "--steps", "2",
+                 "--rank", "4", "--lr", "1e-2", "--train-text-encoder", "--gradient-checkpointing", "--optimizer", "adamw",
+                 "--checkpoint-every", "0", "--validation-steps", "1", "--validation-seeds", "0"]) == 0
+    kohya = load_file(run / "pytorch_lora_weights_kohya.safetensors")
+    assert {key.split("_")[1] for key in kohya} == {"unet", "te1", "te2"}
+    assert all(value.abs().max() > 0 for key, value in kohya.items() if key.endswith(".lora_up.weight"))
+    assert json.loads((run / "identity.json").read_text())["steps"][0]["step"] == 2
+
+    assert main(["sample", str(run), "--out", str(portraits), "--styles", "studio", "--per-style", "2",
+                 "--steps", "2"]) == 0
+    manifest = json.loads((portraits / "manifest.json").read_text())
+    assert [entry["seed"] for entry in manifest] == [0, 1]
+    assert main(["pick", str(portraits), "--reference", str(dataset), "--top", "2"]) == 0
+    ranking = json.loads((portraits / "ranking.json").read_text())
+    assert {row["file"] for row in ranking} == {entry["file"] for entry in manifest}
