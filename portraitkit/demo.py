@@ -24,7 +24,7 @@ from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import write_json, write_text
-from portraitkit.settings import setting
+from portraitkit.settings import check_at_least, setting
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 # Photos ranked in the tiny demo's "scorer on real photos" section: the person, the person
@@ -61,8 +61,10 @@ class Plan:
 
 
 def plan(config: DemoConfig) -> Plan:
-    from portraitkit.bases import TINY_PRESETS, resolve_base
+    from portraitkit.bases import TINY_PRESETS, check_available
 
+    check_at_least({"train_steps": config.train_steps, "per_style": config.per_style, "sample_steps": config.sample_steps}, 1)
+    check_at_least({"seed": config.seed}, 0)
     tiny = config.base in TINY_PRESETS
     if tiny:
         # Prep at 256 px although the tiny base trains at 64: faces in 64 px crops are too small
@@ -70,7 +72,7 @@ def plan(config: DemoConfig) -> Plan:
         steps = config.train_steps or 40
         return Plan(True, 256, steps, max(1, steps // 2), 8, config.styles or ["studio", "outdoor", "black_and_white"],
                     config.per_style or 2, config.sample_steps or 8)
-    family = resolve_base(config.base).family
+    family = check_available(config.base).family  # before prep: a base that cannot load fails in seconds
     steps = config.train_steps or 1000
     return Plan(False, 1024 if family == "sdxl" else 512, steps, max(1, steps // 4), 25, config.styles,
                 config.per_style or 4, config.sample_steps)

@@ -9,17 +9,38 @@ each step, with gradients).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image
 
 
+def check_dataset(dataset_dir: str) -> Path:
+    """The folder, if prep made it and found it big enough; a raw photo folder gets the prep command to run."""
+    from portraitkit.photos import PHOTO_SUFFIXES
+
+    folder = Path(dataset_dir)
+    if not folder.is_dir():
+        raise PortraitkitError(f"there is no folder {folder}: pass the --out folder of `portraitkit prep`")
+    if not (folder / "metadata.jsonl").is_file():
+        if any(path.suffix.lower() in PHOTO_SUFFIXES for path in folder.iterdir()):
+            dataset = folder.resolve().parent / f"{folder.resolve().name}-dataset"
+            raise PortraitkitError(f"{folder} holds photos, not a prepared dataset: run `portraitkit prep {folder} --out {dataset}` "
+                                   "first, then train on that folder")
+        raise PortraitkitError(f"{folder} is not a prepared dataset (it has no metadata.jsonl): prepare your photos first "
+                               f"with `portraitkit prep PHOTOS --out {folder}`")
+    report = folder / "report.json"
+    if report.is_file():
+        summary = json.loads(report.read_text(encoding="utf-8")).get("summary", {})
+        if summary.get("enough_to_train") is False:
+            raise PortraitkitError(f"prep found too few usable photos in {folder} to train on. {summary.get('message', '')}".strip())
+    return folder
+
+
 def load_examples(dataset_dir: str) -> list[dict]:
     """The dataset as a list of {"image": PIL image, "text": caption}, read by `datasets`' imagefolder."""
-    folder = Path(dataset_dir)
-    if not (folder / "metadata.jsonl").is_file():
-        raise PortraitkitError(f"{folder} has no metadata.jsonl; prepare your photos first with `portraitkit prep PHOTOS --out {folder}`")
+    folder = check_dataset(dataset_dir)
     from datasets import load_dataset
 
     dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")

@@ -25,7 +25,7 @@ from pathlib import Path
 from portraitkit import lora
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
-from portraitkit.settings import setting
+from portraitkit.settings import check_at_least, check_resolution, setting
 from portraitkit.styles import Style, load_styles, select_styles
 
 MANIFEST = "manifest.json"
@@ -79,12 +79,11 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
 
     from portraitkit.grids import image_grid
 
+    check_config(config)
     run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
     run = read_run(run_dir)
     family = run["base"]["family"]
     chosen = select_styles(styles or style_library(config, family), config.styles)
-    if config.per_style < 1:
-        raise PortraitkitError("--per-style must be at least 1")
     token, class_word = person_words(run, config.token, config.class_word)
     lora_dir = run_dir / "best" if config.lora == "best" else run_dir
     identity = run_dir / "identity.json"
@@ -140,6 +139,13 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     return planned
 
 
+def check_config(config: SampleConfig) -> None:
+    """The settings' mistakes, each in one sentence, before the run is read or a model loaded."""
+    check_at_least({"per_style": config.per_style, "steps": config.steps}, 1)
+    check_at_least({"guidance_scale": config.guidance_scale, "seed": config.seed}, 0)
+    check_resolution(config.resolution)
+
+
 def style_library(config: SampleConfig, family: str | None = None) -> dict[str, Style]:
     """The styles a sampling run chooses from: the built-ins for the run's model family (read
     from the run when not given) plus the config's styles file."""
@@ -193,6 +199,9 @@ def person_words(run: dict, token: str | None = None, class_word: str | None = N
     if token and class_word:
         return token, class_word
     dataset = Path(run["settings"]["dataset_dir"])
+    if not dataset.is_dir():
+        raise PortraitkitError(f"the run's dataset {dataset} is not there (moved or deleted?), so the person's token and class word "
+                               "are unknown: pass them with --token and --class-word, as given to `portraitkit prep`")
     found = _words_from_report(dataset / "report.json") or _words_from_captions(dataset / "metadata.jsonl")
     if found is None:
         raise PortraitkitError(

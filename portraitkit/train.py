@@ -33,7 +33,7 @@ from portraitkit.errors import PortraitkitError
 from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, unet_conditioning
 from portraitkit.files import atomic_path, read_jsonl, write_json, write_jsonl
 from portraitkit.placement import Placement
-from portraitkit.settings import setting
+from portraitkit.settings import check_at_least, check_positive, check_resolution, setting
 
 
 @dataclass
@@ -82,11 +82,6 @@ RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", 
                      "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
 
 
-# Settings that may change when a run is resumed; everything else must match the saved config.
-RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate_every",
-                     "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
-
-
 def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) -> Path:
     """Train a LoRA as `config` says and return the run folder.
 
@@ -99,8 +94,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    if config.keep_checkpoints < 1:
-        raise PortraitkitError("--keep-checkpoints must be at least 1 (--checkpoint-every 0 writes no checkpoints)")
+    config = check_config(config)
     run_dir = Path(config.out_dir)
     start_step, resume_from = _prepare_run_folder(config, run_dir)
     if start_step >= config.steps and _finished(run_dir, config.steps):
@@ -193,6 +187,29 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     validate.run_validation(pipe, placement, config, examples, resolution, run_dir, config.steps)
     plot_loss(run_dir)
     return run_dir
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Every mistake a user can make in the settings, the base or the dataset, found before a
+    folder is written or a model loaded; returns the config with its paths made absolute, so the
+    run's config.json leads `sample` to the dataset from any working folder."""
+    from portraitkit.bases import check_available
+    from portraitkit.examples import check_dataset
+
+    check_at_least({"steps": config.steps, "rank": config.rank, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                    "keep_checkpoints": config.keep_checkpoints, "num_class_images": config.num_class_images,
+                    "validation_steps": config.validation_steps}, 1)
+    check_at_least({"warmup_steps": config.warmup_steps, "checkpoint_every": config.checkpoint_every,
+                    "validate_every": config.validate_every, "noise_offset": config.noise_offset,
+                    "prior_loss_weight": config.prior_loss_weight, "seed": config.seed}, 0)
+    check_positive({"lr": config.lr, "text_encoder_lr": config.text_encoder_lr, "alpha": config.alpha,
+                    "max_grad_norm": config.max_grad_norm, "snr_gamma": config.snr_gamma})
+    check_resolution(config.resolution)
+    check_dataset(config.dataset_dir)
+    check_available(config.base)
+    absolute = {name: str(Path(value).expanduser().resolve()) for name in ("dataset_dir", "out_dir", "class_dir")
+                if (value := getattr(config, name)) is not None}
+    return dataclasses.replace(config, **absolute)
 
 
 def check_training_fits(config) -> bool:
