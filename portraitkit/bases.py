@@ -47,7 +47,9 @@ class BaseSpec:
 
 PRESETS = {"sd15": (SD15_REPO, "sd"), "sdxl": (SDXL_REPO, "sdxl")}
 TINY_PRESETS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
-OFFLINE_HINT = "for a run without a network use --base tiny-sd (an offline toy model: its images are noise, not portraits)"
+# Said on the command line and in the notebooks alike, so it names both ways of choosing the base.
+OFFLINE_HINT = ('for a run without a network choose the offline toy base tiny-sd (--base tiny-sd; in a notebook, BASE = "tiny-sd" '
+                "in its parameters cell): its images are noise, not portraits")
 
 
 def cache_dir() -> Path:

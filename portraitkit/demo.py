@@ -161,7 +161,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _distance(value) -> str:
-    return "no face" if value is None else f"{value:.2f}"
+    return "no face found" if value is None else f"{value:.2f}"
 
 
 def _ranking_table(folder: Path, prefix: str, small: bool) -> str:
@@ -236,7 +236,7 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
     # 4. pick
     parts += ["<h2>4. Ranking and picks</h2>",
               "<p>Every portrait scored by likeness to the training photos (dlib's face embedding) and picture quality "
-              "(one face, sharpness, exposure); no usable face ranks last. "
+              "(one face, sharpness, exposure); a portrait with no face found ranks last. "
               "<a href=portraits/ranking.json>ranking.json</a>, and the picks sheet of the top ones:</p>",
               _img("portraits/picks.png", "picks sheet"), _ranking_table(portraits, "portraits", settings.tiny)]
     if (out / "scorer_check" / "ranking.json").is_file():

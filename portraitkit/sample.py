@@ -25,6 +25,7 @@ from pathlib import Path
 from portraitkit import lora
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
+from portraitkit.quiet import quiet
 from portraitkit.settings import check_at_least, check_resolution, setting
 from portraitkit.styles import Style, load_styles, select_styles
 
@@ -69,10 +70,12 @@ SAMPLERS = {
 }
 
 
-def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list[dict]:
+def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded: dict | None = None) -> list[dict]:
     """Render every chosen style and seed; return the manifest (one dict per image).
 
     `styles` is a style library from `load_styles` (default: the built-ins plus `styles_file`).
+    `loaded`, a dict kept by the caller, keeps the pipeline with its LoRA between calls that use
+    the same run, LoRA and sampler (`compare_dials`): it is loaded once, not once per call.
     """
     import torch
     from tqdm.auto import tqdm
@@ -115,9 +118,14 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     # only the image in progress), and the model is not even loaded when none is missing.
     missing = [e for e in planned if not (manifest.get(e["file"]) == e and (out_dir / e["file"]).is_file())]
     if missing:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler)
-        lora.load(pipe, lora_dir, adapter_name=ADAPTER)
+        loaded = {} if loaded is None else loaded
+        key = (str(lora_dir.resolve()), shared["lora_hash"], config.sampler)
+        if loaded.get("key") != key:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, config.sampler))
+            with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
+                lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
+        pipe = loaded["pipe"]
         # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
         pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
     for entry in tqdm(missing, desc="sampling portraits", unit="img"):
@@ -168,10 +176,10 @@ def compare_dials(config: SampleConfig, out_dir: str | Path, styles: dict[str, S
     one = dataclasses.replace(config, styles=[first.name], per_style=1)
     variants = [(f"guidance_{g:g}", {"guidance_scale": g}) for g in guidance_scales]
     variants += [(f"strength_{s:g}", {"lora_scale": s}) for s in lora_scales]
-    images = []
+    images, loaded = [], {}
     for folder, change in variants:
         variant = dataclasses.replace(one, out_dir=str(Path(out_dir) / folder), **change)
-        [entry] = sample(variant, styles=styles)
+        [entry] = sample(variant, styles=styles, loaded=loaded)  # one pipeline for all six
         images.append(Image.open(Path(variant.out_dir) / entry["file"]).convert("RGB"))
     return image_grid(images, columns=max(len(guidance_scales), len(lora_scales)))
 

@@ -47,6 +47,15 @@ def gallery(cards: list, columns: int):
     return w.GridBox(cards, layout=w.Layout(grid_template_columns=f"repeat({columns}, {THUMB_PX + 28}px)"))
 
 
+def file_name_html(name: str) -> str:
+    """A file's name for a card: wrapped anywhere (a long camera name such as PXL_20240612_181512345.jpg
+    would be cut at the card's edge), the whole name also on hover."""
+    import html
+
+    shown = html.escape(name)
+    return f"<div title='{shown}' style='overflow-wrap:anywhere;word-break:break-all;line-height:1.2'><b>{shown}</b></div>"
+
+
 class Panel:
     """Shows `self.widget` when the panel is a cell's last expression (ipywidgets 7 and 8)."""
 
