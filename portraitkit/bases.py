@@ -40,7 +40,10 @@ class BaseSpec:
 
     @property
     def pipeline_class(self):
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        from portraitkit.quiet import quiet
+
+        with quiet():  # import-time notices: image processors without torchvision, optional kernels
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
 
@@ -100,7 +103,10 @@ def hub_model_index(repo: str) -> dict:
         if constants.HF_HUB_OFFLINE:
             raise OSError("HF_HUB_OFFLINE is set and the model is not in the Hugging Face cache")
         get_hf_file_metadata(hf_hub_url(repo, "model_index.json"), timeout=10)
-        from diffusers import DiffusionPipeline
+        from portraitkit.quiet import quiet
+
+        with quiet():
+            from diffusers import DiffusionPipeline
 
         return DiffusionPipeline.load_config(repo)
     except Exception as error:  # huggingface_hub raises many types: offline, 401, 404, bad id
@@ -188,14 +194,18 @@ def build_tiny_pipeline(family: str):
     real models then holds for the tiny ones too.
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+
+    from portraitkit.quiet import quiet
+
+    with quiet():  # import-time notices: image processors without torchvision, optional kernels
+        from diffusers import (
+            AutoencoderKL,
+            EulerDiscreteScheduler,
+            PNDMScheduler,
+            StableDiffusionPipeline,
+            StableDiffusionXLPipeline,
+            UNet2DConditionModel,
+        )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tiny_tokenizer()

@@ -74,7 +74,8 @@ def encode_images(pipe, images: list, resolution: int):
     # SDXL's VAE overflows to NaN in fp16 (its config says force_upcast): encode in fp32, once.
     upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
     dtype = torch.float32 if upcast else vae.dtype
-    vae.to(dtype=dtype)
+    if upcast:  # diffusers warns on every cast, also when no module must stay fp32: cast only when needed
+        vae.to(dtype=dtype)
     latents = []
     with torch.no_grad():
         for image in images:

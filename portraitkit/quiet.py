@@ -17,7 +17,11 @@ HARMLESS = {
     # diffusers warns on every dtype cast of a model, also when no module needs to stay in fp32;
     # and on loading a LoRA without text-encoder layers (portraitkit's default) into the pipeline.
     "diffusers": ("that should be kept in float32: [].", "No LoRA keys associated to"),
+    # Imported by diffusers on CPUs with AVX512-BF16: an optional kernel for 4-bit layers, never used here.
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
 }
+# The libraries whose own logging module gives their root logger a handler.
+CONFIGURED = {"diffusers", "transformers"}
 
 
 class _Harmless(logging.Filter):
@@ -38,14 +42,17 @@ def quiet():
     filters = []
     for name, fragments in HARMLESS.items():
         harmless = _Harmless(fragments)
-        importlib.import_module(f"{name}.utils.logging").get_logger(name)  # gives the root logger its handler
-        # The libraries log through child loggers (diffusers.loaders.peft...) to the handler of
-        # their root logger: a filter on that handler sees every record, one on the logger would not.
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(harmless)
-            filters.append((handler, harmless))
+        if name in CONFIGURED:
+            importlib.import_module(f"{name}.utils.logging").get_logger(name)  # gives the root logger its handler
+        # diffusers and transformers log through child loggers (diffusers.loaders.peft...) to the
+        # handler of their root logger: a filter there sees every record, one on the logger would
+        # not. bitsandbytes' logger has no handler (Python's last resort prints its records).
+        logger = logging.getLogger(name)
+        for where in (logger, *logger.handlers):
+            where.addFilter(harmless)
+            filters.append((where, harmless))
     try:
         yield
     finally:
-        for handler, harmless in filters:
-            handler.removeFilter(harmless)
+        for where, harmless in filters:
+            where.removeFilter(harmless)

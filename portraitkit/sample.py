@@ -240,7 +240,8 @@ def _words_from_captions(path: Path) -> tuple[str, str] | None:
 
 def native_resolution(source: str) -> int:
     """The size a base draws best at (512 SD1.5, 1024 SDXL, 64 tiny), from its small config files."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    with quiet():  # import-time notices of optional kernels
+        from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from portraitkit.bases import base_unavailable
 

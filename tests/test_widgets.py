@@ -233,7 +233,7 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     from portraitkit.files import write_json
     from portraitkit.train import run_config
 
-    write_json(run / "config.json", run_config(config))
+    write_json(run / "config.json", run_config(panel.config()))  # the settings the panel shows now
     panel.update()
     assert panel.config().resume and "continues from step 0" in panel.resume.value
 
@@ -267,4 +267,4 @@ def test_train_panel_never_offers_to_continue_a_run_on_another_base(prepared, tm
     assert "continues from step 0" in panel.resume.value
     panel.base.value = "tiny-sdxl"
     assert "continues" not in panel.resume.value
-    assert "'tiny-sd' (now 'tiny-sdxl')" in panel.resume.value and "RUN_DIR" in panel.resume.value
+    assert "base tiny-sd (now tiny-sdxl)" in panel.resume.value and "RUN_DIR" in panel.resume.value

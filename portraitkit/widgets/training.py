@@ -123,7 +123,7 @@ class TrainPanel(Panel):
         from portraitkit.train import RESUMABLE_CHANGES
 
         previous = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
-        changed = [f"{name} {previous[name]!r} (now {value!r})" for name, value in self.settings().items()
+        changed = [f"{name} {previous[name]} (now {value})" for name, value in self.settings().items()
                    if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value]
         if changed:
             return (f"<span style='color:#cf222e'>{html.escape(str(self.run_dir))} holds a run trained with "
