@@ -268,3 +268,27 @@ def test_train_panel_never_offers_to_continue_a_run_on_another_base(prepared, tm
     panel.base.value = "tiny-sdxl"
     assert "continues" not in panel.resume.value
     assert "base tiny-sd (now tiny-sdxl)" in panel.resume.value and "RUN_DIR" in panel.resume.value
+
+
+def test_lens_panel_redraws_its_picture_and_numbers_when_a_slider_moves():
+    from portraitkit.widgets.lens import LensPanel
+
+    panel = LensPanel(distance_cm=30.5)
+    first, said = bytes(panel.picture.value), panel.numbers.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and "At 30 cm" in said
+    panel.distance.value = 150
+    assert bytes(panel.picture.value) != first and "At 150 cm" in panel.numbers.value
+
+
+def test_processing_panel_shows_the_damage_a_slider_adds(portrait_path):
+    from PIL import Image
+
+    from portraitkit.widgets.processing import ProcessingPanel
+
+    photo = Image.open(portrait_path).convert("RGB")
+    photo.thumbnail((300, 300))
+    panel = ProcessingPanel(photo)
+    first = bytes(panel.picture.value)
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and "no problems flagged" in panel.flags.value
+    panel.sliders["JPEG compression"].value = 1.0
+    assert bytes(panel.picture.value) != first and "JPEG blocks" in panel.flags.value
