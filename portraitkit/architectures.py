@@ -104,6 +104,9 @@ def build_component(arch: dict, name: str):
         cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
         clip = CLIPTextConfig(**{k: v for k, v in config.items() if k not in ("architectures", "_class_name", "model_type")})
         return cls(clip)
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from portraitkit.quiet import quiet
+
+    with quiet():  # import-time notices of optional kernels
+        from diffusers import AutoencoderKL, UNet2DConditionModel
 
     return (UNet2DConditionModel if name == "unet" else AutoencoderKL).from_config(config)

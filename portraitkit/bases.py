@@ -40,14 +40,19 @@ class BaseSpec:
 
     @property
     def pipeline_class(self):
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        from portraitkit.quiet import quiet
+
+        with quiet():  # import-time notices: image processors without torchvision, optional kernels
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
 
 
 PRESETS = {"sd15": (SD15_REPO, "sd"), "sdxl": (SDXL_REPO, "sdxl")}
 TINY_PRESETS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
-OFFLINE_HINT = "for a run without a network use --base tiny-sd (an offline toy model: its images are noise, not portraits)"
+# Said on the command line and in the notebooks alike, so it names both ways of choosing the base.
+OFFLINE_HINT = ('for a run without a network choose the offline toy base tiny-sd (--base tiny-sd; in a notebook, BASE = "tiny-sd" '
+                "in its parameters cell): its images are noise, not portraits")
 
 
 def cache_dir() -> Path:
@@ -73,13 +78,39 @@ def resolve_base(name: str) -> BaseSpec:
         if not index.is_file():
             raise PortraitkitError(f"{folder} is not a diffusers model folder (it has no model_index.json)")
         return BaseSpec(name, str(folder), _family(json.loads(index.read_text())), offline=True)
-    from diffusers import DiffusionPipeline
+    return BaseSpec(name, name, _family(hub_model_index(name)), offline=False)
+
+
+def check_available(name: str) -> BaseSpec:
+    """`resolve_base`, and for a preset on the hub the same quick look as for any hub id: run
+    before a stage's slow work, so `--base sd15` without a network fails in seconds, not after prep."""
+    spec = resolve_base(name)
+    if not spec.offline and name in PRESETS:
+        hub_model_index(spec.source)
+    return spec
+
+
+def hub_model_index(repo: str) -> dict:
+    """A hub model's model_index.json: from the local cache when it is there (no network needed),
+    else after one request without retries. huggingface_hub's own download retries for about 40 s
+    when nothing is cached, which is how long a typo or a missing network would otherwise take."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 
     try:
-        index = DiffusionPipeline.load_config(name)
+        cached = try_to_load_from_cache(repo, "model_index.json")
+        if isinstance(cached, str):
+            return json.loads(Path(cached).read_text(encoding="utf-8"))
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("HF_HUB_OFFLINE is set and the model is not in the Hugging Face cache")
+        get_hf_file_metadata(hf_hub_url(repo, "model_index.json"), timeout=10)
+        from portraitkit.quiet import quiet
+
+        with quiet():
+            from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(repo)
     except Exception as error:  # huggingface_hub raises many types: offline, 401, 404, bad id
-        raise base_unavailable(name, error) from None
-    return BaseSpec(name, name, _family(index), offline=False)
+        raise base_unavailable(repo, error) from None
 
 
 def _family(model_index: dict) -> str:
@@ -205,14 +236,18 @@ def build_tiny_pipeline(family: str):
     real models then holds for the tiny ones too.
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+
+    from portraitkit.quiet import quiet
+
+    with quiet():  # import-time notices: image processors without torchvision, optional kernels
+        from diffusers import (
+            AutoencoderKL,
+            EulerDiscreteScheduler,
+            PNDMScheduler,
+            StableDiffusionPipeline,
+            StableDiffusionXLPipeline,
+            UNet2DConditionModel,
+        )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tiny_tokenizer()

@@ -54,7 +54,26 @@ def work_folder(path: str | None = None) -> Path:
     else:
         folder = LOCAL_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
+    plain_errors()
     return folder.resolve()
+
+
+def plain_errors() -> None:
+    """In a notebook, show a PortraitkitError as its one sentence, not a traceback: it is a
+    mistake the learner can fix (Run All still stops there). Every course notebook calls
+    `work_folder` first, which calls this; outside IPython it does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def one_sentence(shell, kind, error, traceback, tb_offset=None):
+        return [f"\x1b[0;31mportraitkit: {error}\x1b[0m"]
+
+    shell.set_custom_exc((PortraitkitError,), one_sentence)
 
 
 def describe_gpu() -> str:

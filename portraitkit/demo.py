@@ -24,7 +24,7 @@ from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import write_json, write_text
-from portraitkit.settings import setting
+from portraitkit.settings import check_at_least, setting
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 # Photos ranked in the tiny demo's "scorer on real photos" section: the person, the person
@@ -61,8 +61,10 @@ class Plan:
 
 
 def plan(config: DemoConfig) -> Plan:
-    from portraitkit.bases import TINY_PRESETS, resolve_base
+    from portraitkit.bases import TINY_PRESETS, check_available
 
+    check_at_least({"train_steps": config.train_steps, "per_style": config.per_style, "sample_steps": config.sample_steps}, 1)
+    check_at_least({"seed": config.seed}, 0)
     tiny = config.base in TINY_PRESETS
     if tiny:
         # Prep at 256 px although the tiny base trains at 64: faces in 64 px crops are too small
@@ -70,7 +72,7 @@ def plan(config: DemoConfig) -> Plan:
         steps = config.train_steps or 40
         return Plan(True, 256, steps, max(1, steps // 2), 8, config.styles or ["studio", "outdoor", "black_and_white"],
                     config.per_style or 2, config.sample_steps or 8)
-    family = resolve_base(config.base).family
+    family = check_available(config.base).family  # before prep: a base that cannot load fails in seconds
     steps = config.train_steps or 1000
     return Plan(False, 1024 if family == "sdxl" else 512, steps, max(1, steps // 4), 25, config.styles,
                 config.per_style or 4, config.sample_steps)
@@ -182,7 +184,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _distance(value) -> str:
-    return "no face" if value is None else f"{value:.2f}"
+    return "no face found" if value is None else f"{value:.2f}"
 
 
 def _ranking_table(folder: Path, prefix: str, small: bool) -> str:
@@ -257,7 +259,7 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
     # 4. pick
     parts += ["<h2>4. Ranking and picks</h2>",
               "<p>Every portrait scored by likeness to the training photos (dlib's face embedding) and picture quality "
-              "(one face, sharpness, exposure); no usable face ranks last. "
+              "(one face, sharpness, exposure); a portrait with no face found ranks last. "
               "<a href=portraits/ranking.json>ranking.json</a>, and the picks sheet of the top ones:</p>",
               _img("portraits/picks.png", "picks sheet"), _ranking_table(portraits, "portraits", settings.tiny)]
     if (out / "scorer_check" / "ranking.json").is_file():

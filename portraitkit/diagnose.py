@@ -96,6 +96,18 @@ class Thresholds:
             "blur": self.blur,
         }[measure]
 
+    def severity(self, name: str, measure: Measure) -> float | None:
+        """The measure as a multiple of the point where it is flagged (above 1: flagged), by the
+        tests `_flags` applies: exposure has four (blown highlights, crushed shadows, too dark,
+        too bright), so its severity is the worst of them, not its score over one limit."""
+        if measure.score is None:
+            return None
+        if name != "exposure":
+            return measure.score / self.for_score(name)
+        detail = measure.detail
+        return max(detail["bright_clipped_frac"] / self.bright_clipped_frac, detail["dark_clipped_frac"] / self.dark_clipped_frac,
+                   self.too_dark_mean_luma / max(detail["mean_luma"], 1e-6), detail["mean_luma"] / self.too_bright_mean_luma)
+
 
 @dataclass
 class Measure:
@@ -502,19 +514,17 @@ def diagnose_image(image: Image.Image, face: Face | None = None, thresholds: Thr
 
 
 def plot_scores(ax, diagnoses: dict[str, Diagnosis], thresholds: Thresholds = Thresholds()):
-    """Bars of each measure as a multiple of its flag threshold (1 = flagged), one colour per diagnosis."""
+    """Bars of each measure's severity (1 = the flag threshold), one colour per diagnosis: a bar
+    past the dashed line is exactly a measure that raised a flag."""
     names = list(MEASURES)
     height = 0.8 / max(len(diagnoses), 1)
     for i, (label, diagnosis) in enumerate(diagnoses.items()):
-        values = []
-        for name in names:
-            score = diagnosis.measures[name].score
-            values.append(0.0 if score is None else score / thresholds.for_score(name))
+        values = [thresholds.severity(name, diagnosis.measures[name]) or 0.0 for name in names]
         positions = np.arange(len(names)) + (i - (len(diagnoses) - 1) / 2) * height
         ax.barh(positions, values, height=height, label=label)
     ax.axvline(1.0, color="C3", ls="--", lw=1)
     ax.set_yticks(np.arange(len(names)), [n.replace("_", " ") for n in names])
     ax.invert_yaxis()
-    ax.set_xlabel("score / flag threshold (right of the dashed line: flagged)")
+    ax.set_xlabel("measure / its flag threshold (right of the dashed line: flagged)")
     ax.legend(fontsize=8, loc="lower right")
     return ax

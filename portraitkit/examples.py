@@ -9,19 +9,40 @@ each step, with gradients).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import read_jsonl, save_image
 
 
+def check_dataset(dataset_dir: str) -> Path:
+    """The folder, if prep made it and found it big enough; a raw photo folder gets the prep command to run."""
+    from portraitkit.photos import PHOTO_SUFFIXES
+
+    folder = Path(dataset_dir)
+    if not folder.is_dir():
+        raise PortraitkitError(f"there is no folder {folder}: pass the --out folder of `portraitkit prep`")
+    if not (folder / "metadata.jsonl").is_file():
+        if any(path.suffix.lower() in PHOTO_SUFFIXES for path in folder.iterdir()):
+            dataset = folder.resolve().parent / f"{folder.resolve().name}-dataset"
+            raise PortraitkitError(f"{folder} holds photos, not a prepared dataset: run `portraitkit prep {folder} --out {dataset}` "
+                                   "first, then train on that folder")
+        raise PortraitkitError(f"{folder} is not a prepared dataset (it has no metadata.jsonl): prepare your photos first "
+                               f"with `portraitkit prep PHOTOS --out {folder}`")
+    report = folder / "report.json"
+    if report.is_file():
+        summary = json.loads(report.read_text(encoding="utf-8")).get("summary", {})
+        if summary.get("enough_to_train") is False:
+            raise PortraitkitError(f"prep found too few usable photos in {folder} to train on. {summary.get('message', '')}".strip())
+    return folder
+
+
 def load_examples(dataset_dir: str) -> list[dict]:
     """The dataset as a list of {"image": PIL image, "text": caption, "original_size", "crop_top_left"},
     read by `datasets`' imagefolder. The last two are SDXL's size and crop conditioning as prep
     recorded them (`prep.crops.size_conditioning`); None for datasets without them."""
-    folder = Path(dataset_dir)
-    if not (folder / "metadata.jsonl").is_file():
-        raise PortraitkitError(f"{folder} has no metadata.jsonl; prepare your photos first with `portraitkit prep PHOTOS --out {folder}`")
+    folder = check_dataset(dataset_dir)
     from datasets import load_dataset
 
     # The images metadata.jsonl names, and it, as the data files: datasets before 3.4 refuse a
@@ -64,7 +85,8 @@ def encode_images(pipe, images: list, resolution: int):
     # SDXL's VAE overflows to NaN in fp16 (its config says force_upcast): encode in fp32, once.
     upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
     dtype = torch.float32 if upcast else vae.dtype
-    vae.to(dtype=dtype)
+    if upcast:  # diffusers warns on every cast, also when no module must stay fp32: cast only when needed
+        vae.to(dtype=dtype)
     latents = []
     with torch.no_grad():
         for image in images:

@@ -56,13 +56,17 @@ def plot_face(ax, distance_cm: float, focal_mm: float = DEFAULT_FOCAL_MM, offset
     if reference_cm and not frame:
         for pts in drawing(reference_cm, 0.0).values():
             ax.plot(pts[:, 0], pts[:, 1], color="0.6", lw=1.2, ls="--")
-    for name, pts in drawing(distance_cm, offset_frac if frame else 0.0).items():
-        ax.plot(pts[:, 0], pts[:, 1], color="C3" if name == "nose" else "C0", lw=2)
-    ax.set_aspect("equal")
+    sensor = None
     if frame:
         from matplotlib.patches import Rectangle
 
-        ax.add_patch(Rectangle((-18, -12), 36, 24, fill=False, color="k", lw=1))
+        sensor = ax.add_patch(Rectangle((-18, -12), 36, 24, fill=False, color="k", lw=1))
+    for name, pts in drawing(distance_cm, offset_frac if frame else 0.0).items():
+        drawn, = ax.plot(pts[:, 0], pts[:, 1], color="C3" if name == "nose" else "C0", lw=2)
+        if sensor is not None:
+            drawn.set_clip_path(sensor)  # what falls outside the 36 x 24 mm frame is not in the photo
+    ax.set_aspect("equal")
+    if frame:
         ax.set_xlim(-19, 19)
         ax.set_ylim(-13, 13)
         ax.set_title(f"in the frame: {focal_mm:.0f} mm at {distance_cm:.0f} cm")
@@ -101,6 +105,8 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
     ax.minorticks_off()
     ax.set_xlabel("camera to nose tip (cm)")
     ax.set_ylabel(f"change vs {reference_cm:.0f} cm (%)")
-    ax.legend(fontsize=7, loc="lower left")
+    # Upper right: the curves fall towards 0 there, while the published points, Pressler's
+    # measured nose lengths among them, sit at short distances, low on the chart.
+    ax.legend(fontsize=7, loc="upper right")
     return ax
 

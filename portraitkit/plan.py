@@ -30,7 +30,7 @@ from portraitkit import lora
 from portraitkit.architectures import arch_key, architecture
 from portraitkit.devices import DEVICES, Device, local_cpu_device, local_cuda_device
 from portraitkit.errors import PortraitkitError
-from portraitkit.settings import setting
+from portraitkit.settings import check_at_least, check_resolution, setting
 from portraitkit.tracing import GIB, component_parameters, meta_component, text_encoder_step, trace_pass, training_step
 
 CAPTIONS_ENCODED_AT_ONCE = 20  # train encodes all captions in one batch; 10-20 selfies is the course's range
@@ -239,6 +239,10 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     config = PlanConfig(base=base, resolution=resolution, rank=rank, batch_size=batch_size,
                         train_text_encoder=train_text_encoder, gpu=device.name, steps=steps, optimizer=optimizer,
                         gradient_checkpointing=gradient_checkpointing, recipe=recipe)
+    # Mistakes in the numbers fail before the base is looked up (a hub id costs a request).
+    check_at_least({"rank": config.rank, "batch_size": config.batch_size}, 1)
+    check_at_least({"steps": config.steps}, 0)
+    check_resolution(config.resolution)
     arch = architecture(base)
     plan = None
     if recipe == "plain":  # the plain loop never checkpoints
@@ -273,8 +277,6 @@ def _device(gpu: str | Device) -> Device:
 
 
 def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
-    if config.rank < 1 or config.batch_size < 1 or config.steps < 0:
-        raise PortraitkitError("rank and batch size must be at least 1, and steps at least 0")
     key = arch_key(arch)
     vae_factor = 2 ** (len(arch["vae"]["block_out_channels"]) - 1)
     resolution = config.resolution or arch["unet"]["sample_size"] * vae_factor

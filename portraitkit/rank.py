@@ -228,7 +228,7 @@ def ranking_lines(ranking: list[dict], top: int) -> list[str]:
     """The first `top` rows of a ranking as lines of text: rank, score, identity distance, file, why."""
     lines = []
     for row in ranking[:top]:
-        distance = "no face" if row["identity_distance"] is None else f"distance {row['identity_distance']:.2f}"
+        distance = "no face found" if row["identity_distance"] is None else f"distance {row['identity_distance']:.2f}"
         why = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
         lines.append(f"#{row['rank']:<3} {row['score']:.2f}  {distance:<14} {row['file']}{why}")
     return lines
@@ -258,7 +258,7 @@ def picks_sheet(images_dir: Path, rows: list[dict]):
             tile.paste(ImageOps.pad(image, (CELL, CELL - CAPTION), method=method, color="white"))
         except PortraitkitError:
             pass  # unreadable: its reason is in ranking.json, the caption still shows its place
-        identity = "no usable face" if row["identity_distance"] is None else f"identity distance {row['identity_distance']:.2f}"
+        identity = "no face found" if row["identity_distance"] is None else f"identity distance {row['identity_distance']:.2f}"
         name = row["file"] if len(row["file"]) <= 34 else row["file"][:16] + "..." + row["file"][-15:]
         draw = ImageDraw.Draw(tile)
         draw.text((6, CELL - CAPTION + 5), f"#{row['rank']}  score {row['score']:.2f}  {identity}", fill="black", font=font)

@@ -27,7 +27,8 @@ from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
 # read_parameters is re-exported: notebook 05 reads a PNG's recipe from here.
 from portraitkit.infotext import lora_hash, model_identity, png_parameters, read_parameters  # noqa: F401
-from portraitkit.settings import setting
+from portraitkit.quiet import quiet
+from portraitkit.settings import check_at_least, check_resolution, setting
 from portraitkit.styles import Style, load_styles, select_styles
 
 MANIFEST = "manifest.json"
@@ -74,22 +75,23 @@ SAMPLERS = {
 }
 
 
-def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list[dict]:
+def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded: dict | None = None) -> list[dict]:
     """Render every chosen style and seed; return the manifest (one dict per image).
 
     `styles` is a style library from `load_styles` (default: the built-ins plus `styles_file`).
+    `loaded`, a dict kept by the caller, keeps the pipeline with its LoRA between calls that use
+    the same run, LoRA and sampler (`compare_dials`): it is loaded once, not once per call.
     """
     import torch
     from tqdm.auto import tqdm
 
     from portraitkit.grids import image_grid
 
+    check_config(config)
     run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
     run = read_run(run_dir)
     family = run["base"]["family"]
     chosen = select_styles(styles or style_library(config, family), config.styles)
-    if config.per_style < 1:
-        raise PortraitkitError("--per-style must be at least 1")
     token, class_word = person_words(run, config.token, config.class_word)
     lora_dir = run_dir / "best" if config.lora == "best" else run_dir
     identity = run_dir / "identity.json"
@@ -126,9 +128,14 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     # only the image in progress), and the model is not even loaded when none is missing.
     missing = [e for e in planned if not (manifest.get(e["file"]) == e and (out_dir / e["file"]).is_file())]
     if missing:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        pipe = load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"])
-        lora.load(pipe, lora_dir, adapter_name=ADAPTER)
+        loaded = {} if loaded is None else loaded
+        key = (str(lora_dir.resolve()), shared["lora_hash"], config.sampler, shared["vae"])
+        if loaded.get("key") != key:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"]))
+            with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
+                lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
+        pipe = loaded["pipe"]
         # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
         pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
     for entry in tqdm(missing, desc="sampling portraits", unit="img"):
@@ -154,6 +161,13 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None) -> list
     return planned
 
 
+def check_config(config: SampleConfig) -> None:
+    """The settings' mistakes, each in one sentence, before the run is read or a model loaded."""
+    check_at_least({"per_style": config.per_style, "steps": config.steps}, 1)
+    check_at_least({"guidance_scale": config.guidance_scale, "seed": config.seed}, 0)
+    check_resolution(config.resolution)
+
+
 def style_library(config: SampleConfig, family: str | None = None) -> dict[str, Style]:
     """The styles a sampling run chooses from: the built-ins for the run's model family (read
     from the run when not given) plus the config's styles file."""
@@ -176,10 +190,10 @@ def compare_dials(config: SampleConfig, out_dir: str | Path, styles: dict[str, S
     one = dataclasses.replace(config, styles=[first.name], per_style=1)
     variants = [(f"guidance_{g:g}", {"guidance_scale": g}) for g in guidance_scales]
     variants += [(f"strength_{s:g}", {"lora_scale": s}) for s in lora_scales]
-    images = []
+    images, loaded = [], {}
     for folder, change in variants:
         variant = dataclasses.replace(one, out_dir=str(Path(out_dir) / folder), **change)
-        [entry] = sample(variant, styles=styles)
+        [entry] = sample(variant, styles=styles, loaded=loaded)  # one pipeline for all six
         images.append(Image.open(Path(variant.out_dir) / entry["file"]).convert("RGB"))
     return image_grid(images, columns=max(len(guidance_scales), len(lora_scales)))
 
@@ -207,6 +221,9 @@ def person_words(run: dict, token: str | None = None, class_word: str | None = N
     if token and class_word:
         return token, class_word
     dataset = Path(run["settings"]["dataset_dir"])
+    if not dataset.is_dir():
+        raise PortraitkitError(f"the run's dataset {dataset} is not there (moved or deleted?), so the person's token and class word "
+                               "are unknown: pass them with --token and --class-word, as given to `portraitkit prep`")
     found = _words_from_report(dataset / "report.json") or _words_from_captions(dataset / "metadata.jsonl")
     if found is None:
         raise PortraitkitError(
@@ -237,7 +254,8 @@ def _words_from_captions(path: Path) -> tuple[str, str] | None:
 
 def native_resolution(source: str) -> int:
     """The size a base draws best at (512 SD1.5, 1024 SDXL, 64 tiny), from its small config files."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    with quiet():  # import-time notices of optional kernels
+        from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from portraitkit.bases import base_unavailable
 

@@ -206,7 +206,11 @@ def check_training_step(folder: str, resolution: int, rank: int = 16, checkpoint
     diffusers folder) on this CPU, in fp32, counted by the same live-tensor tracer as the meta
     trace. Returns both peaks in GiB (`benchmarks/bench_training.py --recipes trace` runs it)."""
     import torch
-    from diffusers import UNet2DConditionModel
+
+    from portraitkit.quiet import quiet
+
+    with quiet():  # import-time notices of optional kernels
+        from diffusers import UNet2DConditionModel
 
     arch = architecture(folder)
     key = arch_key(arch)

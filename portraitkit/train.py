@@ -34,7 +34,7 @@ from portraitkit.errors import PortraitkitError
 from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, unet_conditioning
 from portraitkit.files import atomic_path, read_jsonl, write_json, write_jsonl
 from portraitkit.placement import Placement
-from portraitkit.settings import setting
+from portraitkit.settings import check_at_least, check_positive, check_resolution, setting
 
 
 @dataclass
@@ -100,8 +100,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     clock = PhaseClock()
 
-    if config.keep_checkpoints < 1:
-        raise PortraitkitError("--keep-checkpoints must be at least 1 (--checkpoint-every 0 writes no checkpoints)")
+    config = check_config(config)
     # Under `accelerate launch --num_processes N` every process trains on its own share of each
     # batch; the main process alone writes the run folder.
     # cpu=True without a GPU: processes started by torchrun (`accelerate launch --multi_gpu`) then
@@ -295,6 +294,29 @@ def training_resolution(config: TrainConfig, examples: list[dict]) -> int:
             f"prepare the photos at that size (`portraitkit prep PHOTOS --out DATASET --resolution {resolution}`), "
             f"or train at --resolution {prepared}")
     return resolution
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Every mistake a user can make in the settings, the base or the dataset, found before a
+    folder is written or a model loaded; returns the config with its paths made absolute, so the
+    run's config.json leads `sample` to the dataset from any working folder."""
+    from portraitkit.bases import check_available
+    from portraitkit.examples import check_dataset
+
+    check_at_least({"steps": config.steps, "rank": config.rank, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                    "keep_checkpoints": config.keep_checkpoints, "num_class_images": config.num_class_images,
+                    "validation_steps": config.validation_steps}, 1)
+    check_at_least({"warmup_steps": config.warmup_steps, "checkpoint_every": config.checkpoint_every,
+                    "validate_every": config.validate_every, "noise_offset": config.noise_offset,
+                    "prior_loss_weight": config.prior_loss_weight, "seed": config.seed}, 0)
+    check_positive({"lr": config.lr, "text_encoder_lr": config.text_encoder_lr, "alpha": config.alpha,
+                    "max_grad_norm": config.max_grad_norm, "snr_gamma": config.snr_gamma})
+    check_resolution(config.resolution)
+    check_dataset(config.dataset_dir)
+    check_available(config.base)
+    absolute = {name: str(Path(value).expanduser().resolve()) for name in ("dataset_dir", "out_dir", "class_dir")
+                if (value := getattr(config, name)) is not None}
+    return dataclasses.replace(config, **absolute)
 
 
 def check_training_fits(config, device_index: int = 0, processes_here: int = 1) -> bool:

@@ -192,3 +192,23 @@ def test_cli_diagnose_goes_on_when_one_photo_breaks_the_measures(portrait_path, 
     status = cli.main(["diagnose", str(odd), str(portrait_path), "--json"])
     odd_row, hopper = json.loads(capsys.readouterr().out)
     assert status == 1 and "simulated bug" in odd_row["error"] and hopper["face_found"]
+
+
+@pytest.mark.parametrize("stops", [-3.0, -1.2, -1.0, -0.5, 0.0, 0.8, 2.0])  # -1: crushed shadows under their limit
+def test_the_chart_shows_past_the_line_exactly_what_is_flagged(portraits, stops):
+    """plot_scores' bars are severities: above 1 exactly when that measure raised a flag."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from portraitkit.diagnose import plot_scores
+
+    image, face = portraits["hopper"]
+    diagnosis = diagnose_image(degrade.change_exposure(image, stops), face)
+    exposure_flagged = any(word in flag for flag in diagnosis.flags
+                           for word in ("blown out", "crushed", "too dark", "too bright"))
+    axes = Figure().subplots()
+    plot_scores(axes, {"photo": diagnosis})
+    bar = axes.patches[list(MEASURES).index("exposure")].get_width()
+    assert (bar > 1) == exposure_flagged, (bar, diagnosis.flags)

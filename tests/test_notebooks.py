@@ -49,7 +49,9 @@ def kernel_env(tmp_path_factory, monkeypatch_module):
         "language": "python",
     }))
     monkeypatch_module.setenv("JUPYTER_PATH", str(root))
-    monkeypatch_module.setenv("MPLBACKEND", "Agg")
+    # The kernel's own default (matplotlib-inline), as in JupyterLab and Colab: with Agg a figure
+    # that the inline backend would show as text looks the same as one it draws.
+    monkeypatch_module.delenv("MPLBACKEND", raising=False)
     return root
 
 
@@ -92,6 +94,22 @@ def execute(name: str, folder) -> None:
     )
     client.execute()
     _EXECUTED.add(name)
+    problems = output_problems(notebook)
+    assert not problems, f"{name}: " + "; ".join(problems)
+
+
+def output_problems(notebook) -> list[str]:
+    """What a learner would see that is wrong: stderr text (warnings, tracebacks printed by
+    libraries) and figures shown as their text repr instead of a picture."""
+    problems = []
+    for number, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr" and output.get("text", "").strip():
+                problems.append(f"cell {number} wrote to stderr: {output['text'].strip()[:300]}")
+            data = output.get("data", {})
+            if set(data) == {"text/plain"} and str(data["text/plain"]).startswith("<Figure size"):
+                problems.append(f"cell {number} shows a figure as text: {data['text/plain']}")
+    return problems
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))

@@ -188,6 +188,9 @@ def test_train_refuses_a_gpu_run_that_will_not_fit_before_loading(tmp_path, monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda *where: small)
     monkeypatch.setattr(portraitkit.bases, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
+    monkeypatch.setattr(portraitkit.bases, "check_available", portraitkit.bases.resolve_base)  # sd15 offline: as if cached
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a photo of sks person"}\n')
     config = TrainConfig(dataset_dir=str(tmp_path / "dataset"), out_dir=str(tmp_path / "run"), **settings)
 
     from portraitkit.train import train

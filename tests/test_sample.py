@@ -187,11 +187,16 @@ def test_sdxl_runs_get_the_sdxl_styles_and_can_use_the_best_lora(tmp_path, run_d
     assert read_parameters(tmp_path / "out" / made["file"])["Size"] == "64x64"
 
 
-def test_compare_dials_changes_one_setting_at_a_time(run_dir, tmp_path):
+def test_compare_dials_changes_one_setting_at_a_time(run_dir, tmp_path, monkeypatch):
+    import portraitkit.sample
     from portraitkit.sample import compare_dials
 
+    loads = []
+    loader = portraitkit.sample.load_for_sampling
+    monkeypatch.setattr(portraitkit.sample, "load_for_sampling", lambda *args: loads.append(args) or loader(*args))
     config = SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "images"), styles=["studio"], seed=3, steps=STEPS)
     grid = compare_dials(config, tmp_path / "dials", guidance_scales=(2.0, 9.0), lora_scales=(0.0, 1.0))
+    assert len(loads) == 1  # four images, one pipeline
     assert grid.size == (2 * 64, 2 * 64)  # guidance on top, LoRA strength below
     recipes = {folder.name: json.loads((folder / "manifest.json").read_text())[0] for folder in (tmp_path / "dials").iterdir()}
     assert {r["guidance_scale"] for n, r in recipes.items() if n.startswith("guidance")} == {2.0, 9.0}

@@ -44,6 +44,7 @@ def browser_upload(upload, files: dict[str, bytes]) -> None:
 
 def test_upload_panel_saves_photos_and_names_the_empty_ones(tmp_path, portrait_path):
     panel = UploadPanel(tmp_path / "photos")
+    assert "0 photos in" in panel.status.value and "Add photos" in panel.status.value  # the count is the panel's own
     content = portrait_path.read_bytes()
     browser_upload(panel.upload, {"me.jpg": content, "big.jpg": b""})
     assert (tmp_path / "photos" / "me.jpg").read_bytes() == content
@@ -56,7 +57,9 @@ def test_picks_panel_ticks_are_saved_and_export_writes_the_zip(tmp_path):
     drive = tmp_path / "drive" / "picks"
     panel = PicksPanel(images, tmp_path / "my_picks.zip", copy_to=drive)
     assert list(panel.checkboxes) == ["studio_0.png", "studio_1.png", "outdoor_0.png"]  # best first
-    assert "no face" in panel.widget.children[0].children[2].children[1].value  # the unranked one says why
+    labels = [card.children[1].value for card in panel.widget.children[0].children]
+    assert "no face found" in labels[2]  # the unranked one says why
+    assert all(name in label for name, label in zip(panel.checkboxes, labels))  # each card names its file
 
     panel.export_button.click()  # nothing picked yet: said in the panel, nothing written
     assert "tick at least one" in panel.status.value and not (tmp_path / "my_picks.zip").exists()
@@ -88,6 +91,7 @@ def test_loss_monitor_shows_progress_and_the_run_curve(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     monitor = LossMonitor(run, total_steps=3, every_seconds=3600)
+    assert monitor.image.layout.display == "none"  # no broken-image icon before the first curve
     drawn = []
     for step in (1, 2, 3):  # train() appends each row to train_log.jsonl, then calls on_step
         row = {"step": step, "loss": 1.0 / step, "lr": 1e-4, "seconds": 0.5}
@@ -95,7 +99,7 @@ def test_loss_monitor_shows_progress_and_the_run_curve(tmp_path):
             log.write(json.dumps(row) + "\n")
         monitor(row)
         drawn.append(bytes(monitor.image.value))  # ipywidgets 8 holds a memoryview
-    assert drawn[0][:8] == b"\x89PNG\r\n\x1a\n"  # the first step shows a curve at once
+    assert drawn[0][:8] == b"\x89PNG\r\n\x1a\n" and monitor.image.layout.display is None  # the first step shows a curve at once
     assert drawn[1] == drawn[0] != drawn[2]  # then not more often than asked, but always at the end
     assert (run / "loss.png").read_bytes() == drawn[2]
     assert "step 3/3" in monitor.status.value
@@ -229,7 +233,7 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     from portraitkit.files import write_json
     from portraitkit.train import run_config
 
-    write_json(run / "config.json", run_config(config))
+    write_json(run / "config.json", run_config(panel.config()))  # the settings the panel shows now
     panel.update()
     assert panel.config().resume and "continues from step 0" in panel.resume.value
 
@@ -251,3 +255,40 @@ def test_teaching_figures_draw_the_arithmetic():
         heights[round(bar.get_x(), 2)] = heights.get(round(bar.get_x(), 2), 0) + bar.get_height()
     full_adamw, full_8bit, lora_adamw, lora_8bit = (heights[x] for x in sorted(heights))
     assert full_adamw > full_8bit > lora_adamw > lora_8bit  # 8-bit state saves; a LoRA saves far more
+
+
+def test_train_panel_never_offers_to_continue_a_run_on_another_base(prepared, tmp_path):
+    from portraitkit.files import write_json
+    from portraitkit.train import TrainConfig, run_config
+
+    run = tmp_path / "run"
+    write_json(run / "config.json", run_config(TrainConfig(dataset_dir=str(prepared), out_dir=str(run), base="tiny-sd", rank=4)))
+    panel = TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4)
+    assert "continues from step 0" in panel.resume.value
+    panel.base.value = "tiny-sdxl"
+    assert "continues" not in panel.resume.value
+    assert "base tiny-sd (now tiny-sdxl)" in panel.resume.value and "RUN_DIR" in panel.resume.value
+
+
+def test_lens_panel_redraws_its_picture_and_numbers_when_a_slider_moves():
+    from portraitkit.widgets.lens import LensPanel
+
+    panel = LensPanel(distance_cm=30.5)
+    first, said = bytes(panel.picture.value), panel.numbers.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and "At 30 cm" in said
+    panel.distance.value = 150
+    assert bytes(panel.picture.value) != first and "At 150 cm" in panel.numbers.value
+
+
+def test_processing_panel_shows_the_damage_a_slider_adds(portrait_path):
+    from PIL import Image
+
+    from portraitkit.widgets.processing import ProcessingPanel
+
+    photo = Image.open(portrait_path).convert("RGB")
+    photo.thumbnail((300, 300))
+    panel = ProcessingPanel(photo)
+    first = bytes(panel.picture.value)
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and "no problems flagged" in panel.flags.value
+    panel.sliders["JPEG compression"].value = 1.0
+    assert bytes(panel.picture.value) != first and "JPEG blocks" in panel.flags.value

@@ -19,6 +19,7 @@ from portraitkit.prep.checks import hash_hex, judge_quality, perceptual_hash
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption_words, crop_face, face_geometry, measure_look
 from portraitkit.prep.photo import THUMBNAIL, Photo
+from portraitkit.settings import check_resolution
 
 STAGING = ".prep-staging"  # hidden, so imagefolder never reads half-finished work
 
@@ -26,11 +27,7 @@ STAGING = ".prep-staging"  # hidden, so imagefolder never reads half-finished wo
 
 
 def check_config(config: PrepConfig) -> None:
-    if not (128 <= config.resolution <= 2048 and config.resolution % 8 == 0):
-        raise PortraitkitError(
-            f"--resolution {config.resolution} is not usable: choose a multiple of 8 between 128 and 2048 "
-            "(512 for SD 1.5, 1024 for SDXL)."
-        )
+    check_resolution(config.resolution)
     for name in ("token", "class_word"):
         value = getattr(config, name)
         if not value.strip() or "\n" in value:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portraitkit.widgets.panel import Panel, show_figure
+from portraitkit.widgets.panel import Panel, figure_picture, show_figure
 
 
 class LensPanel(Panel):
@@ -19,10 +19,10 @@ class LensPanel(Panel):
         self.offset = w.FloatSlider(value=offset_frac, min=0, max=1, step=0.05, description="face position (0 centre, 1 edge)", **slider)
         self.head = w.Dropdown(options=["women", "men"], value=head, description="head")
         self.numbers = w.HTML()
-        self.output = w.Output()
+        self.picture = figure_picture()
         for control in (self.distance, self.focal, self.offset, self.head):
             control.observe(lambda change: self.redraw(), names="value")
-        self.widget = w.VBox([self.distance, self.focal, self.offset, self.head, self.numbers, self.output])
+        self.widget = w.VBox([self.distance, self.focal, self.offset, self.head, self.numbers, self.picture])
         self.redraw()
 
     def figure(self):
@@ -50,4 +50,4 @@ class LensPanel(Panel):
             f"visible ears <b>{result.ear_visible:+.1f}%</b>. At this position with a {self.focal.value:.0f} mm lens "
             f"({result.field_of_view_deg:.0f}° across) the face is stretched <b>{result.edge_stretch:+.1f}%</b>."
         )
-        show_figure(self.output, self.figure)
+        show_figure(self.picture, self.figure)

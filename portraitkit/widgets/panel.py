@@ -47,6 +47,15 @@ def gallery(cards: list, columns: int):
     return w.GridBox(cards, layout=w.Layout(grid_template_columns=f"repeat({columns}, {THUMB_PX + 28}px)"))
 
 
+def file_name_html(name: str) -> str:
+    """A file's name for a card: wrapped anywhere (a long camera name such as PXL_20240612_181512345.jpg
+    would be cut at the card's edge), the whole name also on hover."""
+    import html
+
+    shown = html.escape(name)
+    return f"<div title='{shown}' style='overflow-wrap:anywhere;word-break:break-all;line-height:1.2'><b>{shown}</b></div>"
+
+
 class Panel:
     """Shows `self.widget` when the panel is a cell's last expression (ipywidgets 7 and 8)."""
 
@@ -66,13 +75,26 @@ def say(label, text: str, ok: bool = True) -> None:
     label.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
 
 
-def show_figure(output, draw) -> None:
-    """Replace what `output` shows with the figure `draw()` returns (ipywidgets 7 and 8)."""
-    import matplotlib.pyplot as plt
-    from IPython.display import clear_output, display
+def figure_picture():
+    """An Image widget for a panel's redrawn figure, as wide as the notebook allows."""
+    import ipywidgets as w
 
-    with output:
-        clear_output(wait=True)
-        figure = draw()
-        display(figure)
-        plt.close(figure)
+    return w.Image(format="png", layout=w.Layout(width="100%", max_width="1200px"))
+
+
+def show_figure(picture, draw) -> None:
+    """Show the figure `draw()` returns in `picture` (from `figure_picture`) as a PNG.
+
+    An Image widget rather than an Output widget: an Output widget's content is the kernel's
+    display messages captured by the front end, which depends on the front end's widget manager
+    (Colab's ipywidgets 7, classic Notebook, JupyterLab each do it their own way), while an
+    Image is one plain value that every widget front end draws, and the figure never reaches
+    the inline backend, so it is not drawn a second time below the panel.
+    """
+    import matplotlib.pyplot as plt
+
+    figure = draw()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    picture.value = buffer.getvalue()

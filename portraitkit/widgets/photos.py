@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
-from portraitkit.widgets.panel import THUMB_PX, Panel, card, gallery, say, thumbnail
+from portraitkit.widgets.panel import THUMB_PX, Panel, card, file_name_html, gallery, say, thumbnail
 
 
 # --- upload (local Jupyter; in Colab use portraitkit.colab.upload_photos) -------------------------
@@ -37,9 +37,20 @@ class UploadPanel(Panel):
         self.status = w.HTML()
         self.upload.observe(self._on_upload, names="value")
         self.widget = w.VBox([self.upload, self.status])
+        # The folder exists from the start, so a cell run before any upload says "no photos in it"
+        # rather than "not a folder"; the count lives here, updated with every upload.
+        self.dest_dir.mkdir(parents=True, exist_ok=True)
+        self._say_count([])
+
+    def _say_count(self, problems: list[str]) -> None:
+        from portraitkit.colab import list_photos
+
+        count = len(list_photos(self.dest_dir))
+        text = f"{count} photos in {self.dest_dir}." + ("" if count else " Choose them with Add photos, then run the next cell.")
+        say(self.status, text + (" " + "; ".join(problems) if problems else ""), ok=not problems)
 
     def _on_upload(self, change) -> None:
-        from portraitkit.colab import list_photos, save_upload
+        from portraitkit.colab import save_upload
 
         problems = []
         for name, content in uploaded_files(change["new"]):
@@ -52,9 +63,7 @@ class UploadPanel(Panel):
                 problems.append(f"{name} is not a photo (JPEG, PNG, WEBP or HEIC)")
             elif path not in self.saved:
                 self.saved.append(path)
-        count = len(list_photos(self.dest_dir))
-        text = f"{count} photos in {self.dest_dir}."
-        say(self.status, text + (" " + "; ".join(problems) if problems else ""), ok=not problems)
+        self._say_count(problems)
 
 
 # --- prepare: override prep's verdicts -----------------------------------------------------------
@@ -109,7 +118,7 @@ class OverridePanel(Panel):
 
         said = [self.words.get(code, code) for code in entry.get("reasons", [])]
         warned = [self.words.get(code, code) for code in entry.get("warnings", [])]
-        text = f"<b>{html.escape(entry['source'])}</b><br>{entry['status']}"
+        text = f"{file_name_html(entry['source'])}{entry['status']}"
         if entry.get("override"):
             text += " (by you)"
         if said:

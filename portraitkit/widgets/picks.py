@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
-from portraitkit.widgets.panel import Panel, card, gallery, say, thumbnail
+from portraitkit.widgets.panel import Panel, card, file_name_html, gallery, say, thumbnail
 
 
 class PicksPanel(Panel):
@@ -78,9 +78,9 @@ def _score_html(row: dict) -> str:
     import html
 
     distance = row.get("identity_distance")
-    likeness = "no face" if distance is None else f"distance {distance:.2f}"
+    likeness = "no face found" if distance is None else f"distance {distance:.2f}"
     reasons = ", ".join(row.get("reasons") or [])
-    text = f"<b>#{row.get('rank')}</b> · score {row.get('score', 0):.2f}<br>{likeness}"
+    text = f"{file_name_html(row['file'])}<b>#{row.get('rank')}</b> · score {row.get('score', 0):.2f}<br>{likeness}"
     if reasons:
         text += f"<br><small>{html.escape(reasons)}</small>"
     return text

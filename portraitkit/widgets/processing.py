@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portraitkit.widgets.panel import Panel, show_figure
+from portraitkit.widgets.panel import Panel, figure_picture, show_figure
 
 
 class ProcessingPanel(Panel):
@@ -32,11 +32,11 @@ class ProcessingPanel(Panel):
         if face is None:  # relighting needs landmarks
             self.sliders["overhead light"].disabled = True
         self.flags = w.HTML()
-        self.output = w.Output()
+        self.picture = figure_picture()
         for control in self.sliders.values():
             control.observe(lambda change: self.redraw(), names="value")
         self.widget = w.VBox([w.HBox([w.VBox(list(self.sliders.values())[:3]), w.VBox(list(self.sliders.values())[3:])]),
-                              self.flags, self.output])
+                              self.flags, self.picture])
         self.redraw()
 
     def processed(self):
@@ -73,4 +73,4 @@ class ProcessingPanel(Panel):
             fig.tight_layout()
             return fig
 
-        show_figure(self.output, draw)
+        show_figure(self.picture, draw)

@@ -66,8 +66,11 @@ class TrainPanel(Panel):
                            **{**self.settings(), **settings})
 
     def update(self) -> None:
-        # The first estimate of a base traces its real-size graph on the meta device: seconds.
-        self.estimate.value = "<i>estimating what this costs on a T4...</i>"
+        # The first estimate of a base traces its real-size graph on the meta device: seconds for
+        # SD1.5, a minute or more for SDXL on a 2-core CPU (Colab's); later ones reuse the trace.
+        why = ("the first SDXL estimate traces its real-size graph: a minute or two on a 2-core CPU"
+               if self.base.value == "sdxl" else "a few seconds")
+        self.estimate.value = f"<i>estimating what this costs on a T4 ({why})...</i>"
         self.estimate.value = self._estimate_html()
         self.resume.value = self._resume_html()
 
@@ -108,11 +111,24 @@ class TrainPanel(Panel):
         return "<br>".join(lines)
 
     def _resume_html(self) -> str:
+        import html
+        import json
+
         from portraitkit.checkpoints import latest_checkpoint
         from portraitkit.lora import LORA_FILE
 
-        if not (self.run_dir / "config.json").is_file():
+        saved = self.run_dir / "config.json"
+        if not saved.is_file():
             return f"A new run in {self.run_dir}."
+        from portraitkit.train import RESUMABLE_CHANGES
+
+        previous = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
+        changed = [f"{name} {previous[name]} (now {value})" for name, value in self.settings().items()
+                   if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value]
+        if changed:
+            return (f"<span style='color:#cf222e'>{html.escape(str(self.run_dir))} holds a run trained with "
+                    f"{html.escape(', '.join(changed))}: it cannot continue with these settings. Go back to them, "
+                    "or set RUN_DIR to another folder for a new run.</span>")
         latest = latest_checkpoint(self.run_dir)
         if (self.run_dir / LORA_FILE).is_file() and latest is not None and latest[0] >= self.steps.value:
             return f"{self.run_dir} holds a finished run of {latest[0]} steps: it will not train again (raise the steps to train further)."
@@ -138,10 +154,15 @@ class LossMonitor(Panel):
         self.rows: list[dict] = []
         self._drawn_at: float | None = None  # None: draw at the first step, so the curve shows at once
         self.status = w.HTML("waiting for the first step...")
-        self.image = w.Image(format="png", layout=w.Layout(max_width="600px"))
+        # Hidden until it holds a curve: an Image widget without one shows a broken-image icon.
+        self.image = w.Image(format="png", layout=w.Layout(max_width="600px", display="none"))
         self.widget = w.VBox([self.status, self.image])
         if (self.run_dir / "loss.png").is_file():  # a resumed run: show the curve so far at once
-            self.image.value = (self.run_dir / "loss.png").read_bytes()
+            self._show((self.run_dir / "loss.png").read_bytes())
+
+    def _show(self, png: bytes) -> None:
+        self.image.value = png
+        self.image.layout.display = None
 
     def __call__(self, row: dict) -> None:
         self.rows.append(row)
@@ -159,5 +180,5 @@ class LossMonitor(Panel):
 
         path = plot_loss(self.run_dir)
         if path is not None:
-            self.image.value = path.read_bytes()
+            self._show(path.read_bytes())
         self._drawn_at = time.monotonic()

@@ -1,0 +1,161 @@
+"""The command line as a new user meets it: every mistake exits non-zero with one sentence that
+names the fix, before anything is trained or written; a run works from any working folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from portraitkit.cli import main
+from portraitkit.lora import LORA_FILE
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, portrait_path):
+    """Three 64 px crops of a real portrait with captions, as prep lays a dataset out."""
+    folder = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340)]):
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / f"{index}.png")
+        rows.append({"file_name": f"{index}.png", "text": "a photo of zwx woman"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dataset):
+    """A one-step run trained with relative paths, from the dataset's parent folder."""
+    where = tmp_path_factory.mktemp("work")
+    (where / "data").symlink_to(dataset, target_is_directory=True)
+    before = os.getcwd()
+    os.chdir(where)
+    try:
+        code = main(["train", "data", "--out", "run", "--steps", "1", "--rank", "2", "--optimizer", "adamw",
+                     "--checkpoint-every", "0", "--validation-steps", "1", "--validation-seeds", "0"])
+    finally:
+        os.chdir(before)
+    assert code == 0
+    return where / "run"
+
+
+def fails(capsys, argv, *expected) -> str:
+    """Run the CLI; assert it exits 2 with one line naming each expected fragment, no traceback."""
+    code = main(argv)
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1, error
+    for fragment in expected:
+        assert fragment in error, error
+    return error
+
+
+@pytest.mark.parametrize("steps", ["-5", "0"])
+def test_train_refuses_steps_below_one_and_saves_nothing(tmp_path, capsys, dataset, steps):
+    fails(capsys, ["train", str(dataset), "--out", str(tmp_path / "run"), "--steps", steps], "--steps must be at least 1")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--resolution", "333"], "multiple of 8 between 64 and 2048"),
+    (["--rank", "0"], "--rank must be at least 1"),
+    (["--lr", "0"], "--lr must be above 0"),
+    (["--grad-accum", "0"], "--grad-accum must be at least 1"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1"),
+])
+def test_train_checks_its_numbers_before_any_folder_is_written(tmp_path, capsys, dataset, argv, expected):
+    fails(capsys, ["train", str(dataset), "--out", str(tmp_path / "run"), *argv], expected)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["prep", "plan", "train", "sample"])
+def test_one_resolution_rule_for_every_stage(tmp_path, capsys, dataset, trained, samples_dir, command):
+    argv = {"prep": ["prep", str(samples_dir), "--out", str(tmp_path / "out")],
+            "plan": ["plan", "--base", "tiny-sd"],
+            "train": ["train", str(dataset), "--out", str(tmp_path / "out")],
+            "sample": ["sample", str(trained), "--out", str(tmp_path / "out")]}[command]
+    fails(capsys, [*argv, "--resolution", "333"], "--resolution 333 is not usable: choose a multiple of 8 between 64 and 2048")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--steps", "-5"], "--steps must be at least 1"),
+    (["--per-style", "0"], "--per-style must be at least 1"),
+    (["--guidance-scale", "-1"], "--guidance-scale must be at least 0"),
+])
+def test_sample_checks_its_numbers_before_loading_anything(tmp_path, capsys, trained, argv, expected):
+    fails(capsys, ["sample", str(trained), "--out", str(tmp_path / "images"), *argv], expected)
+    assert not (tmp_path / "images").exists()
+
+
+def test_run_stores_absolute_paths_and_samples_from_any_folder(trained, tmp_path, monkeypatch):
+    settings = json.loads((trained / "config.json").read_text())["settings"]
+    assert os.path.isabs(settings["dataset_dir"]) and os.path.isabs(settings["out_dir"])
+    assert (trained / LORA_FILE).is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the dataset's relative path as typed would not be found from here
+    assert main(["sample", str(trained), "--out", "images", "--styles", "studio", "--per-style", "1", "--steps", "1"]) == 0
+    manifest = json.loads((elsewhere / "images" / "manifest.json").read_text())
+    assert [entry["token"] for entry in manifest] == ["zwx"]  # read from the run's dataset
+
+
+def test_train_on_a_photo_folder_suggests_prep_into_another_folder(tmp_path, capsys, samples_dir):
+    error = fails(capsys, ["train", str(samples_dir), "--out", str(tmp_path / "run")], "portraitkit prep")
+    suggested = error.split("--out ")[1].split("`")[0]
+    assert os.path.abspath(suggested) != str(samples_dir) and suggested.endswith("samples-dataset")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_dataset_prep_found_too_small(tmp_path, capsys, dataset):
+    import shutil
+
+    small = tmp_path / "small"
+    shutil.copytree(dataset, small)
+    message = "Only 3 of 3 photos are usable and at least 5 are needed: add 2 or more sharp, well-lit photos."
+    (small / "report.json").write_text(json.dumps({"summary": {"enough_to_train": False, "message": message}}))
+    fails(capsys, ["train", str(small), "--out", str(tmp_path / "run")], "too few usable photos", "add 2 or more")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "train"])
+def test_a_real_base_without_network_fails_before_the_slow_stages(tmp_path, capsys, dataset, command):
+    out = tmp_path / "out"
+    argv = ["demo", "--out", str(out)] if command == "demo" else ["train", str(dataset), "--out", str(out)]
+    began = time.perf_counter()
+    fails(capsys, [*argv, "--base", "sd15"], "could not load base model", "--base tiny-sd")  # tests run with HF_HUB_OFFLINE=1
+    assert time.perf_counter() - began < 5
+    assert not out.exists()  # no prep done, no folder left behind
+
+
+def test_a_misspelt_hub_id_fails_in_seconds_not_after_retries(tmp_path):
+    # A hub that refuses connections at once: huggingface_hub's download would retry for ~40 s.
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": REPO_ROOT}
+    env.pop("HF_HUB_OFFLINE", None)
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "portraitkit", "plan", "--base", "nobody/no-such-model"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "could not load base model 'nobody/no-such-model'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "Retrying" not in done.stderr
+    assert time.perf_counter() - began < 10
+
+
+def test_an_ordinary_run_prints_nothing_but_its_results(tmp_path, dataset):
+    """Fresh processes, as a user runs them: the libraries' import-time and loading notices
+    (torchvision, optional kernels, fp32 casts, LoRA without text-encoder keys) stay silent."""
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TQDM_DISABLE": "1"}  # progress bars aside, stderr stays empty
+    for argv in (["train", str(dataset), "--out", str(tmp_path / "run"), "--steps", "1", "--checkpoint-every", "0",
+                  "--validation-steps", "1"],
+                 ["sample", str(tmp_path / "run"), "--out", str(tmp_path / "images"), "--styles", "studio",
+                  "--per-style", "1", "--steps", "1"]):
+        done = subprocess.run([sys.executable, "-m", "portraitkit", *argv], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip() == "", f"portraitkit {argv[0]} wrote to stderr: {done.stderr}"
