@@ -112,13 +112,17 @@ def add_prep(subparsers) -> None:
     parser.add_argument("--resolution", type=int, default=512, help="side of the square images: 512 for SD 1.5, 1024 for SDXL (default: 512)")
     parser.add_argument("--token", default="sks", help="the rare word that will mean this person (default: sks)")
     parser.add_argument("--class-word", default="person", help="what the person is: person, man, woman... (default: person)")
+    parser.add_argument("--correct-distance", action="store_true",
+                        help="re-render photos taken from under 60 cm (EXIF focal length and face size) as if from 150 cm, "
+                        "so the LoRA does not learn a selfie's wider nose as the face")
     parser.set_defaults(func=run_prep)
 
 
 def run_prep(args) -> int:
     from portraitkit.prep import PrepConfig, prepare
 
-    config = PrepConfig(resolution=args.resolution, token=args.token, class_word=args.class_word)
+    config = PrepConfig(resolution=args.resolution, token=args.token, class_word=args.class_word,
+                        correct_distance=args.correct_distance)
     result = prepare(args.photos_dir, args.out_dir, config)
     print(f"Dataset in {result.out_dir}: see report.json and contact_sheet.png there.")
     if not result.enough:

@@ -150,22 +150,8 @@ def hopper(portrait_path):
     return image, detect_faces(image)[0]
 
 
-def _find(patch: np.ndarray, image: np.ndarray, guess: np.ndarray, reach: int = 12) -> np.ndarray:
-    """Where `patch` sits in `image` near `guess` (smallest squared difference)."""
-    half = patch.shape[0] // 2
-    best, where = np.inf, guess
-    gx, gy = np.round(guess).astype(int)
-    for y in range(gy - reach, gy + reach + 1):
-        for x in range(gx - reach, gx + reach + 1):
-            window = image[y - half : y + half + 1, x - half : x + half + 1]
-            cost = ((window - patch) ** 2).sum()
-            if cost < best:
-                best, where = cost, np.array([x, y], dtype=float)
-    return where
-
-
 @pytest.mark.parametrize("to_cm, wider", [(30.5, True), (500.0, False)])
-def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm, wider):
+def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm, wider, find_patch):
     image, face = hopper
     warped, moved = lens_warp.warp_to_distance(image, to_cm, from_cm=152.4, face=face)
     assert warped.size == image.size
@@ -175,7 +161,7 @@ def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm,
     found = {}
     for index in (31, 35):
         x, y = np.round(marks[index]).astype(int)
-        found[index] = _find(before[y - 4 : y + 5, x - 4 : x + 5], after, marks[index])
+        found[index] = find_patch(before[y - 4 : y + 5, x - 4 : x + 5], after, marks[index])
         assert np.linalg.norm(found[index] - moved[index]) <= 2.0
     width_before = marks[35, 0] - marks[31, 0]
     width_after = found[35][0] - found[31][0]

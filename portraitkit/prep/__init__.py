@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from portraitkit import files
-from portraitkit.prep import checks, intake, report
+from portraitkit.prep import checks, distance, intake, report
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption, crop_face, face_geometry
 from portraitkit.prep.intake import STAGING, output_stem
@@ -110,6 +110,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
 
     accepted = [p for p in photos if p.status == "accepted"]
     variety = checks.variety(accepted, config)
+    variety["camera_distance"], distance_advice = distance.set_advice(accepted, config)
+    variety["advice"] += distance_advice
     summary = report.summary(photos, ignored, config)
     entries = [report.entry(p, config) for p in photos]
     files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words)} for p in accepted])

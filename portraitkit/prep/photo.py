@@ -33,6 +33,7 @@ WARNINGS = {
     "compressed": "JPEG blocks",
     "noisy": "grainy",
     "oversharpened": "over-sharpened",
+    "close_camera": "arm's-length selfie",
 }
 
 THUMBNAIL = 220  # longest side of the thumbnail kept for the contact sheet (one cell of it)
