@@ -79,7 +79,8 @@ def test_prep_reports_distances_and_warns_on_a_set_of_selfies(selfie_folder, tmp
     assert any("close_camera" in p["warnings"] for p in known)
     advice = " ".join(report["variety"]["advice"])
     assert "wider" in advice and "1-2 m" in advice and "--correct-distance" in advice
-    assert report["variety"]["camera_distance"]["known"] == len(known)
+    assert report["summary"]["camera_distance"]["known"] == len(known)
+    assert report["summary"]["camera_distance"]["selfies"] >= 3
 
 
 def test_correct_distance_narrows_the_nose_by_what_the_head_model_predicts(samples_dir, tmp_path, find_patch):

@@ -110,9 +110,10 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
 
     accepted = [p for p in photos if p.status == "accepted"]
     variety = checks.variety(accepted, config)
-    variety["camera_distance"], distance_advice = distance.set_advice(accepted, config)
+    distances, distance_advice = distance.set_advice(accepted, config)
     variety["advice"] += distance_advice
     summary = report.summary(photos, ignored, config)
+    summary["camera_distance"] = distances
     entries = [report.entry(p, config) for p in photos]
     files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words)} for p in accepted])
     files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary), optimize=True)

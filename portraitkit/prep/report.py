@@ -144,6 +144,10 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
             lines += [(line, colour) for line in textwrap.wrap("rejected: " + ", ".join(words), 34)]
         else:
             lines.append(("accepted", colour))
+        if photo.measurements.get("camera_distance_cm") is not None:  # prep.distance
+            corrected = photo.measurements.get("corrected_from_cm")
+            where = f"camera ~{photo.measurements['camera_distance_cm']:.0f} cm"
+            lines.append((where + (f", re-rendered from {photo.measurements['corrected_to_cm']:.0f} cm" if corrected else ""), (30, 30, 30)))
         if photo.warnings:
             warned = "warnings: " + ", ".join(WARNINGS[c] for c in WARNINGS if c in photo.warnings)
             lines += [(line, (30, 30, 30)) for line in textwrap.wrap(warned, 34)]
