@@ -120,3 +120,21 @@ def test_prep_correct_distance_records_where_each_photo_came_from(selfie_folder,
     assert report["config"]["correct_distance"] is True
     # with every selfie corrected, the set no longer gets the arm's-length advice
     assert not any("--correct-distance" in line for line in report["variety"]["advice"])
+
+
+def test_warp_to_30_cm_and_back_returns_the_nose_to_face_ratio(samples_dir):
+    """The issue's check on a real photo: dlib's own landmarks, before and after the round trip."""
+    from portraitkit.lens_warp import warp_to_distance
+
+    image = Image.open(samples_dir / "hopper.jpg").convert("RGB")
+
+    def nose_to_face(landmarks):
+        return np.linalg.norm(landmarks[35] - landmarks[31]) / np.linalg.norm(landmarks[16] - landmarks[0])
+
+    face = detect_faces(image)[0]
+    near, _ = warp_to_distance(image, 30.5, from_cm=150, face=face)
+    near_face = detect_faces(near)[0]
+    back, _ = warp_to_distance(near, 150, from_cm=30.5, face=near_face)
+    after = nose_to_face(detect_faces(back)[0].landmarks)
+    assert nose_to_face(near_face.landmarks) > nose_to_face(face.landmarks)  # up close the nose widened...
+    assert after == pytest.approx(nose_to_face(face.landmarks), rel=0.03)  # ...and the way back undid it

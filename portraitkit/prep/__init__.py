@@ -13,7 +13,10 @@ photo is checked, and every decision is written down with the measurements behin
 4. compare the set: a face that is not the person most of the set shows is `different_person`
    (the set's consensus decides, not the first file); the same shot twice is `duplicate`;
 5. crop a square around the face with head-and-shoulders margins, straightened by the eye line,
-   resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words.
+   resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words;
+6. measure how far the camera was (`distance`: EXIF focal length and the pupils' separation),
+   warn when the set is arm's-length selfies, and with `correct_distance` re-render close-ups
+   from 150 cm before the crop, so the LoRA does not learn a selfie's wider nose as the face.
 
 Outputs in the dataset folder (see `prepare`): the prepared PNGs and `metadata.jsonl` (a Hugging
 Face `imagefolder`), `report.json` and `contact_sheet.png`. A file that cannot be read, or any
@@ -22,7 +25,7 @@ other failure on one photo, is recorded against that photo and the run goes on.
 The stage, one module per concept: `config` (PrepConfig), `photo` (what is learned about one
 input, the reason codes), `intake` (finding, examining, staging and publishing the photos),
 `checks` (quality, duplicates, identity, variety), `crops` (face geometry, the crop, its look,
-the caption), `report` (summary, report entries, contact sheet).
+the caption), `distance` (camera distance and its correction), `report` (summary, report entries, contact sheet).
 """
 
 from __future__ import annotations
