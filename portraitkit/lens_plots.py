@@ -102,7 +102,7 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("camera to nose tip (cm)")
-    ax.set_ylabel(f"change vs {reference_cm:.0f} cm (%)")
+    ax.set_ylabel("change vs an infinitely distant camera (%)" if reference_cm == float("inf") else f"change vs {reference_cm:.0f} cm (%)")
     ax.legend(fontsize=7, loc="lower left")
     return ax
 

@@ -133,7 +133,16 @@ def correct(photo, image, face, config):
         return image, face
     photo.measurements["corrected_from_cm"] = distance
     photo.measurements["corrected_to_cm"] = config.correct_to_cm
+    if photo.thumbnail is not None:  # the contact sheet shows the re-rendered photo, the original inset
+        photo.thumbnail_before = photo.thumbnail
+        photo.thumbnail = warped.resize(photo.thumbnail.size, _lanczos())
     return warped, found[0]
+
+
+def _lanczos():
+    from PIL import Image
+
+    return Image.Resampling.LANCZOS
 
 
 def set_advice(accepted: list, config) -> tuple[dict[str, Any], list[str]]:

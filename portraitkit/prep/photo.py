@@ -58,6 +58,7 @@ class Photo:
     caption_words: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
     output: str | None = None
+    thumbnail_before: Image.Image | None = None  # the photo as taken, when prep.distance re-rendered it
 
     def add(self, code: str) -> None:
         if code not in self.reasons:
