@@ -24,9 +24,8 @@ Sources
 - Head length and nose protrusion per sex, the inputs of Ward et al.'s model: 19.7 / 18.8 cm and
   2.1 / 1.9 cm (men / women), the NIOSH survey of U.S. respirator users (Zhuang & Bradtmiller,
   J Occup Environ Hyg 2005, 2(11):567-576) as Ward et al. used it. NOT checked against the
-  survey's published table (not reachable here): these are the values that reproduce Ward's
-  reported 30% / 29% and lie within the published head-length ranges (US adults, men about
-  19.5-19.9 cm, women about 18.5-19.0 cm at the median).
+  survey's published table (it could not be reached from here): they are the values that, in
+  Ward's formula, give Ward's reported 30% / 29%, so they test the formula, not the survey.
 - Ears: protrusion of the helix rim from the side of the head 1.96 cm (Karnail et al.,
   "Evaluation of 3d Position and Size of Ear Using Anthropometric Landmarks Amongst General
   Population", J Chem Health Risks, jchr.org/index.php/JCHR/article/view/1868; 100 adults).
