@@ -112,13 +112,17 @@ def add_prep(subparsers) -> None:
     parser.add_argument("--resolution", type=int, default=512, help="side of the square images: 512 for SD 1.5, 1024 for SDXL (default: 512)")
     parser.add_argument("--token", default="sks", help="the rare word that will mean this person (default: sks)")
     parser.add_argument("--class-word", default="person", help="what the person is: person, man, woman... (default: person)")
+    parser.add_argument("--correct-distance", action="store_true",
+                        help="re-render photos taken from under 60 cm (EXIF focal length and face size) as if from 150 cm, "
+                        "so the LoRA does not learn a selfie's wider nose as the face")
     parser.set_defaults(func=run_prep)
 
 
 def run_prep(args) -> int:
     from portraitkit.prep import PrepConfig, prepare
 
-    config = PrepConfig(resolution=args.resolution, token=args.token, class_word=args.class_word)
+    config = PrepConfig(resolution=args.resolution, token=args.token, class_word=args.class_word,
+                        correct_distance=args.correct_distance)
     result = prepare(args.photos_dir, args.out_dir, config)
     print(f"Dataset in {result.out_dir}: see report.json and contact_sheet.png there.")
     if not result.enough:
@@ -130,16 +134,20 @@ def run_prep(args) -> int:
 
 def add_lens(subparsers) -> None:
     parser = subparsers.add_parser(
-        "lens", help="how camera distance and focal length change a face (pinhole head model)",
+        "lens", help="how camera distance and focal length change a face (head models)",
         description="Apparent changes of a face photographed from --distance-cm instead of --reference-cm "
-        "(both measured from the camera to the nose tip), with the face framed at the same width, and the "
-        "stretch of a face placed --offset-frac of the way to the frame's edge.",
+        "(both measured from the camera to the nose tip; 'inf' for an infinitely distant camera), with the face "
+        "framed at the same width. --model head: the 3D head model (and, with --offset-frac, the stretch of a face "
+        "placed off the frame's centre); --model ward: Ward et al.'s two parallel planes.",
     )
     parser.add_argument("--distance-cm", type=float, required=True, help="camera to nose tip, e.g. 30 for an arm's-length selfie")
-    parser.add_argument("--reference-cm", type=float, default=152.4, help="distance to compare against (default: 152.4, 5 feet)")
+    parser.add_argument("--reference-cm", type=float, default=152.4,
+                        help="distance to compare against, or inf (default: 152.4, 5 feet; Ward et al. compare against inf)")
+    parser.add_argument("--model", choices=["head", "ward"], default="head",
+                        help="head: the 3D head model; ward: Ward et al. 2018's parallel planes (default: head)")
     parser.add_argument("--focal-mm", type=float, default=26.0, help="35 mm-equivalent focal length (default: 26, a phone's main camera)")
-    parser.add_argument("--offset-frac", type=float, default=0.8,
-                        help="where the face sits: 0 the centre, 1 the left/right edge of the frame (default: 0.8)")
+    parser.add_argument("--offset-frac", type=float, default=0.0,
+                        help="where the face sits: 0 the centre (a selfie), 1 the left/right edge of the frame (default: 0)")
     parser.add_argument("--head", choices=["women", "men"], default="women", help="which anthropometric averages (default: women)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run_lens)
@@ -147,21 +155,38 @@ def add_lens(subparsers) -> None:
 
 def run_lens(args) -> int:
     import json
+    import math
 
-    from portraitkit.lens import distortion
+    from portraitkit.lens import distortion, ward_change_pct
 
-    if args.reference_cm <= 0:
-        raise PortraitkitError(f"--reference-cm must be positive, got {args.reference_cm}.")
-    result = distortion(args.distance_cm, args.reference_cm, args.focal_mm, args.offset_frac, args.head).to_dict()
+    if not args.reference_cm > 0:
+        raise PortraitkitError(f"--reference-cm must be positive (or inf), got {args.reference_cm}.")
+    if not 0 < args.distance_cm < math.inf:
+        raise PortraitkitError(f"--distance-cm must be a positive number of cm, got {args.distance_cm}.")
+    against = "an infinitely distant camera" if math.isinf(args.reference_cm) else f"{args.reference_cm:g} cm"
+    reference = "inf" if math.isinf(args.reference_cm) else args.reference_cm  # strict JSON has no Infinity
+    if args.model == "ward":
+        change = ward_change_pct(args.distance_cm, args.head, args.reference_cm)
+        result = {"model": "ward", "distance_cm": args.distance_cm, "reference_cm": reference, "head": args.head,
+                  "nose_to_face_width_change_pct": round(change, 2)}
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"Ward et al.'s parallel planes, at {args.distance_cm:g} cm against {against}: "
+                  f"nose width relative to face width {change:+.1f}%")
+        return 0
+    result = {"model": "head", **distortion(args.distance_cm, args.reference_cm, args.focal_mm, args.offset_frac, args.head).to_dict(),
+              "reference_cm": reference}
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"At {args.distance_cm:g} cm instead of {args.reference_cm:g} cm (face framed at the same width):")
+    print(f"At {args.distance_cm:g} cm instead of {against} (face framed at the same width):")
     print(f"  nose width relative to face width  {result['nose_to_face_width_change_pct']:+.1f}%")
     print(f"  nose length relative to face width {result['nose_length_change_pct']:+.1f}%")
     print(f"  visible ears relative to face      {result['ear_visible_change_pct']:+.1f}%")
-    print(f"With a {args.focal_mm:g} mm lens ({result['field_of_view_deg']:.0f} degrees across), a face at "
-          f"{args.offset_frac:g} of the way to the edge is stretched {result['edge_stretch_pct']:+.1f}% in width.")
+    if args.offset_frac:
+        print(f"With a {args.focal_mm:g} mm lens ({result['field_of_view_deg']:.0f} degrees across), a face at "
+              f"{args.offset_frac:g} of the way to the edge is stretched {result['edge_stretch_pct']:+.1f}% in width.")
     return 0
 
 

@@ -18,6 +18,14 @@ Sources
   Each midline point is placed by trilateration from two of these distances; others from the
   same table (Ex-N 4.74, Ls-Prn 2.50, Prn-Pg 6.36, Sn-Pg 4.99) are left over as a check
   (see `profile_check`).
+- Sex-specific depths: Deli's one subject is taken as the mean of men and women, and every depth
+  (z) is scaled per sex by head length (glabella-opisthocranion) against that mean; without it
+  men and women would share one profile and differ only in widths.
+- Head length and nose protrusion per sex, the inputs of Ward et al.'s model: 19.7 / 18.8 cm and
+  2.1 / 1.9 cm (men / women), the NIOSH survey of U.S. respirator users (Zhuang & Bradtmiller,
+  J Occup Environ Hyg 2005, 2(11):567-576) as Ward et al. used it. NOT checked against the
+  survey's published table (it could not be reached from here): they are the values that, in
+  Ward's formula, give Ward's reported 30% / 29%, so they test the formula, not the survey.
 - Ears: protrusion of the helix rim from the side of the head 1.96 cm (Karnail et al.,
   "Evaluation of 3d Position and Size of Ear Using Anthropometric Landmarks Amongst General
   Population", J Chem Health Risks, jchr.org/index.php/JCHR/article/view/1868; 100 adults).
@@ -49,7 +57,9 @@ from portraitkit.errors import PortraitkitError
 
 FRAME_HALF_WIDTH_MM = 18.0  # a 36 x 24 mm frame, the reference of "35 mm equivalent"
 DEFAULT_FOCAL_MM = 26.0  # a phone's main camera
-REFERENCE_CM = 152.4  # 5 feet: the clinical portrait distance both studies compare against
+# 5 feet, the clinical portrait distance: Pressler et al. compare selfies with it; Ward et al.
+# compare with an infinitely distant camera (math.inf here) and report 5 ft as nearly the same
+REFERENCE_CM = 152.4
 
 # --- published anthropometry (cm) -------------------------------------------------------------
 
@@ -71,6 +81,8 @@ DELI_2013_CM = {  # Deli et al. 2013, table 2, one subject; M = midpoint of the 
     "Ls-Prn": 2.50, "Prn-Pg": 6.36, "Sn-Pg": 4.99,
 }
 EAR_PROTRUSION_CM = 1.96  # Karnail et al.: ear rim to the side of the head
+HEAD_LENGTH_CM = (19.7, 18.8)  # NIOSH via Ward et al.: (men, women); see the docstring
+NOSE_PROTRUSION_CM = (2.1, 1.9)  # same source: nose tip in front of the nasal base
 
 
 @dataclass(frozen=True)
@@ -84,24 +96,59 @@ class Published:
     change_pct: float
     head: str  # "men", "women" or "both"
     kind: str  # "model" (computed by the authors) or "measured" (photos of volunteers)
+    note: str = ""
 
+
+WARD = "Ward et al. 2018, JAMA Facial Plast Surg, doi:10.1001/jamafacial.2018.0009"
+PRESSLER = "Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961"
+# Pressler's abstract: "The alar base width did not change significantly [...] The alar base to
+# facial width ratio represents the size of the nose in relation to the face. This ratio decreased
+# 10.8 percent" (7.8 at 18 in). With the alar base unchanged, a fall of alar/face would mean faces
+# 12% *wider* in selfies, against every camera model and the study's own conclusion ("quantifies
+# the change [...] seen in previous camera-to-subject distance studies"); only face/alar fits.
+# The full definition is not in the abstract (the paper was not reachable here), so the figure is
+# read as face width / alar base and stated as nose/face: 1 / (1 - 0.108) - 1 = +12.1%.
+PRESSLER_READING = "read as face width / alar base falling 10.8% (the abstract's wording is ambiguous)"
 
 PUBLISHED = [
-    Published("Ward et al. 2018, JAMA Facial Plast Surg, doi:10.1001/jamafacial.2018.0009",
-              "nose_to_face_width", 30.5, 152.4, 30.0, "men", "model"),
-    Published("Ward et al. 2018, JAMA Facial Plast Surg, doi:10.1001/jamafacial.2018.0009",
-              "nose_to_face_width", 30.5, 152.4, 29.0, "women", "model"),
-    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
-              "nose_length", 30.5, 152.4, 6.4, "both", "measured"),
-    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
-              "nose_length", 45.7, 152.4, 4.3, "both", "measured"),
-    # the same study's alar-base-to-facial-width ratio went *down* in its selfies (front camera
-    # against a DSLR): measurements and models disagree, which the notebook shows
-    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
-              "nose_to_face_width", 30.5, 152.4, -10.8, "both", "measured"),
-    Published("Pressler et al. 2022, Plast Reconstr Surg, doi:10.1097/PRS.0000000000008961",
-              "nose_to_face_width", 45.7, 152.4, -7.8, "both", "measured"),
+    Published(WARD, "nose_to_face_width", 30.5, math.inf, 30.0, "men", "model"),
+    Published(WARD, "nose_to_face_width", 30.5, math.inf, 29.0, "women", "model"),
+    Published(PRESSLER, "nose_length", 30.5, 152.4, 6.4, "both", "measured"),
+    Published(PRESSLER, "nose_length", 45.7, 152.4, 4.3, "both", "measured"),
+    Published(PRESSLER, "nose_to_face_width", 30.5, 152.4, round(100 * (1 / (1 - 0.108) - 1), 1), "both", "measured",
+              PRESSLER_READING),
+    Published(PRESSLER, "nose_to_face_width", 45.7, 152.4, round(100 * (1 / (1 - 0.078) - 1), 1), "both", "measured",
+              PRESSLER_READING.replace("10.8", "7.8")),
 ]
+
+
+def two_plane_change_pct(distance_cm: float, nose_behind_tip_cm: float, face_behind_tip_cm: float,
+                         reference_cm: float = math.inf) -> float:
+    """Nose/face width change of a face made of two planes square to the camera, in %.
+
+    A width w at camera distance d spans w / d on the frame, so with the nose plane at
+    D + n and the face plane at D + f from the camera (D: camera to nose tip) the ratio grows
+    by (D + f) / (D + n) against an infinitely distant camera, where every plane is at scale 1.
+    """
+    def growth(d: float) -> float:
+        return 1.0 if math.isinf(d) else (d + face_behind_tip_cm) / (d + nose_behind_tip_cm)
+
+    return 100.0 * (growth(distance_cm) / growth(reference_cm) - 1.0)
+
+
+def ward_change_pct(distance_cm: float, head: str = "women", reference_cm: float = math.inf) -> float:
+    """Ward et al.'s parallel-plane model: nasal base p behind the nose tip, the bizygomatic plane
+    half a head length further back (at the head's centre); (D + p + L/2) / (D + p) - 1 against
+    infinity. Inputs from NIOSH anthropometry (`HEAD_LENGTH_CM`, `NOSE_PROTRUSION_CM`)."""
+    column = _column(head)
+    p, half = NOSE_PROTRUSION_CM[column], HEAD_LENGTH_CM[column] / 2
+    return two_plane_change_pct(distance_cm, p, p + half, reference_cm)
+
+
+def _column(sex: str) -> int:
+    if sex not in ("men", "women"):
+        raise PortraitkitError(f"Unknown head {sex!r}: use 'men' or 'women'.")
+    return 0 if sex == "men" else 1
 
 
 # --- the head ---------------------------------------------------------------------------------
@@ -157,11 +204,10 @@ class Head:
     sections: list[tuple[float, float, float]] = field(init=False)  # (y, half width, midline depth)
 
     def __post_init__(self):
-        if self.sex not in ("men", "women"):
-            raise PortraitkitError(f"Unknown head {self.sex!r}: use 'men' or 'women'.")
-        column = 0 if self.sex == "men" else 1
+        column = _column(self.sex)
         half = {name: values[column] / 2 for name, values in WIDTHS_CM.items()}
-        p = _profile()
+        self.depth_scale = HEAD_LENGTH_CM[column] / (sum(HEAD_LENGTH_CM) / 2)
+        p = {name: point * [1.0, self.depth_scale] for name, point in _profile().items()}
 
         def face_depth(y: float) -> float:
             """Depth of the face's midline without the nose, from hairline to chin."""
@@ -269,6 +315,25 @@ class Camera:
         return np.stack([self.focal_mm * x / depth, self.focal_mm * y / depth], axis=1)
 
 
+@dataclass(frozen=True)
+class DistantCamera:
+    """The limit of a camera infinitely far away (with a lens long enough to frame the face): every
+    depth is at the same scale, so widths keep their true proportions. Ward et al.'s reference."""
+
+    distance_cm: float = math.inf
+
+    def project(self, head: Head, points: np.ndarray) -> np.ndarray:
+        """Head points (N, 3) to their true (x, y) offsets from the nose tip, in cm: with no finite
+        frame, only ratios of these sizes mean anything."""
+        relative = np.asarray(points, dtype=np.float64) - head.points["pronasale"]
+        return relative[:, :2].copy()
+
+
+def camera_at(distance_cm: float, focal_mm: float = DEFAULT_FOCAL_MM, offset_frac: float = 0.0) -> "Camera | DistantCamera":
+    """A camera at `distance_cm` from the nose tip; `math.inf` gives the distant (orthographic) limit."""
+    return DistantCamera() if distance_cm == math.inf else Camera(distance_cm, focal_mm, offset_frac)
+
+
 # --- what the camera sees ---------------------------------------------------------------------
 
 
@@ -370,7 +435,9 @@ def distortion(
     """
     head = Head(head) if isinstance(head, str) else head
     near = appear(head, Camera(distance_cm, focal_mm, 0.0))
-    far = appear(head, Camera(reference_cm, focal_mm, 0.0))
+    if not reference_cm > 0:  # also NaN
+        raise PortraitkitError(f"The reference distance must be a positive number of cm (or inf), got {reference_cm}.")
+    far = appear(head, camera_at(reference_cm, focal_mm))
     return Distortion(
         distance_cm=distance_cm,
         reference_cm=reference_cm,
@@ -385,12 +452,60 @@ def distortion(
     )
 
 
+def head_plane_bounds(distance_cm: float, head: Head | str = "women", reference_cm: float = math.inf) -> tuple[float, float]:
+    """Two-plane models built from the head model's own depths that bracket its nose/face change, in %.
+
+    The nose plane is the alae's; the face's outline at the cheekbones is a half-ellipse whose
+    edge, seen from close by, is a point forward of the widest section (z = 0) and narrower.
+    The outline then looks at least as wide as the widest section would at z = 0 (upper bound on
+    the change) and at most as wide as the full width placed at the edge point's depth (lower
+    bound). The gap between Ward's number and the head model's is this moving outline plus the
+    depths themselves (`ward_breakdown`).
+    """
+    head = Head(head) if isinstance(head, str) else head
+    tip = head.points["pronasale"][2]
+    nose_behind = tip - head.points["alare_left"][2]
+    ring = head.ring(0.0, samples=2001)
+
+    def edge_depth(d: float) -> float:
+        if math.isinf(d):
+            return 0.0
+        return float(ring[np.argmax(ring[:, 0] / (d + tip - ring[:, 2])), 2])
+
+    def bound(face_plane) -> float:
+        near = two_plane_change_pct(distance_cm, nose_behind, tip - face_plane(distance_cm))
+        far = two_plane_change_pct(reference_cm, nose_behind, tip - face_plane(reference_cm))
+        return 100.0 * ((1 + near / 100) / (1 + far / 100) - 1)
+
+    return bound(edge_depth), bound(lambda d: 0.0)
+
+
+def ward_breakdown(distance_cm: float = 30.5, head: str = "women") -> list[tuple[str, float]]:
+    """From Ward's number to the head model's, each step computed (nose/face change against infinity, %).
+
+    1. Ward's model (NIOSH nose protrusion, half head length); 2. the same two planes with the
+    head model's depths (alae, and the widest cheekbone section at z = 0); 3. the face plane
+    moved to the outline's visible edge (the lower bound); 4. the head model itself.
+    """
+    model = Head(head)
+    low, high = head_plane_bounds(distance_cm, model)
+    return [
+        ("Ward et al.'s two planes (NIOSH inputs)", ward_change_pct(distance_cm, head)),
+        ("two planes at the head model's depths", high),
+        ("face plane at the outline's visible edge", low),
+        ("the 3D head model", distortion(distance_cm, math.inf, head=model).nose_to_face_width),
+    ]
+
+
 def compare_with_published() -> list[dict]:
-    """Each published figure beside the model's, with the difference in percentage points."""
+    """Each published figure beside both models' on its own terms (same distances, same reference,
+    same ratio), with the difference in percentage points."""
     rows = []
     for item in PUBLISHED:
         heads = ["men", "women"] if item.head == "both" else [item.head]
         model = np.mean([getattr(distortion(item.distance_cm, item.reference_cm, head=h), item.quantity) for h in heads])
+        ward = (np.mean([ward_change_pct(item.distance_cm, h, item.reference_cm) for h in heads])
+                if item.quantity == "nose_to_face_width" else None)
         rows.append({
             "source": item.source.split(",")[0],
             "kind": item.kind,
@@ -400,7 +515,9 @@ def compare_with_published() -> list[dict]:
             "reference_cm": item.reference_cm,
             "published_pct": item.change_pct,
             "model_pct": round(float(model), 1),
+            "ward_model_pct": None if ward is None else round(float(ward), 1),
             "difference_pct_points": round(float(model) - item.change_pct, 1),
+            "note": item.note,
         })
     return rows
 

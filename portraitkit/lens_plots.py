@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from portraitkit.lens import DEFAULT_FOCAL_MM, PUBLISHED, REFERENCE_CM, Camera, Head, distortion
+from portraitkit.lens import DEFAULT_FOCAL_MM, PUBLISHED, REFERENCE_CM, Head, camera_at, distortion, ward_change_pct
 
 
-def face_drawing(head: Head, camera: Camera) -> dict[str, np.ndarray]:
+def face_drawing(head: Head, camera) -> dict[str, np.ndarray]:
     """The projected face as named polylines on the frame (mm): outline, eyes, nose, mouth, ears."""
     rings = [camera.project(head, head.ring(y, samples=181)) for y, _, _ in head.sections]
     left = np.array([ring[np.argmin(ring[:, 0])] for ring in rings])
@@ -44,7 +44,7 @@ def plot_face(ax, distance_cm: float, focal_mm: float = DEFAULT_FOCAL_MM, offset
     head = Head(head) if isinstance(head, str) else head
 
     def drawing(distance: float, offset: float):
-        camera = Camera(distance, focal_mm, offset)
+        camera = camera_at(distance, focal_mm, offset)
         lines = face_drawing(head, camera)
         if frame:
             return lines
@@ -87,6 +87,8 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
     results = [distortion(d, reference_cm, head=head) for d in distances]
     ax.plot(distances, [r.nose_to_face_width for r in results], color="C3", label="model: nose width / face width")
     ax.plot(distances, [r.nose_length for r in results], color="C1", label="model: nose length / face width")
+    ax.plot(distances, [ward_change_pct(d, head.sex, reference_cm) for d in distances], color="C3", ls="--",
+            label="Ward et al.'s two planes: nose width / face width")
     styles = {("nose_to_face_width", "model"): ("C3", "s"), ("nose_to_face_width", "measured"): ("C3", "v"),
               ("nose_length", "measured"): ("C1", "o"), ("nose_length", "model"): ("C1", "D")}
     for item in PUBLISHED:
@@ -104,7 +106,7 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("camera to nose tip (cm)")
-    ax.set_ylabel(f"change vs {reference_cm:.0f} cm (%)")
+    ax.set_ylabel("change vs an infinitely distant camera (%)" if reference_cm == float("inf") else f"change vs {reference_cm:.0f} cm (%)")
     # Upper right: the curves fall towards 0 there, while the published points, Pressler's
     # measured nose lengths among them, sit at short distances, low on the chart.
     ax.legend(fontsize=7, loc="upper right")

@@ -537,17 +537,28 @@ def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, clas
         noise += config.noise_offset * torch.randn((world * n, latents.shape[1], 1, 1), generator=generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (world * n,), generator=generator)
     noise, timesteps = noise[ours].to(device), timesteps[ours].to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-
     with autocast():
-        prediction = unet(noisy.to(dtype), timesteps, **unet_conditioning(cond, resolution, dtype)).sample.float()
-
-    target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
-    per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3)) * _snr_weights(noise_scheduler, timesteps, config.snr_gamma)
+        per_sample = loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, unet_conditioning(cond, resolution, dtype),
+                                  config.snr_gamma, dtype)
     if class_cache is None:
         return per_sample.mean()
     instance, prior = per_sample.chunk(2)
     return instance.mean() + config.prior_loss_weight * prior.mean()
+
+
+def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning: dict, snr_gamma: float | None, dtype=None):
+    """The training loss of one draw, per sample: what every training step minimises.
+
+    Noise the clean latents to step t (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, a_t the
+    scheduler's `alphas_cumprod[t]`), let the UNet predict from x_t, t and the caption's
+    `conditioning`, and score the prediction against the noise (or, for v-prediction bases, the
+    velocity sqrt(a_t) eps - sqrt(1 - a_t) x_0) by mean squared error, min-SNR weighted.
+    Notebook 04 does the same by hand and checks it equals this.
+    """
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy.to(dtype or latents.dtype), timesteps, **conditioning).sample.float()
+    target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
+    return (prediction - target).pow(2).mean(dim=(1, 2, 3)) * _snr_weights(noise_scheduler, timesteps, snr_gamma)
 
 
 def _select(pipe, cache, picks, captions, config, device):

@@ -33,6 +33,30 @@ def portrait_path() -> Path:
     return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
+def _find_patch(patch, image, guess, reach: int = 12):
+    """Where `patch` (a small square of grey levels) sits in `image` near `guess`: the position
+    of the smallest squared difference. Follows image content through a warp, independently of
+    any landmark detector."""
+    import numpy as np
+
+    half = patch.shape[0] // 2
+    best, where = np.inf, guess
+    gx, gy = np.round(guess).astype(int)
+    for y in range(gy - reach, gy + reach + 1):
+        for x in range(gx - reach, gx + reach + 1):
+            window = image[y - half : y + half + 1, x - half : x + half + 1]
+            cost = ((window - patch) ** 2).sum()
+            if cost < best:
+                best, where = cost, np.array([x, y], dtype=float)
+    return where
+
+
+@pytest.fixture(scope="session")
+def find_patch():
+    """`_find_patch`, for tests that check where a warp moved a photo's content."""
+    return _find_patch
+
+
 @pytest.fixture(scope="session")
 def face_dataset(tmp_path_factory, portrait_path):
     """Four 64 px crops of a real portrait, as an imagefolder with captions."""

@@ -67,7 +67,46 @@ def test_published_comparison_is_computed_not_copied():
     for row in rows:
         assert row["difference_pct_points"] == pytest.approx(row["model_pct"] - row["published_pct"], abs=0.11)
     ward = [r for r in rows if r["source"].startswith("Ward")]
-    assert all(0 < r["model_pct"] for r in ward)  # same direction as Ward's model
+    assert all(r["reference_cm"] == math.inf for r in ward)  # Ward et al. compare with an infinitely distant camera
+    # Ward's own model, on Ward's terms, gives Ward's numbers; the head model sits below them
+    assert all(abs(r["ward_model_pct"] - r["published_pct"]) <= 1.5 for r in ward)
+    assert all(15 < r["model_pct"] < r["published_pct"] for r in ward)
+
+
+@pytest.mark.parametrize("sex, published", [("men", 30.0), ("women", 29.0)])
+def test_ward_parallel_planes_reproduce_ward_from_niosh_inputs(sex, published):
+    # Ward et al. 2018 (JAMA Facial Plast Surg): +30% men, +29% women at 12 in against infinity
+    assert lens.ward_change_pct(30.5, sex) == pytest.approx(published, abs=1.5)
+    # "at 5 ft essentially no difference from infinity" (same letter): a few per cent at most
+    assert lens.ward_change_pct(152.4, sex) < 7
+    # and the nasal tip's ~7%: the tip plane against the nasal base, p / D
+    assert 100 * lens.NOSE_PROTRUSION_CM[0] / 30.5 == pytest.approx(7, abs=1)
+
+
+@pytest.mark.parametrize("sex", ["men", "women"])
+def test_head_model_against_infinity_sits_between_its_own_two_plane_bounds(sex):
+    head = lens.Head(sex)
+    low, high = lens.head_plane_bounds(30.5, head)
+    change = lens.distortion(30.5, math.inf, head=head).nose_to_face_width
+    assert low < change < high
+    assert 15 < change < 30  # below Ward's 29-30%: the outline moves forward up close
+    steps = dict(lens.ward_breakdown(30.5, sex))
+    assert list(steps.values())[-1] == pytest.approx(change)
+
+
+def test_men_and_women_differ_in_depth_not_only_in_width():
+    men, women = lens.Head("men"), lens.Head("women")
+    assert men.points["pronasale"][2] / women.points["pronasale"][2] == pytest.approx(
+        lens.HEAD_LENGTH_CM[0] / lens.HEAD_LENGTH_CM[1])
+    change = {sex: lens.distortion(30.5, math.inf, head=sex).nose_to_face_width for sex in ("men", "women")}
+    assert change["men"] - change["women"] > 0.3  # deeper heads, more change (Ward: 30% vs 29%)
+
+
+def test_infinite_reference_is_the_limit_of_far_cameras():
+    at_inf = lens.distortion(30.5, math.inf)
+    far = lens.distortion(30.5, 1e7)
+    assert at_inf.nose_to_face_width == pytest.approx(far.nose_to_face_width, abs=1e-3)
+    assert at_inf.nose_length == pytest.approx(far.nose_length, abs=1e-3)
 
 
 def test_cli_lens_json(capsys):
@@ -77,6 +116,20 @@ def test_cli_lens_json(capsys):
     assert data["edge_stretch_pct"] > 5
     assert cli.main(["lens", "--distance-cm", "0", "--json"]) == 2
     assert "positive" in capsys.readouterr().err
+
+
+def test_cli_lens_ward_against_infinity(capsys):
+    argv = ["lens", "--distance-cm", "30.5", "--reference-cm", "inf", "--model", "ward", "--head", "men", "--json"]
+    assert cli.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["nose_to_face_width_change_pct"] == pytest.approx(30.0, abs=1.5)
+    assert data["reference_cm"] == "inf"
+    # a selfie is centred: by default no edge-stretch line
+    assert cli.main(["lens", "--distance-cm", "30.5", "--reference-cm", "inf"]) == 0
+    out = capsys.readouterr().out
+    assert "infinitely distant" in out and "stretched" not in out
+    assert cli.main(["lens", "--distance-cm", "inf"]) == 2
+    assert "--distance-cm" in capsys.readouterr().err
 
 
 def test_camera_rejects_impossible_setups():
@@ -97,22 +150,8 @@ def hopper(portrait_path):
     return image, detect_faces(image)[0]
 
 
-def _find(patch: np.ndarray, image: np.ndarray, guess: np.ndarray, reach: int = 12) -> np.ndarray:
-    """Where `patch` sits in `image` near `guess` (smallest squared difference)."""
-    half = patch.shape[0] // 2
-    best, where = np.inf, guess
-    gx, gy = np.round(guess).astype(int)
-    for y in range(gy - reach, gy + reach + 1):
-        for x in range(gx - reach, gx + reach + 1):
-            window = image[y - half : y + half + 1, x - half : x + half + 1]
-            cost = ((window - patch) ** 2).sum()
-            if cost < best:
-                best, where = cost, np.array([x, y], dtype=float)
-    return where
-
-
 @pytest.mark.parametrize("to_cm, wider", [(30.5, True), (500.0, False)])
-def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm, wider):
+def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm, wider, find_patch):
     image, face = hopper
     warped, moved = lens_warp.warp_to_distance(image, to_cm, from_cm=152.4, face=face)
     assert warped.size == image.size
@@ -122,7 +161,7 @@ def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm,
     found = {}
     for index in (31, 35):
         x, y = np.round(marks[index]).astype(int)
-        found[index] = _find(before[y - 4 : y + 5, x - 4 : x + 5], after, marks[index])
+        found[index] = find_patch(before[y - 4 : y + 5, x - 4 : x + 5], after, marks[index])
         assert np.linalg.norm(found[index] - moved[index]) <= 2.0
     width_before = marks[35, 0] - marks[31, 0]
     width_after = found[35][0] - found[31][0]
@@ -147,7 +186,8 @@ def test_plots_draw(tmp_path):
     fig, axes = plt.subplots(1, 3)
     lens_plots.plot_face(axes[0], 30.5)
     lens_plots.plot_face(axes[1], 30.5, offset_frac=0.8, frame=True)
-    lens_plots.plot_distortion_curve(axes[2], 30.5, distances=[20, 50, 150, 300])
+    lens_plots.plot_distortion_curve(axes[2], 30.5, math.inf, distances=[20, 50, 150, 300])
+    lens_plots.plot_face(axes[0], 30.5, reference_cm=math.inf)
     fig.savefig(tmp_path / "lens.png")
     plt.close(fig)
     assert (tmp_path / "lens.png").stat().st_size > 1000

@@ -13,7 +13,10 @@ photo is checked, and every decision is written down with the measurements behin
 4. compare the set: a face that is not the person most of the set shows is `different_person`
    (the set's consensus decides, not the first file); the same shot twice is `duplicate`;
 5. crop a square around the face with head-and-shoulders margins, straightened by the eye line,
-   resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words.
+   resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words;
+6. measure how far the camera was (`distance`: EXIF focal length and the pupils' separation),
+   warn when the set is arm's-length selfies, and with `correct_distance` re-render close-ups
+   from 150 cm before the crop, so the LoRA does not learn a selfie's wider nose as the face.
 
 Outputs in the dataset folder (see `prepare`): the prepared PNGs and `metadata.jsonl` (a Hugging
 Face `imagefolder`), `report.json` and `contact_sheet.png`. A file that cannot be read, or any
@@ -22,7 +25,7 @@ other failure on one photo, is recorded against that photo and the run goes on.
 The stage, one module per concept: `config` (PrepConfig), `photo` (what is learned about one
 input, the reason codes), `intake` (finding, examining, staging and publishing the photos),
 `checks` (quality, duplicates, identity, variety), `crops` (face geometry, the crop, its look,
-the caption), `report` (summary, report entries, contact sheet).
+the caption), `distance` (camera distance and its correction), `report` (summary, report entries, contact sheet).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from portraitkit import files
-from portraitkit.prep import checks, intake, report
+from portraitkit.prep import checks, distance, intake, report
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption, crop_face, face_geometry, size_conditioning
 from portraitkit.prep.intake import STAGING, output_stem
@@ -110,7 +113,10 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
 
     accepted = [p for p in photos if p.status == "accepted"]
     variety = checks.variety(accepted, config)
+    distances, distance_advice = distance.set_advice(accepted, config)
+    variety["advice"] += distance_advice
     summary = report.summary(photos, ignored, config)
+    summary["camera_distance"] = distances
     entries = [report.entry(p, config) for p in photos]
     files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words),
                                                     **size_conditioning(p, config)} for p in accepted])

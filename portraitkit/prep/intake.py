@@ -15,6 +15,7 @@ from PIL import Image
 from portraitkit import files
 from portraitkit.errors import PortraitkitError
 from portraitkit.photos import PHOTO_SUFFIXES
+from portraitkit.prep import distance
 from portraitkit.prep.checks import hash_hex, judge_quality, perceptual_hash
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption_words, crop_face, face_geometry, measure_look
@@ -28,6 +29,11 @@ STAGING = ".prep-staging"  # hidden, so imagefolder never reads half-finished wo
 
 def check_config(config: PrepConfig) -> None:
     check_resolution(config.resolution)
+    if not 0 < config.correct_below_cm <= config.correct_to_cm < float("inf"):
+        raise PortraitkitError(
+            f"Distance correction needs 0 < correct_below_cm ({config.correct_below_cm}) <= correct_to_cm ({config.correct_to_cm}) cm: "
+            "photos nearer than the first are re-rendered from the second."
+        )
     for name in ("token", "class_word"):
         value = getattr(config, name)
         if not value.strip() or "\n" in value:
@@ -122,6 +128,8 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
         photo.add("no_face")
         return
     face = found[0]
+    distance.measure(photo, path, image, face, config)
+    image, face = distance.correct(photo, image, face, config)  # before the crop: the warp needs the whole face
     photo.face_box = face.box
     rivals = [
         other for other in found[1:]

@@ -33,6 +33,7 @@ WARNINGS = {
     "compressed": "JPEG blocks",
     "noisy": "grainy",
     "oversharpened": "over-sharpened",
+    "close_camera": "arm's-length selfie",
 }
 
 THUMBNAIL = 220  # longest side of the thumbnail kept for the contact sheet (one cell of it)
@@ -57,6 +58,7 @@ class Photo:
     caption_words: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
     output: str | None = None
+    thumbnail_before: Image.Image | None = None  # the photo as taken, when prep.distance re-rendered it
 
     def add(self, code: str) -> None:
         if code not in self.reasons:

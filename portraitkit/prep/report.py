@@ -132,6 +132,13 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
             if photo.crop_corners is not None:
                 points = [(ox + px * photo.thumb_scale, oy + py * photo.thumb_scale) for px, py in photo.crop_corners]
                 draw.polygon(points, outline=colour, width=2)
+            if photo.thumbnail_before is not None:  # before (inset, top left) and after (the cell)
+                inset = photo.thumbnail_before.copy()
+                inset.thumbnail((_CELL // 3, _CELL // 3), Image.Resampling.LANCZOS)
+                sheet.paste(inset, (ox, oy))
+                draw.rectangle((ox, oy, ox + inset.width, oy + inset.height + 15), outline=(255, 255, 255), width=1)
+                draw.rectangle((ox + 1, oy + inset.height, ox + inset.width - 1, oy + inset.height + 14), fill=(30, 30, 30))
+                draw.text((ox + 3, oy + inset.height), "as taken", fill=(255, 255, 255), font=small)
             elif photo.face_box is not None:
                 l, t, r, b = (v * photo.thumb_scale for v in photo.face_box)
                 draw.rectangle((ox + l, oy + t, ox + r, oy + b), outline=colour, width=2)
@@ -144,6 +151,13 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
             lines += [(line, colour) for line in textwrap.wrap("rejected: " + ", ".join(words), 34)]
         else:
             lines.append(("accepted", colour))
+        if photo.measurements.get("camera_distance_cm") is not None:  # prep.distance
+            where = f"camera ~{photo.measurements['camera_distance_cm']:.0f} cm"
+            if photo.measurements.get("corrected_from_cm"):
+                where += f", shown as from {photo.measurements['corrected_to_cm']:.0f} cm"
+            lines += [(line, (30, 30, 30)) for line in textwrap.wrap(where, 34)]
+        elif "camera_distance" in photo.measurements:
+            lines.append(("camera distance unknown (no EXIF)", _GREY))
         if photo.warnings:
             warned = "warnings: " + ", ".join(WARNINGS[c] for c in WARNINGS if c in photo.warnings)
             lines += [(line, (30, 30, 30)) for line in textwrap.wrap(warned, 34)]
