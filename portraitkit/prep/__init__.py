@@ -13,7 +13,8 @@ photo is checked, and every decision is written down with the measurements behin
 4. compare the set: a face that is not the person most of the set shows is `different_person`
    (the set's consensus decides, not the first file); the same shot twice is `duplicate`;
 5. crop a square around the face with head-and-shoulders margins, straightened by the eye line,
-   resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words.
+   resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words;
+6. mask the person's face and hair in the crop, from the landmarks (`masks`), for the masked loss.
 
 Outputs in the dataset folder (see `prepare`): the prepared PNGs and `metadata.jsonl` (a Hugging
 Face `imagefolder`), `report.json` and `contact_sheet.png`. A file that cannot be read, or any
@@ -22,7 +23,7 @@ other failure on one photo, is recorded against that photo and the run goes on.
 The stage, one module per concept: `config` (PrepConfig), `photo` (what is learned about one
 input, the reason codes), `intake` (finding, examining, staging and publishing the photos),
 `checks` (quality, duplicates, identity, variety), `crops` (face geometry, the crop, its look,
-the caption), `report` (summary, report entries, contact sheet).
+the caption), `masks` (the face-and-hair mask of each crop), `report` (summary, report entries, contact sheet).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from portraitkit.prep import checks, intake, report
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption, crop_face, face_geometry
 from portraitkit.prep.intake import STAGING, output_stem
+from portraitkit.prep.masks import MASKS_DIR, crop_mask
 from portraitkit.prep.photo import REJECTIONS, WARNINGS, Photo
 
-__all__ = ["REJECTIONS", "STAGING", "WARNINGS", "Photo", "PrepConfig", "PrepResult", "caption", "crop_face", "face_geometry",
-           "output_stem", "prepare"]
+__all__ = ["MASKS_DIR", "REJECTIONS", "STAGING", "WARNINGS", "Photo", "PrepConfig", "PrepResult", "caption", "crop_face",
+           "crop_mask", "face_geometry", "output_stem", "prepare"]
 
 
 @dataclass
@@ -71,8 +73,9 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
 
     Writes to `out_dir`:
     - one `<name>.png` per accepted photo, `config.resolution` pixels square;
-    - `metadata.jsonl`: `{"file_name", "text"}` per accepted photo, so
-      `datasets.load_dataset("imagefolder", data_dir=out_dir)` gives `image` and `text` columns;
+    - `masks/<name>.png`: each accepted crop's face-and-hair mask (`prep.masks` says what it covers);
+    - `metadata.jsonl`: `{"file_name", "text", "mask_file_name"}` per accepted photo, so
+      `datasets.load_dataset("imagefolder", data_dir=out_dir)` gives `image`, `text` and `mask` columns;
     - `report.json`: per input `source`, `status`, `reasons`, `warnings`, `output`, `caption` and
       `measurements`, plus `summary`, `variety` and the `config` used;
     - `contact_sheet.png`: every input as a thumbnail, marked accepted or rejected, in words.
@@ -112,7 +115,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     variety = checks.variety(accepted, config)
     summary = report.summary(photos, ignored, config)
     entries = [report.entry(p, config) for p in photos]
-    files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words)} for p in accepted])
+    files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words),
+                                                    "mask_file_name": f"{MASKS_DIR}/{p.output}"} for p in accepted])
     files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary), optimize=True)
     files.write_json(
         out_dir / "report.json",

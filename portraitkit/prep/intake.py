@@ -18,6 +18,7 @@ from portraitkit.photos import PHOTO_SUFFIXES
 from portraitkit.prep.checks import hash_hex, judge_quality, perceptual_hash
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption_words, crop_face, face_geometry, measure_look
+from portraitkit.prep.masks import MASKS_DIR, coverage, crop_mask
 from portraitkit.prep.photo import THUMBNAIL, Photo
 
 STAGING = ".prep-staging"  # hidden, so imagefolder never reads half-finished work
@@ -158,6 +159,9 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     if not photo.reasons:  # only photos that may be accepted are worth writing
         files.save_image(staged, crop)
         photo.staged = staged
+        photo.mask = crop_mask(face.landmarks, corners, config.resolution)
+        photo.measurements["mask"] = {"coverage": coverage(photo.mask)}
+        photo.staged_mask = files.save_image(staged.with_name(staged.stem + "_mask.png"), photo.mask)
 
 
 # --- into the dataset ---------------------------------------------------------------------------
@@ -176,6 +180,8 @@ def publish(photos: list[Photo], out_dir: Path, staging: Path, config: PrepConfi
         taken.add(name.lower())
         photo.staged.replace(out_dir / name)
         photo.output = name
+        (out_dir / MASKS_DIR).mkdir(exist_ok=True)
+        photo.staged_mask.replace(out_dir / MASKS_DIR / name)
     # Images a previous run accepted but this one does not: listed in its metadata, so ours.
     old = out_dir / "metadata.jsonl"
     if old.is_file():
@@ -183,6 +189,7 @@ def publish(photos: list[Photo], out_dir: Path, staging: Path, config: PrepConfi
             name = str(row.get("file_name", ""))
             if name and "/" not in name and name.lower() not in taken:
                 (out_dir / name).unlink(missing_ok=True)
+                (out_dir / MASKS_DIR / name).unlink(missing_ok=True)
 
 
 def output_stem(source: str) -> str:
