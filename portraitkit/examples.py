@@ -16,7 +16,8 @@ from portraitkit.files import save_image
 
 
 def load_examples(dataset_dir: str) -> list[dict]:
-    """The dataset as a list of {"image": PIL image, "text": caption}, read by `datasets`' imagefolder."""
+    """The dataset as a list of {"image": PIL image, "text": caption}, read by `datasets`' imagefolder,
+    with "mask" (prep's face-and-hair mask, `mask_file_name` in metadata.jsonl) where the dataset has one."""
     folder = Path(dataset_dir)
     if not (folder / "metadata.jsonl").is_file():
         raise PortraitkitError(f"{folder} has no metadata.jsonl; prepare your photos first with `portraitkit prep PHOTOS --out {folder}`")
@@ -27,7 +28,8 @@ def load_examples(dataset_dir: str) -> list[dict]:
         raise PortraitkitError(f"{folder}/metadata.jsonl must give each image a `text` caption (portraitkit prep writes them)")
     if len(dataset) == 0:
         raise PortraitkitError(f"{folder} holds no images")
-    return [{"image": row["image"].convert("RGB"), "text": row["text"]} for row in dataset]
+    return [{"image": row["image"].convert("RGB"), "text": row["text"],
+             **({"mask": row["mask"].convert("L")} if row.get("mask") is not None else {})} for row in dataset]
 
 
 def image_to_tensor(image, resolution: int):
@@ -73,15 +75,40 @@ def encode_text(pipe, captions: list[str], device) -> dict:
     return {"embeds": embeds}
 
 
-def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool) -> dict:
+def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool, bare: bool = False,
+                    masks: bool = False) -> dict:
+    """{"latents", "embeds" (and SDXL's "pooled") when `with_text`}; with `bare` also each caption's
+    bare trigger phrase encoded ("bare_embeds", "bare_pooled": caption dropout), with `masks` the
+    masks at latent resolution ("masks": the masked loss)."""
     import torch
+
+    from portraitkit.objective import bare_caption
 
     cache = {"latents": encode_images(pipe, [e["image"] for e in examples], resolution)}
     if with_text:
         with torch.no_grad():
             text = encode_text(pipe, [e["text"] for e in examples], pipe.text_encoder.device)
-        cache.update({key: value.float() for key, value in text.items()})
+            cache.update({key: value.float() for key, value in text.items()})
+            if bare:
+                text = encode_text(pipe, [bare_caption(e["text"]) for e in examples], pipe.text_encoder.device)
+                cache.update({f"bare_{key}": value.float() for key, value in text.items()})
+    if masks:
+        cache["masks"] = latent_masks(examples, resolution, cache["latents"].shape[-1])
     return cache
+
+
+def latent_masks(examples: list[dict], resolution: int, latent_size: int):
+    """Each example's mask, cropped as its image is, at latent resolution (`objective.latent_mask`)."""
+    import torch
+
+    from portraitkit.objective import latent_mask
+
+    if not all("mask" in e for e in examples):
+        raise PortraitkitError("this dataset has no face masks (masks/ and mask_file_name in metadata.jsonl), which "
+                               "--masked-loss needs: prepare it again with `portraitkit prep PHOTOS --out DATASET`, "
+                               "or train without --masked-loss")
+    pixels = torch.stack([image_to_tensor(e["mask"].convert("RGB"), resolution)[:1] for e in examples])
+    return latent_mask((pixels + 1) / 2 > 0.5, latent_size)
 
 
 def unet_conditioning(cond: dict, resolution: int, dtype) -> dict:

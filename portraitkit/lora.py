@@ -26,14 +26,17 @@ def text_encoders(pipe) -> list:
     return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
 
 
-def add_adapters(module, rank: int, targets: list[str], alpha: float | None = None) -> list:
+def add_adapters(module, rank: int, targets: list[str], alpha: float | None = None, use_dora: bool = False) -> list:
     """Put LoRA adapters on `module`'s `targets` and return the parameters that train (in fp32).
 
     Gaussian init (B = 0) makes the LoRA a no-op at first: training starts from the base model.
+    `use_dora`: DoRA (Liu et al. 2024, peft's `use_dora`) adds a magnitude per output row of each
+    weight, initialised to the row norms of W, so it too starts as a no-op.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=targets,
+                        use_dora=use_dora)
     if hasattr(module, "add_adapter") and not type(module).__name__.startswith("CLIP"):
         module.add_adapter(config)  # diffusers' models
     else:  # peft directly: transformers 5's own `add_adapter` demands a newer peft than exists
@@ -45,15 +48,15 @@ def add_adapters(module, rank: int, targets: list[str], alpha: float | None = No
     return trainable
 
 
-def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool) -> dict:
+def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool, use_dora: bool = False) -> dict:
     """Freeze the base and attach adapters to its UNet (and text encoders); return {name: module that trains}."""
     for module in [pipe.unet, pipe.vae, *text_encoders(pipe)]:
         module.requires_grad_(False)
-    add_adapters(pipe.unet, rank, UNET_TARGETS, alpha)
+    add_adapters(pipe.unet, rank, UNET_TARGETS, alpha, use_dora)
     modules = {"unet": pipe.unet}
     if train_text_encoder:
         for name, encoder in zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)):
-            add_adapters(encoder, rank, TEXT_ENCODER_TARGETS, alpha)
+            add_adapters(encoder, rank, TEXT_ENCODER_TARGETS, alpha, use_dora)
             modules[name] = encoder
     return modules
 
@@ -84,12 +87,25 @@ def save(pipe, folder: Path, rank: int, alpha: float | None, train_text_encoder:
     kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(folder / LORA_FILE)))
     kohya_alpha = float(rank)  # the scale is in the weights already
     kohya = {key: (_scalar(kohya_alpha) if key.endswith(".alpha") else value) for key, value in kohya.items()}
+    kohya = kohya_dora_scales(kohya)
     if not hasattr(pipe, "text_encoder_2"):  # SD1.x tools name the single text encoder lora_te_
         kohya = {key.replace("lora_te1_", "lora_te_"): value for key, value in kohya.items()}
     with atomic_path(folder / KOHYA_FILE) as tmp:
         save_file({k: v.contiguous() for k, v in kohya.items()}, tmp,
                   metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(kohya_alpha)})
     return folder / LORA_FILE
+
+
+def kohya_dora_scales(kohya: dict) -> dict:
+    """DoRA's magnitudes under the name and shape kohya-format readers (ComfyUI) expect:
+    `<module>.dora_scale`, one per output row, shape (out, 1).
+
+    diffusers' kohya converter leaves peft's `lora_magnitude_vector` half-renamed; ComfyUI tells
+    a per-output magnitude from a per-input one by its first dimension, so (out, 1) it must be.
+    """
+    suffix = ".lora_magnitude_vector"
+    return {(key[: -len(suffix)].replace(".", "_") + ".dora_scale" if key.endswith(suffix) else key):
+            (value.reshape(-1, 1) if key.endswith(suffix) else value) for key, value in kohya.items()}
 
 
 def load(pipe, folder: Path, adapter_name: str | None = None) -> None:

@@ -8,11 +8,11 @@ The story of a run (`train`):
 3. encode every image to latents and every caption to text embeddings once (`examples`), with
    only the VAE and text encoders on the GPU; from then on the loop runs only the UNet
    (`placement` says which models sit on the GPU in each phase);
-4. loop: noise the latents at a random timestep, predict the noise, min-SNR-weighted MSE,
-   8-bit AdamW step; log, validate (`validate`) and checkpoint (`checkpoints`) along the way;
+4. loop: noise the latents at a random timestep, predict the noise, min-SNR-weighted MSE (on the
+   face and hair only with --masked-loss; `objective`), 8-bit AdamW step; log, validate (`validate`) and checkpoint (`checkpoints`) along the way;
 5. save the LoRA in the diffusers format and in the kohya format that AUTOMATIC1111 and ComfyUI read.
 
-Every random draw of step k (which images, which noise, which timesteps) comes from a generator
+Every random draw of step k (which images, which noise, which timesteps, which captions dropped) comes from a generator
 seeded by (seed, k), so a run killed at step k and resumed from its checkpoint ends with the same
 weights as a run that was never interrupted.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from portraitkit import checkpoints, lora, plan, validate
+from portraitkit import checkpoints, lora, objective, plan, validate
 from portraitkit.errors import PortraitkitError
 from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, unet_conditioning
 from portraitkit.files import atomic_path, read_jsonl, write_json, write_jsonl
@@ -68,6 +68,12 @@ class TrainConfig:
     class_prompt: str = setting("caption of the class images", "a photo of a person")
     num_class_images: int = setting("class images to use for prior preservation", 50)
     prior_loss_weight: float = setting("weight of the class-image loss", 1.0)
+    masked_loss: bool = setting("count the person's face and hair (prep's masks/) in the loss, not the background", False)
+    background_weight: float = setting("with --masked-loss, how much the background counts: 0 not at all, 1 as without a mask", 0.0)
+    caption_dropout: float = setting("probability of training an image on its bare trigger caption (a photo of sks person); "
+                                     "ai-toolkit uses 0.05", 0.0)
+    dora: bool = setting("DoRA (weight-decomposed LoRA, peft's use_dora): a learned magnitude per output beside the "
+                         "low-rank direction; a little more memory and time per step", False)
     checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)
     keep_checkpoints: int = setting("how many recent checkpoints to keep", 3)
     validate_every: int = setting("render validation images every N steps (0 = only at the end)", 0)
@@ -101,6 +107,9 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     if config.keep_checkpoints < 1:
         raise PortraitkitError("--keep-checkpoints must be at least 1 (--checkpoint-every 0 writes no checkpoints)")
+    for name in ("background_weight", "caption_dropout"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise PortraitkitError(f"--{name.replace('_', '-')} {getattr(config, name)} is not a fraction: choose between 0 and 1")
     run_dir = Path(config.out_dir)
     start_step, resume_from = _prepare_run_folder(config, run_dir)
     if start_step >= config.steps and _finished(run_dir, config.steps):
@@ -131,7 +140,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     with placement.on("vae", "text_encoder", "text_encoder_2"):
         classes = class_examples(pipe, placement, config.class_dir, config.class_prompt, config.num_class_images, config.seed,
                                  config.validation_steps, resolution) if config.class_dir else []
-        cache = encode_examples(pipe, examples, resolution, with_text=with_text)
+        cache = encode_examples(pipe, examples, resolution, with_text=with_text, bare=config.caption_dropout > 0,
+                                masks=config.masked_loss)
         class_cache = encode_examples(pipe, classes, resolution, with_text=with_text) if classes else None
     # From here on only the UNet (and the text encoders it trains) run; the VAE waits in RAM.
     placement.keep(*lora_modules)
@@ -334,7 +344,7 @@ def load_for_training(config: TrainConfig, weight_dtype) -> tuple:
 
     pipe = load_pipeline(config.base, dtype=weight_dtype)
     set_seed(config.seed)  # the LoRA's random initialisation
-    lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder)
+    lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder, use_dora=config.dora)
     for module in lora_modules.values():
         # Training mode: older diffusers and transformers checkpoint only modules in training mode
         # (their dropout is 0, so nothing else changes).
@@ -385,7 +395,9 @@ def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, clas
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro_index)
     torch.manual_seed(config.seed * 1_000_003 + micro_index)  # LoRA dropout, if any, stays reproducible
     picks = batch_indices(config.seed, micro_index, config.batch_size, len(examples))
-    latents, cond = _select(pipe, cache, picks, [examples[i]["text"] for i in picks], config, device)
+    dropped = objective.dropped_captions(config.seed, micro_index, len(picks), config.caption_dropout)
+    captions = [objective.bare_caption(examples[i]["text"]) if drop else examples[i]["text"] for i, drop in zip(picks, dropped)]
+    latents, cond = _select(pipe, cache, picks, captions, config, device, dropped)
     if class_cache is not None:
         class_picks = batch_indices(config.seed + 1, micro_index, config.batch_size, len(class_cache["latents"]))
         class_latents, class_cond = _select(pipe, class_cache, class_picks, [config.class_prompt] * len(class_picks), config, device)
@@ -402,17 +414,25 @@ def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, clas
     prediction = unet(noisy.to(dtype), timesteps, **unet_conditioning(cond, resolution, dtype)).sample.float()
 
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
-    per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3)) * _snr_weights(noise_scheduler, timesteps, config.snr_gamma)
+    mask = cache["masks"][picks].to(device) if config.masked_loss else None
+    if mask is not None and class_cache is not None:  # class images keep the whole picture: the prior is all of it
+        mask = torch.cat([mask, torch.ones_like(mask)])
+    per_sample = (objective.masked_loss(prediction, target, mask, config.background_weight)
+                  * _snr_weights(noise_scheduler, timesteps, config.snr_gamma))
     if class_cache is None:
         return per_sample.mean()
     instance, prior = per_sample.chunk(2)
     return instance.mean() + config.prior_loss_weight * prior.mean()
 
 
-def _select(pipe, cache, picks, captions, config, device):
+def _select(pipe, cache, picks, captions, config, device, dropped=None):
+    import torch
+
     latents = cache["latents"][picks].to(device)
-    if "embeds" in cache:
-        return latents, {key: cache[key][picks].to(device) for key in cache if key != "latents"}
+    if "embeds" in cache:  # cached text: a dropped caption's bare trigger phrase was cached beside it
+        dropped = dropped or [False] * len(picks)
+        return latents, {key: torch.stack([cache[f"bare_{key}" if drop else key][i] for i, drop in zip(picks, dropped)]).to(device)
+                         for key in ("embeds", "pooled") if key in cache}
     return latents, encode_text(pipe, captions, device)  # text encoder trains: encode with gradients
 
 
