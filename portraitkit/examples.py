@@ -4,7 +4,8 @@
 here with `datasets` itself, the way any Hugging Face training script reads it. Training never runs
 the VAE or the text encoders in its loop: every image becomes VAE latents and every caption a text
 embedding once, before the first step (unless the text encoder trains, when captions are encoded
-each step, with gradients).
+each step, with gradients); prep's face masks, for the masked loss, are brought to latent
+resolution beside the latents.
 """
 
 from __future__ import annotations
@@ -97,16 +98,21 @@ def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool
     return cache
 
 
+def require_masks(examples: list[dict]) -> None:
+    """Refuse, in one sentence, a dataset without prep's masks: never a silent plain loss."""
+    if not all("mask" in e for e in examples):
+        raise PortraitkitError("this dataset has no face masks (masks/ and mask_file_name in metadata.jsonl), which "
+                               "--masked-loss needs: prepare it again with `portraitkit prep PHOTOS --out DATASET`, "
+                               "or train without --masked-loss")
+
+
 def latent_masks(examples: list[dict], resolution: int, latent_size: int):
     """Each example's mask, cropped as its image is, at latent resolution (`objective.latent_mask`)."""
     import torch
 
     from portraitkit.objective import latent_mask
 
-    if not all("mask" in e for e in examples):
-        raise PortraitkitError("this dataset has no face masks (masks/ and mask_file_name in metadata.jsonl), which "
-                               "--masked-loss needs: prepare it again with `portraitkit prep PHOTOS --out DATASET`, "
-                               "or train without --masked-loss")
+    require_masks(examples)
     pixels = torch.stack([image_to_tensor(e["mask"].convert("RGB"), resolution)[:1] for e in examples])
     return latent_mask((pixels + 1) / 2 > 0.5, latent_size)
 

@@ -9,12 +9,13 @@ The story of a run (`train`):
    only the VAE and text encoders on the GPU; from then on the loop runs only the UNet
    (`placement` says which models sit on the GPU in each phase);
 4. loop: noise the latents at a random timestep, predict the noise, min-SNR-weighted MSE (on the
-   face and hair only with --masked-loss; `objective`), 8-bit AdamW step; log, validate (`validate`) and checkpoint (`checkpoints`) along the way;
+   face and hair only with --masked-loss; `objective`), 8-bit AdamW step; log, validate
+   (`validate`) and checkpoint (`checkpoints`) along the way;
 5. save the LoRA in the diffusers format and in the kohya format that AUTOMATIC1111 and ComfyUI read.
 
-Every random draw of step k (which images, which noise, which timesteps, which captions dropped) comes from a generator
-seeded by (seed, k), so a run killed at step k and resumed from its checkpoint ends with the same
-weights as a run that was never interrupted.
+Every random draw of step k (which images, which noise, which timesteps, which captions are
+dropped) comes from a generator seeded by (seed, k), so a run killed at step k and resumed from
+its checkpoint ends with the same weights as a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Callable
 
 from portraitkit import checkpoints, lora, objective, plan, validate
 from portraitkit.errors import PortraitkitError
-from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, unet_conditioning
+from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, require_masks, unet_conditioning
 from portraitkit.files import atomic_path, read_jsonl, write_json, write_jsonl
 from portraitkit.placement import Placement
 from portraitkit.settings import setting
@@ -125,6 +126,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     examples = load_examples(config.dataset_dir)
+    if config.masked_loss:  # before minutes of loading, not after
+        require_masks(examples)
     pipe, lora_modules = load_for_training(config, weight_dtype)
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     if checkpointing:
