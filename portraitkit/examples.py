@@ -4,7 +4,8 @@
 here with `datasets` itself, the way any Hugging Face training script reads it. Training never runs
 the VAE or the text encoders in its loop: every image becomes VAE latents and every caption a text
 embedding once, before the first step (unless the text encoder trains, when captions are encoded
-each step, with gradients).
+each step, with gradients); prep's face masks, for the masked loss, are brought to latent
+resolution beside the latents.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def check_dataset(dataset_dir: str) -> Path:
 
 def load_examples(dataset_dir: str) -> list[dict]:
     """The dataset as a list of {"image": PIL image, "text": caption, "original_size", "crop_top_left"},
-    read by `datasets`' imagefolder. The last two are SDXL's size and crop conditioning as prep
-    recorded them (`prep.crops.size_conditioning`); None for datasets without them."""
+    read by `datasets`' imagefolder, with "mask" (prep's face-and-hair mask, `mask_file_name` in
+    metadata.jsonl) where the dataset has one. "original_size" and "crop_top_left" are SDXL's size
+    and crop conditioning as prep recorded them (`prep.crops.size_conditioning`); None for datasets
+    without them."""
     folder = check_dataset(dataset_dir)
     from datasets import load_dataset
 
@@ -59,7 +62,8 @@ def load_examples(dataset_dir: str) -> list[dict]:
     if len(dataset) == 0:
         raise PortraitkitError(f"{folder} holds no images")
     return [{"image": row["image"].convert("RGB"), "text": row["text"], "original_size": row.get("original_size"),
-             "crop_top_left": row.get("crop_top_left")} for row in dataset]
+             "crop_top_left": row.get("crop_top_left"),
+             **({"mask": row["mask"].convert("L")} if row.get("mask") is not None else {})} for row in dataset]
 
 
 def image_to_tensor(image, resolution: int):
@@ -106,8 +110,14 @@ def encode_text(pipe, captions: list[str], device) -> dict:
     return {"embeds": embeds}
 
 
-def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool) -> dict:
+def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool, bare: bool = False,
+                    masks: bool = False) -> dict:
+    """{"latents", "embeds" (and SDXL's "pooled") when `with_text`}; with `bare` also each caption's
+    bare trigger phrase encoded ("bare_embeds", "bare_pooled": caption dropout), with `masks` the
+    masks at latent resolution ("masks": the masked loss)."""
     import torch
+
+    from portraitkit.objective import bare_caption
 
     cache = {"latents": encode_images(pipe, [e["image"] for e in examples], resolution)}
     if hasattr(pipe, "text_encoder_2"):
@@ -115,7 +125,12 @@ def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool
     if with_text:
         with torch.no_grad():
             text = encode_text(pipe, [e["text"] for e in examples], pipe.text_encoder.device)
-        cache.update({key: value.float() for key, value in text.items()})
+            cache.update({key: value.float() for key, value in text.items()})
+            if bare:
+                text = encode_text(pipe, [bare_caption(e["text"]) for e in examples], pipe.text_encoder.device)
+                cache.update({f"bare_{key}": value.float() for key, value in text.items()})
+    if masks:
+        cache["masks"] = latent_masks(examples, resolution, cache["latents"].shape[-1])
     return cache
 
 
@@ -135,6 +150,25 @@ def size_time_ids(examples: list[dict], resolution: int):
         else:
             rows.append([resolution, resolution, 0, 0, resolution, resolution])
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def require_masks(examples: list[dict]) -> None:
+    """Refuse, in one sentence, a dataset without prep's masks: never a silent plain loss."""
+    if not all("mask" in e for e in examples):
+        raise PortraitkitError("this dataset has no face masks (masks/ and mask_file_name in metadata.jsonl), which "
+                               "--masked-loss needs: prepare it again with `portraitkit prep PHOTOS --out DATASET`, "
+                               "or train without --masked-loss")
+
+
+def latent_masks(examples: list[dict], resolution: int, latent_size: int):
+    """Each example's mask, cropped as its image is, at latent resolution (`objective.latent_mask`)."""
+    import torch
+
+    from portraitkit.objective import latent_mask
+
+    require_masks(examples)
+    pixels = torch.stack([image_to_tensor(e["mask"].convert("RGB"), resolution)[:1] for e in examples])
+    return latent_mask((pixels + 1) / 2 > 0.5, latent_size)
 
 
 def unet_conditioning(cond: dict, resolution: int, dtype) -> dict:

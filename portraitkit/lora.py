@@ -28,8 +28,10 @@ COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # kohya's name for each component, by family: SD1.x tools call the single text encoder `te`.
 KOHYA_PREFIXES = {"sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
                   "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
-# peft's tensor names and kohya's for the same tensor (a DoRA magnitude would be one more line).
-KOHYA_TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
+# peft's tensor names and kohya's for the same tensor. DoRA's magnitude (one per output row) is
+# `dora_scale` of shape (out, 1) there: ComfyUI tells a per-output magnitude from a per-input one
+# by its first dimension.
+KOHYA_TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
 
 
 def text_encoders(pipe) -> list:
@@ -53,14 +55,17 @@ def text_encoder_targets(encoder, skip_last_layer: bool) -> list[str]:
             if name.rsplit(".", 1)[-1] in TEXT_ENCODER_TARGETS and not (skip_last_layer and last in name)]
 
 
-def add_adapters(module, rank: int, targets: list[str], alpha: float | None = None) -> list:
+def add_adapters(module, rank: int, targets: list[str], alpha: float | None = None, use_dora: bool = False) -> list:
     """Put LoRA adapters on `module`'s `targets` and return the parameters that train (in fp32).
 
     Gaussian init (B = 0) makes the LoRA a no-op at first: training starts from the base model.
+    `use_dora`: DoRA (Liu et al. 2024, peft's `use_dora`) adds a magnitude per output row of each
+    weight, initialised to the row norms of W, so it too starts as a no-op.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=targets,
+                        use_dora=use_dora)
     if hasattr(module, "add_adapter") and not type(module).__name__.startswith("CLIP"):
         module.add_adapter(config)  # diffusers' models
     else:  # peft directly: transformers 5's own `add_adapter` demands a newer peft than exists
@@ -72,16 +77,16 @@ def add_adapters(module, rank: int, targets: list[str], alpha: float | None = No
     return trainable
 
 
-def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool) -> dict:
+def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool, use_dora: bool = False) -> dict:
     """Freeze the base and attach adapters to its UNet (and text encoders); return {name: module that trains}."""
     for module in [pipe.unet, pipe.vae, *text_encoders(pipe)]:
         module.requires_grad_(False)
-    add_adapters(pipe.unet, rank, UNET_TARGETS, alpha)
+    add_adapters(pipe.unet, rank, UNET_TARGETS, alpha, use_dora)
     modules = {"unet": pipe.unet}
     if train_text_encoder:
         sdxl = family(pipe) == "sdxl"
         for name, encoder in zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)):
-            add_adapters(encoder, rank, text_encoder_targets(encoder, skip_last_layer=sdxl and name == "text_encoder"), alpha)
+            add_adapters(encoder, rank, text_encoder_targets(encoder, skip_last_layer=sdxl and name == "text_encoder"), alpha, use_dora)
             modules[name] = encoder
     return modules
 
@@ -144,7 +149,7 @@ def kohya_state_dict(layers: dict[str, dict], family_name: str, rank: int) -> di
         for key, value in state.items():
             module, tensor = _split_tensor_name(key)
             stem = f"{prefixes[component]}_{module.replace('.', '_')}"
-            out[f"{stem}.{KOHYA_TENSORS[tensor]}"] = value.contiguous()
+            out[f"{stem}.{KOHYA_TENSORS[tensor]}"] = (value.reshape(-1, 1) if tensor == "lora_magnitude_vector" else value).contiguous()
             out[f"{stem}.alpha"] = torch.tensor(float(rank))
     return out
 

@@ -4,11 +4,12 @@ Prep's checks are measurements with thresholds, and a person knows things they d
 "too dark" photo is the only one in profile, or that an accepted shot shows an expression they
 never make. `set_decision` changes one photo's verdict in a prepared dataset:
 
-- leaving a photo out removes its row from `metadata.jsonl` and moves its image into the hidden
-  `.set_aside/` folder (imagefolder never reads hidden folders; the entry's `set_aside` names
+- leaving a photo out removes its row from `metadata.jsonl` and moves its image (and its mask,
+  `masks/<name>`, to `.set_aside/masks/`) into the hidden `.set_aside/` folder (imagefolder never reads hidden folders; the entry's `set_aside` names
   it), so using it again is instant;
 - using a rejected photo crops its face exactly as prep does (prep's own crop, from the settings
-  recorded in report.json) and adds it with the plain caption "a photo of <token> <class word>".
+  recorded in report.json), masks it as prep does, and adds it with the plain caption "a photo of
+  <token> <class word>".
 
 `report.json` records the new status with `"override": true`; the photo's reasons stay, so the
 report still says what prep measured. The contact sheet shows prep's own verdicts.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import read_jsonl, save_image, write_json, write_jsonl
+from portraitkit.prep.masks import MASKS_DIR
 
 SET_ASIDE = ".set_aside"
 # Without a readable photo and a face there is nothing to crop: these verdicts are final.
@@ -61,10 +63,15 @@ def set_decision(dataset_dir: str | Path, source: str, use: bool, photos_dir: st
         name = entry.get("set_aside") or _free_name(dataset_dir, source)
         if (aside / name).is_file():
             (aside / name).replace(dataset_dir / name)
+            if (aside / MASKS_DIR / name).is_file():
+                (aside / MASKS_DIR / name).replace(dataset_dir / MASKS_DIR / name)
         else:
-            _crop_into(dataset_dir / name, source, photos_dir, report["config"])
+            _crop_into(dataset_dir, name, source, photos_dir, report["config"])
         caption = entry.get("caption") or _plain_caption(report["config"])
-        rows.append({"file_name": name, "text": caption})
+        row = {"file_name": name, "text": caption}
+        if (dataset_dir / MASKS_DIR / name).is_file():  # datasets from before masks have none
+            row["mask_file_name"] = f"{MASKS_DIR}/{name}"
+        rows.append(row)
         entry.pop("set_aside", None)
         entry.update(status="accepted", output=name, caption=caption, override=True)
     else:
@@ -73,6 +80,9 @@ def set_decision(dataset_dir: str | Path, source: str, use: bool, photos_dir: st
         if (dataset_dir / name).is_file():
             aside.mkdir(exist_ok=True)
             (dataset_dir / name).replace(aside / name)
+        if (dataset_dir / MASKS_DIR / name).is_file():  # the mask goes with its image
+            (aside / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+            (dataset_dir / MASKS_DIR / name).replace(aside / MASKS_DIR / name)
         entry.update(status="rejected", output=None, set_aside=name, override=True)
     # The dataset first, then the report: after a crash between the two, the dataset is right
     # and re-running the toggle repairs the report.
@@ -102,11 +112,11 @@ def _prep_fields(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key in known}
 
 
-def _crop_into(target: Path, source: str, photos_dir, settings: dict) -> None:
-    """Crop `source`'s largest face the way prep does, at the dataset's resolution."""
+def _crop_into(dataset_dir: Path, name: str, source: str, photos_dir, settings: dict) -> None:
+    """Crop `source`'s largest face the way prep does, at the dataset's resolution, and mask it."""
     from portraitkit.faces import detect_faces
     from portraitkit.photos import open_photo
-    from portraitkit.prep import PrepConfig, crop_face, face_geometry
+    from portraitkit.prep import PrepConfig, crop_face, crop_mask, face_geometry
 
     if photos_dir is None:
         raise PortraitkitError(f"to use {source}, give the photos folder prep read (photos_dir) so it can be cropped")
@@ -116,8 +126,9 @@ def _crop_into(target: Path, source: str, photos_dir, settings: dict) -> None:
     if not found:
         raise PortraitkitError(f"no face was found in {source}, so it cannot be cropped; add another photo instead")
     face = found[0]  # largest first: with several faces, the learner means the main one
-    crop, _, _ = crop_face(image, face, face_geometry(face.landmarks), config)
-    save_image(target, crop)
+    crop, corners, _ = crop_face(image, face, face_geometry(face.landmarks), config)
+    save_image(dataset_dir / MASKS_DIR / name, crop_mask(face.landmarks, corners, config.resolution))
+    save_image(dataset_dir / name, crop)
 
 
 def _free_name(dataset_dir: Path, source: str) -> str:

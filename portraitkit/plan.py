@@ -83,6 +83,7 @@ class PlanConfig:
     base: str = setting("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "sd15")
     resolution: int | None = setting("training size in pixels; default: the base's own (512 SD1.5, 1024 SDXL)", None)
     rank: int = setting("LoRA rank", 16)
+    dora: bool = setting("DoRA adapters (a magnitude per output row beside each LoRA)", False)
     batch_size: int = setting("images per micro-batch", 1)
     train_text_encoder: bool = setting("also train LoRA on the text encoder(s)", False)
     gpu: str = setting("where it runs: t4 (free Colab), l4, a100, or cpu", "t4", choices=tuple(DEVICES))
@@ -228,7 +229,8 @@ def _room_to_spare(plan: Plan, device: Device) -> bool:
 
 def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, batch_size: int = 1,
              train_text_encoder: bool = False, gpu: str | Device = "t4", steps: int = 1000, optimizer: str = "adamw8bit",
-             gradient_checkpointing: bool | None = None, recipe: str = "portraitkit", advise: bool = True) -> Plan:
+             gradient_checkpointing: bool | None = None, recipe: str = "portraitkit", advise: bool = True,
+             dora: bool = False) -> Plan:
     """Estimate a run's peak GPU memory, RAM and time; when it does not fit, say the cheapest change
     that does, and when it fits with checkpointing, whether it would also fit (faster) without.
 
@@ -238,7 +240,7 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     device = _device(gpu)
     config = PlanConfig(base=base, resolution=resolution, rank=rank, batch_size=batch_size,
                         train_text_encoder=train_text_encoder, gpu=device.name, steps=steps, optimizer=optimizer,
-                        gradient_checkpointing=gradient_checkpointing, recipe=recipe)
+                        gradient_checkpointing=gradient_checkpointing, recipe=recipe, dora=dora)
     # Mistakes in the numbers fail before the base is looked up (a hub id costs a request).
     check_at_least({"rank": config.rank, "batch_size": config.batch_size}, 1)
     check_at_least({"steps": config.steps}, 0)
@@ -293,11 +295,12 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
         return trace_pass(key, name, mode, batch, resolution, weight_bytes, recipe.autocast)
 
     step = training_step(key, resolution, config.batch_size, config.rank, recipe.checkpointing,
-                          recipe.weight_bytes, recipe.autocast)
+                          recipe.weight_bytes, recipe.autocast, config.dora)
     lora_numels = list(step["lora_numels"])
     if config.train_text_encoder:  # the encoders run with gradients in every step
         for name in encoder_names:
-            encoder = text_encoder_step(key, name, config.batch_size, config.rank, recipe.weight_bytes, recipe.autocast)
+            encoder = text_encoder_step(key, name, config.batch_size, config.rank, recipe.weight_bytes, recipe.autocast,
+                                        config.dora)
             lora_numels += encoder["lora_numels"]
             step = {**step, "peak": step["peak"] + encoder["peak"], "flops": step["flops"] + encoder["flops"]}
     lora_bytes = 4 * sum(lora_numels)  # LoRA weights train in fp32 whatever the base's dtype
@@ -347,7 +350,7 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
         everything = sum(weights.values())
         host_loading = HOST_BASELINE_GB + (everything + lora_bytes) / GIB
         forward = training_step(key, resolution, config.batch_size, config.rank, False, recipe.weight_bytes,
-                                 recipe.autocast)["peak"]  # what the step's forward pass allocates
+                                 recipe.autocast, config.dora)["peak"]  # what the step's forward pass allocates
         extra = {name: min(CPU_EXTRA_RATIO * peak, CPU_EXTRA_CAP_GB * GIB) for name, (_, _, peak) in phases.items()}
         extra["train_step"] = max(extra["train_step"], CPU_STEP_EXTRA_GB * GIB + CPU_STEP_EXTRA_PER_GB * forward)
         for before, name in zip(phases, list(phases)[1:]):  # what the process kept, it keeps in the next phase
@@ -454,13 +457,13 @@ def parameter_counts(base: str = "sd15") -> dict:
     return dict(component_parameters(arch_key(architecture(base))))
 
 
-def lora_parameter_count(base: str = "sd15", rank: int = 4) -> int:
+def lora_parameter_count(base: str = "sd15", rank: int = 4, dora: bool = False) -> int:
     """Trainable parameters of the UNet LoRA that `train` adds: every Linear named to_q, to_k, to_v
-    or to_out.0 gets A (rank x in) and B (out x rank)."""
+    or to_out.0 gets A (rank x in) and B (out x rank), and with DoRA a magnitude (out)."""
     import torch
 
     unet = meta_component(arch_key(architecture(base)), "unet", 2)
-    return sum(rank * (m.in_features + m.out_features) for name, m in unet.named_modules()
+    return sum(rank * (m.in_features + m.out_features) + dora * m.out_features for name, m in unet.named_modules()
                if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in lora.UNET_TARGETS))
 
 
@@ -489,7 +492,8 @@ def plan_for_training(config, device: Device | None = None) -> Plan:
     batch = config.batch_size * (2 if config.class_dir else 1)
     plan = plan_run(base=config.base, resolution=config.resolution, rank=config.rank, batch_size=batch,
                     train_text_encoder=config.train_text_encoder, gpu=device, steps=config.steps,
-                    optimizer=config.optimizer, gradient_checkpointing=config.gradient_checkpointing, advise=False)
+                    optimizer=config.optimizer, gradient_checkpointing=config.gradient_checkpointing, advise=False,
+                    dora=getattr(config, "dora", False))
     if not plan.fits:
         plan.advice = _advice(plan.config, device, plan)
     return plan

@@ -9,7 +9,9 @@ Each image gets:
   plus whether exactly one face is in the picture.
 
 score = 1 - identity distance - penalties (below), so a higher score is better and likeness
-counts most; images without a usable face score 0 and are ranked last with the reason.
+counts most; images without a usable face score 0 and are ranked last with the reason. A
+portrait that reproduces a training photo (`copies`: the whole picture, not just the face) has
+the reason `copies_training_photo: ...` naming the photo, and `copies` in its row names it too.
 
 Training's validation (`portraitkit.validate`) uses the same scorer to tell which step's images
 look most like the person; this module knows nothing of training.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from portraitkit.copies import CopyDetector
 from portraitkit.errors import PortraitkitError
 from portraitkit.faces import SAME_PERSON_THRESHOLD
 from portraitkit.files import save_image, write_json
@@ -44,6 +47,9 @@ class Penalties:
     blurry: float = 0.15
     # Face too dark or too bright, or large parts of it clipped to black or white.
     badly_exposed: float = 0.1
+    # A training photo given back (`copies`): the person, but no new portrait. Ranked below the
+    # person in new scenes (a copy's likeness is as high as it gets), above someone else.
+    copies_training_photo: float = 0.3
 
 
 def rank_images(images_dir: str | Path, reference_dir: str | Path, top: int = 8, penalties: Penalties = Penalties()) -> list[dict]:
@@ -111,7 +117,7 @@ def order(rows: list[dict]) -> list[dict]:
 
 def unscored(reason: str) -> dict:
     return {"identity_distance": None, "score": 0.0, "faces": 0, "blur": None, "exposure": None, "mean_luma": None,
-            "reasons": [reason]}
+            "reasons": [reason], "copies": None}
 
 
 # --- the scorer -------------------------------------------------------------------------------
@@ -120,8 +126,9 @@ def unscored(reason: str) -> dict:
 class IdentityScorer:
     """Scores images against embeddings of the person's reference faces."""
 
-    def __init__(self, reference: np.ndarray):
+    def __init__(self, reference: np.ndarray, copies: CopyDetector | None = None):
         self.reference = np.asarray(reference, dtype=np.float64).reshape(-1, 128)
+        self.copies = copies  # the training crops a portrait may copy (`from_folder` gives them)
 
     @classmethod
     def from_images(cls, images: list) -> IdentityScorer:
@@ -145,16 +152,19 @@ class IdentityScorer:
             paths = [folder / row["file_name"] for row in read_jsonl(folder / "metadata.jsonl") if row.get("file_name")]
         else:
             paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith("."))
-        images = []
+        images, names = [], []
         for path in paths:
             try:
                 images.append(open_photo(path))
+                names.append(path.name)
             except PortraitkitError:
                 continue  # an unreadable reference is one fewer, not a failed ranking
         try:
-            return cls.from_images(images)
+            scorer = cls.from_images(images)
         except PortraitkitError:
             raise PortraitkitError(f"no face was found in the reference images in {folder}: pass the dataset made by `portraitkit prep`") from None
+        scorer.copies = CopyDetector(names, images)
+        return scorer
 
     def distance(self, embedding: np.ndarray) -> float:
         """Mean distance to the reference faces (same calibration as one pair: <= 0.6 same person)."""
@@ -192,9 +202,14 @@ class IdentityScorer:
         if problems:
             reasons.append(problems[0][1])  # one sentence is enough: brightness before clipping
             score -= penalties.badly_exposed
+        copied = self.copies.copies(image, face) if self.copies is not None else None
+        if copied is not None:
+            reasons.append(copied.reason())
+            score -= penalties.copies_training_photo
         return {"identity_distance": round(distance, 4), "score": round(max(0.0, score), 4), "faces": 1 + len(others),
                 "blur": _rounded(blur.score), "exposure": _rounded(exposure.score),
-                "mean_luma": _rounded(exposure.detail.get("mean_luma")), "reasons": reasons}
+                "mean_luma": _rounded(exposure.detail.get("mean_luma")), "reasons": reasons,
+                "copies": copied.photo if copied is not None else None}
 
 
 def _rounded(value: float | None) -> float | None:

@@ -171,20 +171,20 @@ def _unet_inputs(arch: dict, batch: int, resolution: int, dtype, device: str = "
 
 @functools.lru_cache(maxsize=64)
 def training_step(key: str, resolution: int, batch: int, rank: int, checkpointing: bool, weight_bytes: int,
-                   autocast: bool) -> dict:
+                   autocast: bool, dora: bool = False) -> dict:
     """One micro-batch of `train`'s loop on the real-size UNet: forward, MSE loss, backward."""
     import torch
 
     dtype = torch.float16 if weight_bytes == 2 else torch.float32
     return _run_training_step(meta_component(key, "unet", weight_bytes), json.loads(key), resolution, batch, rank,
-                              checkpointing, dtype, autocast, "meta")
+                              checkpointing, dtype, autocast, "meta", dora)
 
 
 def _run_training_step(unet, arch: dict, resolution: int, batch: int, rank: int, checkpointing: bool, dtype,
-                       autocast: bool, device: str) -> dict:
+                       autocast: bool, device: str, dora: bool = False) -> dict:
     """Add the LoRA, then one forward, loss and backward of `unet` under the live-tensor tracer;
     on meta tensors for the estimates, on real ones for `check_training_step`."""
-    lora_numels = [p.numel() for p in lora.add_adapters(unet, rank, lora.UNET_TARGETS)]
+    lora_numels = [p.numel() for p in lora.add_adapters(unet, rank, lora.UNET_TARGETS, use_dora=dora)]
     unet.train()
     tracer = _Tracer(autocast)
     if checkpointing:
@@ -222,12 +222,13 @@ def check_training_step(folder: str, resolution: int, rank: int = 16, checkpoint
 
 
 @functools.lru_cache(maxsize=16)
-def text_encoder_step(key: str, name: str, batch: int, rank: int, weight_bytes: int, autocast: bool) -> dict:
+def text_encoder_step(key: str, name: str, batch: int, rank: int, weight_bytes: int, autocast: bool,
+                      dora: bool = False) -> dict:
     """A text encoder trained with LoRA: forward with hidden states, backward (no checkpointing, an upper bound)."""
     import torch
 
     encoder = meta_component(key, name, weight_bytes)
-    lora_numels = [p.numel() for p in lora.add_adapters(encoder, rank, lora.TEXT_ENCODER_TARGETS)]
+    lora_numels = [p.numel() for p in lora.add_adapters(encoder, rank, lora.TEXT_ENCODER_TARGETS, use_dora=dora)]
     encoder.train()
 
     def step(_):

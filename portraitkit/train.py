@@ -8,13 +8,14 @@ The story of a run (`train`):
 3. encode every image to latents and every caption to text embeddings once (`examples`), with
    only the VAE and text encoders on the GPU; from then on the loop runs only the UNet
    (`placement` says which models sit on the GPU in each phase);
-4. loop: noise the latents at a random timestep, predict the noise, min-SNR-weighted MSE,
-   8-bit AdamW step; log, validate (`validate`) and checkpoint (`checkpoints`) along the way;
+4. loop: noise the latents at a random timestep, predict the noise, min-SNR-weighted MSE (on the
+   face and hair only with --masked-loss; `objective`), 8-bit AdamW step; log, validate
+   (`validate`) and checkpoint (`checkpoints`) along the way;
 5. save the LoRA in the diffusers format and in the kohya format that AUTOMATIC1111 and ComfyUI read.
 
-Every random draw of step k (which images, which noise, which timesteps) comes from a generator
-seeded by (seed, k), so a run killed at step k and resumed from its checkpoint ends with the same
-weights as a run that was never interrupted.
+Every random draw of step k (which images, which noise, which timesteps, which captions are
+dropped) comes from a generator seeded by (seed, k), so a run killed at step k and resumed from
+its checkpoint ends with the same weights as a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from portraitkit import checkpoints, lora, plan, validate
+from portraitkit import checkpoints, lora, objective, plan, validate
 from portraitkit.errors import PortraitkitError
-from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, unet_conditioning
+from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, require_masks, unet_conditioning
 from portraitkit.files import atomic_path, read_jsonl, write_json, write_jsonl
 from portraitkit.placement import Placement
 from portraitkit.settings import check_at_least, check_positive, check_resolution, setting
@@ -69,6 +70,12 @@ class TrainConfig:
     class_prompt: str = setting("caption of the class images", "a photo of a person")
     num_class_images: int = setting("class images to use for prior preservation", 50)
     prior_loss_weight: float = setting("weight of the class-image loss", 1.0)
+    masked_loss: bool = setting("count the person's face and hair (prep's masks/) in the loss, not the background", False)
+    background_weight: float = setting("with --masked-loss, how much the background counts: 0 not at all, 1 as without a mask", 0.0)
+    caption_dropout: float = setting("probability of training an image on its bare trigger caption (a photo of sks person); "
+                                     "ai-toolkit uses 0.05", 0.0)
+    dora: bool = setting("DoRA (weight-decomposed LoRA, peft's use_dora): a learned magnitude per output beside the "
+                         "low-rank direction; a little more memory and time per step", False)
     checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)
     keep_checkpoints: int = setting("how many recent checkpoints to keep", 3)
     validate: bool = setting("render and score validation images (identity.json, best/); --no-validate trains only", True)
@@ -132,6 +139,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     with clock("load"):
         examples = load_examples(config.dataset_dir)
+        if config.masked_loss:  # before minutes of loading, not after
+            require_masks(examples)
         resolution = training_resolution(config, examples)
         pipe, lora_modules = load_for_training(config, weight_dtype)
     if checkpointing:
@@ -149,7 +158,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     with clock("cache"), placement.on("vae", "text_encoder", "text_encoder_2"):
         classes = class_examples(pipe, placement, config.class_dir, config.class_prompt, config.num_class_images, config.seed,
                                  config.validation_steps, resolution) if config.class_dir else []
-        cache = encode_examples(pipe, examples, resolution, with_text=with_text)
+        cache = encode_examples(pipe, examples, resolution, with_text=with_text, bare=config.caption_dropout > 0,
+                                masks=config.masked_loss)
         class_cache = encode_examples(pipe, classes, resolution, with_text=with_text) if classes else None
     # From here on only the UNet (and the text encoders it trains) run; the VAE waits in RAM.
     placement.keep(*lora_modules)
@@ -312,6 +322,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
     check_positive({"lr": config.lr, "text_encoder_lr": config.text_encoder_lr, "alpha": config.alpha,
                     "max_grad_norm": config.max_grad_norm, "snr_gamma": config.snr_gamma})
     check_resolution(config.resolution)
+    for name in ("background_weight", "caption_dropout"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise PortraitkitError(f"--{name.replace('_', '-')} {getattr(config, name)} is not a fraction: choose between 0 and 1")
     check_dataset(config.dataset_dir)
     check_available(config.base)
     absolute = {name: str(Path(value).expanduser().resolve()) for name in ("dataset_dir", "out_dir", "class_dir")
@@ -466,7 +479,7 @@ def load_for_training(config: TrainConfig, weight_dtype) -> tuple:
 
     pipe = load_pipeline(config.base, dtype=weight_dtype, vae=config.vae)
     set_seed(config.seed)  # the LoRA's random initialisation
-    lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder)
+    lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder, use_dora=config.dora)
     for module in lora_modules.values():
         # Training mode: older diffusers and transformers checkpoint only modules in training mode
         # (their dropout is 0, so nothing else changes).
@@ -523,7 +536,9 @@ def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, clas
     torch.manual_seed(config.seed * 1_000_003 + micro_index)  # LoRA dropout, if any, stays reproducible
     mine = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
     picks = batch_indices(config.seed, micro_index, config.batch_size * world, len(examples))[mine]
-    latents, cond = _select(pipe, cache, picks, [examples[i]["text"] for i in picks], config, device)
+    dropped = objective.dropped_captions(config.seed, micro_index, config.batch_size * world, config.caption_dropout)[mine]
+    captions = [objective.bare_caption(examples[i]["text"]) if drop else examples[i]["text"] for i, drop in zip(picks, dropped)]
+    latents, cond = _select(pipe, cache, picks, captions, config, device, dropped)
     if class_cache is not None:
         class_picks = batch_indices(config.seed + 1, micro_index, config.batch_size * world, len(class_cache["latents"]))[mine]
         class_latents, class_cond = _select(pipe, class_cache, class_picks, [config.class_prompt] * len(class_picks), config, device)
@@ -537,33 +552,49 @@ def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, clas
         noise += config.noise_offset * torch.randn((world * n, latents.shape[1], 1, 1), generator=generator)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (world * n,), generator=generator)
     noise, timesteps = noise[ours].to(device), timesteps[ours].to(device)
+    mask = cache["masks"][picks].to(device) if config.masked_loss else None
+    if mask is not None and class_cache is not None:  # class images keep the whole picture: the prior is all of it
+        mask = torch.cat([mask, torch.ones_like(mask)])
     with autocast():
         per_sample = loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, unet_conditioning(cond, resolution, dtype),
-                                  config.snr_gamma, dtype)
+                                  config.snr_gamma, dtype, mask, config.background_weight)
     if class_cache is None:
         return per_sample.mean()
     instance, prior = per_sample.chunk(2)
     return instance.mean() + config.prior_loss_weight * prior.mean()
 
 
-def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning: dict, snr_gamma: float | None, dtype=None):
+def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning: dict, snr_gamma: float | None, dtype=None,
+                 mask=None, background_weight: float = 0.0):
     """The training loss of one draw, per sample: what every training step minimises.
 
     Noise the clean latents to step t (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, a_t the
     scheduler's `alphas_cumprod[t]`), let the UNet predict from x_t, t and the caption's
     `conditioning`, and score the prediction against the noise (or, for v-prediction bases, the
-    velocity sqrt(a_t) eps - sqrt(1 - a_t) x_0) by mean squared error, min-SNR weighted.
-    Notebook 04 does the same by hand and checks it equals this.
+    velocity sqrt(a_t) eps - sqrt(1 - a_t) x_0) by mean squared error, min-SNR weighted; with a
+    `mask` (latent resolution) the error counts the person, the background by `background_weight`
+    (`objective.masked_loss`). Notebook 04 does the same by hand and checks it equals this.
     """
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy.to(dtype or latents.dtype), timesteps, **conditioning).sample.float()
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
-    return (prediction - target).pow(2).mean(dim=(1, 2, 3)) * _snr_weights(noise_scheduler, timesteps, snr_gamma)
+    return objective.masked_loss(prediction, target, mask, background_weight) * _snr_weights(noise_scheduler, timesteps, snr_gamma)
 
 
-def _select(pipe, cache, picks, captions, config, device):
+def _select(pipe, cache, picks, captions, config, device, dropped=None):
+    """The micro-batch's latents and conditioning: cached text (a dropped caption's bare trigger
+    phrase was cached beside it), SDXL's size ids, or, when the text encoder trains, the captions
+    encoded now, with gradients."""
+    import torch
+
+    dropped = dropped or [False] * len(picks)
     latents = cache["latents"][picks].to(device)
-    cond = {key: cache[key][picks].to(device) for key in cache if key != "latents"}
+    cond = {}
+    for key in cache:
+        if key in ("latents", "masks") or key.startswith("bare_"):
+            continue
+        cond[key] = torch.stack([cache[f"bare_{key}" if drop and f"bare_{key}" in cache else key][i]
+                                 for i, drop in zip(picks, dropped)]).to(device)
     if "embeds" not in cache:  # the text encoder trains: encode with gradients
         cond.update(encode_text(pipe, captions, device))
     return latents, cond

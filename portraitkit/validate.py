@@ -133,7 +133,7 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
     embeddings = np.zeros((0, 128))
     try:
         embeddings = reference_embeddings(reference_images)
-        row.update(_identity_of_step(images, embeddings, len(reference_images)) if not broken else {"reason": broken})
+        row.update(_identity_of_step(images, embeddings, reference_images) if not broken else {"reason": broken})
     except PortraitkitError as error:  # the face models are missing: training goes on, unscored
         row["reason"] = f"identity not scored: {error}"
     steps[step] = row
@@ -167,24 +167,36 @@ def _why_no_best(rows: list[dict]) -> str:
     return "no validation step could be judged: " + "; ".join(sorted(reasons)) if reasons else "no validation step was scored"
 
 
-def _identity_of_step(images: list, embeddings: np.ndarray, references: int) -> dict:
-    """faces_found, mean_identity_distance and, where the step cannot be judged, the reason."""
+def _identity_of_step(images: list, embeddings: np.ndarray, reference_images: list) -> dict:
+    """faces_found, mean_identity_distance, copies and, where the step cannot be judged, the reason.
+
+    A step whose images give back a training photo (`copies`) is never the best, however alike:
+    its LoRA has begun to memorise the photos instead of learning the person."""
     if len(embeddings) == 0:
-        return {"reason": f"no face was found in the {references} training images, so there is nothing to compare with"}
+        return {"reason": f"no face was found in the {len(reference_images)} training images, so there is nothing to compare with"}
+    from portraitkit.copies import CopyDetector
     from portraitkit.faces import detect_faces, face_embedding
 
     scorer = IdentityScorer(embeddings)
-    distances = []
+    detector = CopyDetector([f"training image {n}" for n in range(1, len(reference_images) + 1)], reference_images)
+    distances, copies = [], []
     for image in images:
         found = detect_faces(image)
         if found:
             distances.append(scorer.distance(face_embedding(image, found[0])))
+            copied = detector.copies(image, found[0])
+            if copied is not None:
+                copies.append(copied.photo)
     if not distances:
         return {"reason": f"no face was found in the {len(images)} validation images"}
-    row = {"faces_found": len(distances), "mean_identity_distance": round(float(np.mean(distances)), 4), "reason": None}
+    row = {"faces_found": len(distances), "mean_identity_distance": round(float(np.mean(distances)), 4), "reason": None,
+           "copies": copies}
     if len(distances) * 2 < len(images):
         row["reason"] = (f"faces found in only {len(distances)} of {len(images)} validation images "
                          "(at least half are needed to judge a step)")
+    elif copies:
+        row["reason"] = (f"copies_training_photo: {len(copies)} of {len(images)} validation images reproduce a training photo "
+                         f"({', '.join(sorted(set(copies)))}), so this step's LoRA memorises rather than learns")
     return row
 
 

@@ -123,7 +123,8 @@ def test_dataset_is_an_imagefolder_with_captions(samples_run):
     datasets = pytest.importorskip("datasets")
     _, out, report = samples_run
     dataset = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
-    assert len(dataset) == 9 and set(dataset.column_names) == {"image", "text", "original_size", "crop_top_left"}
+    # masks/ is no training image; SDXL's size and crop conditioning ride along
+    assert len(dataset) == 9 and set(dataset.column_names) == {"image", "text", "mask", "original_size", "crop_top_left"}
     assert all(text.startswith("a photo of sks person, ") for text in dataset["text"])
     assert dataset[0]["image"].size == (512, 512)
     captions = {e["source"]: e["caption"] for e in report["photos"]}
@@ -132,7 +133,7 @@ def test_dataset_is_an_imagefolder_with_captions(samples_run):
     assert "black and white" not in captions["hopper.jpg"]
     # no stray files: only prepared images, the three documents
     assert {p.name for p in out.iterdir()} == {e["output"] for e in report["photos"] if e["output"]} | {
-        "metadata.jsonl", "report.json", "contact_sheet.png"}
+        "metadata.jsonl", "report.json", "contact_sheet.png", "masks"}
 
 
 def test_crops_are_straightened_and_face_centred(samples_run):
@@ -297,3 +298,37 @@ def test_a_face_at_the_photos_edge_is_kept_with_a_warning(tmp_path, samples_dir)
     [entry] = prepare(photos, tmp_path / "dataset", PrepConfig(resolution=256)).entries
     assert entry["status"] == "accepted" and "off_centre" in entry["warnings"]
     assert entry["measurements"]["crop"]["off_centre"] > PrepConfig().max_off_centre
+
+
+def test_every_accepted_crop_has_a_mask_of_its_face_and_hair(samples_run):
+    import numpy as np
+    from PIL import Image
+    from scipy.ndimage import distance_transform_edt
+
+    from portraitkit.faces import detect_faces
+
+    _, out, report = samples_run
+    accepted = [e for e in report["photos"] if e["status"] == "accepted"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(e["output"] for e in accepted)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert all(row["mask_file_name"] == f"masks/{row['file_name']}" for row in rows)
+    for entry in accepted:
+        mask = np.asarray(Image.open(out / "masks" / entry["output"])) > 127
+        crop = Image.open(out / entry["output"]).convert("RGB")
+        assert mask.shape == (512, 512)
+        # the face and not the whole frame: every landmark of the face dlib finds again in the crop
+        # lies inside (give or take 2% of the face width: dlib's landmarks move a few pixels
+        # between the photo and its crop), the bottom corners (shoulders) and top corners outside
+        landmarks = detect_faces(crop)[0].landmarks.round().astype(int).clip(0, 511)
+        outside = distance_transform_edt(~mask)[landmarks[:, 1], landmarks[:, 0]]
+        assert outside.max() <= 0.02 * np.ptp(landmarks[:, 0]), entry["output"]
+        assert not mask[-5:, :40].any() and not mask[-5:, -40:].any() and not mask[:40, :40].any()
+        # hair: it reaches above the brows by most of a brow-to-chin height
+        brows, chin = landmarks[17:27, 1].mean(), landmarks[8, 1]
+        top = np.argmax(mask.any(axis=1))
+        assert top <= max(0, brows - 0.6 * (chin - brows)), entry["output"]  # or it reaches the top edge
+        assert 0.15 < entry["measurements"]["mask"]["coverage"] < 0.5
+    # the contact sheet shows the masks: blue-tinted pixels on the accepted photos' thumbnails
+    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB")).astype(int)
+    blue = (sheet[..., 2] - sheet[..., 0] > 60) & (sheet[..., 2] > 150)
+    assert blue.sum() > 9 * 2000

@@ -140,7 +140,7 @@ def test_override_leaves_out_an_accepted_photo_and_brings_it_back(dataset, sampl
 
     panel.toggles["hopper_soft.jpg"].value = False
     assert metadata_files(dataset) == [name for name in before if name != "hopper_soft.png"]
-    assert not (dataset / "hopper_soft.png").exists()
+    assert not (dataset / "hopper_soft.png").exists() and not (dataset / "masks" / "hopper_soft.png").exists()
     report = json.loads((dataset / "report.json").read_text())
     entry = next(e for e in report["photos"] if e["source"] == "hopper_soft.jpg")
     assert entry["status"] == "rejected" and entry["override"] and entry["output"] is None
@@ -150,6 +150,7 @@ def test_override_leaves_out_an_accepted_photo_and_brings_it_back(dataset, sampl
 
     panel.toggles["hopper_soft.jpg"].value = True
     assert sorted(metadata_files(dataset)) == sorted(before) and (dataset / "hopper_soft.png").is_file()
+    assert (dataset / "masks" / "hopper_soft.png").is_file() and "mask" in load_imagefolder(dataset).column_names
 
 
 def test_override_uses_a_rejected_photo_cropped_like_prep(dataset, samples_dir):
@@ -163,6 +164,8 @@ def test_override_uses_a_rejected_photo_cropped_like_prep(dataset, samples_dir):
     added = next(row for row in rows if row["file_name"] == "hopper_blurry.png")
     assert added["text"] == "a photo of sks person"
     assert Image.open(dataset / "hopper_blurry.png").size == (128, 128)
+    assert added["mask_file_name"] == "masks/hopper_blurry.png"  # masked as prep masks
+    assert Image.open(dataset / "masks" / "hopper_blurry.png").size == (128, 128)
     entry = next(e for e in json.loads((dataset / "report.json").read_text())["photos"] if e["source"] == "hopper_blurry.jpg")
     assert entry["status"] == "accepted" and entry["reasons"] == ["blurry"]  # prep's measurement is kept
     assert len(load_imagefolder(dataset)) == len(rows) == 11

@@ -17,6 +17,7 @@ photo is checked, and every decision is written down with the measurements behin
 6. measure how far the camera was (`distance`: EXIF focal length and the pupils' separation),
    warn when the set is arm's-length selfies, and with `correct_distance` re-render close-ups
    from 150 cm before the crop, so the LoRA does not learn a selfie's wider nose as the face.
+7. mask the person's face and hair in the crop, from the landmarks (`masks`), for the masked loss.
 
 Outputs in the dataset folder (see `prepare`): the prepared PNGs and `metadata.jsonl` (a Hugging
 Face `imagefolder`), `report.json` and `contact_sheet.png`. A file that cannot be read, or any
@@ -25,7 +26,7 @@ other failure on one photo, is recorded against that photo and the run goes on.
 The stage, one module per concept: `config` (PrepConfig), `photo` (what is learned about one
 input, the reason codes), `intake` (finding, examining, staging and publishing the photos),
 `checks` (quality, duplicates, identity, variety), `crops` (face geometry, the crop, its look,
-the caption), `distance` (camera distance and its correction), `report` (summary, report entries, contact sheet).
+the caption), `distance` (camera distance and its correction), `masks` (the face-and-hair mask of each crop), `report` (summary, report entries, contact sheet).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ from portraitkit.prep import checks, distance, intake, report
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption, crop_face, face_geometry, size_conditioning
 from portraitkit.prep.intake import STAGING, output_stem
+from portraitkit.prep.masks import MASKS_DIR, crop_mask
 from portraitkit.prep.photo import REJECTIONS, WARNINGS, Photo
 
-__all__ = ["REJECTIONS", "STAGING", "WARNINGS", "Photo", "PrepConfig", "PrepResult", "caption", "crop_face", "face_geometry",
-           "output_stem", "prepare"]
+__all__ = ["MASKS_DIR", "REJECTIONS", "STAGING", "WARNINGS", "Photo", "PrepConfig", "PrepResult", "caption", "crop_face",
+           "crop_mask", "face_geometry", "output_stem", "prepare"]
 
 
 @dataclass
@@ -74,8 +76,9 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
 
     Writes to `out_dir`:
     - one `<name>.png` per accepted photo, `config.resolution` pixels square;
-    - `metadata.jsonl`: `{"file_name", "text"}` per accepted photo, so
-      `datasets.load_dataset("imagefolder", data_dir=out_dir)` gives `image` and `text` columns;
+    - `masks/<name>.png`: each accepted crop's face-and-hair mask (`prep.masks` says what it covers);
+    - `metadata.jsonl`: `{"file_name", "text", "mask_file_name"}` per accepted photo, so
+      `datasets.load_dataset("imagefolder", data_dir=out_dir)` gives `image`, `text` and `mask` columns;
     - `report.json`: per input `source`, `status`, `reasons`, `warnings`, `output`, `caption` and
       `measurements`, plus `summary`, `variety` and the `config` used;
     - `contact_sheet.png`: every input as a thumbnail, marked accepted or rejected, in words.
@@ -119,7 +122,8 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     summary["camera_distance"] = distances
     entries = [report.entry(p, config) for p in photos]
     files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words),
-                                                    **size_conditioning(p, config)} for p in accepted])
+                                                    "mask_file_name": f"{MASKS_DIR}/{p.output}", **size_conditioning(p, config)}
+                                                   for p in accepted])
     files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary), optimize=True)
     files.write_json(
         out_dir / "report.json",

@@ -19,6 +19,7 @@ from portraitkit.prep import distance
 from portraitkit.prep.checks import hash_hex, judge_quality, perceptual_hash
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption_words, crop_face, face_geometry, measure_look
+from portraitkit.prep.masks import MASKS_DIR, coverage, crop_mask
 from portraitkit.prep.photo import THUMBNAIL, Photo
 from portraitkit.settings import check_resolution
 
@@ -163,6 +164,9 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     if not photo.reasons:  # only photos that may be accepted are worth writing
         files.save_image(staged, crop)
         photo.staged = staged
+        photo.mask = crop_mask(face.landmarks, corners, config.resolution)
+        photo.measurements["mask"] = {"coverage": coverage(photo.mask)}
+        photo.staged_mask = files.save_image(staged.with_name(staged.stem + "_mask.png"), photo.mask)
 
 
 # --- into the dataset ---------------------------------------------------------------------------
@@ -181,6 +185,8 @@ def publish(photos: list[Photo], out_dir: Path, staging: Path, config: PrepConfi
         taken.add(name.lower())
         photo.staged.replace(out_dir / name)
         photo.output = name
+        (out_dir / MASKS_DIR).mkdir(exist_ok=True)
+        photo.staged_mask.replace(out_dir / MASKS_DIR / name)
     # Images a previous run accepted but this one does not: listed in its metadata, so ours.
     old = out_dir / "metadata.jsonl"
     if old.is_file():
@@ -188,6 +194,7 @@ def publish(photos: list[Photo], out_dir: Path, staging: Path, config: PrepConfi
             name = str(row.get("file_name", ""))
             if name and "/" not in name and name.lower() not in taken:
                 (out_dir / name).unlink(missing_ok=True)
+                (out_dir / MASKS_DIR / name).unlink(missing_ok=True)
 
 
 def output_stem(source: str) -> str:

@@ -53,6 +53,8 @@ class Photo:
     crop_corners: np.ndarray | None = None  # the crop square in photo pixels, for the contact sheet
     face_box: tuple[int, int, int, int] | None = None
     staged: Path | None = None
+    mask: Image.Image | None = None  # the crop's face-and-hair mask (`masks`), for accepted photos
+    staged_mask: Path | None = None
     embedding: np.ndarray | None = None
     phash: np.ndarray | None = None
     caption_words: list[str] = field(default_factory=list)

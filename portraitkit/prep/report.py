@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption
+from portraitkit.prep.masks import mask_on_photo
 from portraitkit.prep.photo import REJECTIONS, THUMBNAIL, WARNINGS, Photo
 
 
@@ -108,7 +109,8 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
     """Every input as a thumbnail with a coloured frame and its decision in words.
 
     Green: accepted; amber: accepted with warnings; red: rejected. The outline on the photo is
-    the square that was (or would have been) cropped, or the face box when there is no crop.
+    the square that was (or would have been) cropped, or the face box when there is no crop; the
+    blue tint on accepted photos is the face-and-hair mask `train --masked-loss` counts.
     """
     columns = min(5, max(1, len(photos)))
     rows = math.ceil(len(photos) / columns)
@@ -128,7 +130,10 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
         draw.rectangle((x - 3, y - 3, x + _CELL + 2, y + _CELL + 2), outline=colour, width=4)
         if photo.thumbnail is not None:
             ox, oy = x + (_CELL - photo.thumbnail.width) // 2, y + (_CELL - photo.thumbnail.height) // 2
-            sheet.paste(photo.thumbnail, (ox, oy))
+            shown = photo.thumbnail
+            if photo.mask is not None and photo.status == "accepted":
+                shown = mask_on_photo(shown, photo.mask, photo.crop_corners, photo.thumb_scale)
+            sheet.paste(shown, (ox, oy))
             if photo.crop_corners is not None:
                 points = [(ox + px * photo.thumb_scale, oy + py * photo.thumb_scale) for px, py in photo.crop_corners]
                 draw.polygon(points, outline=colour, width=2)
@@ -150,7 +155,7 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
             words = [REJECTIONS[c] + (f" of {photo.duplicate_of}" if c == "duplicate" else "") for c in REJECTIONS if c in photo.reasons]
             lines += [(line, colour) for line in textwrap.wrap("rejected: " + ", ".join(words), 34)]
         else:
-            lines.append(("accepted", colour))
+            lines.append(("accepted; blue: the loss mask" if photo.mask is not None else "accepted", colour))
         if photo.measurements.get("camera_distance_cm") is not None:  # prep.distance
             where = f"camera ~{photo.measurements['camera_distance_cm']:.0f} cm"
             if photo.measurements.get("corrected_from_cm"):

@@ -1,0 +1,77 @@
+"""The copy flag: a training photo given back is caught and ranked below the person in a new scene."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from portraitkit.rank import rank_images
+from portraitkit.validate import score_validation_step
+
+TRAINING = ["hopper.jpg", "hopper_soft.jpg", "hopper_warm_closeup.jpg", "hopper_tilted_bright.jpg", "hopper_mirrored_dim.webp"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, samples_dir):
+    from portraitkit.prep import PrepConfig, prepare
+
+    photos = tmp_path_factory.mktemp("photos")
+    for name in TRAINING:
+        shutil.copy(samples_dir / name, photos / name)
+    out = tmp_path_factory.mktemp("dataset") / "dataset"
+    assert len(prepare(photos, out, PrepConfig(resolution=256)).accepted) == len(TRAINING)
+    return out
+
+
+def reencoded(image: Image.Image) -> Image.Image:
+    """What a LoRA that memorised a photo gives back: the same picture, re-encoded and a little brighter."""
+    buffer = io.BytesIO()
+    image.point(lambda v: min(255, int(v * 1.05))).save(buffer, "JPEG", quality=75)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def composite(dataset, name: str, scene: Image.Image) -> Image.Image:
+    """The training crop's face and hair (prep's mask) at 70% of its size, off to one side, in another scene."""
+    crop, mask = Image.open(dataset / name).convert("RGB"), Image.open(dataset / "masks" / name)
+    box = mask.getbbox()
+    size = (round((box[2] - box[0]) * 0.7), round((box[3] - box[1]) * 0.7))
+    out = scene.convert("RGB").resize(crop.size)
+    out.paste(crop.crop(box).resize(size), (crop.width - size[0] - 8, crop.height - size[1] - 8), mask.crop(box).resize(size))
+    return out
+
+
+def test_a_training_photo_given_back_is_flagged_and_ranked_below_a_new_scene(dataset, samples_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    reencoded(Image.open(dataset / "hopper.png")).save(images / "copy.jpg")
+    composite(dataset, "hopper.png", Image.open(samples_dir / "coffee.jpg")).save(images / "new_scene.png")
+    Image.open(samples_dir / "astronaut.jpg").convert("RGB").crop((120, 0, 376, 256)).save(images / "someone_else.png")
+
+    ranking = rank_images(images, dataset)
+    rows = {row["file"]: row for row in ranking}
+    copy, new, other = rows["copy.jpg"], rows["new_scene.png"], rows["someone_else.png"]
+    assert copy["copies"] == "hopper.png"
+    assert any(reason.startswith("copies_training_photo") and "hopper.png" in reason for reason in copy["reasons"])
+    assert new["identity_distance"] < 0.6 and new["copies"] is None  # recognised, and not a copy
+    assert abs(copy["identity_distance"] - new["identity_distance"]) < 0.05  # likeness alone cannot tell them apart
+    assert new["rank"] < copy["rank"]
+    assert other["copies"] is None and not any("copies_training_photo" in r for r in other["reasons"])
+    assert json.loads((images / "ranking.json").read_text())[copy["rank"] - 1]["copies"] == "hopper.png"
+
+
+def test_a_validation_step_that_copies_is_not_chosen_as_best(dataset, samples_dir, tmp_path):
+    reference = [Image.open(dataset / f"{name.rsplit('.', 1)[0]}.png").convert("RGB") for name in TRAINING]
+    saved = []
+    scene = Image.open(samples_dir / "coffee.jpg")
+    new_scenes = [composite(dataset, "hopper.png", scene), composite(dataset, "hopper_soft.png", scene)]
+    copies = [reencoded(reference[0]), reencoded(reference[1])]
+    score_validation_step(tmp_path, 10, new_scenes, reference, 20, lambda folder: saved.append(10))
+    record = score_validation_step(tmp_path, 20, copies, reference, 20, lambda folder: saved.append(20))
+    steps = {row["step"]: row for row in record["steps"]}
+    assert steps[20]["mean_identity_distance"] < 0.6  # the person, as alike as can be
+    assert steps[20]["reason"].startswith("copies_training_photo") and len(steps[20]["copies"]) == 2
+    assert steps[10]["copies"] == [] and record["best_step"] == 10 and saved == [10]
