@@ -102,6 +102,8 @@ def kohya_dora_scales(kohya: dict) -> dict:
 
     diffusers' kohya converter leaves peft's `lora_magnitude_vector` half-renamed; ComfyUI tells
     a per-output magnitude from a per-input one by its first dimension, so (out, 1) it must be.
+    diffusers reads such a file too, but its SD1.x / SDXL loaders leave `dora_scale` out (with a
+    warning): in diffusers, load the diffusers-format file, which keeps the magnitudes.
     """
     suffix = ".lora_magnitude_vector"
     return {(key[: -len(suffix)].replace(".", "_") + ".dora_scale" if key.endswith(suffix) else key):
