@@ -30,7 +30,8 @@ KOHYA_PREFIXES = {"sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
                   "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
 # peft's tensor names and kohya's for the same tensor. DoRA's magnitude (one per output row) is
 # `dora_scale` of shape (out, 1) there: ComfyUI tells a per-output magnitude from a per-input one
-# by its first dimension.
+# by its first dimension. diffusers reads such a file too, but its SD1.x / SDXL loaders leave
+# `dora_scale` out (with a warning): in diffusers, load the diffusers-format file, which keeps them.
 KOHYA_TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
 
 
