@@ -11,7 +11,9 @@
   on its bare trigger caption ("a photo of sks person") instead of its full caption, so the token
   alone also carries the person (ai-toolkit's default is 0.05).
 
-Both are plain functions of tensors and seeds, so tests check them on their own.
+Both sit in `loss_of_draw`, the loss of one draw of noise and timesteps, with min-SNR weighting
+(Hang et al., ICCV 2023). All are plain functions of tensors and seeds, so tests check them on
+their own, and notebook 04 checks its by-hand step against `loss_of_draw`.
 """
 
 from __future__ import annotations
@@ -64,3 +66,33 @@ def dropped_captions(seed: int, micro_index: int, count: int, probability: float
 def bare_caption(caption: str) -> str:
     """The trigger phrase a caption begins with: "a photo of sks person, warm light" -> "a photo of sks person"."""
     return caption.split(CAPTION_SEPARATOR, 1)[0].strip()
+
+
+def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning: dict, snr_gamma: float | None, dtype=None,
+                 mask=None, background_weight: float = 0.0):
+    """The training loss of one draw, per sample: what every training step minimises.
+
+    Noise the clean latents to step t (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, a_t the
+    scheduler's `alphas_cumprod[t]`), let the UNet predict from x_t, t and the caption's
+    `conditioning`, and score the prediction against the noise (or, for v-prediction bases, the
+    velocity sqrt(a_t) eps - sqrt(1 - a_t) x_0) by mean squared error, min-SNR weighted; with a
+    `mask` (latent resolution) the error counts the person, the background by `background_weight`
+    (`objective.masked_loss`). Notebook 04 does the same by hand and checks it equals this.
+    """
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy.to(dtype or latents.dtype), timesteps, **conditioning).sample.float()
+    target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
+    return masked_loss(prediction, target, mask, background_weight) * snr_weights(noise_scheduler, timesteps, snr_gamma)
+
+
+def snr_weights(noise_scheduler, timesteps, gamma: float | None):
+    """Min-SNR weighting (Hang et al., ICCV 2023): easy, low-noise steps stop dominating the loss."""
+    import torch
+
+    if gamma is None:
+        return torch.ones(timesteps.shape, device=timesteps.device)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else clipped / snr

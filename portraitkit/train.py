@@ -34,6 +34,7 @@ from portraitkit import checkpoints, lora, objective, plan, validate
 from portraitkit.errors import PortraitkitError
 from portraitkit.examples import class_examples, encode_examples, encode_text, load_examples, require_masks, unet_conditioning
 from portraitkit.files import atomic_path, read_jsonl, write_json, write_jsonl
+from portraitkit.phases import PhaseClock
 from portraitkit.placement import Placement
 from portraitkit.settings import check_at_least, check_positive, check_resolution, setting
 
@@ -239,40 +240,6 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         _record_phases(run_dir, clock.seconds)
     accelerator.wait_for_everyone()
     return run_dir
-
-
-class PhaseClock:
-    """Seconds per phase of a run (load, cache, steps, validation, scoring, checkpoints, save,
-    plots), so a user sees where a run's minutes go; config.json records them."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._began: dict[str, float] = {}
-
-    def start(self, phase: str) -> None:
-        self._began[phase] = time.perf_counter()
-
-    def stop(self, phase: str) -> None:
-        began = self._began.pop(phase, None)
-        if began is not None:
-            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - began, 3)
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        self.start(phase)
-        try:
-            yield
-        finally:
-            self.stop(phase)
-
-    @contextlib.contextmanager
-    def pause(self, phase: str):
-        """`phase` does not count inside the block (the training steps, while validation renders)."""
-        self.stop(phase)
-        try:
-            yield
-        finally:
-            self.start(phase)
 
 
 def _record_phases(run_dir: Path, seconds: dict) -> None:
@@ -556,29 +523,12 @@ def _micro_step(*, micro_index, pipe, unet, noise_scheduler, config, cache, clas
     if mask is not None and class_cache is not None:  # class images keep the whole picture: the prior is all of it
         mask = torch.cat([mask, torch.ones_like(mask)])
     with autocast():
-        per_sample = loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, unet_conditioning(cond, resolution, dtype),
+        per_sample = objective.loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, unet_conditioning(cond, resolution, dtype),
                                   config.snr_gamma, dtype, mask, config.background_weight)
     if class_cache is None:
         return per_sample.mean()
     instance, prior = per_sample.chunk(2)
     return instance.mean() + config.prior_loss_weight * prior.mean()
-
-
-def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning: dict, snr_gamma: float | None, dtype=None,
-                 mask=None, background_weight: float = 0.0):
-    """The training loss of one draw, per sample: what every training step minimises.
-
-    Noise the clean latents to step t (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, a_t the
-    scheduler's `alphas_cumprod[t]`), let the UNet predict from x_t, t and the caption's
-    `conditioning`, and score the prediction against the noise (or, for v-prediction bases, the
-    velocity sqrt(a_t) eps - sqrt(1 - a_t) x_0) by mean squared error, min-SNR weighted; with a
-    `mask` (latent resolution) the error counts the person, the background by `background_weight`
-    (`objective.masked_loss`). Notebook 04 does the same by hand and checks it equals this.
-    """
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy.to(dtype or latents.dtype), timesteps, **conditioning).sample.float()
-    target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
-    return objective.masked_loss(prediction, target, mask, background_weight) * _snr_weights(noise_scheduler, timesteps, snr_gamma)
 
 
 def _select(pipe, cache, picks, captions, config, device, dropped=None):
@@ -598,16 +548,3 @@ def _select(pipe, cache, picks, captions, config, device, dropped=None):
     if "embeds" not in cache:  # the text encoder trains: encode with gradients
         cond.update(encode_text(pipe, captions, device))
     return latents, cond
-
-
-def _snr_weights(noise_scheduler, timesteps, gamma: float | None):
-    """Min-SNR weighting (Hang et al., ICCV 2023): easy, low-noise steps stop dominating the loss."""
-    import torch
-
-    if gamma is None:
-        return torch.ones(timesteps.shape, device=timesteps.device)
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else clipped / snr

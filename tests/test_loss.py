@@ -1,4 +1,4 @@
-"""train.loss_of_draw, the loss every training step minimises, against the formula written out
+"""objective.loss_of_draw, the loss every training step minimises, against the formula written out
 (epsilon and v-prediction, with and without min-SNR weighting), on the tiny base."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def test_loss_of_draw_is_the_written_out_objective(tiny, prediction_type, gamma)
     from diffusers import DDPMScheduler
 
     from portraitkit.examples import encode_text, unet_conditioning
-    from portraitkit.train import loss_of_draw
+    from portraitkit.objective import loss_of_draw
 
     scheduler = DDPMScheduler.from_config(tiny.scheduler.config, prediction_type=prediction_type)
     generator = torch.Generator().manual_seed(3)
