@@ -9,7 +9,7 @@ import json
 import pytest
 
 from portraitkit import lora
-from portraitkit.lora import KOHYA_FILE, LORA_FILE
+from portraitkit.lora import KOHYA_FILE
 from portraitkit.train import TrainConfig, load_for_training, train
 
 
