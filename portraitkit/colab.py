@@ -71,7 +71,8 @@ def plain_errors() -> None:
         return
 
     def one_sentence(shell, kind, error, traceback, tb_offset=None):
-        return [f"\x1b[0;31mportraitkit: {error}\x1b[0m"]
+        # IPython shows nothing itself for a custom exception: the handler says it (red box).
+        print(f"portraitkit: {error}", file=sys.stderr)
 
     shell.set_custom_exc((PortraitkitError,), one_sentence)
 

@@ -79,14 +79,15 @@ def lab(tmp_path_factory):
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(values))
     env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}  # the inline backend, as in JupyterLab
-    env.update(JUPYTER_PATH=str(jupyter), JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(settings / "ws"),
+    env.update(JUPYTER_PATH=str(jupyter), JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"), JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(settings / "ws"),
                PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     port = _free_port()
     log = (root / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
-         "--ServerApp.open_browser=False"],
+         "--ServerApp.open_browser=False", "--allow-root"],  # CI runs as root
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -108,19 +109,38 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(lab):
+def browser():
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        yield context.new_page()
-        browser.close()
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, lab):
+    """A fresh page per notebook, as a learner opens one; its kernel is shut down afterwards
+    (the next notebook reads what this one wrote, not its memory)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    url, _ = lab
+    api = context.request
+    for kernel in api.get(f"{url}/api/kernels?token={TOKEN}").json():
+        api.delete(f"{url}/api/kernels/{kernel['id']}?token={TOKEN}")
+    context.close()
 
 
 def run_all(page, lab, name: str, timeout_s: float):
     """Open `name`, Run All as a learner would (the Run menu), wait until every cell ran."""
     url, _ = lab
-    page.goto(f"{url}/lab/tree/notebooks/{name}?token={TOKEN}")
+    page.goto(f"{url}/lab/tree/notebooks/{name}?reset&token={TOKEN}")  # reset: no tabs restored from before
     page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
+    # A fresh JupyterLab asks which kernel to start; the notebook's own (python3) is preselected.
+    select = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
+    try:
+        select.wait_for(timeout=10_000)
+        select.click()
+    except playwright_api.TimeoutError:
+        pass
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=60_000)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
@@ -135,7 +155,9 @@ def run_all(page, lab, name: str, timeout_s: float):
             break
         time.sleep(1)
     else:
-        pytest.fail(f"{name} did not finish within {timeout_s:.0f} s")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / f"{name.removesuffix('.ipynb')}_timeout.png"))
+        pytest.fail(f"{name} did not finish within {timeout_s:.0f} s; prompts: {prompts}")
     time.sleep(1)  # the last widget views attach
 
 
@@ -215,7 +237,10 @@ def test_01_lens_panel_redraws(page, lab):
     before = picture_of(page, "camera to nose").get_attribute("src")
     set_slider(page, "camera to nose", 150)
     wait_for_text(numbers, r"At 150 cm")
-    assert picture_of(page, "camera to nose").get_attribute("src") != before
+    deadline = time.monotonic() + 30  # the figure is redrawn after the numbers
+    while picture_of(page, "camera to nose").get_attribute("src") == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert picture_of(page, "camera to nose").get_attribute("src") != before, "the lens panel's figure was not redrawn"
     screenshots(page, "01_lens_distortion.ipynb")
 
 
@@ -236,7 +261,8 @@ def test_03_override_panel_changes_the_count(page, lab):
     assert found["pictures"] >= 2 and found["panels"] >= 1
     status = page.locator(".jp-OutputArea-output .widget-html", has_text="will be used for training").first
     before = int(re.search(r"(\d+) photos will be used", status.inner_text()).group(1))
-    toggle = page.locator(".jp-OutputArea-output button.widget-toggle-button", has_text="used for training").first
+    # a handle on that one button: its words change with the click
+    toggle = page.locator(".jp-OutputArea-output button.widget-toggle-button", has_text="used for training").first.element_handle()
     toggle.scroll_into_view_if_needed()
     toggle.click()
     wait_for_text(status, rf"{before - 1} photos will be used")
@@ -252,7 +278,8 @@ def test_04_train_panel_and_loss_curve(page, lab):
     resume = page.locator(".jp-OutputArea-output .widget-html", has_text="run").filter(has_text=re.compile("holds|new run")).first
     base = page.locator(".jp-OutputArea-output .widget-dropdown", has_text="base model").locator("select").first
     base.scroll_into_view_if_needed()
-    base.select_option("tiny-sdxl")  # the run in the folder was trained on tiny-sd: it must not be offered
+    label = next(text for text in base.locator("option").all_inner_texts() if text.startswith("tiny-sdxl"))
+    base.select_option(label=label)  # the run in the folder was trained on tiny-sd: it must not be offered
     wait_for_text(resume, r"base tiny-sd \(now tiny-sdxl\)")
     screenshots(page, "04_train_lora.ipynb")
 

@@ -118,3 +118,21 @@ def test_notebook_runs_top_to_bottom(name, kernel_env, tmp_path, tmp_path_factor
         if earlier not in _EXECUTED:
             execute(earlier, tmp_path_factory.mktemp("before"))  # a sibling folder: "../course" is the same
     execute(name, tmp_path)
+
+
+def test_run_all_of_03_before_any_upload_stops_with_one_sentence(kernel_env, tmp_path):
+    """Outside Colab with UPLOAD = True, Run All shows the upload panel and runs on: the prep cell
+    must stop with the fix in one sentence, not a traceback, and no stale photo count."""
+    notebook = nbformat.read(NOTEBOOKS / "03_prepare_photos.ipynb", as_version=4)
+    with_overrides(notebook, {"WORK_DIR": str(tmp_path / "course"), "UPLOAD": True})
+    from nbclient.exceptions import CellExecutionError
+
+    client = NotebookClient(notebook, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}})
+    with pytest.raises(CellExecutionError):  # Run All stops at the first error, as nbclient does
+        client.execute()
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+    said = [output["text"] for output in outputs if output["output_type"] == "stream" and output["name"] == "stderr"]
+    assert not [output for output in outputs if output["output_type"] == "error"]  # no traceback
+    assert len(said) == 1 and said[0].startswith("portraitkit: No photos found in") and len(said[0].strip().splitlines()) == 1
+    printed = "".join(output.get("text", "") for output in outputs if output["output_type"] == "stream")
+    assert "0 photos in" not in printed  # the upload panel's own line says it, and updates
