@@ -96,9 +96,13 @@ def demo(config: DemoConfig) -> Path:
     seconds: dict[str, float] = {}
 
     def timed(stage: str, work):
+        # A heading per stage: between progress bars (and while training validates or saves a
+        # checkpoint, when its bar stands still) the user knows which stage is working.
+        print(f"== {stage} ==", flush=True)
         began = time.perf_counter()
         result = work()
         seconds[stage] = round(time.perf_counter() - began, 1)
+        print(f"   {stage}: {seconds[stage]:.1f} s", flush=True)
         return result
 
     dataset, run_dir, portraits = out / "dataset", out / "run", out / "portraits"

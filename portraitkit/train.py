@@ -175,13 +175,18 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         if on_step is not None:
             on_step(row)
         if config.validate_every and step % config.validate_every == 0 and step < config.steps:
+            progress.set_description("rendering validation images")  # the bar stands still meanwhile: say why
             validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step)
+            progress.set_description("training LoRA")
         if config.checkpoint_every and step % config.checkpoint_every == 0:
+            progress.set_description("saving a checkpoint")
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             checkpoints.save_checkpoint(run_dir, step, trainable, optimizer,
                                         {"lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler}, keep=config.keep_checkpoints)
             plot_loss(run_dir)
+            progress.set_description("training LoRA")
     progress.close()
+    print("Saving the LoRA and rendering the final validation images...", flush=True)
 
     lora.save(pipe, run_dir, config.rank, config.alpha, config.train_text_encoder)
     validate.run_validation(pipe, placement, config, examples, resolution, run_dir, config.steps)
