@@ -90,7 +90,13 @@ def demo(config: DemoConfig) -> Path:
             "pass --photos with a folder of 10-20 photos of one person"
         )
     settings = plan(config)
-    seconds = {stage: run_stage(stage, photos, out, config, settings) for stage in STAGES}
+    seconds: dict[str, float] = {}
+    for stage in STAGES:
+        # A heading per stage: between progress bars (and while training validates or saves a
+        # checkpoint, when its bar stands still) the user knows which stage is working.
+        print(f"== {stage} ==", flush=True)
+        seconds[stage] = run_stage(stage, photos, out, config, settings)
+        print(f"   {stage}: {seconds[stage]:.1f} s", flush=True)
 
     if settings.tiny and all((photos / name).is_file() for name in SCORER_PHOTOS):
         check = out / "scorer_check"

@@ -218,15 +218,19 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         if on_step is not None:
             on_step(row)
         if config.validate and config.validate_every and step % config.validate_every == 0 and step < config.steps:
+            progress.set_description("rendering validation images")  # the bar stands still meanwhile: say why
             with clock.pause("steps"):
                 validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step, clock)
+            progress.set_description("training LoRA")
         if config.checkpoint_every and step % config.checkpoint_every == 0:
+            progress.set_description("saving a checkpoint")
             with clock.pause("steps"), clock("checkpoints"):
                 scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
                 checkpoints.save_checkpoint(run_dir, step, trainable, optimizer,
                                             {"lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler}, keep=config.keep_checkpoints)
             with clock.pause("steps"), clock("plots"):
                 plot_loss(run_dir)
+            progress.set_description("training LoRA")
     progress.close()
     clock.stop("steps")
 

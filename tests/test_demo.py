@@ -12,7 +12,10 @@ def test_demo_runs_every_stage_and_reports_them(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--train-steps", "2", "--styles", "studio,outdoor", "--per-style", "1", "--sample-steps", "2"]
     assert main(args) == 0
-    assert "report.html" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report.html" in printed
+    assert [line for line in printed.splitlines() if line.startswith("== ")] == [
+        "== prep ==", "== train ==", "== sample ==", "== pick ==", "== scorer check =="]
 
     # prep: the sample folder's Grace Hopper photos in, the stranger, duplicate and no-face photos out
     report = json.loads((out / "dataset" / "report.json").read_text())
