@@ -17,7 +17,10 @@ from pathlib import Path
 
 # A1111's `Model hash` (sha256 of the single checkpoint file, first 10 hex digits) and `Model`
 # (that file's stem) for the presets: their hub repositories are diffusers folders, but they hold
-# the same weights as these files, which A1111 users have.
+# the same weights as these files, which A1111 users have. The hashes are the files' published
+# SHA-256 (stable-diffusion-v1-5/stable-diffusion-v1-5 v1-5-pruned-emaonly.safetensors: 6ce01616...;
+# stabilityai/stable-diffusion-xl-base-1.0 sd_xl_base_1.0.safetensors: 31e35c80...), the same
+# short hashes A1111 prints for them.
 KNOWN_MODELS = {
     "sd15": ("v1-5-pruned-emaonly", "6ce0161689"),
     "sdxl": ("sd_xl_base_1.0", "31e35c80fc"),
