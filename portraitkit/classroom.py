@@ -130,8 +130,10 @@ def _start_ray(address: str | None):
     except ImportError:
         raise PortraitkitError("the class command runs on Ray: install it with `pip install portraitkit[class]`") from None
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address is None:  # the pipeline passes small dicts between tasks: a small object store will do
-        kwargs["object_store_memory"] = 100 * 2**20
+    if address is None:
+        # A one-machine cluster listens on loopback only: the photos and Ray's services stay on
+        # this machine. The pipeline passes small dicts between tasks: a small object store will do.
+        kwargs.update(_node_ip_address="127.0.0.1", object_store_memory=100 * 2**20)
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as error:
