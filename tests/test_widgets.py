@@ -225,9 +225,11 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     panel.rank.value = 8
     panel.text_encoder.value = True
     panel.optimizer.value = "adamw"
+    assert not panel.config().masked_loss
+    panel.masked_loss.value = True  # notebook 04's toggle for the masked loss
     config = panel.config(checkpoint_every=2)
     assert (config.base, config.steps, config.rank, config.resolution) == ("tiny-sd", 4, 8, 64)
-    assert config.train_text_encoder and config.optimizer == "adamw" and config.checkpoint_every == 2
+    assert config.train_text_encoder and config.optimizer == "adamw" and config.checkpoint_every == 2 and config.masked_loss
     assert not config.resume and config.dataset_dir == str(prepared) and config.out_dir == str(run)
     panel.resolution.value = 0
     assert panel.config().resolution is None  # the base's own size

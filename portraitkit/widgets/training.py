@@ -17,7 +17,7 @@ BASE_CHOICES = [
 
 
 class TrainPanel(Panel):
-    """Base, steps, rank, resolution, text encoder and optimizer, with what they cost on a T4.
+    """Base, steps, rank, resolution, text encoder, optimizer and the masked loss, with what they cost on a T4.
 
     Every change asks the planner (`portraitkit.plan`) for peak GPU memory, peak system RAM and
     time on a free T4, shown under the controls with the planner's own words on what the figures
@@ -27,7 +27,7 @@ class TrainPanel(Panel):
 
     def __init__(self, dataset_dir: str | Path, run_dir: str | Path, base: str = "sd15", steps: int = 1000,
                  rank: int = 16, resolution: int | None = None, train_text_encoder: bool = False,
-                 optimizer: str = "adamw8bit", gpu: str = "t4"):
+                 optimizer: str = "adamw8bit", masked_loss: bool = False, gpu: str = "t4"):
         import ipywidgets as w
 
         self.dataset_dir, self.run_dir, self.gpu = Path(dataset_dir), Path(run_dir), gpu
@@ -43,19 +43,22 @@ class TrainPanel(Panel):
         self.text_encoder = w.Checkbox(value=train_text_encoder, description="also train the text encoder", indent=False)
         self.optimizer = w.Dropdown(options=[("8-bit AdamW (bitsandbytes)", "adamw8bit"), ("AdamW (32-bit)", "adamw")],
                                     value=optimizer, description="optimizer", **wide)
+        # The masked loss costs nothing on the GPU (a mask per latent): it needs prep's masks/.
+        self.masked_loss = w.Checkbox(value=masked_loss, indent=False,
+                                      description="masked loss: learn the face and hair, not the background")
         self.estimate = w.HTML()
         self.resume = w.HTML()
         for control in (self.base, self.steps, self.rank, self.resolution, self.text_encoder, self.optimizer):
             control.observe(lambda change: self.update(), names="value")
         self.widget = w.VBox([self.base, self.steps, self.rank, self.resolution, self.text_encoder, self.optimizer,
-                              self.estimate, self.resume])
+                              self.masked_loss, self.estimate, self.resume])
         self.update()
 
     def settings(self) -> dict:
         """The panel's choices as TrainConfig fields."""
         return {"base": self.base.value, "steps": self.steps.value, "rank": self.rank.value,
                 "resolution": self.resolution.value or None, "train_text_encoder": self.text_encoder.value,
-                "optimizer": self.optimizer.value}
+                "optimizer": self.optimizer.value, "masked_loss": self.masked_loss.value}
 
     def config(self, **settings):
         """The TrainConfig to run; `settings` sets any other field (checkpoint_every, lr...)."""
