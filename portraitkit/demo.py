@@ -91,21 +91,25 @@ def demo(config: DemoConfig) -> Path:
         )
     settings = plan(config)
     seconds: dict[str, float] = {}
-    for stage in STAGES:
+
+    def timed(stage: str, work) -> None:
         # A heading per stage: between progress bars (and while training validates or saves a
         # checkpoint, when its bar stands still) the user knows which stage is working.
         print(f"== {stage} ==", flush=True)
-        seconds[stage] = run_stage(stage, photos, out, config, settings)
+        began = time.perf_counter()
+        work()
+        seconds[stage] = round(time.perf_counter() - began, 1)
         print(f"   {stage}: {seconds[stage]:.1f} s", flush=True)
+
+    for stage in STAGES:
+        timed(stage, lambda: run_stage(stage, photos, out, config, settings))
 
     if settings.tiny and all((photos / name).is_file() for name in SCORER_PHOTOS):
         check = out / "scorer_check"
         check.mkdir(parents=True, exist_ok=True)
         for name in SCORER_PHOTOS:
             shutil.copy2(photos / name, check / name)
-        began = time.perf_counter()
-        rank_images(check, out / "dataset", top=len(SCORER_PHOTOS))
-        seconds["scorer check"] = round(time.perf_counter() - began, 1)
+        timed("scorer check", lambda: rank_images(check, out / "dataset", top=len(SCORER_PHOTOS)))
 
     write_json(out / "demo.json", {"config": dataclasses.asdict(config), "plan": dataclasses.asdict(settings), "seconds": seconds})
     return write_report(out, config, settings, seconds)

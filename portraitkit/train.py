@@ -192,7 +192,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     )
     log_path = run_dir / "train_log.jsonl"
     clock.start("steps")
-    progress = tqdm(total=config.steps, initial=start_step, desc="training LoRA", unit="step", disable=not main)
+    progress = tqdm(total=config.steps, initial=start_step, desc="training LoRA", unit="step",
+                    **({} if main else {"disable": True}))  # one bar, the main process's; TQDM_DISABLE still works
     for step in range(start_step + 1, config.steps + 1):
         began = time.perf_counter()
         losses = []
