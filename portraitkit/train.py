@@ -107,8 +107,16 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     from tqdm.auto import tqdm
 
     clock = PhaseClock()
-
     config = check_config(config)
+    if torch.cuda.is_available():  # stop now, with advice, rather than out of memory after minutes of loading
+        # Each process on this machine holds its own copy of the models in RAM and on its own GPU.
+        checkpointing = check_training_fits(config, device_index=int(os.environ.get("LOCAL_RANK", "0")),
+                                            processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    else:
+        checkpointing = config.gradient_checkpointing
+        if checkpointing is None:
+            checkpointing = plan.cpu_checkpointing(config)
+
     # Under `accelerate launch --num_processes N` every process trains on its own share of each
     # batch; the main process alone writes the run folder.
     # cpu=True without a GPU: processes started by torchrun (`accelerate launch --multi_gpu`) then
@@ -125,14 +133,6 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         if main:
             print(f"{run_dir} already finished {start_step} steps; raise --steps to train further.")
         return run_dir
-    if torch.cuda.is_available():  # stop now, with advice, rather than out of memory after minutes of loading
-        # Each process on this machine holds its own copy of the models in RAM and on its own GPU.
-        checkpointing = check_training_fits(config, device_index=accelerator.device.index or 0,
-                                            processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    else:
-        checkpointing = config.gradient_checkpointing
-        if checkpointing is None:
-            checkpointing = plan.cpu_checkpointing(config)
     device = accelerator.device
     share = (accelerator.process_index, accelerator.num_processes)
     # Frozen weights in half precision on a GPU: SD1.5's UNet goes from 3.4 GB to 1.7 GB.

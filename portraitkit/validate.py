@@ -10,6 +10,7 @@ the denoising loss on the person's own photos.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable

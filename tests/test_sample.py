@@ -193,7 +193,7 @@ def test_compare_dials_changes_one_setting_at_a_time(run_dir, tmp_path, monkeypa
 
     loads = []
     loader = portraitkit.sample.load_for_sampling
-    monkeypatch.setattr(portraitkit.sample, "load_for_sampling", lambda *args: loads.append(args) or loader(*args))
+    monkeypatch.setattr(portraitkit.sample, "load_for_sampling", lambda *args, **kwargs: loads.append(args) or loader(*args, **kwargs))
     config = SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "images"), styles=["studio"], seed=3, steps=STEPS)
     grid = compare_dials(config, tmp_path / "dials", guidance_scales=(2.0, 9.0), lora_scales=(0.0, 1.0))
     assert len(loads) == 1  # four images, one pipeline
