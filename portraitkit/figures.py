@@ -14,7 +14,7 @@ ADAM_STATE = {"AdamW (32-bit)": 8, "8-bit AdamW": 2}
 GIB = 2**30  # GiB, as nvidia-smi, Colab and the planner report memory
 
 
-def _as_picture(figure):
+def as_picture(figure):
     """The figure with the PNG picture IPython asks a cell's value for. A Figure made without
     pyplot has no canvas manager, so the inline backend never draws it: returned from a cell it
     shows as the text `<Figure size 900x380 with 1 Axes>`. (pyplot is not used here on purpose:
@@ -64,7 +64,7 @@ def lora_figure(rank: int = 16, d: int = 640, k: int = 640):
     axes.axis("off")
     axes.set_title("A LoRA beside one weight matrix: W + B·A", fontsize=12)
     figure.tight_layout()
-    return _as_picture(figure)
+    return as_picture(figure)
 
 
 def training_state_gib(parameters: float, optimizer_bytes: int) -> dict[str, float]:
@@ -115,4 +115,4 @@ def memory_figure(base: str = "sd15", rank: int = 16, gpu: str = "t4"):
     axes.legend(unique.values(), unique.keys(), fontsize=8, loc="center right")
     axes.set_ylim(0, max(budget, max(sum(p.values()) for p in bars.values())) * 1.2)
     figure.tight_layout()
-    return _as_picture(figure)
+    return as_picture(figure)

@@ -33,6 +33,8 @@ def masked_loss_figure(image, mask, latent_size: int | None = None, background_w
     import numpy as np
     from matplotlib.figure import Figure
 
+    from portraitkit.figures import as_picture  # drawn as a picture when a notebook cell returns it
+
     latent_size = latent_size or image.width // 8
     maps = masked_loss_maps(image, mask, latent_size, background_weight)
     figure = Figure(figsize=(11, 3.8), dpi=100)
@@ -50,4 +52,4 @@ def masked_loss_figure(image, mask, latent_size: int | None = None, background_w
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    return figure
+    return as_picture(figure)
