@@ -109,6 +109,8 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
     ax.set_ylabel("change vs an infinitely distant camera (%)" if reference_cm == float("inf") else f"change vs {reference_cm:.0f} cm (%)")
     # Upper right: the curves fall towards 0 there, while the published points, Pressler's
     # measured nose lengths among them, sit at short distances, low on the chart.
-    ax.legend(fontsize=7, loc="upper right")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # a study with two distances is one entry, not two
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper right")
     return ax
 
