@@ -295,3 +295,18 @@ def build_tiny_pipeline(family: str):
         tokenizer=tokenizer, tokenizer_2=tiny_tokenizer(), unet=unet,
         scheduler=EulerDiscreteScheduler(**scheduler_common, timestep_spacing="leading"),
     )
+
+
+def native_resolution(source: str) -> int:
+    """The size a base draws best at (512 SD1.5, 1024 SDXL, 64 tiny), from its small config files."""
+    from portraitkit.quiet import quiet
+
+    with quiet():  # import-time notices of optional kernels
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.load_config(source, subfolder="unet")
+        vae = AutoencoderKL.load_config(source, subfolder="vae")
+    except Exception as error:  # offline, moved folder, gated repo: say which and what to do
+        raise base_unavailable(source, error) from None
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit import lora
-from portraitkit.bases import decode_problem
+from portraitkit.bases import decode_problem, native_resolution
 from portraitkit.errors import PortraitkitError
 from portraitkit.files import save_image, write_json
 # read_parameters is re-exported: notebook 05 reads a PNG's recipe from here.
@@ -250,21 +250,6 @@ def _words_from_captions(path: Path) -> tuple[str, str] | None:
 
     found = {match.groups() for row in read_jsonl(path) if (match := CAPTION_WORDS.search(str(row.get("text", ""))))}
     return found.pop() if len(found) == 1 else None  # several answers: better to ask than to guess
-
-
-def native_resolution(source: str) -> int:
-    """The size a base draws best at (512 SD1.5, 1024 SDXL, 64 tiny), from its small config files."""
-    with quiet():  # import-time notices of optional kernels
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from portraitkit.bases import base_unavailable
-
-    try:
-        unet = UNet2DConditionModel.load_config(source, subfolder="unet")
-        vae = AutoencoderKL.load_config(source, subfolder="vae")
-    except Exception as error:  # offline, moved folder, gated repo: say which and what to do
-        raise base_unavailable(source, error) from None
-    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def _previous_manifest(out_dir: Path) -> dict[str, dict]:

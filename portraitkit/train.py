@@ -265,8 +265,7 @@ def _average_gradients(accelerator, parameters) -> None:
 def training_resolution(config: TrainConfig, examples: list[dict]) -> int:
     """The size the run trains at (--resolution, else the base's own), refused when it is above the
     dataset's: every image would be upscaled, and the LoRA would learn the blur."""
-    from portraitkit.bases import resolve_base
-    from portraitkit.sample import native_resolution
+    from portraitkit.bases import native_resolution, resolve_base
 
     resolution = config.resolution or native_resolution(resolve_base(config.base).source)
     prepared = min(min(example["image"].size) for example in examples)
