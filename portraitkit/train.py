@@ -462,7 +462,10 @@ def make_optimizer(param_groups: list[dict], config: TrainConfig):
     import torch
 
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, weight_decay=1e-2)
+        try:  # torch's fused kernel: one pass over every LoRA tensor instead of a dozen Python-level ops each
+            return torch.optim.AdamW(param_groups, weight_decay=1e-2, fused=True)
+        except RuntimeError:  # torch before 2.4 fuses on CUDA only
+            return torch.optim.AdamW(param_groups, weight_decay=1e-2)
     if config.optimizer != "adamw8bit":
         raise PortraitkitError(f"unknown optimizer '{config.optimizer}': use adamw8bit or adamw")
     try:
