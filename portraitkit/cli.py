@@ -93,8 +93,12 @@ def add_train(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from portraitkit.launch import cpu_processes_asked, run_as_processes
     from portraitkit.train import TrainConfig, train
 
+    processes = cpu_processes_asked()
+    if processes > 1:  # `accelerate launch --cpu --num_processes N` started this one process alone
+        return run_as_processes(processes, args.argv)
     run_dir = train(config_from_args(TrainConfig, args))
     print(f"LoRA saved in {run_dir}")
     return 0
@@ -374,7 +378,9 @@ COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_s
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except PortraitkitError as error:

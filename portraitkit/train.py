@@ -102,13 +102,16 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     """
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import parse_flag_from_env
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
     clock = PhaseClock()
     config = check_config(config)
-    if torch.cuda.is_available():  # stop now, with advice, rather than out of memory after minutes of loading
+    # `accelerate launch --cpu` trains on the CPU even where there is a GPU
+    gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    if gpu:  # stop now, with advice, rather than out of memory after minutes of loading
         # Each process on this machine holds its own copy of the models in RAM and on its own GPU.
         checkpointing = check_training_fits(config, device_index=int(os.environ.get("LOCAL_RANK", "0")),
                                             processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -121,8 +124,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     # batch; the main process alone writes the run folder.
     # cpu=True without a GPU: processes started by torchrun (`accelerate launch --multi_gpu`) then
     # join over gloo instead of each training alone.
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config), gradient_accumulation_steps=config.grad_accum,
-                              cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config, gpu), gradient_accumulation_steps=config.grad_accum,
+                              cpu=not gpu)
     main = accelerator.is_main_process
     run_dir = Path(config.out_dir)
     if main:
@@ -427,12 +430,12 @@ def plot_loss(run_dir: Path) -> Path | None:
 # --- model set-up -----------------------------------------------------------------------------
 
 
-def _mixed_precision(config: TrainConfig) -> str:
+def _mixed_precision(config: TrainConfig, gpu: bool) -> str:
     import torch
 
     if config.mixed_precision != "auto":
         return config.mixed_precision
-    if not torch.cuda.is_available():
+    if not gpu:
         return "no"
     try:
         native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)

@@ -1,4 +1,4 @@
-"""Data-parallel training as the field launches it: `accelerate launch --multi_gpu --num_processes 2`, here on the CPU (gloo)."""
+"""Data-parallel training as the field launches it: `accelerate launch --num_processes 2`, here on the CPU (gloo)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ SETTINGS = dict(base="tiny-sd", steps=3, rank=4, lr=1e-3, optimizer="adamw", che
 
 
 def launch(dataset, out, *extra):
-    # --multi_gpu is accelerate's torchrun launcher; with no GPU each process trains on the CPU over gloo
-    # (accelerate's --cpu launcher starts one process unless it is given an MPI hostfile).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    # --cpu: accelerate's launcher starts one process (it starts N only with an MPI host file);
+    # portraitkit starts the other with torchrun, as --multi_gpu does.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "portraitkit", "train", str(dataset), "--out", str(out),
                *[f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()], *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -68,3 +68,20 @@ def test_a_run_reports_where_its_time_went_and_can_skip_validation(tmp_path, fac
     assert (quick / LORA_FILE).is_file()
     again = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(quick), validate=False, resume=True, **SETTINGS))
     assert again == quick  # finished without validation images: nothing to redo
+
+
+def test_the_process_count_is_read_from_accelerates_command_line():
+    import pytest
+
+    from portraitkit.errors import PortraitkitError
+    from portraitkit.launch import cpu_processes_asked
+
+    lone = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    script = ["/venv/bin/python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "3", "-m", "portraitkit", "train", "DATA"]
+    module = ["python", "-m", "accelerate.commands.launch", "--cpu", "--num_processes=4", "-m", "portraitkit", "train", "DATA"]
+    assert cpu_processes_asked(lone, script) == 3 and cpu_processes_asked(lone, module) == 4
+    assert cpu_processes_asked({**lone, "WORLD_SIZE": "3", "LOCAL_RANK": "0"}, script) == 1  # one of the three
+    assert cpu_processes_asked({"ACCELERATE_USE_CPU": "True"}, script) == 1  # asked for one: no MASTER_PORT
+    assert cpu_processes_asked({}, script) == 1  # not launched by accelerate --cpu
+    with pytest.raises(PortraitkitError, match="--multi_gpu --num_processes N"):
+        cpu_processes_asked(lone, ["python", "my_wrapper.py"])  # how many cannot be known: say how to launch
