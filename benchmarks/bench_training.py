@@ -104,20 +104,25 @@ def main(argv: list[str] | None = None) -> int:
     # On a CPU, forking after the heavy imports gives each configuration its own process in a second.
     cap = RamCap(args.ram_cap_gb) if args.ram_cap_gb else None
     launch = run_forked if args.tiny and not args.fresh and not cap else functools.partial(run_fresh, cap=cap)
-    if launch is run_forked:
-        preload()
     work = Path(tempfile.mkdtemp(prefix="portraitkit-bench-"))
-    results = []
+    results, measured = [], []
     try:
         for base in bases:
             folder = prepare_base(base, args.cache)
             resolution = args.resolution or resolution_of(folder)
             dataset = make_dataset(work / f"data-{resolution}", resolution)
-            for recipe in recipes:  # one at a time: peaks must not overlap
-                spec = {"task": recipe, "base": base, "folder": str(folder), "dataset": str(dataset), "rank": args.rank,
-                        "resolution": resolution, "steps": steps, "warmup": warmup, "work": str(work / f"{base}-{recipe}")}
+            specs = [{"task": recipe, "base": base, "folder": str(folder), "dataset": str(dataset), "rank": args.rank,
+                      "resolution": resolution, "steps": steps, "warmup": warmup, "work": str(work / f"{base}-{recipe}")}
+                     for recipe in recipes]
+            if launch is run_forked:
+                preload(specs)
+            for spec in specs:  # one at a time: peaks must not overlap
                 results.append(launch(spec))
-                print(f"{base} {recipe}: {results[-1]['status']}", flush=True)
+                print(f"{base} {spec['task']}: {results[-1]['status']}", flush=True)
+                measured.append(spec)
+        if launch is run_forked:  # the estimates once all forks are done (see forked_child), sharing one planner
+            for spec, result in zip(measured, results):
+                result["estimate"], result["difference_pct"] = estimate(spec, result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if cap:
@@ -139,14 +144,15 @@ CHILD_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "A
              "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_fresh(spec: dict, cap: RamCap | None = None) -> dict:
+def run_fresh(spec: dict, cap: RamCap | None = None, timeout: float | None = None) -> dict:
     """One configuration in a new interpreter (inside the RAM cap, if any); its last BENCH_RESULT
-    line is the result."""
+    line is the result. (A cap just above what the child cannot do without makes it thrash,
+    re-reading its libraries, rather than die: `timeout` bounds that.)"""
     kills = cap.oom_kills() if cap else 0
     if cap:
         cap.drop_page_cache()
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env={**os.environ, **CHILD_ENV},
-                          capture_output=True, text=True, preexec_fn=cap.enter if cap else None)
+                          capture_output=True, text=True, preexec_fn=cap.enter if cap else None, timeout=timeout)
     lines = [line[len(MARK):] for line in done.stdout.splitlines() if line.startswith(MARK)]
     capped = {"ram_cap_gb": cap.limit_gb} if cap else {}
     if lines:
@@ -221,22 +227,34 @@ def forked_child(spec: dict, writer) -> None:
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.environ.update(CHILD_ENV)
-    writer.send(measure(spec))
+    # The parent estimates after the last fork: its planner measures this CPU with torch's thread
+    # pool, and a process forked after that would hang in its first parallel operation.
+    writer.send(measure(spec, with_estimate=False))
 
 
-def preload() -> None:
-    """The imports every configuration needs, done once before forking."""
+def preload(specs: list[dict]) -> None:
+    """What every configuration would otherwise do anew, done once before forking: the imports, dlib's
+    face models (validation scores its renders), and the planner's traces and this CPU's measured
+    speed (cached in this process, so each forked child finds them)."""
+    import datasets  # noqa: F401
     import diffusers  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
     import peft  # noqa: F401
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
+    from PIL import Image
 
     import portraitkit.plan  # noqa: F401
     import portraitkit.train  # noqa: F401
+    import portraitkit.validate  # noqa: F401
+    from portraitkit.faces import detect_faces, face_embedding
 
     try:
         import bitsandbytes  # noqa: F401
     except Exception:  # train reports a missing bitsandbytes itself
         pass
+    photo = Image.open(Path(specs[0]["dataset"]) / "photo_0.png").convert("RGB")
+    for face in detect_faces(photo)[:1]:
+        face_embedding(photo, face)
 
 
 def prepare_base(base: str, cache: str | None) -> Path:
@@ -324,7 +342,7 @@ def child(spec: dict) -> int:
     return 0
 
 
-def measure(spec: dict) -> dict:
+def measure(spec: dict, with_estimate: bool = True) -> dict:
     tasks = {PORTRAITKIT: measure_portraitkit, NO_CHECKPOINTING: measure_portraitkit, "plain": measure_plain,
              "inference": measure_inference, "load": measure_load, "trace": measure_trace}
     if spec["task"] not in tasks:
@@ -340,7 +358,8 @@ def measure(spec: dict) -> dict:
         else:
             result["status"] = f"error: {type(error).__name__}: {str(error)[:300]}"
     result.update(watcher.stop())
-    result["estimate"], result["difference_pct"] = estimate(spec, result)
+    if with_estimate:
+        result["estimate"], result["difference_pct"] = estimate(spec, result)
     return result
 
 
