@@ -30,7 +30,11 @@ def cpu_processes_asked(environ=None, launcher_argv=None) -> int:
     if any(name in environ for name in MULTI_PROCESS_VARIABLES):
         return 1  # already one of several
     launcher_argv = _parent_argv() if launcher_argv is None else launcher_argv
-    count = _num_processes(launcher_argv)
+    count, machines = _launch_options(launcher_argv)
+    if machines and machines > 1:
+        raise PortraitkitError(
+            "accelerate's --cpu launcher runs one process per machine without MPI; for several machines give it "
+            "an MPI host file (`--mpirun_hostfile`), or train on one machine with `--num_machines 1`")
     if count is None:
         raise PortraitkitError(
             "accelerate's --cpu launcher started one process where several were asked for, and how many could not be "
@@ -57,19 +61,19 @@ def _parent_argv() -> list[str]:
         return []
 
 
-def _num_processes(launcher_argv: list[str]) -> int | None:
-    """--num_processes from an `accelerate launch ...` command line, or None when it is not there."""
+def _launch_options(launcher_argv: list[str]) -> tuple[int | None, int | None]:
+    """--num_processes and --num_machines of an `accelerate launch ...` command line (None: not there)."""
     for index, word in enumerate(launcher_argv):
         # `accelerate launch ...` (the console script) or `python -m accelerate.commands.launch ...`
         if word == LAUNCHER_MODULE or (word == "launch" and index and os.path.basename(launcher_argv[index - 1]).startswith("accelerate")):
             options = launcher_argv[index + 1:]
             break
     else:
-        return None
+        return None, None
     from accelerate.commands.launch import launch_command_parser
 
     try:
         known, _ = launch_command_parser().parse_known_args(options)
     except SystemExit:  # a command line accelerate itself would have refused
-        return None
-    return known.num_processes
+        return None, None
+    return known.num_processes, known.num_machines

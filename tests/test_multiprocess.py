@@ -85,3 +85,5 @@ def test_the_process_count_is_read_from_accelerates_command_line():
     assert cpu_processes_asked({}, script) == 1  # not launched by accelerate --cpu
     with pytest.raises(PortraitkitError, match="--multi_gpu --num_processes N"):
         cpu_processes_asked(lone, ["python", "my_wrapper.py"])  # how many cannot be known: say how to launch
+    with pytest.raises(PortraitkitError, match="MPI host file"):
+        cpu_processes_asked(lone, [*script[:4], "--num_machines", "2", *script[4:]])
