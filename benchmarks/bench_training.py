@@ -233,9 +233,8 @@ def forked_child(spec: dict, writer) -> None:
 
 
 def preload(specs: list[dict]) -> None:
-    """What every configuration would otherwise do anew, done once before forking: the imports, dlib's
-    face models (validation scores its renders), and the planner's traces and this CPU's measured
-    speed (cached in this process, so each forked child finds them)."""
+    """What every configuration would otherwise do anew, done once before forking: the imports and
+    dlib's face models (validation scores its renders). Nothing here may run torch's CPU thread pool."""
     import datasets  # noqa: F401
     import diffusers  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
