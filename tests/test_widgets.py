@@ -19,6 +19,19 @@ from test_export import make_portraits  # tests/ is on sys.path (pytest's defaul
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
+@pytest.fixture(autouse=True)
+def no_output_widgets(monkeypatch):
+    """No panel may hold an `ipywidgets.Output`: in the classic Notebook with ipywidgets 7.7.1 and
+    widgetsnbextension 3.6.7-3.6.10 (what pip pairs with 7.7.1 today) its front end cannot create
+    one, and the whole panel around it stays blank (README, "Widgets in the classic Notebook")."""
+    import ipywidgets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a panel made an ipywidgets.Output: draw into an Image or HTML widget instead")
+
+    monkeypatch.setattr(ipywidgets.Output, "__init__", refuse)
+
+
 def test_upload_value_of_ipywidgets_7_and_8(tmp_path, portrait_path):
     content = portrait_path.read_bytes()
     v7 = {"me.jpg": {"metadata": {"name": "me.jpg", "type": "image/jpeg", "size": len(content), "lastModified": 0},
