@@ -83,7 +83,7 @@ def test_prep_reports_distances_and_warns_on_a_set_of_selfies(selfie_folder, tmp
     assert report["summary"]["camera_distance"]["selfies"] >= 3
 
 
-def test_correct_distance_narrows_the_nose_by_what_the_head_model_predicts(samples_dir, tmp_path, find_patch):
+def test_correct_distance_narrows_the_nose_by_what_the_head_model_predicts(samples_dir, tmp_path, nose_wings_after):
     photo_path = with_exif(samples_dir / "hopper.jpg", tmp_path / "selfie.jpg", focal_35mm=26)
     image = Image.open(photo_path).convert("RGB")
     face = detect_faces(image)[0]
@@ -95,12 +95,8 @@ def test_correct_distance_narrows_the_nose_by_what_the_head_model_predicts(sampl
     warped, moved_face = distance.correct(photo, image, face, config)
     assert photo.measurements["corrected_from_cm"] == taken_from
     # follow the image content at the nose wings (not a landmark detector's guess) through the warp
-    before, after = np.asarray(image, float).mean(axis=2), np.asarray(warped, float).mean(axis=2)
     marks = face.landmarks
-    wings = {}
-    for index in (31, 35):
-        x, y = np.round(marks[index]).astype(int)
-        wings[index] = find_patch(before[y - 4 : y + 5, x - 4 : x + 5], after, marks[index])
+    wings = nose_wings_after(image, warped, marks)
     measured = (wings[35][0] - wings[31][0]) / (marks[35, 0] - marks[31, 0]) - 1
     # the jaw outline stays put (same framing), so the nose/face change is the nose's own
     predicted = 1 / (1 + lens.distortion(taken_from, config.correct_to_cm).nose_to_face_width / 100) - 1

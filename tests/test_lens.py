@@ -151,17 +151,14 @@ def hopper(portrait_path):
 
 
 @pytest.mark.parametrize("to_cm, wider", [(30.5, True), (500.0, False)])
-def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm, wider, find_patch):
+def test_warp_moves_the_nose_outward_up_close_and_inward_far_away(hopper, to_cm, wider, nose_wings_after):
     image, face = hopper
     warped, moved = lens_warp.warp_to_distance(image, to_cm, from_cm=152.4, face=face)
     assert warped.size == image.size
-    before, after = np.asarray(image, float).mean(axis=2), np.asarray(warped, float).mean(axis=2)
     marks = face.landmarks
     # the image content at each nose-wing landmark is found where the warp says it went
-    found = {}
+    found = nose_wings_after(image, warped, marks)
     for index in (31, 35):
-        x, y = np.round(marks[index]).astype(int)
-        found[index] = find_patch(before[y - 4 : y + 5, x - 4 : x + 5], after, marks[index])
         assert np.linalg.norm(found[index] - moved[index]) <= 2.0
     width_before = marks[35, 0] - marks[31, 0]
     width_after = found[35][0] - found[31][0]
