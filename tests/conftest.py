@@ -68,3 +68,19 @@ def _nose_wings_after(image, warped, landmarks) -> dict:
 def nose_wings_after():
     """`_nose_wings_after`, for tests that check where a warp moved the nose."""
     return _nose_wings_after
+
+
+@pytest.fixture(scope="session")
+def face_dataset(tmp_path_factory, portrait_path):
+    """Four 64 px crops of a real portrait, as an imagefolder with captions."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340), (110, 50, 300)]):
+        name = f"face_{index}.png"
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / name)
+        rows.append({"file_name": name, "text": "a photo of sks person" + (", close-up" if index % 2 else "")})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
