@@ -161,6 +161,17 @@ def run_all(page, lab, name: str, timeout_s: float):
     time.sleep(1)  # the last widget views attach
 
 
+def run_and_check(page, lab, name: str, timeout_s: float) -> dict:
+    """Run All of `name`, then `check_outputs`: its counts of pictures and panels."""
+    run_all(page, lab, name, timeout_s)
+    return check_outputs(page, name)
+
+
+def html_output(page, text: str):
+    """The first HTML widget in the notebook's outputs that shows `text`."""
+    return page.locator(".jp-OutputArea-output .widget-html", has_text=text).first
+
+
 def check_outputs(page, name: str) -> dict:
     """Assert what a learner must never see; return counts of pictures and panels."""
     notebook = page.locator(".jp-Notebook").first
@@ -223,17 +234,15 @@ def picture_of(page, has_text: str):
 # --- one test per notebook, in the course's order (03 -> 06 share the work folder) -------------
 
 def test_00_setup(page, lab):
-    run_all(page, lab, "00_setup.ipynb", 120)
-    found = check_outputs(page, "00_setup.ipynb")
+    found = run_and_check(page, lab, "00_setup.ipynb", 120)
     assert found["panels"] >= 1  # the widget check at its end
     screenshots(page, "00_setup.ipynb")
 
 
 def test_01_lens_panel_redraws(page, lab):
-    run_all(page, lab, "01_lens_distortion.ipynb", 300)
-    found = check_outputs(page, "01_lens_distortion.ipynb")
+    found = run_and_check(page, lab, "01_lens_distortion.ipynb", 300)
     assert found["pictures"] >= 4 and found["panels"] >= 1
-    numbers = page.locator(".jp-OutputArea-output .widget-html", has_text="nose width / face width").first
+    numbers = html_output(page, "nose width / face width")
     before = picture_of(page, "camera to nose").get_attribute("src")
     set_slider(page, "camera to nose", 150)
     wait_for_text(numbers, r"At 150 cm")
@@ -245,10 +254,9 @@ def test_01_lens_panel_redraws(page, lab):
 
 
 def test_02_processing_panel_flags_what_its_slider_adds(page, lab):
-    run_all(page, lab, "02_light_and_processing.ipynb", 300)
-    found = check_outputs(page, "02_light_and_processing.ipynb")
+    found = run_and_check(page, lab, "02_light_and_processing.ipynb", 300)
     assert found["pictures"] >= 2 and found["panels"] >= 1
-    flags = page.locator(".jp-OutputArea-output .widget-html", has_text="After:").first
+    flags = html_output(page, "After:")
     assert "no problems flagged" in flags.inner_text()
     set_slider(page, "JPEG compression", 1)
     wait_for_text(flags, r"JPEG blocks")
@@ -256,10 +264,9 @@ def test_02_processing_panel_flags_what_its_slider_adds(page, lab):
 
 
 def test_03_override_panel_changes_the_count(page, lab):
-    run_all(page, lab, "03_prepare_photos.ipynb", 300)
-    found = check_outputs(page, "03_prepare_photos.ipynb")
+    found = run_and_check(page, lab, "03_prepare_photos.ipynb", 300)
     assert found["pictures"] >= 2 and found["panels"] >= 1
-    status = page.locator(".jp-OutputArea-output .widget-html", has_text="will be used for training").first
+    status = html_output(page, "will be used for training")
     before = int(re.search(r"(\d+) photos will be used", status.inner_text()).group(1))
     # a handle on that one button: its words change with the click
     toggle = page.locator(".jp-OutputArea-output button.widget-toggle-button", has_text="used for training").first.element_handle()
@@ -272,8 +279,7 @@ def test_03_override_panel_changes_the_count(page, lab):
 
 
 def test_04_train_panel_and_loss_curve(page, lab):
-    run_all(page, lab, "04_train_lora.ipynb", 420)
-    found = check_outputs(page, "04_train_lora.ipynb")
+    found = run_and_check(page, lab, "04_train_lora.ipynb", 420)
     assert found["pictures"] >= 4 and found["panels"] >= 2  # the two teaching figures, the loss curve, validation
     resume = page.locator(".jp-OutputArea-output .widget-html", has_text="run").filter(has_text=re.compile("holds|new run")).first
     base = page.locator(".jp-OutputArea-output .widget-dropdown", has_text="base model").locator("select").first
@@ -285,10 +291,9 @@ def test_04_train_panel_and_loss_curve(page, lab):
 
 
 def test_05_style_panel_counts_the_images(page, lab):
-    run_all(page, lab, "05_styled_portraits.ipynb", 420)
-    found = check_outputs(page, "05_styled_portraits.ipynb")
+    found = run_and_check(page, lab, "05_styled_portraits.ipynb", 420)
     assert found["pictures"] >= 3 and found["panels"] >= 1  # a grid per style, the dials
-    prompt = page.locator(".jp-OutputArea-output .widget-html", has_text="sends:").first
+    prompt = html_output(page, "sends:")
     count = int(re.search(r"(\d+) images\.", prompt.inner_text()).group(1))
     box = page.locator(".jp-OutputArea-output .widget-checkbox", has_text="corporate").locator("input").first
     box.scroll_into_view_if_needed()
@@ -299,10 +304,9 @@ def test_05_style_panel_counts_the_images(page, lab):
 
 
 def test_06_picks_panel_counts_the_ticks(page, lab):
-    run_all(page, lab, "06_final_picks.ipynb", 300)
-    found = check_outputs(page, "06_final_picks.ipynb")
+    found = run_and_check(page, lab, "06_final_picks.ipynb", 300)
     assert found["pictures"] >= 2 and found["panels"] >= 1
-    status = page.locator(".jp-OutputArea-output .widget-html", has_text="picked.").first
+    status = html_output(page, "picked.")
     wait_for_text(status, r"0 picked\.")
     page.locator(".jp-OutputArea-output .widget-checkbox", has_text="pick").locator("input").first.check()
     wait_for_text(status, r"1 picked\.")
