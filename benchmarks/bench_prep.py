@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from portraitkit.photos import open_photo
+from portraitkit.faces.photos import open_photo
 from portraitkit.prep import PrepConfig, prepare
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -55,7 +55,7 @@ def make_phone_photos(folder: Path, count: int = 20, seed: int = 0) -> list[Path
 
 
 def main() -> None:
-    from portraitkit import faces
+    from portraitkit.faces import detect
 
     with tempfile.TemporaryDirectory() as tmp:
         photos_dir, out_dir = Path(tmp) / "photos", Path(tmp) / "dataset"
@@ -63,8 +63,8 @@ def main() -> None:
         paths = make_phone_photos(photos_dir)
         size_mb = sum(p.stat().st_size for p in paths) / 1e6
         # load the three dlib models once, as the first photo of any run does
-        faces.detect_faces(Image.new("RGB", (64, 64)))
-        faces._shape_predictor(), faces._recognizer()
+        detect.detect_faces(Image.new("RGB", (64, 64)))
+        detect._shape_predictor(), detect._recognizer()
         start = time.perf_counter()
         result = prepare(photos_dir, out_dir, PrepConfig())
         seconds = time.perf_counter() - start

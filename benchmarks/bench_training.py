@@ -12,12 +12,12 @@ On a CPU, the same script runs on the tiny bases in well under a minute, to prov
     python benchmarks/bench_training.py --tiny
 
 Memory and time depend on the architecture and the settings, not on the weights: the real-size
-bases are built from the published configurations in portraitkit.plan with random weights, saved
+bases are built from the published configurations in portraitkit.plan.estimate with random weights, saved
 once as fp16 safetensors (about 2 GB for SD1.5, 7 GB for SDXL, under --cache), and loaded the way
 training loads a downloaded base. Each configuration runs in a fresh Python process, so no peak
 leaks from one into the next:
 
-- portraitkit: `portraitkit.train.train` itself (fp16 frozen weights, fp32 LoRA, 8-bit AdamW,
+- portraitkit: `portraitkit.train.loop.train` itself (fp16 frozen weights, fp32 LoRA, 8-bit AdamW,
   gradient checkpointing, SDPA, latents and text embeddings cached once), on a small generated
   dataset; the time of each step comes from its train_log.jsonl, the GPU peaks from `on_step`
   (loading and caching up to the first step, the training steps, then the final validation);
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         gpu = results[0]["gpu"] or "cpu"
         path = Path(out) if out.endswith(".json") else Path(out) / f"{slug(gpu)}-{results[0]['date']}.json"
-        from portraitkit.files import write_json
+        from portraitkit.core.files import write_json
 
         write_json(path, results)
         print(f"\nWrote {path}")
@@ -242,10 +242,10 @@ def preload(specs: list[dict]) -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
     from PIL import Image
 
-    import portraitkit.plan  # noqa: F401
-    import portraitkit.train  # noqa: F401
-    import portraitkit.validate  # noqa: F401
-    from portraitkit.faces import detect_faces, face_embedding
+    import portraitkit.plan.estimate  # noqa: F401
+    import portraitkit.train.loop  # noqa: F401
+    import portraitkit.train.validate  # noqa: F401
+    from portraitkit.faces.detect import detect_faces, face_embedding
 
     try:
         import bitsandbytes  # noqa: F401
@@ -259,7 +259,7 @@ def preload(specs: list[dict]) -> None:
 def prepare_base(base: str, cache: str | None) -> Path:
     """A diffusers folder for `base`: the tiny presets as portraitkit builds them; for sd15/sdxl a
     real-size model with random weights, built once in a separate process (on the GPU when there is one)."""
-    from portraitkit.bases import TINY_PRESETS, cache_dir, tiny_base_folder
+    from portraitkit.models.bases import TINY_PRESETS, cache_dir, tiny_base_folder
 
     if base in TINY_PRESETS:
         return tiny_base_folder(base)
@@ -282,7 +282,7 @@ def make_dataset(folder: Path, resolution: int, count: int = 4) -> Path:
     import numpy as np
     from PIL import Image
 
-    from portraitkit.files import save_image, write_jsonl
+    from portraitkit.core.files import save_image, write_jsonl
 
     rng = np.random.default_rng(0)
     rows = []
@@ -316,7 +316,7 @@ def table(results: list[dict]) -> str:
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(text.ljust(width) for text, width in zip(line, widths)) for line in [header, *rows]]
     gpu = results[0]["gpu"] if results else None
-    lines.insert(0, f"Measured on {gpu or 'a CPU (no GPU figures)'}; (est ...) = portraitkit.plan's estimate")
+    lines.insert(0, f"Measured on {gpu or 'a CPU (no GPU figures)'}; (est ...) = portraitkit.plan.estimate's estimate")
     for base in dict.fromkeys(r["base"] for r in results):
         plain = next((r for r in results if r["base"] == base and r["recipe"] == "plain" and r["status"] == "ok"), None)
         for recipe in (PORTRAITKIT, NO_CHECKPOINTING):
@@ -467,8 +467,8 @@ def measure_portraitkit(spec: dict) -> dict:
     gradient checkpointing as the recipe's name says."""
     import torch
 
-    from portraitkit.files import read_jsonl
-    from portraitkit.train import TrainConfig, train
+    from portraitkit.core.files import read_jsonl
+    from portraitkit.train.loop import TrainConfig, train
 
     total = spec["warmup"] + spec["steps"]
     peaks = GpuPeaks()
@@ -518,9 +518,10 @@ def plain_loop(base: str, photos: list[Path], resolution: int, rank: int, steps:
     from peft import LoraConfig
     from PIL import Image
 
-    from portraitkit.bases import load_pipeline
-    from portraitkit.examples import encode_text, image_to_tensor, unet_conditioning
-    from portraitkit.lora import UNET_TARGETS
+    from portraitkit.models.bases import load_pipeline
+    from portraitkit.train.cache import encode_text, image_to_tensor
+    from portraitkit.models.conditioning import unet_conditioning
+    from portraitkit.models.lora import UNET_TARGETS
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -571,7 +572,7 @@ def measure_inference(spec: dict, steps: int = 25) -> dict:
     """One image at `steps` denoising steps with the fp16 pipeline (fp32 on a CPU), after a warm-up."""
     import torch
 
-    from portraitkit.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline
 
     cuda = torch.cuda.is_available()
     peaks = GpuPeaks()
@@ -595,7 +596,7 @@ def measure_load(spec: dict) -> dict:
     fp16 with fp32 LoRA layers added (the RamWatcher around every measurement takes the peak)."""
     import torch
 
-    from portraitkit.train import TrainConfig, load_for_training
+    from portraitkit.train.loop import TrainConfig, load_for_training
 
     began = time.perf_counter()
     config = TrainConfig(dataset_dir=spec["dataset"], out_dir=spec["work"], base=spec["folder"], rank=spec["rank"])
@@ -617,8 +618,8 @@ def measure_load(spec: dict) -> dict:
 def measure_trace(spec: dict) -> dict:
     """The real UNet's training step on the CPU under the planner's tracer (plan.check_training_step),
     and the process's growth during it beyond its fp32 weights (sampled anonymous memory)."""
-    from portraitkit.plan import lora_parameter_count, parameter_counts
-    from portraitkit.tracing import check_training_step
+    from portraitkit.plan.estimate import lora_parameter_count, parameter_counts
+    from portraitkit.plan.tracing import check_training_step
 
     before = RamWatcher.anon_now()
     watcher = RamWatcher()
@@ -631,11 +632,11 @@ def measure_trace(spec: dict) -> dict:
 
 
 def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
-    """portraitkit.plan's estimate for the same configuration on this machine, and the % differences."""
+    """portraitkit.plan.estimate's estimate for the same configuration on this machine, and the % differences."""
     import torch
 
-    from portraitkit.devices import local_cuda_device
-    from portraitkit.plan import plan_run
+    from portraitkit.plan.devices import local_cuda_device
+    from portraitkit.plan.estimate import plan_run
 
     if spec["task"] == "trace":  # the measurement carries the meta trace's own figure
         return {"live_tensor_peak_gb": result.get("traced_peak_gb")}, (
@@ -675,8 +676,8 @@ def build_random_base(base: str, folder: Path) -> None:
     import torch
     from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from portraitkit.bases import tiny_tokenizer
-    from portraitkit.architectures import ARCHITECTURES, build_component
+    from portraitkit.models.bases import tiny_tokenizer
+    from portraitkit.models.architectures import ARCHITECTURES, build_component
 
     name, _, stored = base.partition("-")
     arch = ARCHITECTURES[name]

@@ -1,4 +1,4 @@
-"""Calibrate the copy flag (portraitkit/copies.py) on the sample photos: what copies, composites,
+"""Calibrate the copy flag (portraitkit/pick/copies.py) on the sample photos: what copies, composites,
 other people and differently framed crops measure against the training crops.
 
     python benchmarks/calibrate_copies.py            # prepares data/samples into a temporary folder
@@ -46,10 +46,10 @@ def composite(crop: Image.Image, mask: Image.Image, scene: Image.Image, scale: f
 
 
 def main() -> None:
-    from portraitkit.copies import COPY_LAYOUT, COPY_SSIM, CopyDetector
-    from portraitkit.faces import detect_faces, face_embedding
+    from portraitkit.pick.copies import COPY_LAYOUT, COPY_SSIM, CopyDetector
+    from portraitkit.faces.detect import detect_faces, face_embedding
     from portraitkit.prep import prepare
-    from portraitkit.rank import IdentityScorer
+    from portraitkit.pick.likeness import IdentityScorer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", help="a prepared dataset (default: data/samples prepared now)")

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit.demo import STAGES, DemoConfig, plan, run_stage
-from portraitkit.errors import PortraitkitError
-from portraitkit.files import write_json, write_text
-from portraitkit.photos import PHOTO_SUFFIXES
-from portraitkit.settings import setting
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import write_json, write_text
+from portraitkit.faces.photos import PHOTO_SUFFIXES
+from portraitkit.core.settings import setting
 
 CLASS_FILE = "class.json"
 CLASS_PAGE = "class.html"

@@ -14,7 +14,7 @@ import sys
 import types
 import typing
 
-from portraitkit.errors import PortraitkitError
+from portraitkit.core.errors import PortraitkitError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +84,7 @@ def config_from_args(config_class, args):
 
 
 def add_train(subparsers) -> None:
-    from portraitkit.train import TrainConfig
+    from portraitkit.train.loop import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a LoRA of the person on a prepared dataset",
                                    description="Train a LoRA on a dataset made by `portraitkit prep`.")
@@ -93,8 +93,8 @@ def add_train(subparsers) -> None:
 
 
 def run_train(args) -> int:
-    from portraitkit.launch import cpu_processes_asked, run_as_processes
-    from portraitkit.train import TrainConfig, train
+    from portraitkit.train.launch import cpu_processes_asked, run_as_processes
+    from portraitkit.train.loop import TrainConfig, train
 
     processes = cpu_processes_asked()
     if processes > 1:  # `accelerate launch --cpu --num_processes N` started this one process alone
@@ -161,7 +161,7 @@ def run_lens(args) -> int:
     import json
     import math
 
-    from portraitkit.lens import distortion, ward_change_pct
+    from portraitkit.teach.lens import distortion, ward_change_pct
 
     if not args.reference_cm > 0:
         raise PortraitkitError(f"--reference-cm must be positive (or inf), got {args.reference_cm}.")
@@ -208,9 +208,9 @@ def add_diagnose(subparsers) -> None:
 def run_diagnose(args) -> int:
     import json
 
-    from portraitkit.diagnose import diagnose_image
-    from portraitkit.faces import detect_faces
-    from portraitkit.photos import open_photo
+    from portraitkit.teach.diagnose import diagnose_image
+    from portraitkit.faces.detect import detect_faces
+    from portraitkit.faces.photos import open_photo
 
     results = []
 
@@ -255,7 +255,7 @@ def add_styles(subparsers) -> None:
 
 
 def run_styles(args) -> int:
-    from portraitkit.styles import load_styles
+    from portraitkit.sample.styles import load_styles
 
     styles = load_styles(*([args.styles_file] if args.styles_file else []), family=args.family)
     width = max(len(name) for name in styles) + 2
@@ -265,7 +265,7 @@ def run_styles(args) -> int:
 
 
 def add_sample(subparsers) -> None:
-    from portraitkit.sample import SampleConfig
+    from portraitkit.sample.render import SampleConfig
 
     parser = subparsers.add_parser("sample", help="generate styled portraits with a trained LoRA",
                                    description="Generate portraits in the chosen styles with the run's LoRA; writes the "
@@ -277,7 +277,7 @@ def add_sample(subparsers) -> None:
 
 
 def run_sample(args) -> int:
-    from portraitkit.sample import SampleConfig, sample
+    from portraitkit.sample.render import SampleConfig, sample
 
     config = config_from_args(SampleConfig, args)
     made = sample(config)
@@ -298,7 +298,7 @@ def add_pick(subparsers) -> None:
 def run_pick(args) -> int:
     from pathlib import Path
 
-    from portraitkit.rank import PICKS_SHEET, RANKING_FILE, rank_images, ranking_lines
+    from portraitkit.pick.likeness import PICKS_SHEET, RANKING_FILE, rank_images, ranking_lines
 
     ranked = rank_images(args.images_dir, args.reference, top=args.top)
     print("\n".join(ranking_lines(ranked, args.top)))
@@ -352,7 +352,7 @@ def run_class(args) -> int:
 
 
 def add_plan(subparsers) -> None:
-    from portraitkit.plan import PlanConfig
+    from portraitkit.plan.estimate import PlanConfig
 
     parser = subparsers.add_parser("plan", help="estimate GPU memory, RAM and time of a training run before starting it",
                                    description="Estimate a LoRA training run's peak GPU memory, peak RAM and time per step "
@@ -367,7 +367,7 @@ def add_plan(subparsers) -> None:
 def run_plan(args) -> int:
     import json
 
-    from portraitkit.plan import PlanConfig, plan_run
+    from portraitkit.plan.estimate import PlanConfig, plan_run
 
     plan = plan_run(**dataclasses.asdict(config_from_args(PlanConfig, args)))
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.summary())

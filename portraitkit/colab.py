@@ -17,9 +17,9 @@ import re
 import sys
 from pathlib import Path
 
-from portraitkit.errors import PortraitkitError
-from portraitkit.files import atomic_path
-from portraitkit.photos import PHOTO_SUFFIXES
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import atomic_path
+from portraitkit.faces.photos import PHOTO_SUFFIXES
 
 DRIVE_MOUNTPOINT = Path("/content/drive")
 # Inside the learner's Drive; the course's notebooks all default to it, so they find each other's outputs.

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from portraitkit.errors import PortraitkitError
-from portraitkit.files import write_json, write_text
-from portraitkit.settings import check_at_least, setting
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import write_json, write_text
+from portraitkit.core.settings import check_at_least, setting
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 # Photos ranked in the tiny demo's "scorer on real photos" section: the person, the person
@@ -61,7 +61,7 @@ class Plan:
 
 
 def plan(config: DemoConfig) -> Plan:
-    from portraitkit.bases import TINY_PRESETS, check_available
+    from portraitkit.models.bases import TINY_PRESETS, check_available
 
     check_at_least({"train_steps": config.train_steps, "per_style": config.per_style, "sample_steps": config.sample_steps}, 1)
     check_at_least({"seed": config.seed}, 0)
@@ -80,7 +80,7 @@ def plan(config: DemoConfig) -> Plan:
 
 def demo(config: DemoConfig) -> Path:
     """Run prep, train, sample and pick; write report.html; return its path."""
-    from portraitkit.rank import rank_images
+    from portraitkit.pick.likeness import rank_images
 
     out = Path(config.out_dir)
     photos = Path(config.photos_dir) if config.photos_dir else SAMPLES
@@ -138,7 +138,7 @@ def _prep(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
 
 
 def _train(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
-    from portraitkit.train import TrainConfig, train
+    from portraitkit.train.loop import TrainConfig, train
 
     run_dir = out / "run"
     train(TrainConfig(
@@ -151,14 +151,14 @@ def _train(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
 
 
 def _sample(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
-    from portraitkit.sample import SampleConfig, sample
+    from portraitkit.sample.render import SampleConfig, sample
 
     sample(SampleConfig(run_dir=str(out / "run"), out_dir=str(out / "portraits"), styles=settings.styles,
                         per_style=settings.per_style, seed=config.seed, steps=settings.sample_steps))
 
 
 def _pick(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
-    from portraitkit.rank import rank_images
+    from portraitkit.pick.likeness import rank_images
 
     portraits = out / "portraits"
     top = min(8, len(json.loads((portraits / "manifest.json").read_text(encoding="utf-8"))))

@@ -61,9 +61,10 @@ def test_no_module_imports_another_modules_private_names():
     for name, tree in trees.items():
         for module, names in _imports(tree, set(trees)):
             offences += [f"{name} imports {module}.{n}" for n in names if n.startswith("_") and module != name]
-        # `from portraitkit import plan` then `plan._x`
+        # `from portraitkit.models import lora` then `lora._x`
         aliases = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                   and node.module == "portraitkit" for alias in node.names}
+                   and node.module and node.module.startswith("portraitkit") for alias in node.names
+                   if f"{node.module}.{alias.name}" in trees}
         offences += [f"{name} uses {node.value.id}.{node.attr}" for node in ast.walk(tree)
                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
                      and node.attr.startswith("_")]
@@ -75,7 +76,50 @@ def test_every_module_reads_in_one_sitting():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-def test_rank_knows_nothing_of_training():
+def _stage(module: str) -> str:
+    """The folder (stage) a module belongs to; a module at the package's top is its own."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _stage_graph() -> dict[str, set[str]]:
     trees = _modules()
-    imported = {m for m, _ in _imports(trees["portraitkit.rank"], set(trees))}
-    assert not imported & {"portraitkit.train", "portraitkit.validate", "portraitkit.prep", "portraitkit.plan"}, imported
+    graph: dict[str, set[str]] = {}
+    for name, tree in trees.items():
+        graph.setdefault(_stage(name), set()).update(
+            _stage(m) for m, _ in _imports(tree, set(trees)) if m in trees and _stage(m) != _stage(name))
+    return graph
+
+
+def test_stages_import_one_way():
+    """Between folders as between files: no circle (train may read pick's likeness, never the reverse)."""
+    graph = _stage_graph()
+    done, path = set(), []
+
+    def visit(stage):
+        if stage in path:
+            raise AssertionError("stage cycle: " + " -> ".join(path[path.index(stage):] + [stage]))
+        if stage not in done:
+            path.append(stage)
+            for dep in sorted(graph.get(stage, ())):
+                visit(dep)
+            path.pop()
+            done.add(stage)
+
+    for stage in sorted(graph):
+        visit(stage)
+
+
+def test_the_layers_stay_in_their_place():
+    graph = _stage_graph()
+    assert graph["core"] == set(), graph["core"]  # the floor everything stands on
+    assert graph["faces"] <= {"core"}, graph["faces"]
+    assert not graph["pick"] & {"train", "prep", "plan", "sample"}, graph["pick"]  # a ranker knows nothing of training
+    assert "train" not in graph["plan"], graph["plan"]  # the planner reads the trainer's settings; the trainer decides
+    users = {stage for stage, deps in graph.items() if deps & {"widgets", "cli"}}
+    assert users <= {"__main__", "widgets"}, users  # only notebooks and the entry point use panels and the CLI
+
+
+def test_every_stage_is_a_folder():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in {"__init__", "__main__"})
+    assert top == ["classroom", "cli", "colab", "demo"], top  # the apps; everything else lives in its stage's folder

@@ -46,7 +46,7 @@ def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
     assert timed[0]["machine"]["cpu_count"] >= 1 and timed[0]["machine"]["ram_gb"] > 0
 
     # load: RAM only, the T4 recipe's fp16 loading, set against the planner's loading figure for a T4
-    from portraitkit.plan import plan_run
+    from portraitkit.plan.estimate import plan_run
 
     assert load["status"] == "ok" and load["seconds_per_step"] is None and load["peak_gpu_mem_gb"] is None
     assert 0 < load["weights_gb"] < load["peak_host_anon_gb"] <= load["peak_host_ram_gb"]
@@ -104,7 +104,7 @@ def test_a_configuration_that_needs_more_than_the_cap_is_killed_and_recorded_so(
         # Python importing torch and diffusers needs more than 0.1 GiB of its own: the kernel kills the child,
         # and the run says so. The libraries stay mapped in this process, so the child's reads of them are
         # not charged to its cgroup: it dies of its own allocations at once instead of thrashing.
-        from portraitkit.bases import tiny_base_folder
+        from portraitkit.models.bases import tiny_base_folder
 
         spec = {"task": "load", "base": "tiny-sd", "folder": str(tiny_base_folder("tiny-sd")), "dataset": str(tmp_path),
                 "rank": 4, "resolution": 64, "steps": 1, "warmup": 0, "work": str(tmp_path / "run")}

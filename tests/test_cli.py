@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from portraitkit.cli import main
-from portraitkit.lora import LORA_FILE
+from portraitkit.models.lora import LORA_FILE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

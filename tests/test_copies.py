@@ -9,8 +9,8 @@ import shutil
 import pytest
 from PIL import Image
 
-from portraitkit.rank import rank_images
-from portraitkit.validate import score_validation_step
+from portraitkit.pick.likeness import rank_images
+from portraitkit.train.validate import score_validation_step
 
 TRAINING = ["hopper.jpg", "hopper_soft.jpg", "hopper_warm_closeup.jpg", "hopper_tilted_bright.jpg", "hopper_mirrored_dim.webp"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit import degrade
-from portraitkit.errors import PortraitkitError
-from portraitkit.faces import detect_faces
+from portraitkit.teach import degrade
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.faces.detect import detect_faces
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit import degrade
-from portraitkit.diagnose import MEASURES, Thresholds, diagnose_image
-from portraitkit.faces import detect_faces
+from portraitkit.teach import degrade
+from portraitkit.teach.diagnose import MEASURES, Thresholds, diagnose_image
+from portraitkit.faces.detect import detect_faces
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +182,12 @@ def test_cli_diagnose_json_one_object_per_file_and_bad_files_reported(portrait_p
 
 
 def test_cli_diagnose_goes_on_when_one_photo_breaks_the_measures(portrait_path, tmp_path, capsys, monkeypatch):
-    from portraitkit import cli, faces
+    from portraitkit import cli
+    from portraitkit.faces import detect
 
     odd = tmp_path / "odd.png"
     Image.new("RGB", (333, 222), (90, 90, 90)).save(odd)
-    real = faces.detect_faces
+    real = detect.detect_faces
     monkeypatch.setattr(faces, "detect_faces", lambda image: (_ for _ in ()).throw(RuntimeError("simulated bug"))
                         if image.size == (333, 222) else real(image))
     status = cli.main(["diagnose", str(odd), str(portrait_path), "--json"])
@@ -202,7 +203,7 @@ def test_the_chart_shows_past_the_line_exactly_what_is_flagged(portraits, stops)
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from portraitkit.diagnose import plot_scores
+    from portraitkit.teach.diagnose import plot_scores
 
     image, face = portraits["hopper"]
     diagnosis = diagnose_image(degrade.change_exposure(image, stops), face)

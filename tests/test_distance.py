@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit import cli, lens
-from portraitkit.faces import detect_faces
+from portraitkit import cli
+
+from portraitkit.teach import lens
+from portraitkit.faces.detect import detect_faces
 from portraitkit.prep import PrepConfig, prepare
 from portraitkit.prep import distance
 
@@ -120,7 +122,7 @@ def test_prep_correct_distance_records_where_each_photo_came_from(selfie_folder,
 
 def test_warp_to_30_cm_and_back_returns_the_nose_to_face_ratio(samples_dir):
     """The issue's check on a real photo: dlib's own landmarks, before and after the round trip."""
-    from portraitkit.lens_warp import warp_to_distance
+    from portraitkit.teach.lens_warp import warp_to_distance
 
     image = Image.open(samples_dir / "hopper.jpg").convert("RGB")
 

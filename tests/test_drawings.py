@@ -20,7 +20,7 @@ def rendered(figure) -> np.ndarray:
 def test_teaching_figures_have_a_picture_for_ipython():
     from IPython.core.formatters import PNGFormatter
 
-    from portraitkit import figures
+    from portraitkit.plan import figures
 
     for figure in (figures.lora_figure(rank=4), figures.memory_figure("tiny-sd", rank=4)):
         png = PNGFormatter()(figure)  # what a notebook cell returning the figure displays
@@ -31,7 +31,7 @@ def test_the_framed_face_is_drawn_only_inside_the_sensor():
     from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
 
-    from portraitkit.lens_plots import plot_face
+    from portraitkit.teach.lens_plots import plot_face
 
     figure = Figure(figsize=(6, 4), dpi=100)
     axes = figure.subplots()
@@ -50,7 +50,7 @@ def test_the_framed_face_is_drawn_only_inside_the_sensor():
 def test_the_legend_leaves_the_published_points_visible():
     from matplotlib.figure import Figure
 
-    from portraitkit.lens_plots import plot_distortion_curve
+    from portraitkit.teach.lens_plots import plot_distortion_curve
 
     figure = Figure(figsize=(6, 4.6), dpi=100)  # the size the lens panel gives the chart
     axes = figure.subplots()

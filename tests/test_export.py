@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from portraitkit import colab
-from portraitkit.errors import PortraitkitError
-from portraitkit.export import export_picks, load_picks, recipes, save_picks
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.pick.export import export_picks, load_picks, recipes, save_picks
 
 
 def make_portraits(folder, names=("studio_0.png", "studio_1.png", "outdoor_0.png")):

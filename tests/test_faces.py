@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit import faces
-from portraitkit.faces import SAME_PERSON_THRESHOLD, detect_faces, face_embedding, identity_distance
+from portraitkit.faces import detect
+from portraitkit.faces.detect import SAME_PERSON_THRESHOLD, detect_faces, face_embedding, identity_distance
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +16,14 @@ def hopper(portrait_path) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def hopper_face(hopper) -> faces.Face:
+def hopper_face(hopper) -> detect.Face:
     found = detect_faces(hopper)
     assert len(found) == 1
     return found[0]
 
 
 def test_models_are_found_without_importing_the_package():
-    folder = faces.models_dir()
+    folder = detect.models_dir()
     assert (folder / "shape_predictor_68_face_landmarks.dat").is_file()
     assert (folder / "dlib_face_recognition_resnet_model_v1.dat").is_file()
 

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit import cli, lens, lens_plots, lens_warp
-from portraitkit.errors import PortraitkitError
-from portraitkit.faces import detect_faces
+from portraitkit import cli
+
+from portraitkit.teach import lens
+
+from portraitkit.teach import lens_plots
+
+from portraitkit.teach import lens_warp
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.faces.detect import detect_faces
 
 
 def test_head_reproduces_published_distances_it_was_not_built_from():

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from portraitkit import lora
-from portraitkit.lora import KOHYA_FILE
-from portraitkit.train import TrainConfig, load_for_training, train
+from portraitkit.models import lora
+from portraitkit.models.lora import KOHYA_FILE
+from portraitkit.train.loop import TrainConfig, load_for_training, train
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_diffusers_reads_the_kohya_file_whole_and_renders_the_same(text_encoder_
     from packaging import version
     from safetensors.torch import load_file
 
-    from portraitkit.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline
 
     base, run = text_encoder_run
     pipe = load_pipeline(base)
@@ -116,7 +116,7 @@ def _real_size_kohya(name: str, rank: int = 4) -> dict:
 
     import torch
 
-    from portraitkit.architectures import ARCHITECTURES, build_component
+    from portraitkit.models.architectures import ARCHITECTURES, build_component
 
     arch = ARCHITECTURES[name]
     with torch.device("meta"):
@@ -141,7 +141,7 @@ def test_real_size_key_sets_are_the_standard_ones(name, unet_parameters, encoder
     assert all({f"{s}.lora_down.weight", f"{s}.lora_up.weight", f"{s}.alpha"} <= kohya.keys() for s in stems)
 
     # UNet: exactly the attention projections of the real architecture, in kohya's spelling.
-    from portraitkit.architectures import ARCHITECTURES, build_component
+    from portraitkit.models.architectures import ARCHITECTURES, build_component
 
     with torch.device("meta"):
         unet = build_component(ARCHITECTURES[name], "unet")  # without adapters

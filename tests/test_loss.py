@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny():
-    from portraitkit.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline
 
     return load_pipeline("tiny-sd")
 
@@ -19,8 +19,9 @@ def test_loss_of_draw_is_the_written_out_objective(tiny, prediction_type, gamma)
     import torch
     from diffusers import DDPMScheduler
 
-    from portraitkit.examples import encode_text, unet_conditioning
-    from portraitkit.objective import loss_of_draw
+    from portraitkit.train.cache import encode_text
+    from portraitkit.models.conditioning import unet_conditioning
+    from portraitkit.train.objective import loss_of_draw
 
     scheduler = DDPMScheduler.from_config(tiny.scheduler.config, prediction_type=prediction_type)
     generator = torch.Generator().manual_seed(3)

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from portraitkit.lora import KOHYA_FILE, LORA_FILE
-from portraitkit.train import TrainConfig, train
+from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
+from portraitkit.train.loop import TrainConfig, train
 
 SETTINGS = dict(base="tiny-sd", steps=3, rank=4, lr=1e-3, optimizer="adamw", checkpoint_every=2, validation_steps=2)
 
@@ -73,8 +73,8 @@ def test_a_run_reports_where_its_time_went_and_can_skip_validation(tmp_path, fac
 def test_the_process_count_is_read_from_accelerates_command_line():
     import pytest
 
-    from portraitkit.errors import PortraitkitError
-    from portraitkit.launch import cpu_processes_asked
+    from portraitkit.core.errors import PortraitkitError
+    from portraitkit.train.launch import cpu_processes_asked
 
     lone = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     script = ["/venv/bin/python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "3", "-m", "portraitkit", "train", "DATA"]

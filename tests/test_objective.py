@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portraitkit.objective import bare_caption, dropped_captions, latent_mask, masked_loss
+from portraitkit.train.objective import bare_caption, dropped_captions, latent_mask, masked_loss
 
 
 def _face_mask(size=64):

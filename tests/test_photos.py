@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit.errors import PortraitkitError
-from portraitkit.photos import DECODE_LIMIT_PIXELS, open_photo
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.faces.photos import DECODE_LIMIT_PIXELS, open_photo
 
 
 @pytest.fixture(scope="module")

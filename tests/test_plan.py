@@ -8,16 +8,16 @@ import json
 import pytest
 
 from portraitkit.cli import main
-from portraitkit.errors import PortraitkitError
-from portraitkit.devices import Device
-from portraitkit.plan import (
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.plan.devices import Device
+from portraitkit.plan.estimate import (
     lora_parameter_count,
     optimizer_state_bytes,
     parameter_counts,
     plan_for_training,
     plan_run,
 )
-from portraitkit.train import TrainConfig, check_training_fits
+from portraitkit.train.loop import TrainConfig, check_training_fits
 
 
 def test_lora_and_model_sizes_match_the_published_figures():
@@ -34,7 +34,7 @@ def test_lora_and_model_sizes_match_the_published_figures():
 def test_loading_ram_is_python_plus_each_weight_once_and_cuda_comes_on_top():
     # the loading figure is what benchmarks' `load` recipe measures on any machine (docs/benchmarks.md:
     # within 0.6% for real-size SD1.5 and SDXL); CUDA's share of RAM comes only with the GPU
-    from portraitkit.plan import HOST_BASELINE_GB, HOST_CUDA_GB
+    from portraitkit.plan.estimate import HOST_BASELINE_GB, HOST_CUDA_GB
 
     plan = plan_run("sdxl", gpu="t4", advise=False)
     weights = sum(value for key, value in plan.breakdown_gb.items() if key.startswith("weights_"))
@@ -48,8 +48,8 @@ def test_loading_ram_is_python_plus_each_weight_once_and_cuda_comes_on_top():
 def test_the_meta_trace_counts_what_a_real_training_step_holds(preset):
     # the same step on real tensors (CPU, fp32, checkpointing): every memory estimate rests on this;
     # benchmarks' `trace` recipe checks real-size SD1.5 and SDXL the same way (docs/benchmarks.md)
-    from portraitkit.bases import tiny_base_folder
-    from portraitkit.tracing import check_training_step
+    from portraitkit.models.bases import tiny_base_folder
+    from portraitkit.plan.tracing import check_training_step
 
     checked = check_training_step(str(tiny_base_folder(preset)), 64, rank=4)
     assert checked["traced_peak_gb"] > 0
@@ -111,7 +111,7 @@ def test_gradient_checkpointing_trades_activation_memory_for_time():
 
 
 def test_checkpointing_is_left_off_only_with_room_to_spare(capsys, monkeypatch):
-    import portraitkit.plan
+    import portraitkit.plan.estimate
 
     # SD1.5 on a T4 fits easily without it: the faster step; SDXL would fill 94% of a T4 without it
     sd15, sdxl = plan_run("sd15"), plan_run("sdxl")
@@ -126,7 +126,7 @@ def test_checkpointing_is_left_off_only_with_room_to_spare(capsys, monkeypatch):
     assert plan_run("sd15", gpu=Device("cpu", gpu_memory_gb=None, host_ram_gb=64.0, tflops=0.15)).config.gradient_checkpointing is False
     # train asks the same question before loading, and a user's own choice stands
     t4 = Device("Tesla T4", gpu_memory_gb=14.75, host_ram_gb=12.7, sd15_its=6.9)
-    monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda *where: t4)
+    monkeypatch.setattr(portraitkit.plan.estimate, "local_cuda_device", lambda *where: t4)
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15")) is False
     assert "gradient checkpointing off" in capsys.readouterr().out
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", gradient_checkpointing=True)) is True
@@ -179,21 +179,21 @@ def test_tiny_base_on_a_cpu_uses_its_own_configuration():
 def test_train_refuses_a_gpu_run_that_will_not_fit_before_loading(tmp_path, monkeypatch):
     import torch
 
-    import portraitkit.bases
-    import portraitkit.plan
+    import portraitkit.models.bases
+    import portraitkit.plan.estimate
 
     settings = dict(base="sd15", resolution=384, batch_size=4, gradient_checkpointing=False)
     needed = plan_run(**settings, gpu="a100", advise=False).peak_gpu_mem_gb
     small = Device("Tesla T4", gpu_memory_gb=round(needed - 0.2, 2), host_ram_gb=64.0, sd15_its=6.9)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(portraitkit.plan, "local_cuda_device", lambda *where: small)
-    monkeypatch.setattr(portraitkit.bases, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
-    monkeypatch.setattr(portraitkit.bases, "check_available", portraitkit.bases.resolve_base)  # sd15 offline: as if cached
+    monkeypatch.setattr(portraitkit.plan.estimate, "local_cuda_device", lambda *where: small)
+    monkeypatch.setattr(portraitkit.models.bases, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model that cannot fit"))
+    monkeypatch.setattr(portraitkit.models.bases, "check_available", portraitkit.models.bases.resolve_base)  # sd15 offline: as if cached
     (tmp_path / "dataset").mkdir()
     (tmp_path / "dataset" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a photo of sks person"}\n')
     config = TrainConfig(dataset_dir=str(tmp_path / "dataset"), out_dir=str(tmp_path / "run"), **settings)
 
-    from portraitkit.train import train
+    from portraitkit.train.loop import train
 
     with pytest.raises(PortraitkitError, match="GiB of GPU memory") as refused:
         train(config)
@@ -206,11 +206,11 @@ def test_train_refuses_a_gpu_run_that_will_not_fit_before_loading(tmp_path, monk
 
 
 def test_a_planner_failure_never_blocks_training(monkeypatch, capsys):
-    import portraitkit.plan
+    import portraitkit.plan.estimate
 
     def broken(config, device=None):
         raise RuntimeError("unexpected architecture")
 
-    monkeypatch.setattr(portraitkit.plan, "plan_for_training", broken)
+    monkeypatch.setattr(portraitkit.plan.estimate, "plan_for_training", broken)
     check_training_fits(TrainConfig(dataset_dir="d", out_dir="o"))
     assert "could not estimate memory" in capsys.readouterr().out

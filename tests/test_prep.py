@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from portraitkit import cli, faces
-from portraitkit.errors import PortraitkitError
+from portraitkit import cli
+
+from portraitkit.faces import detect
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.prep import REJECTIONS, WARNINGS, PrepConfig, prepare
 
 # What data/samples/README.md promises, file by file: (status, reasons, warnings that must be there).
@@ -65,7 +67,7 @@ def test_consensus_not_the_first_file_decides_identity(samples_run):
     entries = {entry["source"]: entry for entry in report["photos"]}
     # astronaut.jpg sorts first, yet the set's majority (Grace Hopper) is the person
     assert report["photos"][0]["source"] == "astronaut.jpg"
-    assert entries["astronaut.jpg"]["measurements"]["identity_distance"] > faces.SAME_PERSON_THRESHOLD
+    assert entries["astronaut.jpg"]["measurements"]["identity_distance"] > detect.SAME_PERSON_THRESHOLD
     assert entries["hopper.jpg"]["measurements"]["identity_distance"] < 0.3
 
 
@@ -140,7 +142,7 @@ def test_crops_are_straightened_and_face_centred(samples_run):
     _, out, _ = samples_run
     for name in ("hopper.png", "hopper_tilted_bright.png", "hopper_cutout.png", "hopper_phone_sideways.png"):
         crop = Image.open(out / name).convert("RGB")
-        (face,) = faces.detect_faces(crop)
+        (face,) = detect.detect_faces(crop)
         assert abs(face.roll_degrees()) < 2.5, name  # sources rolled by -4 to -11 degrees
         left_eye, right_eye = face.eye_centers()
         eyes = (left_eye + right_eye) / 2 / 512
@@ -212,7 +214,7 @@ def test_bad_files_are_rejected_and_the_run_goes_on(messy_folder, tmp_path, monk
     # One photo makes the detector itself fail, as a library bug would: only that photo is lost.
     Image.open(messy_folder / "hopper.jpg").crop((80, 100, 512, 600)).resize((333, 390)).save(tmp_path / "odd.jpg")
     shutil.copy(tmp_path / "odd.jpg", messy_folder / "broken_by_a_bug.jpg")
-    real_detect = faces.detect_faces
+    real_detect = detect.detect_faces
 
     def fragile_detect(image):
         if image.size == (333, 390):
@@ -305,7 +307,7 @@ def test_every_accepted_crop_has_a_mask_of_its_face_and_hair(samples_run):
     from PIL import Image
     from scipy.ndimage import distance_transform_edt
 
-    from portraitkit.faces import detect_faces
+    from portraitkit.faces.detect import detect_faces
 
     _, out, report = samples_run
     accepted = [e for e in report["photos"] if e["status"] == "accepted"]

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from portraitkit.cli import main
-from portraitkit.rank import rank_images
-from portraitkit.validate import score_validation_step
+from portraitkit.pick.likeness import rank_images
+from portraitkit.train.validate import score_validation_step
 
 # Photos of Grace Hopper that stand in for the prepared dataset (prep's own output is tested by
 # test_prep; any folder of the person's photos is a valid reference).
@@ -111,15 +111,15 @@ def test_without_reference_faces_nothing_is_invented(tmp_path, samples_dir):
 
 
 def test_missing_face_models_leave_the_step_unscored_not_the_run_broken(tmp_path, samples_dir, monkeypatch):
-    import portraitkit.faces
-    from portraitkit.errors import PortraitkitError
+    import portraitkit.faces.detect
+    from portraitkit.core.errors import PortraitkitError
 
     def missing():
         raise PortraitkitError("The face models are missing: run `pip install face_recognition_models`")
 
-    monkeypatch.setattr(portraitkit.faces, "_shape_predictor", missing)
+    monkeypatch.setattr(portraitkit.faces.detect, "_shape_predictor", missing)
     noise = Image.effect_noise((96, 96), 60).convert("RGB")
-    assert portraitkit.faces.detect_faces(noise) == []  # no face: the landmark model is never needed
+    assert portraitkit.faces.detect.detect_faces(noise) == []  # no face: the landmark model is never needed
     # a flipped copy: not in the embeddings cache, so its face needs the (missing) landmark model
     reference = [Image.open(samples_dir / "hopper.jpg").convert("RGB").transpose(Image.FLIP_LEFT_RIGHT)]
     record = score_validation_step(tmp_path, 5, [noise], reference, 5, save_best=lambda folder: pytest.fail("unscored"))
@@ -129,8 +129,8 @@ def test_missing_face_models_leave_the_step_unscored_not_the_run_broken(tmp_path
 
 
 def test_exposure_is_judged_as_prep_judges_it(tmp_path, reference_dir, samples_dir):
-    from portraitkit import degrade
-    from portraitkit.photos import open_photo
+    from portraitkit.teach import degrade
+    from portraitkit.faces.photos import open_photo
 
     # 1.8 stops under: mean face brightness 0.24 with 13% of the face at black, which prep
     # accepts (as it accepts well-exposed very dark skin, 0.2-0.3): no exposure mark-down here.
@@ -142,8 +142,8 @@ def test_exposure_is_judged_as_prep_judges_it(tmp_path, reference_dir, samples_d
 
 
 def test_picks_sheet_shows_phone_photos_upright(tmp_path, reference_dir, samples_dir):
-    from portraitkit.photos import open_photo
-    from portraitkit.rank import picks_sheet
+    from portraitkit.faces.photos import open_photo
+    from portraitkit.pick.likeness import picks_sheet
 
     sideways, upright = tmp_path / "sideways", tmp_path / "upright"
     sideways.mkdir(), upright.mkdir()

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from portraitkit.cli import main
-from portraitkit.errors import PortraitkitError
-from portraitkit.sample import SampleConfig, person_words, read_parameters, sample
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.sample.render import SampleConfig, person_words, read_parameters, sample
 
 STEPS = 3  # denoising steps: the tiny base's pictures are noise whatever the count
 
@@ -21,7 +21,7 @@ STEPS = 3  # denoising steps: the tiny base's pictures are noise whatever the co
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, portrait_path):
     """A tiny-sd LoRA trained a few steps (at a high rate, so it visibly changes the images)."""
-    from portraitkit.train import TrainConfig, train
+    from portraitkit.train.loop import TrainConfig, train
 
     dataset = tmp_path_factory.mktemp("dataset")
     photo = Image.open(portrait_path).convert("RGB")
@@ -101,7 +101,7 @@ def test_png_carries_the_recipe_in_automatic1111_layout(sampled, run_dir):
     assert (parsed["CFG scale"], parsed["Seed"], parsed["Size"], parsed["Model"]) == ("7.0", "8", "64x64", "tiny-sd")
     name, lora_hash = parsed["Lora hashes"].split(": ")
     assert name == "pytorch_lora_weights_kohya" and lora_hash == a1111_addnet_hash(run_dir / "pytorch_lora_weights_kohya.safetensors")
-    from portraitkit.bases import resolve_base
+    from portraitkit.models.bases import resolve_base
 
     weights = next((Path(resolve_base("tiny-sd").source) / "unet").glob("*.safetensors"))
     assert parsed["Model hash"] == hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
@@ -125,7 +125,7 @@ def test_lora_scale_zero_gives_the_base_models_image(run_dir, sampled, tmp_path)
     import torch
     from diffusers import DPMSolverMultistepScheduler
 
-    from portraitkit.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline
 
     made = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=1, seed=7,
                                steps=STEPS, lora_scale=0.0))[0]
@@ -171,7 +171,7 @@ def test_clear_errors_for_a_folder_that_is_not_a_run_and_unknown_styles(run_dir,
 def test_sdxl_runs_get_the_sdxl_styles_and_can_use_the_best_lora(tmp_path, run_dir):
     import shutil
 
-    from portraitkit.train import TrainConfig, train
+    from portraitkit.train.loop import TrainConfig, train
 
     dataset = tmp_path / "dataset"
     shutil.copytree(json.loads((run_dir / "config.json").read_text())["settings"]["dataset_dir"], dataset)
@@ -188,12 +188,12 @@ def test_sdxl_runs_get_the_sdxl_styles_and_can_use_the_best_lora(tmp_path, run_d
 
 
 def test_compare_dials_changes_one_setting_at_a_time(run_dir, tmp_path, monkeypatch):
-    import portraitkit.sample
-    from portraitkit.sample import compare_dials
+    import portraitkit.sample.render
+    from portraitkit.sample.render import compare_dials
 
     loads = []
-    loader = portraitkit.sample.load_for_sampling
-    monkeypatch.setattr(portraitkit.sample, "load_for_sampling", lambda *args, **kwargs: loads.append(args) or loader(*args, **kwargs))
+    loader = portraitkit.sample.render.load_for_sampling
+    monkeypatch.setattr(portraitkit.sample.render, "load_for_sampling", lambda *args, **kwargs: loads.append(args) or loader(*args, **kwargs))
     config = SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "images"), styles=["studio"], seed=3, steps=STEPS)
     grid = compare_dials(config, tmp_path / "dials", guidance_scales=(2.0, 9.0), lora_scales=(0.0, 1.0))
     assert len(loads) == 1  # four images, one pipeline

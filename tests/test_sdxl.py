@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from portraitkit.bases import decode_problem, load_pipeline
-from portraitkit.errors import PortraitkitError
-from portraitkit.train import TrainConfig, train
+from portraitkit.models.bases import decode_problem, load_pipeline
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.train.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,9 @@ def test_validation_decodes_outside_autocast_and_records_a_broken_decode(tmp_pat
     a NaN decode is said, and the step is not scored as if it were a picture."""
     import torch
 
-    from portraitkit import validate
-    from portraitkit.examples import load_examples
-    from portraitkit.placement import Placement
+    from portraitkit.train import validate
+    from portraitkit.train.cache import load_examples
+    from portraitkit.train.placement import Placement
 
     pipe = load_pipeline("tiny-sdxl")
     seen = []
@@ -82,7 +82,7 @@ def test_vae_option_replaces_the_base_vae(tmp_path):
 def test_sampling_refuses_to_save_a_nan_decode(tmp_path, dataset, monkeypatch):
     from diffusers import AutoencoderKL
 
-    from portraitkit.sample import SampleConfig, sample
+    from portraitkit.sample.render import SampleConfig, sample
 
     run = train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "run"), base="tiny-sd", steps=1, rank=4,
                             optimizer="adamw", checkpoint_every=0, validation_steps=1, validation_seeds=(0,)))
@@ -107,7 +107,8 @@ def test_the_unet_gets_each_photos_own_size_and_crop(tmp_path):
     import torch
     from PIL import Image
 
-    from portraitkit.examples import size_time_ids, unet_conditioning
+    from portraitkit.train.cache import size_time_ids
+    from portraitkit.models.conditioning import unet_conditioning
 
     examples = [{"image": Image.new("RGB", (128, 128)), "original_size": [3000, 4000], "crop_top_left": [40, 200]},
                 {"image": Image.new("RGB", (128, 128)), "original_size": None, "crop_top_left": None}]  # an older dataset

@@ -17,7 +17,7 @@ PHOTOS = ["hopper.jpg", "hopper_soft.jpg", "hopper_tilted_bright.jpg", "hopper_w
 def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, capsys):
     from safetensors.torch import load_file
 
-    from portraitkit.examples import load_examples, size_time_ids
+    from portraitkit.train.cache import load_examples, size_time_ids
 
     dataset, run, portraits = tmp_path / "dataset", tmp_path / "run", tmp_path / "portraits"
     photos = tmp_path / "photos"  # six of the sample photos: prep needs five, and takes seconds a photo

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from portraitkit.bases import tiny_tokenizer
+from portraitkit.models.bases import tiny_tokenizer
 from portraitkit.cli import main
-from portraitkit.errors import PortraitkitError
-from portraitkit.styles import DEFAULT_STYLES, FAMILIES, Style, load_styles, select_styles
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.sample.styles import DEFAULT_STYLES, FAMILIES, Style, load_styles, select_styles
 
 
 def clip_tokens(text: str) -> int:

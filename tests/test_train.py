@@ -7,12 +7,14 @@ import sys
 
 import pytest
 
-from portraitkit import checkpoints, lora
+from portraitkit.train import checkpoints
+
+from portraitkit.models import lora
 from portraitkit.cli import main
-from portraitkit.errors import PortraitkitError
-from portraitkit.lora import KOHYA_FILE, LORA_FILE
-from portraitkit.train import TrainConfig, batch_indices, train
-from portraitkit.validate import denoising_loss
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
+from portraitkit.train.loop import TrainConfig, batch_indices, train
+from portraitkit.train.validate import denoising_loss
 
 
 def tiny_config(dataset, out, **overrides) -> TrainConfig:
@@ -47,7 +49,7 @@ def test_lora_files_load_in_diffusers_and_kohya_layout(trained_run):
     import torch
     from safetensors.torch import load_file
 
-    from portraitkit.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline
 
     diffusers_keys = load_file(trained_run / LORA_FILE).keys()
     assert diffusers_keys and all(key.startswith("unet.") for key in diffusers_keys)
@@ -101,14 +103,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, face_datase
 
 
 def test_a_run_killed_while_saving_its_outputs_finishes_on_resume(tmp_path, face_dataset, monkeypatch):
-    import portraitkit.validate
+    import portraitkit.train.validate
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the runtime dropped after the last checkpoint, before the outputs
 
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(portraitkit.validate, "run_validation", killed)
+        patch.setattr(portraitkit.train.validate, "run_validation", killed)
         with pytest.raises(KeyboardInterrupt):
             train(tiny_config(face_dataset, run, steps=4))
     assert (run / LORA_FILE).is_file() and not (run / "validation" / "step_000004.png").exists()
@@ -122,7 +124,7 @@ def test_lora_alpha_reaches_both_files(tmp_path, face_dataset):
     import torch
     from safetensors.torch import load_file
 
-    from portraitkit.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline
 
     run = train(tiny_config(face_dataset, tmp_path / "run", steps=4, rank=4, alpha=16, lr=1e-2))
     trained = load_file(checkpoints.latest_checkpoint(run)[1] / "lora.safetensors")  # as trained: B, A, scale 16/4
@@ -152,8 +154,8 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
     import torch
     from diffusers import DiffusionPipeline
 
-    from portraitkit.bases import load_pipeline
-    from portraitkit.validate import prompt_embeddings, without_text_encoders
+    from portraitkit.models.bases import load_pipeline
+    from portraitkit.train.validate import prompt_embeddings, without_text_encoders
 
     def first_model(self):
         names, _ = self._get_signature_keys(self)
@@ -196,7 +198,7 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path, face_dataset):
 def test_sdxl_with_text_encoders_accumulation_and_prior_preservation(tmp_path, face_dataset):
     from safetensors.torch import load_file
 
-    from portraitkit.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline
 
     run = train(tiny_config(face_dataset, tmp_path / "run", base="tiny-sdxl", steps=3, train_text_encoder=True,
                             grad_accum=2, batch_size=2, noise_offset=0.05, class_dir=str(tmp_path / "class"),
@@ -245,7 +247,7 @@ def test_batches_cover_every_image_once_per_epoch():
 
 
 def test_pickled_weights_are_refused_not_unpickled(tmp_path):
-    from portraitkit.bases import build_tiny_pipeline, load_pipeline
+    from portraitkit.models.bases import build_tiny_pipeline, load_pipeline
 
     build_tiny_pipeline("sd").save_pretrained(tmp_path / "pickled", safe_serialization=False)
     assert (tmp_path / "pickled" / "unet" / "diffusion_pytorch_model.bin").is_file()  # the UNet as a pickle

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from portraitkit.cli import main
-from portraitkit.errors import PortraitkitError
-from portraitkit.lora import KOHYA_FILE, LORA_FILE
-from portraitkit.train import TrainConfig, train
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
+from portraitkit.train.loop import TrainConfig, train
 
 # Wide crops: at the latents' 16 x 16 the face and hair (dilated) leave part of each crop as background.
 CROPS = [(0, 0, 512), (20, 30, 450), (10, 10, 490), (40, 20, 420)]
@@ -22,7 +22,7 @@ def masked_dataset(tmp_path_factory, portrait_path):
     import numpy as np
     from PIL import Image
 
-    from portraitkit.faces import detect_faces
+    from portraitkit.faces.detect import detect_faces
     from portraitkit.prep import crop_mask
 
     folder = tmp_path_factory.mktemp("masked")
@@ -60,7 +60,7 @@ def same(a, b) -> bool:
 
 
 def test_masks_load_beside_the_latents_and_leave_background(masked_dataset):
-    from portraitkit.examples import latent_masks, load_examples
+    from portraitkit.train.cache import latent_masks, load_examples
 
     masks = latent_masks(load_examples(str(masked_dataset)), SIZE, SIZE // 8)
     assert masks.shape == (len(CROPS), 1, 16, 16)
@@ -129,9 +129,9 @@ def test_dora_trains_and_both_files_load_back(tmp_path, masked_dataset):
     import torch
     from safetensors.torch import load_file
 
-    from portraitkit import lora
-    from portraitkit.bases import load_pipeline
-    from portraitkit.plan import lora_parameter_count, plan_run
+    from portraitkit.models import lora
+    from portraitkit.models.bases import load_pipeline
+    from portraitkit.plan.estimate import lora_parameter_count, plan_run
 
     run = train(config(masked_dataset, tmp_path / "run", dora=True, steps=4))
     weights = load_file(run / LORA_FILE)

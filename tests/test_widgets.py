@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from portraitkit.errors import PortraitkitError
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.widgets.photos import OverridePanel, UploadPanel, uploaded_files
 from portraitkit.widgets.picks import PicksPanel
 from portraitkit.widgets.sampling import StylePanel
@@ -195,8 +195,8 @@ def test_override_cannot_use_a_photo_without_a_face(dataset, samples_dir):
 
 
 def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
-    from portraitkit.files import write_json
-    from portraitkit.train import TrainConfig, run_config
+    from portraitkit.core.files import write_json
+    from portraitkit.train.loop import TrainConfig, run_config
 
     run = tmp_path / "run"  # config.json exactly as train writes it, without training
     write_json(run / "config.json", run_config(TrainConfig(dataset_dir=str(prepared), out_dir=str(run), base="tiny-sd")))
@@ -212,7 +212,7 @@ def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
     assert config.lora_scale == 0.6 and config.steps == 2 and config.run_dir == str(run)
 
     # the notebook's own steps and a user's own style reach the panel's text and its config
-    from portraitkit.styles import load_styles
+    from portraitkit.sample.styles import load_styles
 
     mine = load_styles({"styles": {"my_look": {"description": "mine", "prompt": "{token} {class_word} by a lake"}}})
     custom = StylePanel(run, chosen=["my_look"], styles=mine, steps=3)
@@ -227,7 +227,7 @@ def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
 
 
 def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
-    from portraitkit.devices import Device
+    from portraitkit.plan.devices import Device
 
     run = tmp_path / "run"
     panel = TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64)
@@ -248,8 +248,8 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     assert panel.config().resolution is None  # the base's own size
 
     # after a disconnect the same panel continues the run in the folder
-    from portraitkit.files import write_json
-    from portraitkit.train import run_config
+    from portraitkit.core.files import write_json
+    from portraitkit.train.loop import run_config
 
     write_json(run / "config.json", run_config(panel.config()))  # the settings the panel shows now
     panel.update()
@@ -262,7 +262,7 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
 
 
 def test_teaching_figures_draw_the_arithmetic():
-    from portraitkit import figures
+    from portraitkit.plan import figures
 
     texts = " ".join(t.get_text() for t in figures.lora_figure(rank=8, d=640, k=640).axes[0].texts)
     assert "409,600 numbers" in texts and "r·(d+k) = 10,240" in texts and "2.5% of W" in texts
@@ -276,8 +276,8 @@ def test_teaching_figures_draw_the_arithmetic():
 
 
 def test_train_panel_never_offers_to_continue_a_run_on_another_base(prepared, tmp_path):
-    from portraitkit.files import write_json
-    from portraitkit.train import TrainConfig, run_config
+    from portraitkit.core.files import write_json
+    from portraitkit.train.loop import TrainConfig, run_config
 
     run = tmp_path / "run"
     write_json(run / "config.json", run_config(TrainConfig(dataset_dir=str(prepared), out_dir=str(run), base="tiny-sd", rank=4)))

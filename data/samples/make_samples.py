@@ -10,7 +10,7 @@ Sources (both public domain or CC0, see README.md):
 Every Grace Hopper variant is one photograph altered to stand in for the varied, imperfect
 photos a real user has: each differs in framing (crop, rotation, mirroring) so that it is not
 the same shot twice, and most also in light, colour, format or focus. Degradations come from
-`portraitkit.degrade`, the same simulations notebook 02 teaches with. The output is
+`portraitkit.teach.degrade`, the same simulations notebook 02 teaches with. The output is
 deterministic: running the script twice writes identical pixels.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.cbook
 from PIL import Image, ImageDraw, ImageFilter
 
-from portraitkit import degrade
+from portraitkit.teach import degrade
 
 HERE = Path(__file__).resolve().parent
 

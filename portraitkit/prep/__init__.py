@@ -6,7 +6,7 @@ The most common reason a personal LoRA looks unlike its owner is a bad training 
 photo is checked, and every decision is written down with the measurements behind it:
 
 1. open it safely (`photos.open_photo`: formats, EXIF orientation, 16-bit, alpha, huge files);
-2. find the face (`faces.detect_faces`): none, several of similar size, or one too small to
+2. find the face (`detect.detect_faces`): none, several of similar size, or one too small to
    train on without enlarging it into mush are rejections;
 3. measure it (`diagnose.diagnose_image` on the face): blur and bad exposure are rejections;
    colour cast, harsh shadows, compression, noise and sharpening halos are warnings;
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from portraitkit import files
+from portraitkit.core import files
 from portraitkit.prep import checks, distance, intake, report
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption, crop_face, face_geometry, size_conditioning
@@ -90,7 +90,7 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     """
     from tqdm.auto import tqdm
 
-    from portraitkit import faces
+    from portraitkit.faces import detect
 
     config = config or PrepConfig()
     intake.check_config(config)
@@ -101,7 +101,7 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     staging = out_dir / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
     staging.mkdir()
-    faces.models_dir()  # a missing model is the user's to fix once, not one "error" per photo
+    detect.models_dir()  # a missing model is the user's to fix once, not one "error" per photo
 
     photos = []
     for index, path in enumerate(tqdm(inputs, desc="prep", unit="photo")):

@@ -73,7 +73,7 @@ def hash_hex(bits: np.ndarray) -> str:
 
 def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
     """Group near-identical shots; keep the best of each group, reject the rest as `duplicate`."""
-    from portraitkit.faces import identity_distance
+    from portraitkit.faces.detect import identity_distance
 
     hashed = [p for p in photos if p.phash is not None]
     parent = list(range(len(hashed)))
@@ -129,7 +129,7 @@ def check_identity(photos: list[Photo], config: PrepConfig) -> None:
     that group, with dlib's pairwise threshold, so no single photo (the first, or an odd one)
     decides who the person is.
     """
-    from portraitkit.faces import identity_distance
+    from portraitkit.faces.detect import identity_distance
 
     with_face = [p for p in photos if p.embedding is not None]
     clean = [p for p in with_face if not p.reasons] or with_face

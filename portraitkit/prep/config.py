@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from portraitkit.faces import SAME_PERSON_THRESHOLD
-from portraitkit.photos import DEFAULT_MAX_PIXELS
-from portraitkit.quality import FaceLimits
+from portraitkit.faces.detect import SAME_PERSON_THRESHOLD
+from portraitkit.faces.photos import DEFAULT_MAX_PIXELS
+from portraitkit.faces.quality import FaceLimits
 
 
 @dataclass
@@ -47,10 +47,10 @@ class PrepConfig:
     # person photographed, with someone further back. Closer in size, we cannot tell who is meant.
     dominant_face_ratio: float = 1.5
     # Only detections dlib is sure of compete (a patch on a suit can look like a face): see
-    # `portraitkit.quality.FaceLimits`, whose limits rank judges portraits by too.
+    # `portraitkit.faces.quality.FaceLimits`, whose limits rank judges portraits by too.
     other_face_min_score: float = FaceLimits.other_face_min_score
 
-    # --- quality (measured by portraitkit.diagnose on the face region) ----------------------------
+    # --- quality (measured by portraitkit.teach.diagnose on the face region) ----------------------------
     # Shared with rank; what each limit guards against is said in `FaceLimits`.
     max_blur: float = FaceLimits.max_blur
     max_dark_clipped: float = FaceLimits.max_dark_clipped

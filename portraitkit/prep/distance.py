@@ -79,7 +79,7 @@ def camera_distance_cm(landmarks: np.ndarray, image_size: tuple[int, int], focal
     The pinhole gives the distance to the eyes; the nose tip is the head model's eye-to-tip depth
     nearer (about 2 cm), since the distances the course uses are measured to the nose tip.
     """
-    from portraitkit.lens import Head
+    from portraitkit.teach.lens import Head
 
     if not focal_mm:
         return None
@@ -96,7 +96,7 @@ def camera_distance_cm(landmarks: np.ndarray, image_size: tuple[int, int], focal
 
 def nose_wider_pct(distance_cm: float, reference_cm: float) -> float:
     """How much wider, against the face, the head model says the nose looks at `distance_cm`."""
-    from portraitkit.lens import distortion
+    from portraitkit.teach.lens import distortion
 
     return distortion(distance_cm, reference_cm).nose_to_face_width
 
@@ -119,8 +119,8 @@ def measure(photo, path: Path, image, face, config) -> None:
 def correct(photo, image, face, config):
     """The photo re-rendered from `config.correct_to_cm` when it was taken nearer than
     `config.correct_below_cm`, with its face found again; else the photo and face unchanged."""
-    from portraitkit.faces import detect_faces
-    from portraitkit.lens_warp import warp_to_distance
+    from portraitkit.faces.detect import detect_faces
+    from portraitkit.teach.lens_warp import warp_to_distance
 
     distance = photo.measurements.get("camera_distance_cm")
     if not config.correct_distance or distance is None or distance >= config.correct_below_cm:

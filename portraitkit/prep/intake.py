@@ -12,16 +12,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from portraitkit import files
-from portraitkit.errors import PortraitkitError
-from portraitkit.photos import PHOTO_SUFFIXES
+from portraitkit.core import files
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.faces.photos import PHOTO_SUFFIXES
 from portraitkit.prep import distance
 from portraitkit.prep.checks import hash_hex, judge_quality, perceptual_hash
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption_words, crop_face, face_geometry, measure_look
 from portraitkit.prep.masks import MASKS_DIR, coverage, crop_mask
 from portraitkit.prep.photo import THUMBNAIL, Photo
-from portraitkit.settings import check_resolution
+from portraitkit.core.settings import check_resolution
 
 STAGING = ".prep-staging"  # hidden, so imagefolder never reads half-finished work
 
@@ -106,9 +106,9 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     The crop is written to `staged` only when nothing so far rules the photo out; the set-wide
     checks (identity, duplicates) may still reject it.
     """
-    from portraitkit.diagnose import Thresholds, diagnose_image
-    from portraitkit.faces import detect_faces, face_embedding
-    from portraitkit.photos import open_photo
+    from portraitkit.teach.diagnose import Thresholds, diagnose_image
+    from portraitkit.faces.detect import detect_faces, face_embedding
+    from portraitkit.faces.photos import open_photo
 
     try:
         image = open_photo(path, max_pixels=config.max_pixels)

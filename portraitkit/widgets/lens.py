@@ -29,7 +29,7 @@ class LensPanel(Panel):
         import matplotlib.pyplot as plt
         import numpy as np
 
-        from portraitkit import lens_plots
+        from portraitkit.teach import lens_plots
 
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1.3, 1.6]})
         lens_plots.plot_face(axes[0], self.distance.value, self.focal.value, head=self.head.value, reference_cm=self.reference_cm)
@@ -40,7 +40,7 @@ class LensPanel(Panel):
         return fig
 
     def redraw(self) -> None:
-        from portraitkit.lens import distortion
+        from portraitkit.teach.lens import distortion
 
         result = distortion(self.distance.value, self.reference_cm, self.focal.value, self.offset.value, self.head.value)
         self.result = result

@@ -28,7 +28,7 @@ def _png(image, size: int = THUMB_PX) -> bytes:
 
 
 def thumbnail(path: Path, size: int = THUMB_PX) -> bytes:
-    from portraitkit.photos import open_photo
+    from portraitkit.faces.photos import open_photo
 
     return _png(open_photo(path), size)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portraitkit.errors import PortraitkitError
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.widgets.panel import THUMB_PX, Panel, card, file_name_html, gallery, say, thumbnail
 
 
@@ -72,14 +72,14 @@ class UploadPanel(Panel):
 class OverridePanel(Panel):
     """Every photo prep examined, its verdict in words, and a toggle to use it or leave it out.
 
-    A toggle calls `portraitkit.overrides.set_decision`, which changes the dataset at once
+    A toggle calls `portraitkit.prep.overrides.set_decision`, which changes the dataset at once
     (metadata.jsonl and the images) and records the change in report.json.
     """
 
     def __init__(self, dataset_dir: str | Path, photos_dir: str | Path, columns: int = 4):
         import ipywidgets as w
 
-        from portraitkit.overrides import can_override, read_report
+        from portraitkit.prep.overrides import can_override, read_report
 
         self.dataset_dir, self.photos_dir = Path(dataset_dir), Path(photos_dir)
         report = read_report(self.dataset_dir)
@@ -134,7 +134,7 @@ class OverridePanel(Panel):
         toggle.icon = "check" if toggle.value else "times"
 
     def _on_toggle(self, source: str, change) -> None:
-        from portraitkit.overrides import read_report, set_decision
+        from portraitkit.prep.overrides import read_report, set_decision
 
         if self._reverting:
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portraitkit.errors import PortraitkitError
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.widgets.panel import Panel, card, file_name_html, gallery, say, thumbnail
 
 
@@ -13,7 +13,7 @@ class PicksPanel(Panel):
 
     Reads `images_dir/ranking.json` (best first). Every tick is saved to `picks.json` at once, so
     a disconnect loses no choice; the export writes `zip_path` (and copies to `copy_to`, e.g. a
-    Drive folder) with the picks and their recipes (`portraitkit.export.export_picks`).
+    Drive folder) with the picks and their recipes (`portraitkit.pick.export.export_picks`).
     """
 
     def __init__(self, images_dir: str | Path, zip_path: str | Path, copy_to: str | Path | None = None,
@@ -22,7 +22,7 @@ class PicksPanel(Panel):
 
         import ipywidgets as w
 
-        from portraitkit.export import load_picks
+        from portraitkit.pick.export import load_picks
 
         self.images_dir = Path(images_dir)
         self.zip_path = Path(zip_path)
@@ -57,13 +57,13 @@ class PicksPanel(Panel):
         say(self.status, f"{len(self.picked)} picked.")
 
     def _on_tick(self, change) -> None:
-        from portraitkit.export import save_picks
+        from portraitkit.pick.export import save_picks
 
         save_picks(self.images_dir, self.picked)
         self._show_count()
 
     def _on_export(self, button) -> None:
-        from portraitkit.export import export_picks
+        from portraitkit.pick.export import export_picks
 
         try:
             self.exported = export_picks(self.images_dir, self.picked, self.zip_path, copy_to=self.copy_to)

@@ -17,8 +17,8 @@ class ProcessingPanel(Panel):
     def __init__(self, image, face=None):
         import ipywidgets as w
 
-        from portraitkit.diagnose import diagnose_image
-        from portraitkit.faces import detect_faces
+        from portraitkit.teach.diagnose import diagnose_image
+        from portraitkit.faces.detect import detect_faces
 
         self.image = image.convert("RGB")
         if face is None:
@@ -40,7 +40,7 @@ class ProcessingPanel(Panel):
         self.redraw()
 
     def processed(self):
-        from portraitkit import degrade
+        from portraitkit.teach import degrade
 
         out = self.image
         for problem in self.ORDER:
@@ -55,7 +55,7 @@ class ProcessingPanel(Panel):
 
         import matplotlib.pyplot as plt
 
-        from portraitkit.diagnose import diagnose_image, face_region, plot_scores
+        from portraitkit.teach.diagnose import diagnose_image, face_region, plot_scores
 
         after_image = self.processed()
         self.after = diagnose_image(after_image, self.face)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portraitkit.errors import PortraitkitError
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.widgets.panel import Panel, say
 
 
@@ -22,8 +22,8 @@ class StylePanel(Panel):
                  guidance_scale: float | None = None):
         import ipywidgets as w
 
-        from portraitkit.sample import person_words, read_run
-        from portraitkit.styles import DEFAULT_STYLES, load_styles
+        from portraitkit.sample.render import person_words, read_run
+        from portraitkit.sample.styles import DEFAULT_STYLES, load_styles
 
         self.run_dir = Path(run_dir)
         run = read_run(self.run_dir)
@@ -68,7 +68,7 @@ class StylePanel(Panel):
 
     def config(self, out_dir: str | Path, **settings):
         """A SampleConfig for the current choice; `settings` sets any other field (steps, resolution...)."""
-        from portraitkit.sample import SampleConfig
+        from portraitkit.sample.render import SampleConfig
 
         if not self.chosen:
             raise PortraitkitError("no style is ticked; tick at least one style above")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from portraitkit.errors import PortraitkitError
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.widgets.panel import Panel
 
 BASE_CHOICES = [
@@ -19,7 +19,7 @@ BASE_CHOICES = [
 class TrainPanel(Panel):
     """Base, steps, rank, resolution, text encoder, optimizer and the masked loss, with what they cost on a T4.
 
-    Every change asks the planner (`portraitkit.plan`) for peak GPU memory, peak system RAM and
+    Every change asks the planner (`portraitkit.plan.estimate`) for peak GPU memory, peak system RAM and
     time on a free T4, shown under the controls with the planner's own words on what the figures
     are based on. `config(**settings)` returns the `TrainConfig`; it continues the run already in
     `run_dir` (after a disconnect) when there is one.
@@ -62,7 +62,7 @@ class TrainPanel(Panel):
 
     def config(self, **settings):
         """The TrainConfig to run; `settings` sets any other field (checkpoint_every, lr...)."""
-        from portraitkit.train import TrainConfig
+        from portraitkit.train.loop import TrainConfig
 
         resume = (self.run_dir / "config.json").is_file()  # a run is there: continue it
         return TrainConfig(dataset_dir=str(self.dataset_dir), out_dir=str(self.run_dir), resume=resume,
@@ -78,8 +78,8 @@ class TrainPanel(Panel):
         self.resume.value = self._resume_html()
 
     def plan(self):
-        """The planner's estimate for the current choice on `self.gpu` (a `portraitkit.plan.Plan`)."""
-        from portraitkit.plan import plan_run
+        """The planner's estimate for the current choice on `self.gpu` (a `portraitkit.plan.estimate.Plan`)."""
+        from portraitkit.plan.estimate import plan_run
 
         settings = self.settings()
         return plan_run(base=settings["base"], resolution=settings["resolution"], rank=settings["rank"],
@@ -117,13 +117,13 @@ class TrainPanel(Panel):
         import html
         import json
 
-        from portraitkit.checkpoints import latest_checkpoint
-        from portraitkit.lora import LORA_FILE
+        from portraitkit.train.checkpoints import latest_checkpoint
+        from portraitkit.models.lora import LORA_FILE
 
         saved = self.run_dir / "config.json"
         if not saved.is_file():
             return f"A new run in {self.run_dir}."
-        from portraitkit.train import RESUMABLE_CHANGES
+        from portraitkit.train.loop import RESUMABLE_CHANGES
 
         previous = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
         changed = [f"{name} {previous[name]} (now {value})" for name, value in self.settings().items()
@@ -179,7 +179,7 @@ class LossMonitor(Panel):
             self.redraw()
 
     def redraw(self) -> None:
-        from portraitkit.train import plot_loss
+        from portraitkit.train.loop import plot_loss
 
         path = plot_loss(self.run_dir)
         if path is not None:

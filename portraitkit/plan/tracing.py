@@ -1,0 +1,268 @@
+"""Memory and FLOPs of the real-size models, measured by running them on PyTorch's meta device.
+
+The real-size UNet's forward and backward (and the VAE and text encoders where a phase runs them)
+execute with shapes but no data, while a `TorchDispatchMode` adds up the bytes of every tensor
+storage that is alive (rounded up to the 512-byte blocks of PyTorch's CUDA allocator) and keeps
+the peak, and PyTorch's own FLOP formulas count the work. A `TorchFunctionMode` applies CUDA
+autocast's fp16/fp32 casting rules (from the `torch.amp` documentation), and attention runs as
+SDPA's memory-efficient kernel, the one a T4 uses. Gradient checkpointing recomputes blocks exactly
+as diffusers does. `check_training_step` runs the same step on real tensors to check the method.
+
+Graphs are cached by the architecture (as canonical JSON, `architectures.arch_key`): the planner
+asks for the same ones many times while it searches for advice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+
+from portraitkit.models import lora
+from portraitkit.models.architectures import COMPONENTS, arch_key, architecture, build_component
+from portraitkit.models.conditioning import unet_conditioning
+
+GIB = 2**30
+
+
+@contextlib.contextmanager
+def _meta(weight_bytes: int):
+    """Build modules on the meta device (no memory) in the weights' dtype."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16 if weight_bytes == 2 else torch.float32)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def meta_component(key: str, name: str, weight_bytes: int):
+    arch = json.loads(key)
+    with _meta(weight_bytes):
+        module = build_component(arch, name)
+    return module.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=32)
+def component_parameters(key: str) -> dict:
+    arch = json.loads(key)
+    return {name: sum(p.numel() for p in meta_component(key, name, 2).parameters()) for name in COMPONENTS if name in arch}
+
+
+def _trace_mode(autocast: bool):
+    """A TorchFunctionMode for tracing: attention as on a GPU, and optionally CUDA autocast's casts.
+
+    SDPA runs as its memory-efficient kernel (the one a T4 uses; the CPU's flash kernel keeps the
+    same tensors): output plus a log-sum-exp per row, never the N x N attention matrix.
+
+    Autocast itself only acts on CUDA tensors; the meta tensors traced here need the same casts
+    made above autograd, so that what the backward pass saves has the dtype it has on a GPU.
+    The op lists are those of the torch.amp documentation ("CUDA Ops that can autocast to
+    float16 / float32") restricted to what SD's UNet, VAE and CLIP call.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_map
+
+    to_half = {F.linear, F.conv1d, F.conv2d, F.conv_transpose2d, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
+               torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.baddbmm, torch.Tensor.baddbmm, torch.addmm,
+               torch.Tensor.addmm, F.scaled_dot_product_attention}
+    to_float = {F.group_norm, F.layer_norm, F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.exp,
+                torch.Tensor.exp, torch.log, torch.Tensor.log, torch.pow, torch.Tensor.pow, torch.Tensor.__pow__,
+                torch.Tensor.__rpow__, torch.rsqrt, torch.Tensor.rsqrt, F.mse_loss, torch.sum, torch.Tensor.sum}
+
+    def cast(dtype):
+        return lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype else t
+
+    def efficient_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, attn_mask, True, dropout_p, is_causal, scale=scale)[0]
+
+    class TraceFunctions(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if autocast and "dtype" not in kwargs:  # an explicit dtype opts an op out of autocast
+                if func in to_half:
+                    args, kwargs = tree_map(cast(torch.float16), args), tree_map(cast(torch.float16), kwargs)
+                elif func in to_float:
+                    args, kwargs = tree_map(cast(torch.float32), args), tree_map(cast(torch.float32), kwargs)
+            if func is F.scaled_dot_product_attention and args[0].device.type == "meta":
+                return efficient_attention(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    return TraceFunctions()
+
+
+class _Tracer:
+    """Runs a function on meta tensors and reports the peak bytes of live tensors and the FLOPs."""
+
+    def __init__(self, autocast: bool):
+        self.autocast = autocast
+
+    def run(self, fn) -> dict:
+        import weakref
+
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+        from torch.utils.flop_counter import FlopCounterMode
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        registry = getattr(FlopCounterMode(display=False), "flop_registry", {})
+        state = {"live": 0, "peak": 0, "flops": 0}
+        seen = WeakIdKeyDictionary()  # storage -> bytes counted (0: it existed before the trace)
+        finalizers = []
+
+        def free(nbytes):
+            state["live"] -= nbytes
+
+        class LiveBytes(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                for t in tree_flatten((args, kwargs))[0]:
+                    if isinstance(t, torch.Tensor) and t.untyped_storage() not in seen:
+                        seen[t.untyped_storage()] = 0  # weights and inputs: not the graph's to count
+                out = func(*args, **kwargs)
+                count = registry.get(func._overloadpacket)
+                if count is not None:
+                    state["flops"] += count(*args, **kwargs, out_val=out)
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        storage = t.untyped_storage()
+                        if storage in seen:
+                            continue
+                        nbytes = -(-storage.nbytes() // 512) * 512  # the CUDA allocator's 512-byte blocks
+                        seen[storage] = nbytes
+                        finalizers.append(weakref.ref(storage, lambda _, n=nbytes: free(n)))
+                        state["live"] += nbytes
+                        state["peak"] = max(state["peak"], state["live"])
+                return out
+
+        with LiveBytes(), _trace_mode(self.autocast):
+            fn(self)
+        return {"peak": state["peak"], "flops": state["flops"]}
+
+    def checkpoint(self, module, *args):
+        """diffusers' default checkpointing (non-reentrant); the recomputation runs inside the
+        autograd engine, outside the trace's function mode, so it re-enters that mode."""
+        import torch.utils.checkpoint
+
+        contexts = lambda: (contextlib.nullcontext(), _trace_mode(self.autocast))  # noqa: E731
+        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts)
+
+
+def _unet_inputs(arch: dict, batch: int, resolution: int, dtype, device: str = "meta"):
+    import torch
+
+    unet = arch["unet"]
+    latent = resolution // 2 ** (len(arch["vae"]["block_out_channels"]) - 1)
+    latents = torch.randn(batch, unet["in_channels"], latent, latent, device=device)
+    cond = {"embeds": torch.randn(batch, 77, unet["cross_attention_dim"], device=device)}
+    if unet.get("addition_embed_type") == "text_time":
+        pooled = unet["projection_class_embeddings_input_dim"] - 6 * unet["addition_time_embed_dim"]
+        cond["pooled"] = torch.randn(batch, pooled, device=device)
+    timesteps = torch.zeros(batch, dtype=torch.long, device=device)
+    return latents, timesteps, unet_conditioning(cond, resolution, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def training_step(key: str, resolution: int, batch: int, rank: int, checkpointing: bool, weight_bytes: int,
+                   autocast: bool, dora: bool = False) -> dict:
+    """One micro-batch of `train`'s loop on the real-size UNet: forward, MSE loss, backward."""
+    import torch
+
+    dtype = torch.float16 if weight_bytes == 2 else torch.float32
+    return _run_training_step(meta_component(key, "unet", weight_bytes), json.loads(key), resolution, batch, rank,
+                              checkpointing, dtype, autocast, "meta", dora)
+
+
+def _run_training_step(unet, arch: dict, resolution: int, batch: int, rank: int, checkpointing: bool, dtype,
+                       autocast: bool, device: str, dora: bool = False) -> dict:
+    """Add the LoRA, then one forward, loss and backward of `unet` under the live-tensor tracer;
+    on meta tensors for the estimates, on real ones for `check_training_step`."""
+    lora_numels = [p.numel() for p in lora.add_adapters(unet, rank, lora.UNET_TARGETS, use_dora=dora)]
+    unet.train()
+    tracer = _Tracer(autocast)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+        for module in unet.modules():  # diffusers' checkpointing, with autocast re-entered on recompute
+            if getattr(module, "gradient_checkpointing", False):
+                module._gradient_checkpointing_func = tracer.checkpoint
+
+    def step(_):
+        latents, timesteps, cond = _unet_inputs(arch, batch, resolution, dtype, device)
+        prediction = unet(latents.to(dtype), timesteps, **cond).sample.float()
+        (prediction - latents).pow(2).mean(dim=(1, 2, 3)).mean().backward()
+
+    return {**tracer.run(step), "lora_numels": lora_numels}
+
+
+def check_training_step(folder: str, resolution: int, rank: int = 16, checkpointing: bool = True) -> dict:
+    """The check every memory estimate rests on: one real training step of the UNet in `folder` (a
+    diffusers folder) on this CPU, in fp32, counted by the same live-tensor tracer as the meta
+    trace. Returns both peaks in GiB (`benchmarks/bench_training.py --recipes trace` runs it)."""
+    import torch
+
+    from portraitkit.core.quiet import quiet
+
+    with quiet():  # import-time notices of optional kernels
+        from diffusers import UNet2DConditionModel
+
+    arch = architecture(folder)
+    key = arch_key(arch)
+    predicted = training_step(key, resolution, 1, rank, checkpointing, 4, False)["peak"]
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32, use_safetensors=True)
+    unet.requires_grad_(False)
+    real = _run_training_step(unet, arch, resolution, 1, rank, checkpointing, torch.float32, False, "cpu")["peak"]
+    return {"live_tensor_peak_gb": real / GIB, "traced_peak_gb": predicted / GIB}
+
+
+@functools.lru_cache(maxsize=16)
+def text_encoder_step(key: str, name: str, batch: int, rank: int, weight_bytes: int, autocast: bool,
+                      dora: bool = False) -> dict:
+    """A text encoder trained with LoRA: forward with hidden states, backward (no checkpointing, an upper bound)."""
+    import torch
+
+    encoder = meta_component(key, name, weight_bytes)
+    lora_numels = [p.numel() for p in lora.add_adapters(encoder, rank, lora.TEXT_ENCODER_TARGETS, use_dora=dora)]
+    encoder.train()
+
+    def step(_):
+        out = encoder(torch.zeros(batch, 77, dtype=torch.long, device="meta"), output_hidden_states=True)
+        out.hidden_states[-2].float().mean().backward()
+
+    return {**_Tracer(autocast).run(step), "lora_numels": lora_numels}
+
+
+@functools.lru_cache(maxsize=64)
+def trace_pass(key: str, name: str, mode: str, batch: int, resolution: int, weight_bytes: int, autocast: bool) -> dict:
+    """Peak activation bytes and FLOPs of one no-grad pass: VAE encode/decode, text encoding, UNet step."""
+    import torch
+
+    arch = json.loads(key)
+    module = meta_component(key, name, weight_bytes)
+    dtype = torch.float16 if weight_bytes == 2 or autocast else torch.float32
+    latent = resolution // 2 ** (len(arch["vae"]["block_out_channels"]) - 1) if resolution else 0
+
+    def run(_):
+        with torch.no_grad():
+            if name == "unet":
+                latents, timesteps, cond = _unet_inputs(arch, batch, resolution, dtype)
+                module(latents.to(dtype), timesteps, **cond)
+            elif mode == "encode" and name == "vae":
+                module.encode(torch.empty(batch, 3, resolution, resolution, device="meta", dtype=dtype)).latent_dist.mean
+            elif mode == "decode":
+                module.decode(torch.empty(batch, arch["vae"]["latent_channels"], latent, latent, device="meta", dtype=dtype))
+            else:
+                module(torch.zeros(batch, 77, dtype=torch.long, device="meta"), output_hidden_states=True)
+
+    return _Tracer(autocast).run(run)
+
+
+def inference_flops(key: str, resolution: int) -> float:
+    """FLOPs of one classifier-free-guidance denoising step (UNet at batch 2)."""
+    return trace_pass(key, "unet", "infer", 2, resolution, 2, True)["flops"]

@@ -1,0 +1,530 @@
+"""Measures of what makes a casual photo unflattering: light, colour and phone processing.
+
+`diagnose_image(image, face=None)` returns a `Diagnosis`: seven measures, each a `Measure` whose
+`score` grows with the problem (None where it cannot be measured), plus `flags`, the problems
+worth telling a learner about, in plain words. The preparation stage uses the same function for
+its warnings and its blur/exposure decisions, so there is one implementation of each measure.
+
+What is measured where (a face's region is its box grown by `FACE_MARGIN` on every side):
+- exposure, shadow_harshness, blur: on the face when one is given, because a dark or soft
+  background is a choice, a dark or soft face is a problem.
+- noise, oversharpening, jpeg_blockiness: on the face region too, at the photo's own pixel
+  scale, because these artefacts live at single pixels (and JPEG's 8x8 grid) that resizing
+  would hide. Without a face, a central crop of at most `NATIVE_CROP` pixels a side.
+- color_cast: always on the whole photo. Skin is not grey, so the face alone cannot tell skin
+  colour from a cast; the whole scene averages towards grey in neutral light (the grey-world
+  assumption, Buchsbaum 1980), and its departure from grey is the cast.
+
+How each score is built, and the flag thresholds with the reasons for them, are in the
+docstrings of the measure functions and in `Thresholds`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+if TYPE_CHECKING:
+    from portraitkit.faces.detect import Face
+
+MEASURES = (
+    "exposure",
+    "color_cast",
+    "shadow_harshness",
+    "oversharpening",
+    "jpeg_blockiness",
+    "noise",
+    "blur",
+)
+
+FACE_MARGIN = 0.15  # grow the detector's tight box (brows to chin) to take in forehead and cheeks
+NATIVE_CROP = 1024  # pixel-scale measures without a face: central crop, keeps a 12 MP photo fast
+BLUR_SCALE = 512  # blur is judged at about the size the face will be trained at (downscale only)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a score becomes a flag. Defaults come from what the degradations look like.
+
+    They were set by applying `portraitkit.teach.degrade` at increasing strengths to clean portraits
+    and reading off where the problem becomes visible at full screen size; each note says why.
+    """
+
+    # exposure, on the face: 2% of the face at pure white is a visible shiny patch with no
+    # skin texture left; 5% at pure black (darker areas are normal: nostrils, pupils, hair).
+    bright_clipped_frac: float = 0.02
+    dark_clipped_frac: float = 0.05
+    # mean gamma-encoded luma of the face, 0-1. Well-exposed skin sits around 0.4-0.7.
+    too_dark_mean_luma: float = 0.25
+    too_bright_mean_luma: float = 0.85
+    # colour cast: chroma of the estimated light in CIELAB units. About 2-3 units is a just-
+    # noticeable difference on a neutral; clean daylight portraits measure under 3; 8 is an
+    # obvious tint on whites and greys (tungsten light with a fifth of its cast left uncorrected).
+    color_cast: float = 8.0
+    # shadows, in photographic stops darker than the lit cheek. Portrait lighting ratios:
+    # 2:1 (1 stop) reads as soft modelling, 4:1 (2 stops) as dramatic; beyond 1.5 stops under
+    # the eyes or nose reads as tired eyes and a "moustache" shadow.
+    shadow_stops: float = 1.5
+    # halo overshoot as a fraction of edge contrast. Unprocessed photos measure under 0.1; a
+    # 0.25 overshoot (a 50-100% unsharp mask) is a visible light/dark rim around hair and eyes.
+    oversharpening: float = 0.25
+    # blockiness: extra step at 8-pixel block boundaries over other columns. Clean photos
+    # measure about 0-0.15; 0.3 is reached near JPEG quality 50, below which blocks show in
+    # smooth skin.
+    jpeg_blockiness: float = 0.3
+    # noise: standard deviation in 8-bit levels on flat areas. Under 2 is invisible; 5 shows as
+    # grain on skin at full size.
+    noise: float = 5.0
+    # blur effect (0 sharp - 1 flat). Sharp portraits measure about 0.25-0.4; 0.5 is a face
+    # whose eyelashes and skin texture are gone (a Gaussian blur of about 1-1.5 px on a
+    # 100-250 px face).
+    blur: float = 0.5
+
+    def for_score(self, measure: str) -> float:
+        """The score at which `measure` is flagged (exposure: the smaller of its two clipping limits)."""
+        return {
+            "exposure": min(self.bright_clipped_frac, self.dark_clipped_frac),
+            "color_cast": self.color_cast,
+            "shadow_harshness": self.shadow_stops,
+            "oversharpening": self.oversharpening,
+            "jpeg_blockiness": self.jpeg_blockiness,
+            "noise": self.noise,
+            "blur": self.blur,
+        }[measure]
+
+    def severity(self, name: str, measure: Measure) -> float | None:
+        """The measure as a multiple of the point where it is flagged (above 1: flagged), by the
+        tests `_flags` applies: exposure has four (blown highlights, crushed shadows, too dark,
+        too bright), so its severity is the worst of them, not its score over one limit."""
+        if measure.score is None:
+            return None
+        if name != "exposure":
+            return measure.score / self.for_score(name)
+        detail = measure.detail
+        return max(detail["bright_clipped_frac"] / self.bright_clipped_frac, detail["dark_clipped_frac"] / self.dark_clipped_frac,
+                   self.too_dark_mean_luma / max(detail["mean_luma"], 1e-6), detail["mean_luma"] / self.too_bright_mean_luma)
+
+
+@dataclass
+class Measure:
+    """One measure: `score` grows with the problem (None: not measurable here); `detail` explains it."""
+
+    score: float | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Diagnosis:
+    measures: dict[str, Measure]
+    flags: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data: {"measures": {name: {"score", "detail"}}, "flags": [...]}."""
+        return asdict(self)
+
+
+# --- colour helpers (shared with `degrade`) -------------------------------------------------
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """RGB float array in 0-1, shape (H, W, 3)."""
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def to_image(array: np.ndarray) -> Image.Image:
+    """Inverse of `to_array`, clipping to the displayable range."""
+    return Image.fromarray((np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "RGB")
+
+
+def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
+    """The sRGB transfer curve undone (IEC 61966-2-1): light adds and multiplies in linear values."""
+    return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
+    linear = np.clip(linear, 0.0, None)
+    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of gamma-encoded RGB, the brightness JPEG itself works on."""
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=rgb.dtype)
+
+
+_RGB_TO_XYZ = np.array(  # linear sRGB (D65) to CIE XYZ
+    [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+)
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of gamma-encoded sRGB values in 0-1; last axis L*, a*, b*."""
+    xyz = srgb_to_linear(rgb.astype(np.float64)) @ _RGB_TO_XYZ.T / _D65_WHITE
+    delta = 6 / 29
+    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1
+    )
+
+
+# --- regions ----------------------------------------------------------------------------------
+
+
+def face_region(size: tuple[int, int], face: Face, margin: float = FACE_MARGIN) -> tuple[int, int, int, int]:
+    """The face's box grown by `margin` of its size on each side, clipped to the image."""
+    width, height = size
+    left, top, right, bottom = face.box
+    dx, dy = margin * (right - left), margin * (bottom - top)
+    box = (
+        max(0, int(left - dx)),
+        max(0, int(top - dy)),
+        min(width, int(np.ceil(right + dx))),
+        min(height, int(np.ceil(bottom + dy))),
+    )
+    if box[2] - box[0] < 16 or box[3] - box[1] < 16:
+        return (0, 0, width, height)  # a face box (almost) outside the frame: use the whole photo
+    return box
+
+
+def _central_crop(size: tuple[int, int], side: int = NATIVE_CROP) -> tuple[int, int, int, int]:
+    width, height = size
+    w, h = min(width, side), min(height, side)
+    left, top = (width - w) // 2, (height - h) // 2
+    return (left, top, left + w, top + h)
+
+
+def _gray(image: Image.Image) -> np.ndarray:
+    """Luma in 8-bit levels (0-255) as float, the unit the pixel-scale measures report in."""
+    return luma(to_array(image)).astype(np.float64) * 255.0
+
+
+# --- the measures -----------------------------------------------------------------------------
+
+
+def measure_exposure(rgb: np.ndarray) -> Measure:
+    """Clipped shadows and highlights: the fraction of pixels with no detail left at either end.
+
+    Score: dark + bright clipped fraction (0-1). Luma at or below 5/255 counts as crushed
+    black, at or above 250/255 as blown white; JPEG noise keeps true clipping from sitting at
+    exactly 0 or 255. `mean_luma` lets a caller tell under- from over-exposure.
+    """
+    y = luma(rgb)
+    dark = float(np.mean(y <= 5 / 255))
+    bright = float(np.mean(y >= 250 / 255))
+    return Measure(
+        score=dark + bright,
+        detail={"dark_clipped_frac": dark, "bright_clipped_frac": bright, "mean_luma": float(y.mean())},
+    )
+
+
+def _cast_direction(a: float, b: float) -> str:
+    """Name the hue of a cast the way a learner would describe the tint."""
+    hue = np.degrees(np.arctan2(b, a)) % 360
+    names = [  # CIELAB hue angles: 0 magenta-red, 90 yellow, 180 green, 270 blue
+        (20, "magenta"), (105, "warm (orange-yellow)"), (150, "yellow-green"), (200, "green"),
+        (240, "cyan"), (310, "cool (blue)"), (340, "purple"), (360, "magenta"),
+    ]
+    return next(name for limit, name in names if hue < limit)
+
+
+def measure_color_cast(rgb: np.ndarray) -> Measure:
+    """Strength of a colour cast: how far the light's colour, estimated from the photo, is from grey.
+
+    The light is estimated with grey-edge (van de Weijer, Gevers and Gijsenij 2007, "Edge-based
+    color constancy"): colour *differences* across edges average to the colour of the light,
+    which holds far better than "the scene averages to grey" in portraits full of skin and
+    clothes. Linear-light gradients after a 2-pixel Gaussian, pooled with a Minkowski 6-norm
+    (their best settings). The estimate is converted to CIELAB at mid-grey brightness, and its
+    chroma sqrt(a*^2 + b*^2) is the score: CIELAB units are roughly equal steps of perceived
+    colour difference. Very dark and clipped pixels are left out (noise and sensor limits).
+    """
+    linear = srgb_to_linear(rgb.astype(np.float64))
+    y = luma(rgb)
+    usable = (y > 0.04) & (y < 0.96)
+    if usable.sum() < 100:
+        usable = np.ones_like(usable)
+    gradients = []
+    for channel in range(3):
+        smooth = ndimage.gaussian_filter(linear[..., channel], 2.0)
+        gradients.append(np.hypot(ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1))[usable])
+    p = 6
+    light = np.array([np.mean(g**p) ** (1 / p) for g in gradients])
+    # mid-grey brightness, so the cast, not the exposure or contrast, sets the chroma
+    light = light / max(float(light @ _RGB_TO_XYZ[1]), 1e-12) * 0.18
+    lab = srgb_to_lab(linear_to_srgb(light)[None, :])[0]
+    a, b = float(lab[1]), float(lab[2])
+    return Measure(
+        score=float(np.hypot(a, b)),
+        detail={"a": a, "b": b, "hue_deg": float(np.degrees(np.arctan2(b, a)) % 360), "direction": _cast_direction(a, b)},
+    )
+
+
+def _patch_luminance(linear_y: np.ndarray, center: np.ndarray, radius_x: float, radius_y: float) -> float:
+    """Median linear luminance inside an ellipse (median: robust to a stray eyelash or pore)."""
+    radius_x, radius_y = max(radius_x, 1.0), max(radius_y, 1.0)
+    h, w = linear_y.shape
+    top, bottom = max(0, int(center[1] - radius_y)), min(h, int(center[1] + radius_y) + 1)
+    left, right = max(0, int(center[0] - radius_x)), min(w, int(center[0] + radius_x) + 1)
+    yy, xx = np.ogrid[top:bottom, left:right]
+    inside = ((xx - center[0]) / radius_x) ** 2 + ((yy - center[1]) / radius_y) ** 2 <= 1
+    values = linear_y[top:bottom, left:right][inside]
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def measure_shadow_harshness(rgb: np.ndarray, landmarks: np.ndarray | None) -> Measure:
+    """Under-eye and under-nose shadows against the lit cheek, in stops (log2 of the luminance ratio).
+
+    Patches come from the 68 iBUG landmarks (0-based): under each eye, a band just below the
+    lower lid (points 40-41 and 46-47); under the nose, the philtrum between the nose base (33)
+    and the top of the upper lip (51); the cheeks midway between the nose wings (31, 35) and
+    the jaw (2, 14). The brighter cheek is the lit reference, so a face lit from one side is
+    compared with its lit half. Score: the harsher of the two shadows, in stops, at least 0.
+    Overhead light (a ceiling lamp, midday sun) makes both large; soft frontal light keeps them
+    under about one stop.
+    """
+    if landmarks is None:
+        return Measure(score=None, detail={"reason": "no face"})
+    pts = np.asarray(landmarks, dtype=np.float64)
+    linear_y = srgb_to_linear(rgb.astype(np.float64)) @ _RGB_TO_XYZ[1]
+    eye_width = np.mean([np.linalg.norm(pts[39] - pts[36]), np.linalg.norm(pts[45] - pts[42])])
+    nose_width = np.linalg.norm(pts[35] - pts[31])
+
+    def under_eye(lower_lid: np.ndarray) -> float:
+        center = lower_lid.mean(axis=0) + np.array([0.0, 0.35 * eye_width])
+        return _patch_luminance(linear_y, center, 0.35 * eye_width, 0.15 * eye_width)
+
+    eyes = [under_eye(pts[[40, 41]]), under_eye(pts[[46, 47]])]
+    philtrum = (pts[33] + pts[51]) / 2
+    nose = _patch_luminance(linear_y, philtrum, 0.3 * nose_width, 0.25 * np.linalg.norm(pts[51] - pts[33]))
+    cheeks = [
+        _patch_luminance(linear_y, (pts[31] + pts[2]) / 2, 0.2 * nose_width, 0.2 * nose_width),
+        _patch_luminance(linear_y, (pts[35] + pts[14]) / 2, 0.2 * nose_width, 0.2 * nose_width),
+    ]
+    if not np.all(np.isfinite(eyes + [nose] + cheeks)):
+        return Measure(score=None, detail={"reason": "face too close to the edge of the photo"})
+    cheek = max(cheeks)
+    floor = 1e-4  # keeps log2 finite on crushed blacks
+    eye_stops = float(np.log2((cheek + floor) / (np.mean(eyes) + floor)))
+    nose_stops = float(np.log2((cheek + floor) / (nose + floor)))
+    return Measure(
+        score=max(0.0, eye_stops, nose_stops),
+        detail={"under_eye_stops": eye_stops, "under_nose_stops": nose_stops, "lit_cheek_luminance": cheek},
+    )
+
+
+def _edge_profiles(gray: np.ndarray, reach: int = 8, max_edges: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """Luma profiles across the strongest step edges, dark side first.
+
+    Returns (profiles (N, 2*reach+1), offsets). Edge pixels are local maxima of the gradient
+    magnitude along the gradient direction (thin edges, not their shoulders) in the top 5% of
+    magnitude; the profile is sampled along the gradient with bilinear interpolation.
+    """
+    smooth = ndimage.gaussian_filter(gray, 1.0)  # direction only; the profile uses the raw image
+    gx, gy = ndimage.sobel(smooth, axis=1), ndimage.sobel(smooth, axis=0)
+    magnitude = np.hypot(gx, gy)
+    h, w = gray.shape
+    margin = reach + 1
+    inner = np.zeros_like(magnitude, dtype=bool)
+    inner[margin : h - margin, margin : w - margin] = True
+    if not inner.any():
+        return np.empty((0, 2 * reach + 1)), np.arange(-reach, reach + 1)
+    strong = inner & (magnitude >= np.percentile(magnitude[inner], 95)) & (magnitude > 0)
+    ys, xs = np.nonzero(strong)
+    nx, ny = gx[ys, xs] / magnitude[ys, xs], gy[ys, xs] / magnitude[ys, xs]
+    ahead = ndimage.map_coordinates(magnitude, [ys + ny, xs + nx], order=1)
+    behind = ndimage.map_coordinates(magnitude, [ys - ny, xs - nx], order=1)
+    peak = (magnitude[ys, xs] >= ahead) & (magnitude[ys, xs] >= behind)
+    ys, xs, nx, ny = ys[peak], xs[peak], nx[peak], ny[peak]
+    if ys.size > max_edges:  # evenly spaced subset: deterministic and fast
+        keep = np.linspace(0, ys.size - 1, max_edges).astype(int)
+        ys, xs, nx, ny = ys[keep], xs[keep], nx[keep], ny[keep]
+    offsets = np.arange(-reach, reach + 1)
+    rows = ys[:, None] + ny[:, None] * offsets[None, :]
+    cols = xs[:, None] + nx[:, None] * offsets[None, :]
+    profiles = ndimage.map_coordinates(gray, [rows.ravel(), cols.ravel()], order=1).reshape(rows.shape)
+    return profiles, offsets
+
+
+def measure_oversharpening(gray: np.ndarray) -> Measure:
+    """Halo overshoot: how far edges ring past their two sides, as a fraction of edge contrast.
+
+    Sharpening (an unsharp mask) adds a bright rim on the light side of every edge and a dark
+    rim on the dark side. Each strong edge's profile is scaled so its dark plateau (median 6-8 px
+    out) is 0 and its light plateau is 1; only edges of at least 20 levels' contrast count.
+    The median over edges of these profiles is the photo's typical edge: texture beside single
+    edges averages out, a halo that every edge shares does not. Score: how far that typical
+    edge rises above 1 within 5 px on the light side plus how far it dips below 0 on the dark side.
+    """
+    profiles, offsets = _edge_profiles(gray)
+    if profiles.shape[0] == 0:
+        return Measure(score=0.0, detail={"edges": 0})
+    far_dark = np.median(profiles[:, offsets <= -6], axis=1)
+    far_light = np.median(profiles[:, offsets >= 6], axis=1)
+    contrast = far_light - far_dark
+    usable = contrast >= 20
+    if usable.sum() < 20:
+        return Measure(score=0.0, detail={"edges": int(usable.sum())})
+    typical = np.median((profiles[usable] - far_dark[usable, None]) / contrast[usable, None], axis=0)
+    near = (np.abs(offsets) >= 1) & (np.abs(offsets) <= 5)
+    overshoot = max(0.0, float(typical[near & (offsets > 0)].max() - 1))
+    undershoot = max(0.0, float(-typical[near & (offsets < 0)].min()))
+    return Measure(
+        score=overshoot + undershoot,
+        detail={"edges": int(usable.sum()), "overshoot": overshoot, "undershoot": undershoot,
+                "typical_edge": [round(float(v), 3) for v in typical]},
+    )
+
+
+def measure_jpeg_blockiness(gray: np.ndarray) -> Measure:
+    """JPEG's 8x8 block grid: how much larger pixel steps are on one column (row) in 8 than on the rest.
+
+    Mean absolute horizontal differences are averaged down each column; the eight columns of
+    each phase (column index mod 8) are averaged, and the strongest phase is compared with the
+    mean of the other seven. Searching the phase finds the grid even after a crop. Same for
+    rows; score: the mean of the two ratios minus 1 (about 0 with no grid).
+    """
+
+    def ratio(diffs: np.ndarray) -> tuple[float, int]:
+        column_means = diffs.mean(axis=0)
+        usable = column_means.size // 8 * 8
+        if usable < 16:
+            return 1.0, 0
+        phases = column_means[:usable].reshape(-1, 8).mean(axis=0)
+        best = int(np.argmax(phases))
+        others = np.delete(phases, best).mean()
+        return float(phases[best] / max(others, 1e-6)), best
+
+    horizontal, phase_x = ratio(np.abs(np.diff(gray, axis=1)))
+    vertical, phase_y = ratio(np.abs(np.diff(gray, axis=0)).T)
+    return Measure(
+        score=max(0.0, (horizontal + vertical) / 2 - 1),
+        detail={"horizontal_ratio": horizontal, "vertical_ratio": vertical, "grid_phase": [phase_x, phase_y]},
+    )
+
+
+def measure_noise(gray: np.ndarray) -> Measure:
+    """Noise standard deviation in 8-bit levels on the flatter half of the picture.
+
+    Immerkaer's estimator (1996, "Fast noise variance estimation"): the 3x3 mask below cancels
+    any locally linear image, leaving noise; sigma = sqrt(pi/2) / 6 * mean |response|. Edges and
+    texture also respond, so only pixels whose (pre-smoothed) gradient is in the lower half are
+    used, which keeps skin and walls and drops eyelashes and hair.
+    """
+    if min(gray.shape) < 5:
+        return Measure(score=0.0, detail={"sigma_levels": 0.0, "flat_fraction": 0.0})
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+    response = np.abs(ndimage.convolve(gray, mask, mode="reflect"))[1:-1, 1:-1]
+    smooth = ndimage.gaussian_filter(gray, 2.0)
+    gradient = np.hypot(ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1))[1:-1, 1:-1]
+    flat = gradient <= np.percentile(gradient, 50)
+    sigma = float(np.sqrt(np.pi / 2) / 6 * response[flat].mean()) if flat.any() else 0.0
+    return Measure(score=sigma, detail={"sigma_levels": sigma, "flat_fraction": float(flat.mean())})
+
+
+def measure_blur(gray: np.ndarray) -> Measure:
+    """The blur effect of Crete-Roffet et al. (2007, "The blur effect: perception and estimation
+    with a new no-reference perceptual blur metric"): 0 sharp, towards 1 blurred.
+
+    Idea: blurring a sharp picture removes a lot of its pixel-to-pixel variation; blurring a
+    blurred one removes little. The picture is re-blurred with an 11-pixel box along each axis,
+    and the score is the share of neighbour differences that survive the re-blur, taking the
+    blurrier of the two directions.
+    """
+    scores = []
+    for axis in (0, 1):
+        reblurred = ndimage.uniform_filter1d(gray, size=11, axis=axis, mode="reflect")
+        d_original = np.abs(np.diff(gray, axis=axis))
+        d_reblurred = np.abs(np.diff(reblurred, axis=axis))
+        total = d_original.sum()
+        lost = np.maximum(0, d_original - d_reblurred).sum()
+        scores.append(float((total - lost) / total) if total > 0 else 1.0)
+    return Measure(score=max(scores), detail={"vertical": scores[0], "horizontal": scores[1]})
+
+
+# --- putting it together ----------------------------------------------------------------------
+
+
+def _flags(measures: dict[str, Measure], on_face: bool, t: Thresholds) -> list[str]:
+    where = "the face" if on_face else "the photo"
+    flags = []
+    exposure = measures["exposure"].detail
+    if exposure["bright_clipped_frac"] > t.bright_clipped_frac:
+        flags.append(f"Parts of {where} are blown out to pure white ({exposure['bright_clipped_frac']:.0%}): skin detail there is lost.")
+    if exposure["dark_clipped_frac"] > t.dark_clipped_frac:
+        flags.append(f"Parts of {where} are crushed to black ({exposure['dark_clipped_frac']:.0%}).")
+    if exposure["mean_luma"] < t.too_dark_mean_luma:
+        flags.append(f"{where.capitalize()} is too dark (underexposed): find more light or face a window.")
+    elif exposure["mean_luma"] > t.too_bright_mean_luma:
+        flags.append(f"{where.capitalize()} is too bright (overexposed).")
+    cast = measures["color_cast"]
+    if cast.score > t.color_cast:
+        flags.append(f"The colours have a {cast.detail['direction']} tint (strength {cast.score:.0f}), typical of indoor or mixed light.")
+    shadows = measures["shadow_harshness"]
+    if shadows.score is not None and shadows.score > t.shadow_stops:
+        part = "under the eyes" if shadows.detail["under_eye_stops"] >= shadows.detail["under_nose_stops"] else "under the nose"
+        flags.append(f"Harsh shadows {part} ({shadows.score:.1f} stops darker than the cheek), typical of overhead light.")
+    if measures["oversharpening"].score > t.oversharpening:
+        flags.append("Edges have bright and dark halos: the photo was over-sharpened (phone or app processing).")
+    if measures["jpeg_blockiness"].score > t.jpeg_blockiness:
+        flags.append("Visible JPEG blocks: the photo was compressed hard (a messaging or social app copy?). Use the original.")
+    if measures["noise"].score > t.noise:
+        flags.append(f"The photo is grainy (noise {measures['noise'].score:.1f} levels): too little light for the camera.")
+    if measures["blur"].score > t.blur:
+        flags.append(f"{where.capitalize()} is blurry (motion, focus, or a small face enlarged).")
+    return flags
+
+
+def diagnose_image(image: Image.Image, face: Face | None = None, thresholds: Thresholds = Thresholds()) -> Diagnosis:
+    """Measure light, colour and processing problems of a photo, on the face region when given.
+
+    `face` is a `portraitkit.faces.detect.Face` (or anything with `box` (left, top, right, bottom) and
+    `landmarks` (68, 2) in image pixels). Without a face, shadow_harshness is None.
+    """
+    image = image.convert("RGB")
+    region = face_region(image.size, face) if face is not None else (0, 0, *image.size)
+    native = region if face is not None else _central_crop(image.size)
+
+    region_image = image.crop(region)
+    region_rgb = to_array(region_image)
+    native_gray = _gray(image.crop(native))
+    blur_image = region_image.copy()
+    blur_image.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.LANCZOS)  # downscale only
+    landmarks = None if face is None else np.asarray(face.landmarks, dtype=np.float64) - region[:2]
+    small = image.copy()
+    small.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.BOX)  # the light's colour needs no fine detail
+
+    measures = {
+        "exposure": measure_exposure(region_rgb),
+        "color_cast": measure_color_cast(to_array(small)),
+        "shadow_harshness": measure_shadow_harshness(region_rgb, landmarks),
+        "oversharpening": measure_oversharpening(native_gray),
+        "jpeg_blockiness": measure_jpeg_blockiness(native_gray),
+        "noise": measure_noise(native_gray),
+        "blur": measure_blur(_gray(blur_image)),
+    }
+    regions = {"color_cast": (0, 0, *image.size)}
+    regions.update(dict.fromkeys(("oversharpening", "jpeg_blockiness", "noise"), native))
+    for name, measure in measures.items():
+        measure.detail["region"] = list(regions.get(name, region))  # (left, top, right, bottom) measured
+    return Diagnosis(measures=measures, flags=_flags(measures, face is not None, thresholds))
+
+
+def plot_scores(ax, diagnoses: dict[str, Diagnosis], thresholds: Thresholds = Thresholds()):
+    """Bars of each measure's severity (1 = the flag threshold), one colour per diagnosis: a bar
+    past the dashed line is exactly a measure that raised a flag."""
+    names = list(MEASURES)
+    height = 0.8 / max(len(diagnoses), 1)
+    for i, (label, diagnosis) in enumerate(diagnoses.items()):
+        values = [thresholds.severity(name, diagnosis.measures[name]) or 0.0 for name in names]
+        positions = np.arange(len(names)) + (i - (len(diagnoses) - 1) / 2) * height
+        ax.barh(positions, values, height=height, label=label)
+    ax.axvline(1.0, color="C3", ls="--", lw=1)
+    ax.set_yticks(np.arange(len(names)), [n.replace("_", " ") for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("measure / its flag threshold (right of the dashed line: flagged)")
+    ax.legend(fontsize=8, loc="lower right")
+    return ax

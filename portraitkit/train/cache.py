@@ -1,0 +1,194 @@
+"""The training examples as the UNet sees them: the prepared photos and their captions, encoded once.
+
+`prep` writes a dataset in `datasets`' imagefolder layout (images plus metadata.jsonl); it is read
+here with `datasets` itself, the way any Hugging Face training script reads it. Training never runs
+the VAE or the text encoders in its loop: every image becomes VAE latents and every caption a text
+embedding once, before the first step (unless the text encoder trains, when captions are encoded
+each step, with gradients); prep's face masks, for the masked loss, are brought to latent
+resolution beside the latents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import read_jsonl, save_image
+
+
+def check_dataset(dataset_dir: str) -> Path:
+    """The folder, if prep made it and found it big enough; a raw photo folder gets the prep command to run."""
+    from portraitkit.faces.photos import PHOTO_SUFFIXES
+
+    folder = Path(dataset_dir)
+    if not folder.is_dir():
+        raise PortraitkitError(f"there is no folder {folder}: pass the --out folder of `portraitkit prep`")
+    if not (folder / "metadata.jsonl").is_file():
+        if any(path.suffix.lower() in PHOTO_SUFFIXES for path in folder.iterdir()):
+            dataset = folder.resolve().parent / f"{folder.resolve().name}-dataset"
+            raise PortraitkitError(f"{folder} holds photos, not a prepared dataset: run `portraitkit prep {folder} --out {dataset}` "
+                                   "first, then train on that folder")
+        raise PortraitkitError(f"{folder} is not a prepared dataset (it has no metadata.jsonl): prepare your photos first "
+                               f"with `portraitkit prep PHOTOS --out {folder}`")
+    report = folder / "report.json"
+    if report.is_file():
+        summary = json.loads(report.read_text(encoding="utf-8")).get("summary", {})
+        if summary.get("enough_to_train") is False:
+            raise PortraitkitError(f"prep found too few usable photos in {folder} to train on. {summary.get('message', '')}".strip())
+    return folder
+
+
+def load_examples(dataset_dir: str) -> list[dict]:
+    """The dataset as a list of {"image": PIL image, "text": caption, "original_size", "crop_top_left"},
+    read by `datasets`' imagefolder, with "mask" (prep's face-and-hair mask, `mask_file_name` in
+    metadata.jsonl) where the dataset has one. "original_size" and "crop_top_left" are SDXL's size
+    and crop conditioning as prep recorded them (`prep.crops.size_conditioning`); None for datasets
+    without them."""
+    folder = check_dataset(dataset_dir)
+    from datasets import load_dataset
+
+    # The images metadata.jsonl names, and it, as the data files: datasets before 3.4 refuse a
+    # folder holding any other image (prep's contact_sheet.png) that has no row there.
+    names = [str(row.get("file_name", "")) for row in read_jsonl(folder / "metadata.jsonl")]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise PortraitkitError(f"{folder}/metadata.jsonl names {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
+                               f"prepare the photos again with `portraitkit prep PHOTOS --out {folder}`")
+    files = [str(folder / "metadata.jsonl"), *(str(folder / name) for name in names)]
+    dataset = load_dataset("imagefolder", data_files={"train": files}, split="train")
+    if "text" not in dataset.column_names:
+        raise PortraitkitError(f"{folder}/metadata.jsonl must give each image a `text` caption (portraitkit prep writes them)")
+    if len(dataset) == 0:
+        raise PortraitkitError(f"{folder} holds no images")
+    return [{"image": row["image"].convert("RGB"), "text": row["text"], "original_size": row.get("original_size"),
+             "crop_top_left": row.get("crop_top_left"),
+             **({"mask": row["mask"].convert("L")} if row.get("mask") is not None else {})} for row in dataset]
+
+
+def image_to_tensor(image, resolution: int):
+    """Resize the short side to `resolution` (Lanczos), centre-crop square, scale to [-1, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    scale = resolution / min(image.size)
+    if scale != 1:
+        image = image.resize((max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))), Image.LANCZOS)
+    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def encode_images(pipe, images: list, resolution: int):
+    """VAE latents (the distribution's mean, scaled), one image at a time to bound memory."""
+    import torch
+
+    vae = pipe.vae
+    # SDXL's VAE overflows to NaN in fp16 (its config says force_upcast): encode in fp32, once.
+    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:  # diffusers warns on every cast, also when no module must stay fp32: cast only when needed
+        vae.to(dtype=dtype)
+    latents = []
+    with torch.no_grad():
+        for image in images:
+            pixels = image_to_tensor(image, resolution)[None].to(vae.device, dtype)
+            latents.append(vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
+    if upcast:
+        vae.to(dtype=torch.float16)
+    return torch.cat(latents).float()
+
+
+def encode_text(pipe, captions: list[str], device) -> dict:
+    """Prompt embeddings the UNet is conditioned on (plus SDXL's pooled embedding)."""
+    if hasattr(pipe, "text_encoder_2"):
+        embeds, _, pooled, _ = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return {"embeds": embeds, "pooled": pooled}
+    embeds, _ = pipe.encode_prompt(captions, device, 1, False)
+    return {"embeds": embeds}
+
+
+def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool, bare: bool = False,
+                    masks: bool = False) -> dict:
+    """{"latents", "embeds" (and SDXL's "pooled") when `with_text`}; with `bare` also each caption's
+    bare trigger phrase encoded ("bare_embeds", "bare_pooled": caption dropout), with `masks` the
+    masks at latent resolution ("masks": the masked loss)."""
+    import torch
+
+    from portraitkit.train.objective import bare_caption
+
+    cache = {"latents": encode_images(pipe, [e["image"] for e in examples], resolution)}
+    if hasattr(pipe, "text_encoder_2"):
+        cache["time_ids"] = size_time_ids(examples, resolution)
+    if with_text:
+        with torch.no_grad():
+            text = encode_text(pipe, [e["text"] for e in examples], pipe.text_encoder.device)
+            cache.update({key: value.float() for key, value in text.items()})
+            if bare:
+                text = encode_text(pipe, [bare_caption(e["text"]) for e in examples], pipe.text_encoder.device)
+                cache.update({f"bare_{key}": value.float() for key, value in text.items()})
+    if masks:
+        cache["masks"] = latent_masks(examples, resolution, cache["latents"].shape[-1])
+    return cache
+
+
+def size_time_ids(examples: list[dict], resolution: int):
+    """SDXL's added time ids per example: original (height, width), crop (top, left), target size.
+
+    The crop corner was recorded at the prepared image's size and is scaled to `resolution`.
+    Examples without a record (older datasets, class images) count as square and uncropped."""
+    import torch
+
+    rows = []
+    for example in examples:
+        original, corner = example.get("original_size"), example.get("crop_top_left")
+        if original and corner:
+            scale = resolution / example["image"].width
+            rows.append([*original, round(corner[0] * scale), round(corner[1] * scale), resolution, resolution])
+        else:
+            rows.append([resolution, resolution, 0, 0, resolution, resolution])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def require_masks(examples: list[dict]) -> None:
+    """Refuse, in one sentence, a dataset without prep's masks: never a silent plain loss."""
+    if not all("mask" in e for e in examples):
+        raise PortraitkitError("this dataset has no face masks (masks/ and mask_file_name in metadata.jsonl), which "
+                               "--masked-loss needs: prepare it again with `portraitkit prep PHOTOS --out DATASET`, "
+                               "or train without --masked-loss")
+
+
+def latent_masks(examples: list[dict], resolution: int, latent_size: int):
+    """Each example's mask, cropped as its image is, at latent resolution (`objective.latent_mask`)."""
+    import torch
+
+    from portraitkit.train.objective import latent_mask
+
+    require_masks(examples)
+    pixels = torch.stack([image_to_tensor(e["mask"].convert("RGB"), resolution)[:1] for e in examples])
+    return latent_mask((pixels + 1) / 2 > 0.5, latent_size)
+
+
+# --- prior preservation -----------------------------------------------------------------------
+
+
+def class_examples(pipe, placement, folder: str, prompt: str, count: int, seed: int, steps: int, resolution: int) -> list[dict]:
+    """Class images for prior preservation (DreamBooth, Ruiz et al. 2022): `count` images of
+    `prompt` from `folder`, the missing ones generated by the base model itself."""
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    missing = range(len(existing), count)
+    if missing:
+        with placement.on("unet", "vae", "text_encoder", "text_encoder_2"):  # the whole pipeline generates
+            for index in tqdm(missing, desc="class images", unit="img"):
+                generator = torch.Generator().manual_seed(seed + index)
+                image = pipe(prompt, height=resolution, width=resolution, num_inference_steps=steps, generator=generator).images[0]
+                existing.append(save_image(folder / f"class_{index:04d}.png", image))
+    return [{"image": Image.open(p).convert("RGB"), "text": prompt} for p in existing[:count]]
