@@ -188,7 +188,7 @@ def test_cli_diagnose_goes_on_when_one_photo_breaks_the_measures(portrait_path, 
     odd = tmp_path / "odd.png"
     Image.new("RGB", (333, 222), (90, 90, 90)).save(odd)
     real = detect.detect_faces
-    monkeypatch.setattr(faces, "detect_faces", lambda image: (_ for _ in ()).throw(RuntimeError("simulated bug"))
+    monkeypatch.setattr(detect, "detect_faces", lambda image: (_ for _ in ()).throw(RuntimeError("simulated bug"))
                         if image.size == (333, 222) else real(image))
     status = cli.main(["diagnose", str(odd), str(portrait_path), "--json"])
     odd_row, hopper = json.loads(capsys.readouterr().out)

@@ -221,7 +221,7 @@ def test_bad_files_are_rejected_and_the_run_goes_on(messy_folder, tmp_path, monk
             raise RuntimeError("simulated failure inside the detector")
         return real_detect(image)
 
-    monkeypatch.setattr(faces, "detect_faces", fragile_detect)
+    monkeypatch.setattr(detect, "detect_faces", fragile_detect)
     out = tmp_path / "dataset"
     status = cli.main(["prep", str(messy_folder), "--out", str(out), "--token", "zwx", "--class-word", "woman"])
     assert status == 0
