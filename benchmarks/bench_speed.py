@@ -108,7 +108,8 @@ def summary(runs: list[dict]) -> dict:
 def portraitkit_loop(args, dataset: Path, out: Path, checkpointing=AS_ARGS, optimizer: str = "adamw") -> dict:
     """`train` itself; `checkpointing` None leaves the choice to train's default (the planner)."""
     from portraitkit.core.files import read_jsonl
-    from portraitkit.train.loop import TrainConfig, train
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import train
 
     began = time.perf_counter()
     train(TrainConfig(dataset_dir=str(dataset), out_dir=str(out), base=args.base, steps=args.steps, rank=args.rank,

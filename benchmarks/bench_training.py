@@ -468,7 +468,8 @@ def measure_portraitkit(spec: dict) -> dict:
     import torch
 
     from portraitkit.core.files import read_jsonl
-    from portraitkit.train.loop import TrainConfig, train
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import train
 
     total = spec["warmup"] + spec["steps"]
     peaks = GpuPeaks()
@@ -596,7 +597,8 @@ def measure_load(spec: dict) -> dict:
     fp16 with fp32 LoRA layers added (the RamWatcher around every measurement takes the peak)."""
     import torch
 
-    from portraitkit.train.loop import TrainConfig, load_for_training
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import load_for_training
 
     began = time.perf_counter()
     config = TrainConfig(dataset_dir=spec["dataset"], out_dir=spec["work"], base=spec["folder"], rank=spec["rank"])

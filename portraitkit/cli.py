@@ -84,7 +84,7 @@ def config_from_args(config_class, args):
 
 
 def add_train(subparsers) -> None:
-    from portraitkit.train.loop import TrainConfig
+    from portraitkit.train.config import TrainConfig
 
     parser = subparsers.add_parser("train", help="train a LoRA of the person on a prepared dataset",
                                    description="Train a LoRA on a dataset made by `portraitkit prep`.")
@@ -94,7 +94,8 @@ def add_train(subparsers) -> None:
 
 def run_train(args) -> int:
     from portraitkit.train.launch import cpu_processes_asked, run_as_processes
-    from portraitkit.train.loop import TrainConfig, train
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import train
 
     processes = cpu_processes_asked()
     if processes > 1:  # `accelerate launch --cpu --num_processes N` started this one process alone

@@ -138,7 +138,8 @@ def _prep(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
 
 
 def _train(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
-    from portraitkit.train.loop import TrainConfig, train
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import train
 
     run_dir = out / "run"
     train(TrainConfig(

@@ -10,7 +10,8 @@ import pytest
 
 from portraitkit.models import lora
 from portraitkit.models.lora import KOHYA_FILE
-from portraitkit.train.loop import TrainConfig, load_for_training, train
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import load_for_training, train
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
-from portraitkit.train.loop import TrainConfig, train
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import train
 
 SETTINGS = dict(base="tiny-sd", steps=3, rank=4, lr=1e-3, optimizer="adamw", checkpoint_every=2, validation_steps=2)
 

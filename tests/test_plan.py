@@ -17,7 +17,8 @@ from portraitkit.plan.estimate import (
     plan_for_training,
     plan_run,
 )
-from portraitkit.train.loop import TrainConfig, check_training_fits
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import check_training_fits
 
 
 def test_lora_and_model_sizes_match_the_published_figures():

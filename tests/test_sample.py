@@ -21,7 +21,8 @@ STEPS = 3  # denoising steps: the tiny base's pictures are noise whatever the co
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, portrait_path):
     """A tiny-sd LoRA trained a few steps (at a high rate, so it visibly changes the images)."""
-    from portraitkit.train.loop import TrainConfig, train
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import train
 
     dataset = tmp_path_factory.mktemp("dataset")
     photo = Image.open(portrait_path).convert("RGB")
@@ -171,7 +172,8 @@ def test_clear_errors_for_a_folder_that_is_not_a_run_and_unknown_styles(run_dir,
 def test_sdxl_runs_get_the_sdxl_styles_and_can_use_the_best_lora(tmp_path, run_dir):
     import shutil
 
-    from portraitkit.train.loop import TrainConfig, train
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import train
 
     dataset = tmp_path / "dataset"
     shutil.copytree(json.loads((run_dir / "config.json").read_text())["settings"]["dataset_dir"], dataset)

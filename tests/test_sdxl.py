@@ -10,7 +10,8 @@ import pytest
 
 from portraitkit.models.bases import decode_problem, load_pipeline
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.train.loop import TrainConfig, train
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import train
 
 
 @pytest.fixture(scope="module")

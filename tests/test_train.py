@@ -13,7 +13,9 @@ from portraitkit.models import lora
 from portraitkit.cli import main
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
-from portraitkit.train.loop import TrainConfig, batch_indices, train
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.draws import batch_indices
+from portraitkit.train.loop import train
 from portraitkit.train.validate import denoising_loss
 
 

@@ -9,7 +9,8 @@ import pytest
 from portraitkit.cli import main
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
-from portraitkit.train.loop import TrainConfig, train
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import train
 
 # Wide crops: at the latents' 16 x 16 the face and hair (dilated) leave part of each crop as background.
 CROPS = [(0, 0, 512), (20, 30, 450), (10, 10, 490), (40, 20, 420)]

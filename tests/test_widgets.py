@@ -196,7 +196,8 @@ def test_override_cannot_use_a_photo_without_a_face(dataset, samples_dir):
 
 def test_style_panel_turns_the_choice_into_a_sample_config(prepared, tmp_path):
     from portraitkit.core.files import write_json
-    from portraitkit.train.loop import TrainConfig, run_config
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.run_folder import run_config
 
     run = tmp_path / "run"  # config.json exactly as train writes it, without training
     write_json(run / "config.json", run_config(TrainConfig(dataset_dir=str(prepared), out_dir=str(run), base="tiny-sd")))
@@ -249,7 +250,7 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
 
     # after a disconnect the same panel continues the run in the folder
     from portraitkit.core.files import write_json
-    from portraitkit.train.loop import run_config
+    from portraitkit.train.run_folder import run_config
 
     write_json(run / "config.json", run_config(panel.config()))  # the settings the panel shows now
     panel.update()
@@ -277,7 +278,8 @@ def test_teaching_figures_draw_the_arithmetic():
 
 def test_train_panel_never_offers_to_continue_a_run_on_another_base(prepared, tmp_path):
     from portraitkit.core.files import write_json
-    from portraitkit.train.loop import TrainConfig, run_config
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.run_folder import run_config
 
     run = tmp_path / "run"
     write_json(run / "config.json", run_config(TrainConfig(dataset_dir=str(prepared), out_dir=str(run), base="tiny-sd", rank=4)))

@@ -3,6 +3,7 @@ the data read and encoded once (`cache`), what a step optimises (`objective`), w
 on the GPU when (`placement`), resumable checkpoints (`checkpoints`), validation and the likeness
 curve (`validate`), the processes of a multi-GPU run (`launch`), seconds per phase (`phases`)."""
 
-from portraitkit.train.loop import TrainConfig, train
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import train
 
 __all__ = ["TrainConfig", "train"]

@@ -171,6 +171,24 @@ def latent_masks(examples: list[dict], resolution: int, latent_size: int):
     return latent_mask((pixels + 1) / 2 > 0.5, latent_size)
 
 
+def batch_inputs(pipe, cache: dict, picks: list[int], captions: list[str], dropped: list[bool], device) -> tuple:
+    """The micro-batch's latents and conditioning: cached text (a dropped caption's bare trigger
+    phrase was cached beside it), SDXL's size ids, or, when the text encoder trains, the captions
+    encoded now, with gradients."""
+    import torch
+
+    latents = cache["latents"][picks].to(device)
+    cond = {}
+    for key in cache:
+        if key in ("latents", "masks") or key.startswith("bare_"):
+            continue
+        cond[key] = torch.stack([cache[f"bare_{key}" if drop and f"bare_{key}" in cache else key][i]
+                                 for i, drop in zip(picks, dropped)]).to(device)
+    if "embeds" not in cache:  # the text encoder trains: encode with gradients
+        cond.update(encode_text(pipe, captions, device))
+    return latents, cond
+
+
 # --- prior preservation -----------------------------------------------------------------------
 
 

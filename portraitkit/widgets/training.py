@@ -62,7 +62,7 @@ class TrainPanel(Panel):
 
     def config(self, **settings):
         """The TrainConfig to run; `settings` sets any other field (checkpoint_every, lr...)."""
-        from portraitkit.train.loop import TrainConfig
+        from portraitkit.train.config import TrainConfig
 
         resume = (self.run_dir / "config.json").is_file()  # a run is there: continue it
         return TrainConfig(dataset_dir=str(self.dataset_dir), out_dir=str(self.run_dir), resume=resume,
@@ -123,7 +123,7 @@ class TrainPanel(Panel):
         saved = self.run_dir / "config.json"
         if not saved.is_file():
             return f"A new run in {self.run_dir}."
-        from portraitkit.train.loop import RESUMABLE_CHANGES
+        from portraitkit.train.config import RESUMABLE_CHANGES
 
         previous = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
         changed = [f"{name} {previous[name]} (now {value})" for name, value in self.settings().items()
@@ -179,7 +179,7 @@ class LossMonitor(Panel):
             self.redraw()
 
     def redraw(self) -> None:
-        from portraitkit.train.loop import plot_loss
+        from portraitkit.train.run_folder import plot_loss
 
         path = plot_loss(self.run_dir)
         if path is not None:

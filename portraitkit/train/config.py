@@ -1,0 +1,93 @@
+"""Every setting of a training run (`TrainConfig`, one field = one `portraitkit train` flag with
+its help) and `check_config`, which finds every mistake in them before a folder is written or a
+model loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.settings import check_at_least, check_positive, check_resolution, setting
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; each field's help is also its `portraitkit train` help."""
+
+    dataset_dir: str = setting("prepared dataset: images plus metadata.jsonl with file_name and text")
+    out_dir: str = setting("run folder: LoRA, config, log, checkpoints, validation images")
+    base: str = setting("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "tiny-sd")
+    steps: int = setting("optimizer steps; person LoRAs usually need 500-1500 (about 100 per photo)", 1000)
+    rank: int = setting("LoRA rank; 16 keeps a face's detail while the file stays ~13 MB for SD1.5", 16)
+    alpha: float | None = setting("LoRA alpha; default = rank, so the LoRA scale is 1 whatever the rank", None)
+    lr: float = setting("learning rate for the UNet LoRA (1e-4 is the usual person-LoRA rate)", 1e-4)
+    text_encoder_lr: float = setting("learning rate for text-encoder LoRA, lower as it overfits faster", 5e-5)
+    train_text_encoder: bool = setting("also train LoRA on the text encoder(s): more likeness, more memory", False)
+    resolution: int | None = setting("training size in pixels; default: the base's own (512 SD1.5, 1024 SDXL)", None)
+    batch_size: int = setting("images per micro-batch; 1 fits a T4 for SDXL", 1)
+    grad_accum: int = setting("micro-batches per optimizer step (a larger effective batch without memory)", 1)
+    seed: int = setting("seed for the LoRA init and every random draw of the run", 0)
+    optimizer: str = setting("adamw8bit (bitsandbytes, 2 bytes of state per parameter) or adamw (8 bytes)", "adamw8bit",
+                           choices=("adamw8bit", "adamw"))
+    mixed_precision: str = setting("auto (fp16 on a T4, bf16 where supported, fp32 on CPU), no, fp16 or bf16", "auto",
+                                 choices=("auto", "no", "fp16", "bf16"))
+    gradient_checkpointing: bool | None = setting(
+        "recompute activations in the backward pass: far less memory, about a third more compute per step; "
+        "default: off only where the planner finds the run fits the GPU with room to spare without it, on elsewhere and on a CPU", None)
+    snr_gamma: float | None = setting("min-SNR loss weighting gamma (Hang et al. 2023 use 5); None turns it off", 5.0)
+    noise_offset: float = setting("noise offset, e.g. 0.05, lets the model learn darker and brighter images", 0.0)
+    warmup_steps: int = setting("learning-rate warm-up steps", 0)
+    max_grad_norm: float = setting("gradient clipping norm", 1.0)
+    class_dir: str | None = setting("prior preservation: folder of class images (missing ones are generated)", None)
+    class_prompt: str = setting("caption of the class images", "a photo of a person")
+    num_class_images: int = setting("class images to use for prior preservation", 50)
+    prior_loss_weight: float = setting("weight of the class-image loss", 1.0)
+    masked_loss: bool = setting("count the person's face and hair (prep's masks/) in the loss, not the background", False)
+    background_weight: float = setting("with --masked-loss, how much the background counts: 0 not at all, 1 as without a mask", 0.0)
+    caption_dropout: float = setting("probability of training an image on its bare trigger caption (a photo of sks person); "
+                                     "ai-toolkit uses 0.05", 0.0)
+    dora: bool = setting("DoRA (weight-decomposed LoRA, peft's use_dora): a learned magnitude per output beside the "
+                         "low-rank direction; a little more memory and time per step", False)
+    checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)
+    keep_checkpoints: int = setting("how many recent checkpoints to keep", 3)
+    validate: bool = setting("render and score validation images (identity.json, best/); --no-validate trains only", True)
+    validate_every: int = setting("render validation images every N steps (0 = only at the end)", 0)
+    validation_prompts: list[str] | None = setting("prompts for validation; default: the first two captions", None)
+    validation_seeds: tuple[int, ...] = setting("seeds for validation images", (0, 1))
+    validation_steps: int = setting("denoising steps per validation image", 25)
+    resume: bool = setting("continue from the newest complete checkpoint in out_dir", False)
+    vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's, e.g. madebyollin/sdxl-vae-fp16-fix "
+                              "(SDXL's own VAE gives NaN/black images in fp16)", None)
+
+
+# Settings that may change when a run is resumed; everything else must match the saved config.
+RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate", "validate_every",
+                     "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Every mistake a user can make in the settings, the base or the dataset, found before a
+    folder is written or a model loaded; returns the config with its paths made absolute, so the
+    run's config.json leads `sample` to the dataset from any working folder."""
+    from portraitkit.models.bases import check_available
+    from portraitkit.train.cache import check_dataset
+
+    check_at_least({"steps": config.steps, "rank": config.rank, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                    "keep_checkpoints": config.keep_checkpoints, "num_class_images": config.num_class_images,
+                    "validation_steps": config.validation_steps}, 1)
+    check_at_least({"warmup_steps": config.warmup_steps, "checkpoint_every": config.checkpoint_every,
+                    "validate_every": config.validate_every, "noise_offset": config.noise_offset,
+                    "prior_loss_weight": config.prior_loss_weight, "seed": config.seed}, 0)
+    check_positive({"lr": config.lr, "text_encoder_lr": config.text_encoder_lr, "alpha": config.alpha,
+                    "max_grad_norm": config.max_grad_norm, "snr_gamma": config.snr_gamma})
+    check_resolution(config.resolution)
+    for name in ("background_weight", "caption_dropout"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise PortraitkitError(f"--{name.replace('_', '-')} {getattr(config, name)} is not a fraction: choose between 0 and 1")
+    check_dataset(config.dataset_dir)
+    check_available(config.base)
+    absolute = {name: str(Path(value).expanduser().resolve()) for name in ("dataset_dir", "out_dir", "class_dir")
+                if (value := getattr(config, name)) is not None}
+    return dataclasses.replace(config, **absolute)
