@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from portraitkit.teach import degrade
-from portraitkit.teach.diagnose import MEASURES, Thresholds, diagnose_image
+from portraitkit.faces.quality import FaceLimits
+from portraitkit.teach.diagnose import MEASURES, diagnose_image, face_region
 from portraitkit.faces.detect import detect_faces
 
 
@@ -99,7 +100,7 @@ def test_shadow_harshness_grows_with_overhead_light(portraits, name):
     images = [image] + [degrade.add_overhead_light(image, s, face) for s in (0.25, 0.5, 0.75, 1.0)]
     values = scores(images, "shadow_harshness", face)
     assert_increasing(values, f"{name} overhead light")
-    assert values[0] < Thresholds().shadow_stops < values[-1]  # clean photo not flagged, harsh one is
+    assert values[0] < FaceLimits().flag_shadow_stops < values[-1]  # clean photo not flagged, harsh one is
 
 
 def test_exposure_separates_under_from_over(portraits):
@@ -121,6 +122,35 @@ def test_clean_portraits_raise_no_flags_and_damaged_ones_do(portraits):
     flags = " ".join(diagnose_image(damaged, face).flags)
     assert "tint" in flags and "grainy" in flags and "JPEG" not in flags
     assert "JPEG" in " ".join(diagnose_image(degrade.compress_jpeg(image, 10), face).flags)
+
+
+def blown_out(image, face, fraction: float):
+    """The photo with the top `fraction` of its face region (forehead first) painted pure white."""
+    left, top, right, bottom = face_region(image.size, face)
+    out = image.copy()
+    out.paste((255, 255, 255), (left, top, right, top + round(fraction * (bottom - top))))
+    return out
+
+
+def test_one_set_of_limits_diagnose_flags_at_and_prep_rejects_at(portraits):
+    """A few per cent of the face blown out: diagnose flags it and prep keeps the photo with a
+    warning; a fifth: prep rejects it. Both read `FaceLimits`, so moving its flag level moves both."""
+    from portraitkit.prep.checks import judge_quality
+    from portraitkit.prep.config import PrepConfig
+    from portraitkit.prep.photo import Photo
+
+    image, face = portraits["hopper"]
+    limits = FaceLimits()
+    assert limits.flag_bright_clipped < 0.05 < limits.max_bright_clipped < 0.2
+    for fraction, flagged, warned, rejected in [(0.05, True, True, False), (0.2, True, False, True)]:
+        diagnosis = diagnose_image(blown_out(image, face, fraction), face)
+        photo = Photo(source="x.jpg")
+        judge_quality(photo, diagnosis, PrepConfig())
+        assert any("blown out" in flag for flag in diagnosis.flags) == flagged, fraction
+        assert ("blown_highlights" in photo.warnings) == warned and ("overexposed" in photo.reasons) == rejected, fraction
+    relaxed = FaceLimits(flag_bright_clipped=0.1)
+    assert not any("blown out" in flag for flag in diagnose_image(blown_out(image, face, 0.05), face, relaxed).flags)
+    assert limits.severity("exposure", diagnose_image(blown_out(image, face, 0.05), face).measures["exposure"]) > 1
 
 
 def test_without_a_face_shadows_are_unmeasured_and_the_rest_measured(portraits):

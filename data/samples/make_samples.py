@@ -1,7 +1,6 @@
 """Regenerate the sample photos in this folder from public-domain images that ship in packages.
 
-    pip install scikit-image      # the astronaut and coffee photos (not a portraitkit dependency)
-    python data/samples/make_samples.py
+    python data/samples/make_samples.py   # the astronaut and coffee photos come with scikit-image
 
 Sources (both public domain or CC0, see README.md):
 - matplotlib's `grace_hopper.jpg` (US Navy photo of Grace Hopper), `matplotlib.cbook.get_sample_data`;

@@ -1,4 +1,11 @@
-"""Image grids: many pictures in one PNG, for validation, styles and picks."""
+"""Image grids: many pictures in one PNG, for validation, styles and picks.
+
+Not diffusers' `make_image_grid`, which cannot give these grids: it asserts that the images fill
+every cell (rows x cols), so 6 portraits in 4 columns or the top 5 picks fail; it pastes each
+image at the first one's size on black, so a picture of another size or shape is cut off or
+leaves black gaps, where these are fitted into white square cells; and importing `diffusers.utils`
+loads torch (about 3 s of CPU), which `pick` and the picks sheet otherwise never need.
+"""
 
 from __future__ import annotations
 

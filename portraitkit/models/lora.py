@@ -63,6 +63,8 @@ def add_adapters(module, rank: int, targets: list[str], alpha: float | None = No
     `use_dora`: DoRA (Liu et al. 2024, peft's `use_dora`) adds a magnitude per output row of each
     weight, initialised to the row norms of W, so it too starts as a no-op.
     """
+    import torch
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=targets,
@@ -71,11 +73,9 @@ def add_adapters(module, rank: int, targets: list[str], alpha: float | None = No
         module.add_adapter(config)  # diffusers' models
     else:  # peft directly: transformers 5's own `add_adapter` demands a newer peft than exists
         inject_adapter_in_model(config, module)
-    trainable = [p for p in module.parameters() if p.requires_grad]
     # fp16 master weights lose small updates (lr 1e-4 x grad underflows): train LoRA in fp32.
-    for parameter in trainable:
-        parameter.data = parameter.data.float()
-    return trainable
+    cast_training_params(module, torch.float32)
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool, use_dora: bool = False) -> dict:

@@ -18,11 +18,11 @@ from portraitkit.prep.photo import Photo
 # --- one face -----------------------------------------------------------------------------------
 
 
-def judge_quality(photo: Photo, diagnosis, warn, config: PrepConfig) -> None:
-    """Rejections from blur and exposure; warnings from the softer problems diagnose measures.
+def judge_quality(photo: Photo, diagnosis, config: PrepConfig) -> None:
+    """Rejections from blur and exposure; warnings from the problems diagnose flags.
 
-    `warn` is diagnose's `Thresholds` (when a problem is worth a warning); `config`'s face
-    limits, shared with rank, decide when it is a rejection.
+    Both come from `config.face_limits` (`portraitkit.faces.quality.FaceLimits`): past a
+    rejection limit the photo is dropped, past only a flag level it is kept with a warning.
     """
     measures = diagnosis.measures
     exposure = measures["exposure"].detail
@@ -32,18 +32,18 @@ def judge_quality(photo: Photo, diagnosis, warn, config: PrepConfig) -> None:
     exposed = {code for code, _ in limits.exposure_problems(exposure)}
     if "underexposed" in exposed:
         photo.add("underexposed")
-    elif exposure["dark_clipped_frac"] > warn.dark_clipped_frac:
+    elif exposure["dark_clipped_frac"] > limits.flag_dark_clipped:
         photo.warnings.append("crushed_shadows")
     if "overexposed" in exposed:
         photo.add("overexposed")
-    elif exposure["bright_clipped_frac"] > warn.bright_clipped_frac:
+    elif exposure["bright_clipped_frac"] > limits.flag_bright_clipped:
         photo.warnings.append("blown_highlights")
     soft = {
-        "color_cast": ("color_cast", warn.color_cast),
-        "shadow_harshness": ("harsh_shadows", warn.shadow_stops),
-        "jpeg_blockiness": ("compressed", warn.jpeg_blockiness),
-        "noise": ("noisy", warn.noise),
-        "oversharpening": ("oversharpened", warn.oversharpening),
+        "color_cast": ("color_cast", limits.flag_color_cast),
+        "shadow_harshness": ("harsh_shadows", limits.flag_shadow_stops),
+        "jpeg_blockiness": ("compressed", limits.flag_jpeg_blockiness),
+        "noise": ("noisy", limits.flag_noise),
+        "oversharpening": ("oversharpened", limits.flag_oversharpening),
     }
     for measure, (code, limit) in soft.items():
         score = measures[measure].score

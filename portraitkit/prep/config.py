@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from portraitkit.faces.detect import SAME_PERSON_THRESHOLD
 from portraitkit.faces.photos import DEFAULT_MAX_PIXELS
-from portraitkit.faces.quality import FaceLimits
+from portraitkit.faces.quality import REJECTIONS, FaceLimits
 
 
 @dataclass
@@ -51,7 +51,8 @@ class PrepConfig:
     other_face_min_score: float = FaceLimits.other_face_min_score
 
     # --- quality (measured by portraitkit.teach.diagnose on the face region) ----------------------------
-    # Shared with rank; what each limit guards against is said in `FaceLimits`.
+    # When a photo is rejected, shared with pick; what each limit guards against is said in
+    # `FaceLimits`, beside the lower levels at which diagnose only flags (prep warns and keeps).
     max_blur: float = FaceLimits.max_blur
     max_dark_clipped: float = FaceLimits.max_dark_clipped
     max_bright_clipped: float = FaceLimits.max_bright_clipped
@@ -83,5 +84,5 @@ class PrepConfig:
 
     @property
     def face_limits(self) -> FaceLimits:
-        """This config's detection, blur and exposure limits, as the judge shared with rank."""
-        return FaceLimits(**{f.name: getattr(self, f.name) for f in fields(FaceLimits)})
+        """This config's detection, blur and exposure rejections (the judge shared with pick), with the flag levels."""
+        return FaceLimits(**{name: getattr(self, name) for name in REJECTIONS})

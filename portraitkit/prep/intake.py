@@ -106,7 +106,7 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     The crop is written to `staged` only when nothing so far rules the photo out; the set-wide
     checks (identity, duplicates) may still reject it.
     """
-    from portraitkit.teach.diagnose import Thresholds, diagnose_image
+    from portraitkit.teach.diagnose import diagnose_image
     from portraitkit.faces.detect import detect_faces, face_embedding
     from portraitkit.faces.photos import open_photo
 
@@ -141,9 +141,9 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     geometry = face_geometry(face.landmarks)
     photo.measurements["face"] = {"box": list(face.box), "score": face.score, **geometry}
 
-    diagnosis = diagnose_image(image, face)
+    diagnosis = diagnose_image(image, face, config.face_limits)
     photo.measurements["quality"] = diagnosis.to_dict()
-    judge_quality(photo, diagnosis, Thresholds(), config)
+    judge_quality(photo, diagnosis, config)
 
     crop, corners, crop_info = crop_face(image, face, geometry, config)
     photo.crop_corners = corners

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from portraitkit.teach.diagnose import linear_to_srgb, srgb_to_linear, to_array, to_image
+from portraitkit.teach.diagnose import LUMINANCE, linear_to_srgb, srgb_to_linear, to_array, to_image
 from portraitkit.core.errors import PortraitkitError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def add_color_cast(image: Image.Image, strength: float = 0.5, light: str = "tung
     if light not in ILLUMINANTS:
         raise PortraitkitError(f"Unknown light {light!r}: choose one of {', '.join(ILLUMINANTS)}.")
     gains = (_white_in_linear_rgb(ILLUMINANTS[light]) / _white_in_linear_rgb(_D65_XY)) ** strength
-    gains = gains / (gains @ np.array([0.2126, 0.7152, 0.0722]))  # keep overall brightness
+    gains = gains / (gains @ LUMINANCE)  # keep overall brightness
     return _apply_linear(image, lambda linear: linear * gains.astype(np.float32))
 
 

@@ -15,8 +15,9 @@ What is measured where (a face's region is its box grown by `FACE_MARGIN` on eve
   colour from a cast; the whole scene averages towards grey in neutral light (the grey-world
   assumption, Buchsbaum 1980), and its departure from grey is the cast.
 
-How each score is built, and the flag thresholds with the reasons for them, are in the
-docstrings of the measure functions and in `Thresholds`.
+How each score is built is in the docstrings of the measure functions; where a score becomes a
+flag, with the reason for each level, is `portraitkit.faces.quality.FaceLimits` (the one place
+quality limits live: what diagnose flags here and what prep rejects).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from portraitkit.faces.quality import FaceLimits
 
 if TYPE_CHECKING:
     from portraitkit.faces.detect import Face
@@ -44,69 +47,6 @@ MEASURES = (
 FACE_MARGIN = 0.15  # grow the detector's tight box (brows to chin) to take in forehead and cheeks
 NATIVE_CROP = 1024  # pixel-scale measures without a face: central crop, keeps a 12 MP photo fast
 BLUR_SCALE = 512  # blur is judged at about the size the face will be trained at (downscale only)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When a score becomes a flag. Defaults come from what the degradations look like.
-
-    They were set by applying `portraitkit.teach.degrade` at increasing strengths to clean portraits
-    and reading off where the problem becomes visible at full screen size; each note says why.
-    """
-
-    # exposure, on the face: 2% of the face at pure white is a visible shiny patch with no
-    # skin texture left; 5% at pure black (darker areas are normal: nostrils, pupils, hair).
-    bright_clipped_frac: float = 0.02
-    dark_clipped_frac: float = 0.05
-    # mean gamma-encoded luma of the face, 0-1. Well-exposed skin sits around 0.4-0.7.
-    too_dark_mean_luma: float = 0.25
-    too_bright_mean_luma: float = 0.85
-    # colour cast: chroma of the estimated light in CIELAB units. About 2-3 units is a just-
-    # noticeable difference on a neutral; clean daylight portraits measure under 3; 8 is an
-    # obvious tint on whites and greys (tungsten light with a fifth of its cast left uncorrected).
-    color_cast: float = 8.0
-    # shadows, in photographic stops darker than the lit cheek. Portrait lighting ratios:
-    # 2:1 (1 stop) reads as soft modelling, 4:1 (2 stops) as dramatic; beyond 1.5 stops under
-    # the eyes or nose reads as tired eyes and a "moustache" shadow.
-    shadow_stops: float = 1.5
-    # halo overshoot as a fraction of edge contrast. Unprocessed photos measure under 0.1; a
-    # 0.25 overshoot (a 50-100% unsharp mask) is a visible light/dark rim around hair and eyes.
-    oversharpening: float = 0.25
-    # blockiness: extra step at 8-pixel block boundaries over other columns. Clean photos
-    # measure about 0-0.15; 0.3 is reached near JPEG quality 50, below which blocks show in
-    # smooth skin.
-    jpeg_blockiness: float = 0.3
-    # noise: standard deviation in 8-bit levels on flat areas. Under 2 is invisible; 5 shows as
-    # grain on skin at full size.
-    noise: float = 5.0
-    # blur effect (0 sharp - 1 flat). Sharp portraits measure about 0.25-0.4; 0.5 is a face
-    # whose eyelashes and skin texture are gone (a Gaussian blur of about 1-1.5 px on a
-    # 100-250 px face).
-    blur: float = 0.5
-
-    def for_score(self, measure: str) -> float:
-        """The score at which `measure` is flagged (exposure: the smaller of its two clipping limits)."""
-        return {
-            "exposure": min(self.bright_clipped_frac, self.dark_clipped_frac),
-            "color_cast": self.color_cast,
-            "shadow_harshness": self.shadow_stops,
-            "oversharpening": self.oversharpening,
-            "jpeg_blockiness": self.jpeg_blockiness,
-            "noise": self.noise,
-            "blur": self.blur,
-        }[measure]
-
-    def severity(self, name: str, measure: Measure) -> float | None:
-        """The measure as a multiple of the point where it is flagged (above 1: flagged), by the
-        tests `_flags` applies: exposure has four (blown highlights, crushed shadows, too dark,
-        too bright), so its severity is the worst of them, not its score over one limit."""
-        if measure.score is None:
-            return None
-        if name != "exposure":
-            return measure.score / self.for_score(name)
-        detail = measure.detail
-        return max(detail["bright_clipped_frac"] / self.bright_clipped_frac, detail["dark_clipped_frac"] / self.dark_clipped_frac,
-                   self.too_dark_mean_luma / max(detail["mean_luma"], 1e-6), detail["mean_luma"] / self.too_bright_mean_luma)
 
 
 @dataclass
@@ -155,20 +95,8 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=rgb.dtype)
 
 
-_RGB_TO_XYZ = np.array(  # linear sRGB (D65) to CIE XYZ
-    [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
-)
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-
-
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """CIELAB (D65) of gamma-encoded sRGB values in 0-1; last axis L*, a*, b*."""
-    xyz = srgb_to_linear(rgb.astype(np.float64)) @ _RGB_TO_XYZ.T / _D65_WHITE
-    delta = 6 / 29
-    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
-    return np.stack(
-        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1
-    )
+# Relative luminance Y of linear sRGB (IEC 61966-2-1, the Rec. 709 primaries): light in the photo.
+LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
 
 
 # --- regions ----------------------------------------------------------------------------------
@@ -242,6 +170,8 @@ def measure_color_cast(rgb: np.ndarray) -> Measure:
     chroma sqrt(a*^2 + b*^2) is the score: CIELAB units are roughly equal steps of perceived
     colour difference. Very dark and clipped pixels are left out (noise and sensor limits).
     """
+    from skimage.color import rgb2lab
+
     linear = srgb_to_linear(rgb.astype(np.float64))
     y = luma(rgb)
     usable = (y > 0.04) & (y < 0.96)
@@ -254,8 +184,8 @@ def measure_color_cast(rgb: np.ndarray) -> Measure:
     p = 6
     light = np.array([np.mean(g**p) ** (1 / p) for g in gradients])
     # mid-grey brightness, so the cast, not the exposure or contrast, sets the chroma
-    light = light / max(float(light @ _RGB_TO_XYZ[1]), 1e-12) * 0.18
-    lab = srgb_to_lab(linear_to_srgb(light)[None, :])[0]
+    light = light / max(float(light @ LUMINANCE), 1e-12) * 0.18
+    lab = rgb2lab(linear_to_srgb(light)[None, :])[0]  # D65, as sRGB
     a, b = float(lab[1]), float(lab[2])
     return Measure(
         score=float(np.hypot(a, b)),
@@ -289,7 +219,7 @@ def measure_shadow_harshness(rgb: np.ndarray, landmarks: np.ndarray | None) -> M
     if landmarks is None:
         return Measure(score=None, detail={"reason": "no face"})
     pts = np.asarray(landmarks, dtype=np.float64)
-    linear_y = srgb_to_linear(rgb.astype(np.float64)) @ _RGB_TO_XYZ[1]
+    linear_y = srgb_to_linear(rgb.astype(np.float64)) @ LUMINANCE
     eye_width = np.mean([np.linalg.norm(pts[39] - pts[36]), np.linalg.norm(pts[45] - pts[42])])
     nose_width = np.linalg.norm(pts[35] - pts[31])
 
@@ -427,62 +357,59 @@ def measure_noise(gray: np.ndarray) -> Measure:
 
 def measure_blur(gray: np.ndarray) -> Measure:
     """The blur effect of Crete-Roffet et al. (2007, "The blur effect: perception and estimation
-    with a new no-reference perceptual blur metric"): 0 sharp, towards 1 blurred.
+    with a new no-reference perceptual blur metric"), scikit-image's `blur_effect`: 0 sharp,
+    towards 1 blurred.
 
     Idea: blurring a sharp picture removes a lot of its pixel-to-pixel variation; blurring a
     blurred one removes little. The picture is re-blurred with an 11-pixel box along each axis,
-    and the score is the share of neighbour differences that survive the re-blur, taking the
+    and the score is the share of edge strength (Sobel) that survives the re-blur, taking the
     blurrier of the two directions.
     """
-    scores = []
-    for axis in (0, 1):
-        reblurred = ndimage.uniform_filter1d(gray, size=11, axis=axis, mode="reflect")
-        d_original = np.abs(np.diff(gray, axis=axis))
-        d_reblurred = np.abs(np.diff(reblurred, axis=axis))
-        total = d_original.sum()
-        lost = np.maximum(0, d_original - d_reblurred).sum()
-        scores.append(float((total - lost) / total) if total > 0 else 1.0)
-    return Measure(score=max(scores), detail={"vertical": scores[0], "horizontal": scores[1]})
+    from skimage.measure import blur_effect
+
+    vertical, horizontal = (float(score) for score in blur_effect(gray / 255.0, h_size=11, reduce_func=None))
+    return Measure(score=max(vertical, horizontal), detail={"vertical": vertical, "horizontal": horizontal})
 
 
 # --- putting it together ----------------------------------------------------------------------
 
 
-def _flags(measures: dict[str, Measure], on_face: bool, t: Thresholds) -> list[str]:
+def _flags(measures: dict[str, Measure], on_face: bool, t: FaceLimits) -> list[str]:
     where = "the face" if on_face else "the photo"
     flags = []
     exposure = measures["exposure"].detail
-    if exposure["bright_clipped_frac"] > t.bright_clipped_frac:
+    if exposure["bright_clipped_frac"] > t.flag_bright_clipped:
         flags.append(f"Parts of {where} are blown out to pure white ({exposure['bright_clipped_frac']:.0%}): skin detail there is lost.")
-    if exposure["dark_clipped_frac"] > t.dark_clipped_frac:
+    if exposure["dark_clipped_frac"] > t.flag_dark_clipped:
         flags.append(f"Parts of {where} are crushed to black ({exposure['dark_clipped_frac']:.0%}).")
-    if exposure["mean_luma"] < t.too_dark_mean_luma:
+    if exposure["mean_luma"] < t.flag_dark_luma:
         flags.append(f"{where.capitalize()} is too dark (underexposed): find more light or face a window.")
-    elif exposure["mean_luma"] > t.too_bright_mean_luma:
+    elif exposure["mean_luma"] > t.flag_bright_luma:
         flags.append(f"{where.capitalize()} is too bright (overexposed).")
     cast = measures["color_cast"]
-    if cast.score > t.color_cast:
+    if cast.score > t.flag_color_cast:
         flags.append(f"The colours have a {cast.detail['direction']} tint (strength {cast.score:.0f}), typical of indoor or mixed light.")
     shadows = measures["shadow_harshness"]
-    if shadows.score is not None and shadows.score > t.shadow_stops:
+    if shadows.score is not None and shadows.score > t.flag_shadow_stops:
         part = "under the eyes" if shadows.detail["under_eye_stops"] >= shadows.detail["under_nose_stops"] else "under the nose"
         flags.append(f"Harsh shadows {part} ({shadows.score:.1f} stops darker than the cheek), typical of overhead light.")
-    if measures["oversharpening"].score > t.oversharpening:
+    if measures["oversharpening"].score > t.flag_oversharpening:
         flags.append("Edges have bright and dark halos: the photo was over-sharpened (phone or app processing).")
-    if measures["jpeg_blockiness"].score > t.jpeg_blockiness:
+    if measures["jpeg_blockiness"].score > t.flag_jpeg_blockiness:
         flags.append("Visible JPEG blocks: the photo was compressed hard (a messaging or social app copy?). Use the original.")
-    if measures["noise"].score > t.noise:
+    if measures["noise"].score > t.flag_noise:
         flags.append(f"The photo is grainy (noise {measures['noise'].score:.1f} levels): too little light for the camera.")
-    if measures["blur"].score > t.blur:
+    if measures["blur"].score > t.max_blur:
         flags.append(f"{where.capitalize()} is blurry (motion, focus, or a small face enlarged).")
     return flags
 
 
-def diagnose_image(image: Image.Image, face: Face | None = None, thresholds: Thresholds = Thresholds()) -> Diagnosis:
+def diagnose_image(image: Image.Image, face: Face | None = None, limits: FaceLimits = FaceLimits()) -> Diagnosis:
     """Measure light, colour and processing problems of a photo, on the face region when given.
 
     `face` is a `portraitkit.faces.detect.Face` (or anything with `box` (left, top, right, bottom) and
-    `landmarks` (68, 2) in image pixels). Without a face, shadow_harshness is None.
+    `landmarks` (68, 2) in image pixels). Without a face, shadow_harshness is None. `flags` are
+    the measures past `limits`' flag levels.
     """
     image = image.convert("RGB")
     region = face_region(image.size, face) if face is not None else (0, 0, *image.size)
@@ -510,16 +437,16 @@ def diagnose_image(image: Image.Image, face: Face | None = None, thresholds: Thr
     regions.update(dict.fromkeys(("oversharpening", "jpeg_blockiness", "noise"), native))
     for name, measure in measures.items():
         measure.detail["region"] = list(regions.get(name, region))  # (left, top, right, bottom) measured
-    return Diagnosis(measures=measures, flags=_flags(measures, face is not None, thresholds))
+    return Diagnosis(measures=measures, flags=_flags(measures, face is not None, limits))
 
 
-def plot_scores(ax, diagnoses: dict[str, Diagnosis], thresholds: Thresholds = Thresholds()):
+def plot_scores(ax, diagnoses: dict[str, Diagnosis], limits: FaceLimits = FaceLimits()):
     """Bars of each measure's severity (1 = the flag threshold), one colour per diagnosis: a bar
     past the dashed line is exactly a measure that raised a flag."""
     names = list(MEASURES)
     height = 0.8 / max(len(diagnoses), 1)
     for i, (label, diagnosis) in enumerate(diagnoses.items()):
-        values = [thresholds.severity(name, diagnosis.measures[name]) or 0.0 for name in names]
+        values = [limits.severity(name, diagnosis.measures[name]) or 0.0 for name in names]
         positions = np.arange(len(names)) + (i - (len(diagnoses) - 1) / 2) * height
         ax.barh(positions, values, height=height, label=label)
     ax.axvline(1.0, color="C3", ls="--", lw=1)

@@ -72,31 +72,34 @@ def reproject_landmarks(landmarks: np.ndarray, from_cm: float, to_cm: float, hea
 def piecewise_affine_warp(image, source_points: np.ndarray, target_points: np.ndarray, box=None):
     """Move `source_points` of `image` to `target_points`, bending the triangles between them.
 
-    Delaunay triangles over the target points; each output pixel inside them takes the
-    colour at the same barycentric position in the matching source triangle (bilinear).
-    Pixels outside the triangles, or outside `box` (left, top, right, bottom), are unchanged.
+    scikit-image's piecewise-affine transform: Delaunay triangles over the target points; each
+    output pixel inside them takes the colour at the same barycentric position in the matching
+    source triangle (bilinear). Pixels outside the triangles, or outside `box` (left, top,
+    right, bottom), are unchanged: only the box is computed, so a 12 MP photo costs its face.
     """
     from PIL import Image
-    from scipy import ndimage
-    from scipy.spatial import Delaunay
+    from skimage.transform import PiecewiseAffineTransform, warp
 
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     height, width = pixels.shape[:2]
     left, top, right, bottom = box or (0, 0, width, height)
-    triangulation = Delaunay(target_points)
-    ys, xs = np.mgrid[top:bottom, left:right]
-    query = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-    simplex = triangulation.find_simplex(query)
-    inside = simplex >= 0
-    transform = triangulation.transform[simplex[inside]]
-    partial = np.einsum("nij,nj->ni", transform[:, :2], query[inside] - transform[:, 2])
-    barycentric = np.concatenate([partial, 1 - partial.sum(axis=1, keepdims=True)], axis=1)
-    corners = source_points[triangulation.simplices[simplex[inside]]]  # (n, 3, 2)
-    source = np.einsum("ni,nij->nj", barycentric, corners)
+    if hasattr(PiecewiseAffineTransform, "from_estimate"):  # scikit-image 0.26 deprecated `estimate`
+        to_source = PiecewiseAffineTransform.from_estimate(target_points, source_points)
+    else:
+        to_source = PiecewiseAffineTransform()
+        to_source.estimate(target_points, source_points)
+
+    def inverse_map(xy: np.ndarray) -> np.ndarray:
+        """Output pixels of the box (x, y) to where they come from in the photo."""
+        xy = xy + (left, top)
+        source = to_source(xy)
+        outside = (source == -1).all(axis=1)  # scikit-image's mark for a point in no triangle
+        source[outside] = xy[outside]
+        return source
+
+    warped = warp(pixels, inverse_map, output_shape=(bottom - top, right - left), order=1, mode="edge", preserve_range=True)
     out = pixels.copy()
-    rows, cols = query[inside, 1].astype(int), query[inside, 0].astype(int)
-    for channel in range(3):
-        out[rows, cols, channel] = ndimage.map_coordinates(pixels[..., channel], [source[:, 1], source[:, 0]], order=1, mode="nearest")
+    out[top:bottom, left:right] = warped
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
