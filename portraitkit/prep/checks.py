@@ -100,9 +100,7 @@ def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
     for group in groups.values():
         if len(group) < 2:
             continue
-        # Keep the one with nothing else wrong, then the fewest warnings (a tight crop, a colour
-        # cast), then the most face pixels, then the sharpest.
-        keeper = min(group, key=lambda p: (bool(p.reasons), len(p.warnings), -_face_width(p), _blur(p), p.source))
+        keeper = _keeper(group)
         for photo in group:
             if photo is keeper:
                 continue
@@ -128,6 +126,22 @@ def _same_frame(a: Photo, b: Photo, config: PrepConfig) -> bool:
     if a.embedding is not None and b.embedding is not None:
         return identity_distance(a.embedding, b.embedding) <= config.max_duplicate_identity_distance
     return True
+
+
+def _keeper(group: list[Photo]) -> Photo:
+    """Which copy of a shot to keep: nothing else wrong, the fewest warnings (a tight crop, a
+    colour cast), then among those with the most face pixels (within 5%: landmarks jitter by a
+    pixel or two) the one with the most of the scene around the face (an uncropped original over
+    its crops), then the sharpest."""
+    best = min((bool(p.reasons), len(p.warnings)) for p in group)
+    clean = [p for p in group if (bool(p.reasons), len(p.warnings)) == best]
+    widest = max(_face_width(p) for p in clean)
+    large = [p for p in clean if _face_width(p) >= 0.95 * widest]
+
+    def scene(photo: Photo) -> float:
+        return photo.measurements.get("width", 0) * photo.measurements.get("height", 0) / max(_face_width(photo), 1.0) ** 2
+
+    return min(large, key=lambda p: (-scene(p), _blur(p), p.source))
 
 
 def _face_width(photo: Photo) -> float:
