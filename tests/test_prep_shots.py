@@ -102,3 +102,14 @@ def test_crops_of_one_backdrop_are_one_background(samples_dir):
         elsewhere.append(_photo(backdrop, f"place{n}"))
     places = checks.variety(crops[:1] + elsewhere, PrepConfig())["background"]
     assert places["backgrounds"] == 3 and places["varied"]
+
+
+def test_a_head_turned_too_far_is_named_not_missed(tmp_path):
+    """scikit-image's cameraman (CC0): found by the CNN fallback, its 68 landmarks unreliable, so
+    prep says what is wrong ("turned too far") instead of "no face found"."""
+    skimage_data = pytest.importorskip("skimage.data")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage_data.camera()).save(photos / "cameraman.png")
+    [entry] = prepare(photos, tmp_path / "dataset", PrepConfig(resolution=128)).entries
+    assert entry["reasons"] == ["turned_away"] and entry["measurements"]["face"]["detector"] == "cnn"
