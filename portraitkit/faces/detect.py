@@ -36,9 +36,9 @@ SAME_PERSON_THRESHOLD = 0.6
 # Boxes and landmarks are mapped back to the full-resolution image.
 DETECT_MAX_PIXELS = 1024 * 768
 
-# The CNN detector's copy: about 4-6 s on one CPU core at this size (measured on a busy 2-core
-# machine). Its 40 px window finds faces of about 60 px and more here; scikit-image's
-# cameraman (512 x 512, a ~75 px face turned towards profile) is found at this size, not at 384.
+# The CNN detector's copy: about 1.9 s of CPU time at this size (5-6 s wall on a busy 2-core
+# machine), against 0.1-0.3 s for the frontal detector. Smaller copies miss turned heads:
+# scikit-image's cameraman (a ~75 px face turned towards profile) is found at 512 x 512, not at 384.
 CNN_MAX_PIXELS = 512 * 512
 
 # The 68-point model was trained on faces up to about three-quarter views: on a head turned

@@ -41,8 +41,8 @@ class Shot:
     backdrop: np.ndarray  # (BACKDROP_CELLS, BACKDROP_CELLS, 3) mean RGB of background pixels, NaN where none
 
     def likeness(self, other: Shot) -> float:
-        """Correlation (-1..1) of the two regions, mirrored or not: about 0.8-1 for edits of one
-        shot, 0.3-0.5 for two people's portraits (data/samples)."""
+        """Correlation (-1..1) of the two regions, mirrored or not: 0.60-0.97 (median 0.86) for
+        the data/samples edits of one photograph, 0.38-0.51 for two people's portraits."""
         return max(_correlation(self.grey, self.inside, other.grey, other.inside),
                    _correlation(self.grey, self.inside, other.grey[:, ::-1], other.inside[:, ::-1]))
 
