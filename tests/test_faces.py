@@ -98,3 +98,38 @@ def test_identity_same_person_and_different_person(hopper, hopper_face):
     astronaut = Image.fromarray(skimage_data.astronaut())
     other_face = detect_faces(astronaut)[0]
     assert identity_distance(reference, face_embedding(astronaut, other_face)) > SAME_PERSON_THRESHOLD
+
+
+# --- heads turned further: dlib's CNN detector where the frontal one finds nothing -------------------
+
+
+def test_a_head_turned_towards_profile_is_found_and_its_landmarks_called_unreliable():
+    """scikit-image's cameraman (CC0, Lav Varshney): a real head turned far towards profile."""
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = Image.fromarray(skimage_data.camera()).convert("RGB")
+    assert detect._frontal(np.asarray(photo))[0] == []  # the frontal detector misses it
+    (face,) = detect_faces(photo)
+    assert face.detector == "cnn"
+    centre = ((face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2)
+    assert 190 < centre[0] < 250 and 120 < centre[1] < 190 and 60 < face.width < 110  # on his face (by eye)
+    # the 68-point model puts a frontal face's layout there: its nose and jaw miss (drawn and
+    # checked by eye), and the 5-point model disagrees with it by far more than on any frontal face
+    assert not face.landmarks_fit and face.misfit > 2 * detect.MAX_LANDMARK_MISFIT
+
+
+def test_the_fallback_gives_landmarks_and_identity_like_the_frontal_detector(hopper, hopper_face, monkeypatch):
+    # No real three-quarter photo ships in a licence-clean package: the fallback path itself is
+    # checked on the frontal portrait, with the frontal detector made to find nothing. The photo
+    # (512 x 600) is above CNN_MAX_PIXELS, so the boxes are also mapped back from the copy.
+    monkeypatch.setattr(detect, "_frontal", lambda pixels: ([], [], 1.0))
+    (face,) = detect_faces(hopper)
+    assert face.detector == "cnn" and face.landmarks_fit
+    eye_distance = np.linalg.norm(np.subtract(*hopper_face.eye_centers()))
+    assert np.linalg.norm(face.landmarks - hopper_face.landmarks, axis=1).mean() < 0.1 * eye_distance
+    same = identity_distance(face_embedding(hopper, hopper_face), face_embedding(hopper, face))
+    assert same < SAME_PERSON_THRESHOLD / 3
+
+
+def test_landmarks_on_something_that_is_not_a_face_are_called_unreliable(samples_dir):
+    face, patch = detect_faces(Image.open(samples_dir / "astronaut.jpg"))  # her face; the mission patch on her suit
+    assert face.landmarks_fit and not patch.landmarks_fit

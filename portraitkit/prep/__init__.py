@@ -6,12 +6,15 @@ The most common reason a personal LoRA looks unlike its owner is a bad training 
 photo is checked, and every decision is written down with the measurements behind it:
 
 1. open it safely (`photos.open_photo`: formats, EXIF orientation, 16-bit, alpha, huge files);
-2. find the face (`detect.detect_faces`): none, several of similar size, or one too small to
-   train on without enlarging it into mush are rejections;
+2. find the face (`detect.detect_faces`: the frontal detector, then the CNN one for turned
+   heads): none, several of similar size, one too small to train on without enlarging it into
+   mush, or one turned so far that its landmarks miss it (`turned_away`) are rejections;
 3. measure it (`diagnose.diagnose_image` on the face): blur and bad exposure are rejections;
    colour cast, harsh shadows, compression, noise and sharpening halos are warnings;
-4. compare the set: a face that is not the person most of the set shows is `different_person`
-   (the set's consensus decides, not the first file); the same shot twice is `duplicate`;
+4. compare the set: the same shot twice is `duplicate` (a re-saved copy) or `same_photograph`
+   (a crop, colour edit or mirror image, compared in the face's own frame: `shots`), naming the
+   one kept; a face that is not the person most of the set shows is `different_person` (the
+   set's consensus decides, not the first file);
 5. crop a square around the face with head-and-shoulders margins, straightened by the eye line,
    resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words;
 6. measure how far the camera was (`distance`: EXIF focal length and the pupils' separation),
@@ -25,7 +28,8 @@ other failure on one photo, is recorded against that photo and the run goes on.
 
 The stage, one module per concept: `config` (PrepConfig), `photo` (what is learned about one
 input, the reason codes), `intake` (finding, examining, staging and publishing the photos),
-`checks` (quality, duplicates, identity, variety), `crops` (face geometry, the crop, its look,
+`checks` (quality, duplicates, identity, variety), `shots` (the face's surroundings in its own
+frame: one photograph counted once, backgrounds told apart), `crops` (face geometry, the crop, its look,
 the caption), `distance` (camera distance and its correction), `masks` (the face-and-hair mask of each crop), `report` (summary, report entries, contact sheet).
 """
 

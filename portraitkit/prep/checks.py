@@ -72,11 +72,14 @@ def hash_hex(bits: np.ndarray) -> str:
 
 
 def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
-    """Group near-identical shots; keep the best of each group, reject the rest as `duplicate`."""
-    from portraitkit.faces.detect import identity_distance
+    """Group the copies of one shot; keep the best of each group, reject the rest naming it.
 
-    hashed = [p for p in photos if p.phash is not None]
-    parent = list(range(len(hashed)))
+    Two photos are one shot when their whole frames hash alike (a re-saved or resized copy:
+    `duplicate`) or when the face and its surroundings match in the face's own frame (a crop,
+    a colour edit, a mirror image: `same_photograph`, `prep.shots`). Groups join through any
+    member, so a crop of a mirrored copy is still the original.
+    """
+    parent = list(range(len(photos)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -84,31 +87,61 @@ def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
             i = parent[i]
         return i
 
-    for i, a in enumerate(hashed):
-        for j in range(i + 1, len(hashed)):
-            b = hashed[j]
-            if int(np.count_nonzero(a.phash != b.phash)) > config.max_hash_distance:
-                continue
-            if a.embedding is not None and b.embedding is not None:
-                if identity_distance(a.embedding, b.embedding) > config.max_duplicate_identity_distance:
-                    continue
-            parent[root(j)] = root(i)
+    for i, a in enumerate(photos):
+        for j in range(i + 1, len(photos)):
+            b = photos[j]
+            if _same_frame(a, b, config) or (config.one_per_photograph and a.shot is not None and b.shot is not None
+                                             and a.shot.likeness(b.shot) >= config.same_photograph_likeness):
+                parent[root(j)] = root(i)
 
     groups: dict[int, list[Photo]] = {}
-    for i, photo in enumerate(hashed):
+    for i, photo in enumerate(photos):
         groups.setdefault(root(i), []).append(photo)
     for group in groups.values():
         if len(group) < 2:
             continue
-        # Keep the one with nothing else wrong, then the most face pixels, then the sharpest.
-        keeper = min(group, key=lambda p: (bool(p.reasons), -_face_width(p), _blur(p), p.source))
+        keeper = _keeper(group)
         for photo in group:
             if photo is keeper:
                 continue
-            photo.add("duplicate")
             photo.duplicate_of = keeper.source
             photo.measurements["duplicate_of"] = keeper.source
-            photo.measurements["hash_distance"] = int(np.count_nonzero(photo.phash != keeper.phash))
+            if _same_frame(photo, keeper, config):
+                photo.add("duplicate")
+                photo.measurements["hash_distance"] = int(np.count_nonzero(photo.phash != keeper.phash))
+                continue
+            photo.add("same_photograph")
+            if photo.shot is not None and keeper.shot is not None:
+                photo.measurements["same_photograph_likeness"] = photo.shot.likeness(keeper.shot)
+            photo.message = (f"the same photograph as {keeper.source} (a crop, edit or mirror image of it), "
+                             "which is kept: one shot counted twice teaches the LoRA that shot, not the face")
+
+
+def _same_frame(a: Photo, b: Photo, config: PrepConfig) -> bool:
+    """The whole frames hash alike and the faces match: a re-saved, resized or re-encoded copy."""
+    from portraitkit.faces.detect import identity_distance
+
+    if a.phash is None or b.phash is None or int(np.count_nonzero(a.phash != b.phash)) > config.max_hash_distance:
+        return False
+    if a.embedding is not None and b.embedding is not None:
+        return identity_distance(a.embedding, b.embedding) <= config.max_duplicate_identity_distance
+    return True
+
+
+def _keeper(group: list[Photo]) -> Photo:
+    """Which copy of a shot to keep: nothing else wrong, the fewest warnings (a tight crop, a
+    colour cast), then among those with the most face pixels (within 5%: landmarks jitter by a
+    pixel or two) the one with the most of the scene around the face (an uncropped original over
+    its crops), then the sharpest."""
+    best = min((bool(p.reasons), len(p.warnings)) for p in group)
+    clean = [p for p in group if (bool(p.reasons), len(p.warnings)) == best]
+    widest = max(_face_width(p) for p in clean)
+    large = [p for p in clean if _face_width(p) >= 0.95 * widest]
+
+    def scene(photo: Photo) -> float:
+        return photo.measurements.get("width", 0) * photo.measurements.get("height", 0) / max(_face_width(photo), 1.0) ** 2
+
+    return min(large, key=lambda p: (-scene(p), _blur(p), p.source))
 
 
 def _face_width(photo: Photo) -> float:
@@ -164,9 +197,11 @@ _VARIETY = {
     # smile with teeth
     "expression": ("mouth_open", 0.15, "Add photos with different expressions: a smile with teeth, a closed-mouth smile, a neutral face."),
 }
-# background: mean colour distance (8-bit RGB) between photos' backgrounds; 40 is a clearly
-# different colour of wall or scenery, less is the same room
-_BACKGROUND_SPREAD = 40.0
+# background: two photos share a background when, in the face's own frame with the person
+# masked out, their colours differ by less than 40 (8-bit RGB, cell by cell; `prep.shots`): 40 is
+# a clearly different colour of wall or scenery, less is the same room. Crops of one photo are
+# then one background however they are framed. Varied: no one background in more than half.
+_SAME_BACKDROP = 40.0
 _BACKGROUND_ADVICE = "Add photos in different places: with one background the model learns it as part of the person."
 
 
@@ -188,10 +223,27 @@ def variety(accepted: list[Photo], config: PrepConfig) -> dict[str, Any]:
         result[aspect] = {"measure": key, "min": float(values.min()), "max": float(values.max()), "spread": spread, "needed": needed, "varied": varied}
         if not varied:
             result["advice"].append(advice)
-    colours = np.array([look["background_rgb"] for look in looks])
-    pairwise = [float(np.linalg.norm(a - b)) for i, a in enumerate(colours) for b in colours[i + 1 :]]
-    spread = float(np.mean(pairwise))
-    result["background"] = {"measure": "mean RGB distance between backgrounds", "spread": spread, "needed": _BACKGROUND_SPREAD, "varied": spread >= _BACKGROUND_SPREAD}
-    if spread < _BACKGROUND_SPREAD:
+    groups = _backdrop_groups(accepted)
+    shared = max(len(group) for group in groups) / len(accepted)
+    result["background"] = {"measure": "share of photos not in front of the most common background",
+                            "spread": 1.0 - shared, "needed": 0.5, "varied": shared <= 0.5, "backgrounds": len(groups)}
+    if shared > 0.5:
         result["advice"].append(_BACKGROUND_ADVICE)
     return result
+
+
+def _backdrop_groups(photos: list[Photo]) -> list[list[Photo]]:
+    """Photos grouped by background: each joins the first group whose first photo's background
+    is within _SAME_BACKDROP of its own; one that cannot be compared stands alone."""
+    groups: list[list[Photo]] = []
+    for photo in photos:
+        for group in groups:
+            first = group[0]
+            if photo.shot is not None and first.shot is not None:
+                distance = photo.shot.backdrop_distance(first.shot)
+                if distance is not None and distance < _SAME_BACKDROP:
+                    group.append(photo)
+                    break
+        else:
+            groups.append([photo])
+    return groups

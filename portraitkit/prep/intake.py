@@ -21,6 +21,7 @@ from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption_words, crop_face, face_geometry, measure_look
 from portraitkit.prep.masks import MASKS_DIR, coverage, crop_mask
 from portraitkit.prep.photo import THUMBNAIL, Photo
+from portraitkit.prep.shots import shot
 from portraitkit.core.settings import check_resolution
 
 STAGING = ".prep-staging"  # hidden, so imagefolder never reads half-finished work
@@ -57,19 +58,29 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def find_inputs(photos_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]:
-    """Photo files under `photos_dir` (sorted, hidden ones and the dataset folder skipped) and the rest."""
+    """Photo files under `photos_dir` (sorted; hidden ones and datasets prep wrote skipped) and the rest.
+
+    A dataset prep wrote (its report.json and metadata.jsonl mark the folder) is never read as
+    photos, whatever --out this run has: its crops are the photos again, and would be counted twice.
+    """
     if not photos_dir.is_dir():
         raise PortraitkitError(f"{photos_dir} is not a folder: give the folder that holds your photos.")
     if out_dir.resolve() == photos_dir.resolve():
         raise PortraitkitError("The dataset folder must differ from the photos folder: choose another --out.")
-    dataset_inside = photos_dir.resolve() in out_dir.resolve().parents
+    datasets = {marker.parent for marker in photos_dir.rglob("report.json") if (marker.parent / "metadata.jsonl").is_file()}
+    if photos_dir.resolve() in out_dir.resolve().parents:
+        datasets.add(out_dir)  # this run's own, before it is marked
+    datasets = {folder.resolve() for folder in datasets}
     inputs, ignored = [], []
     for path in sorted(photos_dir.rglob("*")):
         relative = path.relative_to(photos_dir)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        if any(part.startswith(".") for part in relative.parts):
             continue  # .DS_Store, ._IMG (macOS), .ipynb_checkpoints, our own staging folder
-        if dataset_inside and out_dir.resolve() in path.resolve().parents:
-            continue  # a dataset folder inside the photos folder: our own outputs
+        if path.resolve() in datasets and path.resolve() != out_dir.resolve():
+            ignored.append(printable(relative.as_posix()) + "/ (a dataset prep wrote)")
+            continue
+        if not path.is_file() or datasets.intersection(path.resolve().parents):
+            continue
         if path.suffix.lower() in PHOTO_SUFFIXES:
             inputs.append(path)
         else:
@@ -129,6 +140,10 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
         photo.add("no_face")
         return
     face = found[0]
+    if not face.landmarks_fit:  # found, but the 68 points missed it: crop, identity, pose would be guesses
+        photo.add("turned_away")
+    else:  # as taken, before any correction: edits of one shot are compared as they were made
+        photo.shot = shot(image, face.landmarks)
     distance.measure(photo, path, image, face, config)
     image, face = distance.correct(photo, image, face, config)  # before the crop: the warp needs the whole face
     photo.face_box = face.box
@@ -139,7 +154,8 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     if rivals:
         photo.add("multiple_faces")
     geometry = face_geometry(face.landmarks)
-    photo.measurements["face"] = {"box": list(face.box), "score": face.score, **geometry}
+    photo.measurements["face"] = {"box": list(face.box), "score": face.score, "detector": face.detector,
+                                  "landmark_misfit": face.misfit, **geometry}
 
     diagnosis = diagnose_image(image, face, config.face_limits)
     photo.measurements["quality"] = diagnosis.to_dict()
@@ -157,7 +173,7 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     if crop_info["off_centre"] > config.max_off_centre:
         photo.warnings.append("off_centre")
 
-    if not rivals:  # with two similar faces we do not know whose identity this is
+    if not rivals and face.landmarks_fit:  # with two similar faces we do not know whose identity this is
         photo.embedding = face_embedding(image, face)
     photo.measurements["look"] = measure_look(crop, face.landmarks, geometry)
     photo.caption_words = caption_words(photo, diagnosis)

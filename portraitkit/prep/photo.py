@@ -14,6 +14,7 @@ REJECTIONS = {
     "unreadable": "cannot be read",
     "processing_error": "could not be processed",
     "no_face": "no face found",
+    "turned_away": "head turned too far to the side",
     "multiple_faces": "several faces, none dominant",
     "face_too_small": "face too small",
     "blurry": "blurry",
@@ -21,6 +22,7 @@ REJECTIONS = {
     "overexposed": "too bright",
     "different_person": "a different person",
     "duplicate": "duplicate",
+    "same_photograph": "same photograph",
 }
 WARNINGS = {
     "low_resolution": "enlarged",
@@ -57,6 +59,7 @@ class Photo:
     staged_mask: Path | None = None
     embedding: np.ndarray | None = None
     phash: np.ndarray | None = None
+    shot: Any = None  # prep.shots.Shot: the face's surroundings in its own frame
     caption_words: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
     output: str | None = None

@@ -152,7 +152,8 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
             draw.text((x + 12, y + _CELL // 2 - 8), "cannot be read", fill=_GREY, font=small)
         lines = [(_shorten(photo.source, 32), (30, 30, 30))]
         if photo.reasons:
-            words = [REJECTIONS[c] + (f" of {photo.duplicate_of}" if c == "duplicate" else "") for c in REJECTIONS if c in photo.reasons]
+            named = {"duplicate": f" of {photo.duplicate_of}", "same_photograph": f" as {photo.duplicate_of}"}
+            words = [REJECTIONS[c] + named.get(c, "") for c in REJECTIONS if c in photo.reasons]
             lines += [(line, colour) for line in textwrap.wrap("rejected: " + ", ".join(words), 34)]
         else:
             lines.append(("accepted; blue: the loss mask" if photo.mask is not None else "accepted", colour))
