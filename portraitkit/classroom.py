@@ -52,6 +52,8 @@ class ClassConfig:
     per_style: int | None = setting("portraits per style; default: 2 on a tiny base, 4 on a real one", None)
     sample_steps: int | None = setting("denoising steps per portrait; default: 8 on a tiny base, the style's own on a real one", None)
     seed: int = setting("seed for training and sampling", 0)
+    allow_same_photograph: bool = setting("accept several edits of one photograph as different photos (a class run on "
+                                          "the bundled samples); a real training set should hold different shots", False)
     address: str | None = setting("Ray cluster to join (e.g. auto, or ray://host:10001); default: a local one on this machine", None)
 
 
@@ -81,7 +83,8 @@ def run_class(config: ClassConfig) -> dict:
         pending = {}
         for name, photos in people.items():
             learner = DemoConfig(out_dir=str(out / name), base=config.base, photos_dir=str(photos), train_steps=config.train_steps,
-                                 styles=config.styles, per_style=config.per_style, sample_steps=config.sample_steps, seed=config.seed)
+                                 styles=config.styles, per_style=config.per_style, sample_steps=config.sample_steps, seed=config.seed,
+                                 allow_same_photograph=config.allow_same_photograph)
             key = _fingerprint(photos, learner)
             done = previous.get(name, {}).get("done", []) if previous.get(name, {}).get("fingerprint") == key else []
             state = {"name": name, "fingerprint": key, "done": list(done), "seconds": dict(previous.get(name, {}).get("seconds", {})),

@@ -120,6 +120,9 @@ def add_prep(subparsers) -> None:
     parser.add_argument("--correct-distance", action="store_true",
                         help="re-render photos taken from under 60 cm (EXIF focal length and face size) as if from 150 cm, "
                         "so the LoRA does not learn a selfie's wider nose as the face")
+    parser.add_argument("--allow-same-photograph", action="store_true",
+                        help="accept crops, mirror images and colour edits of one photograph as different photos "
+                        "(the bundled samples are one photograph edited to show every check; your own set should hold different shots)")
     parser.set_defaults(func=run_prep)
 
 
@@ -127,7 +130,7 @@ def run_prep(args) -> int:
     from portraitkit.prep import PrepConfig, prepare
 
     config = PrepConfig(resolution=args.resolution, token=args.token, class_word=args.class_word,
-                        correct_distance=args.correct_distance)
+                        correct_distance=args.correct_distance, one_per_photograph=not args.allow_same_photograph)
     result = prepare(args.photos_dir, args.out_dir, config)
     print(f"Dataset in {result.out_dir}: see report.json and contact_sheet.png there.")
     if not result.enough:

@@ -44,6 +44,9 @@ class DemoConfig:
     per_style: int | None = setting("portraits per style; default: 2 on a tiny base, 4 on a real one", None)
     sample_steps: int | None = setting("denoising steps per portrait; default: 8 on a tiny base, the style's own (30) on a real one", None)
     seed: int = setting("seed for training and sampling", 0)
+    allow_same_photograph: bool | None = setting(
+        "accept several edits of one photograph as different photos; default: only for the bundled samples, which are "
+        "one photograph edited to show every check (a real training set should hold different shots)", None)
 
 
 @dataclass
@@ -132,7 +135,11 @@ def run_stage(stage: str, photos: Path, out: Path, config: DemoConfig, settings:
 def _prep(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
     from portraitkit.prep import PrepConfig, prepare
 
-    prepared = prepare(photos, out / "dataset", PrepConfig(resolution=settings.prep_resolution, token="sks", class_word="person"))
+    allow = config.allow_same_photograph
+    if allow is None:
+        allow = photos.resolve() == SAMPLES.resolve()
+    prepared = prepare(photos, out / "dataset", PrepConfig(resolution=settings.prep_resolution, token="sks", class_word="person",
+                                                           one_per_photograph=not allow))
     if not prepared.enough:
         raise PortraitkitError(prepared.message)
 

@@ -24,7 +24,7 @@ def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, caps
             shutil.copy2(samples_dir / name, root / learner / name)
     out = tmp_path / "class"
     args = ["class", str(root), "--out", str(out), "--base", "tiny-sd", "--train-steps", "2", "--styles", "studio",
-            "--per-style", "1", "--sample-steps", "2"]
+            "--per-style", "1", "--sample-steps", "2", "--allow-same-photograph"]
     assert main(args) == 1  # one learner failed, said so, and the others finished
     printed = capsys.readouterr().out
     assert "2 of 3 learners done" in printed and "nobody: prep:" in printed

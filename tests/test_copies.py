@@ -23,7 +23,7 @@ def dataset(tmp_path_factory, samples_dir):
     for name in TRAINING:
         shutil.copy(samples_dir / name, photos / name)
     out = tmp_path_factory.mktemp("dataset") / "dataset"
-    assert len(prepare(photos, out, PrepConfig(resolution=256)).accepted) == len(TRAINING)
+    assert len(prepare(photos, out, PrepConfig(resolution=256, one_per_photograph=False)).accepted) == len(TRAINING)
     return out
 
 

@@ -68,7 +68,7 @@ def selfie_folder(samples_dir, tmp_path_factory):
 
 
 def test_prep_reports_distances_and_warns_on_a_set_of_selfies(selfie_folder, tmp_path):
-    prepare(selfie_folder, tmp_path / "ds", PrepConfig(min_accepted=1))
+    prepare(selfie_folder, tmp_path / "ds", PrepConfig(min_accepted=1, one_per_photograph=False))
     report = json.loads((tmp_path / "ds" / "report.json").read_text())
     by_name = {p["source"]: p for p in report["photos"]}
     assert by_name["no_exif.jpg"]["measurements"]["camera_distance_cm"] is None
@@ -109,7 +109,7 @@ def test_correct_distance_narrows_the_nose_by_what_the_head_model_predicts(sampl
 
 def test_prep_correct_distance_records_where_each_photo_came_from(selfie_folder, tmp_path, capsys):
     out = tmp_path / "corrected"
-    assert cli.main(["prep", str(selfie_folder), "--out", str(out), "--correct-distance"]) == 0
+    assert cli.main(["prep", str(selfie_folder), "--out", str(out), "--correct-distance", "--allow-same-photograph"]) == 0
     report = json.loads((out / "report.json").read_text())
     corrected = [p for p in report["photos"] if p["measurements"].get("corrected_from_cm") is not None]
     assert corrected and all(p["measurements"]["corrected_from_cm"] == p["measurements"]["camera_distance_cm"] for p in corrected)

@@ -133,3 +133,18 @@ def test_the_fallback_gives_landmarks_and_identity_like_the_frontal_detector(hop
 def test_landmarks_on_something_that_is_not_a_face_are_called_unreliable(samples_dir):
     face, patch = detect_faces(Image.open(samples_dir / "astronaut.jpg"))  # her face; the mission patch on her suit
     assert face.landmarks_fit and not patch.landmarks_fit
+
+
+def test_pick_does_not_judge_a_face_whose_landmarks_missed(hopper, portrait_path, tmp_path):
+    """A near-profile portrait is left unscored with a reason, not ranked by an embedding read from
+    misplaced points (which would put a stranger's likeness on it)."""
+    from portraitkit.pick.likeness import IdentityScorer
+
+    skimage_data = pytest.importorskip("skimage.data")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    hopper.save(reference / "hopper.png")
+    scorer = IdentityScorer.from_folder(reference)
+    turned = scorer.score(Image.fromarray(skimage_data.camera()).convert("RGB"))
+    assert turned["identity_distance"] is None and "turned too far" in " ".join(turned["reasons"])
+    assert scorer.score(hopper)["identity_distance"] < 0.1  # a frontal face still is

@@ -24,7 +24,7 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
     photos.mkdir()
     for name in PHOTOS:
         shutil.copy2(samples_dir / name, photos / name)
-    assert main(["prep", str(photos), "--out", str(dataset), "--resolution", "128"]) == 0
+    assert main(["prep", str(photos), "--out", str(dataset), "--resolution", "128", "--allow-same-photograph"]) == 0
     rows = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) >= 5 and all(len(row["original_size"]) == 2 and len(row["crop_top_left"]) == 2 for row in rows)
     # SDXL's size/crop ids are each photo's own, as prep recorded them (the crop scaled to 64 px).

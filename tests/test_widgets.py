@@ -125,7 +125,7 @@ def prepared(tmp_path_factory, samples_dir):
     from portraitkit.prep import PrepConfig, prepare
 
     out = tmp_path_factory.mktemp("prepared") / "dataset"
-    prepare(samples_dir, out, PrepConfig(resolution=128))
+    prepare(samples_dir, out, PrepConfig(resolution=128, one_per_photograph=False))
     return out
 
 

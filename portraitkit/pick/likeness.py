@@ -180,6 +180,8 @@ class IdentityScorer:
         if not found:
             return unscored("no face found")
         face = found[0]  # the largest: the subject of a portrait
+        if not face.landmarks_fit:  # a head turned towards profile: its embedding would be read from misplaced points
+            return unscored("face turned too far to the side to judge its likeness")
         # Other detections count only when dlib is sure, as in prep (a badge can look like a face).
         others = [f for f in found[1:] if f.score >= FaceLimits.other_face_min_score]
         distance = self.distance(face_embedding(image, face))
