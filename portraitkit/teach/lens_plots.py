@@ -152,7 +152,7 @@ def selfie_difference_figure(far, near, far_landmarks, near_landmarks, far_label
     top, bottom = pts[17:27, 1].min() - margin, pts[48:68, 1].max() + margin
     box = (max(0, int(left - margin)), max(0, int(top)), min(far_px.shape[1], int(right + margin)),
            min(far_px.shape[0], int(bottom)))
-    figure = Figure(figsize=(13, 5.2), dpi=90)
+    figure = Figure(figsize=(13, 4.4), dpi=90)
     axes = figure.subplots(1, 3)
     ratios = []
     for ax, pixels, landmarks, label in ((axes[0], far_px, far_landmarks, far_label),
@@ -162,7 +162,7 @@ def selfie_difference_figure(far, near, far_landmarks, near_landmarks, far_label
         ratios.append(nose / face)
         ax.imshow(pixels)
         for (a, b), colour in ((NOSE_WINGS, "#ff3b30"), (FACE_SIDES, "#ffd60a")):
-            ax.plot(marks[[a, b], 0], marks[[a, b], 1], "-o", color=colour, lw=2, ms=4)
+            ax.plot(marks[[a, b], 0], marks[[a, b], 1], "-o", color=colour, lw=2.5, ms=5)
         ax.set_title(f"{label}\nnose {nose:.1f} px / face {face:.1f} px = {nose / face:.3f}", fontsize=11)
     overlay = np.stack([far_px.mean(axis=2), near_px.mean(axis=2), near_px.mean(axis=2)], axis=2)
     axes[2].imshow(overlay)
