@@ -79,6 +79,15 @@ def test_the_samples_button_fills_an_empty_folder_for_a_learner_without_photos(t
     assert [p.name for p in list_photos(tmp_path / "photos")] == copied
 
 
+def test_without_the_repository_the_samples_button_says_where_they_are(tmp_path, monkeypatch):
+    import portraitkit.demo
+
+    monkeypatch.setattr(portraitkit.demo, "SAMPLES", tmp_path / "not-here")  # a pip install, outside Colab
+    panel = UploadPanel(tmp_path / "photos")
+    panel.samples.click()
+    assert "clone https://github.com/portraitkit/portraitkit" in panel.status.value and GREEN not in panel.status.value
+
+
 def test_picks_panel_ticks_are_saved_and_export_writes_the_zip(tmp_path):
     images = make_portraits(tmp_path / "portraits")
     drive = tmp_path / "drive" / "picks"

@@ -11,6 +11,9 @@ from portraitkit.core.errors import PortraitkitError
 from portraitkit.widgets.panel import THUMB_PX, Panel, card, file_name_html, gallery, say, thumbnail
 
 
+SOURCE_REPOSITORY = "https://github.com/portraitkit/portraitkit"  # where the notebooks' %pip install takes portraitkit from
+
+
 # --- upload (local Jupyter; in Colab use portraitkit.colab.upload_photos) -------------------------
 
 
@@ -30,17 +33,24 @@ def copy_samples(dest_dir: str | Path) -> list[Path]:
     portrait of Grace Hopper in 14 imperfect variants, plus the mistakes a real folder holds) into
     `dest_dir`, for a learner without photos of their own; returns the photos now there."""
     import shutil
+    import subprocess
 
-    from portraitkit.colab import list_photos
+    from portraitkit.colab import in_colab, list_photos
     from portraitkit.demo import SAMPLES
 
-    if not SAMPLES.is_dir():
+    samples = SAMPLES
+    if not samples.is_dir() and in_colab():  # pip installed the package only: fetch the repository once
+        source = Path("/content/portraitkit-source")
+        if not source.is_dir():
+            subprocess.run(["git", "clone", "-q", "--depth", "1", SOURCE_REPOSITORY, str(source)], check=False)
+        samples = source / "data" / "samples"
+    if not samples.is_dir():
         raise PortraitkitError(
-            f"the sample photos come with the source repository, not the pip package (no {SAMPLES}): "
-            "clone https://github.com/portraitkit/portraitkit and set PHOTOS_DIR to its data/samples folder")
+            f"the sample photos come with the source repository, not the pip package (no {samples}): "
+            f"clone {SOURCE_REPOSITORY} and set PHOTOS_DIR to its data/samples folder")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    for photo in list_photos(SAMPLES):
+    for photo in list_photos(samples):
         if not (dest_dir / photo.name).is_file():  # a re-run copies nothing twice
             shutil.copy2(photo, dest_dir / photo.name)
     return list_photos(dest_dir)
