@@ -95,7 +95,7 @@ def jsonable(value: Any) -> Any:
 # --- contact sheet ------------------------------------------------------------------------------------
 
 _CELL = THUMBNAIL  # a cell of the sheet holds one photo's thumbnail
-_LINE, _WRAP = 20, 28  # caption line height (px) and characters per line at 17 px, inside a 220 px cell
+_LINE, _LINES = 20, 6  # caption line height (px) and lines at most, for 17 px captions
 _GREEN, _AMBER, _RED, _GREY = (46, 160, 67), (214, 150, 0), (207, 34, 46), (110, 110, 110)
 
 
@@ -116,7 +116,7 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
     columns = min(5, max(1, len(photos)))
     rows = math.ceil(len(photos) / columns)
     # Sizes for a sheet shown about 900 px wide in a notebook (0.78x): 17 px captions read as ~13 px.
-    pad, text_height = 10, 5 * _LINE + 8
+    pad, text_height = 10, _LINES * _LINE + 8
     width = columns * (_CELL + pad) + pad
     title_lines = textwrap.wrap(summary["message"], max(30, width // 12))
     header = 16 + 28 * len(title_lines)
@@ -152,26 +152,38 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
         else:
             draw.rectangle((x, y, x + _CELL - 1, y + _CELL - 1), fill=(225, 225, 225))
             draw.text((x + 12, y + _CELL // 2 - 8), "cannot be read", fill=_GREY, font=small)
-        lines = [(_shorten(photo.source, 27), (30, 30, 30))]
+        lines = [(photo.source, (30, 30, 30))]
         if photo.reasons:
             words = [REJECTIONS[c] + (f" of {photo.duplicate_of}" if c == "duplicate" else "") for c in REJECTIONS if c in photo.reasons]
-            lines += [(line, colour) for line in textwrap.wrap("rejected: " + ", ".join(words), _WRAP)]
+            lines.append(("rejected: " + ", ".join(words), colour))
         else:
             lines.append(("accepted; blue: the loss mask" if photo.mask is not None else "accepted", colour))
         if photo.measurements.get("camera_distance_cm") is not None:  # prep.distance
             where = f"camera ~{photo.measurements['camera_distance_cm']:.0f} cm"
             if photo.measurements.get("corrected_from_cm"):
                 where += f", shown as from {photo.measurements['corrected_to_cm']:.0f} cm"
-            lines += [(line, (30, 30, 30)) for line in textwrap.wrap(where, _WRAP)]
+            lines.append((where, (30, 30, 30)))
         elif "camera_distance" in photo.measurements:
             lines.append(("camera distance unknown (no EXIF)", _GREY))
         if photo.warnings:
             warned = "warnings: " + ", ".join(WARNINGS[c] for c in WARNINGS if c in photo.warnings)
-            lines += [(line, (30, 30, 30)) for line in textwrap.wrap(warned, _WRAP)]
-        for n, (line, fill) in enumerate(lines[:5]):
+            lines.append((warned, (30, 30, 30)))
+        wrapped = [(part, fill) for line, fill in lines for part in _fit(line, small, _CELL + pad // 2)]  # never into the next cell
+        for n, (line, fill) in enumerate(wrapped[:_LINES]):
             draw.text((x, y + _CELL + 6 + _LINE * n), line, fill=fill, font=small)
     return sheet
 
 
-def _shorten(text: str, length: int) -> str:
-    return text if len(text) <= length else "..." + text[-(length - 3) :]
+def _fit(text: str, font, width: int) -> list[str]:
+    """`text` wrapped at spaces into lines at most `width` pixels wide in `font`; a word wider than
+    that (a long file name) keeps its end, the part that tells the files apart."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        while font.getlength(word) > width:
+            word = "..." + word[4:]
+        if line and font.getlength(f"{line} {word}") > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line]

@@ -15,6 +15,7 @@ precision. A re-run into the same folder keeps the images whose recipe has not c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -136,7 +137,8 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         key = (str(lora_dir.resolve()), shared["lora_hash"], config.sampler, shared["vae"])
         if loaded.get("key") != key:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"]))
+            with contextlib.nullcontext() if progress else _no_loading_bars():
+                loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"]))
             with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
                 lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
         pipe = loaded["pipe"]
@@ -165,6 +167,23 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         with_images = [Image.open(out_dir / name).convert("RGB") for name in files]
         save_image(out_dir / "grids" / f"{style.name}.png", image_grid(with_images, columns=min(4, len(with_images))))
     return planned
+
+
+@contextlib.contextmanager
+def _no_loading_bars():
+    """diffusers' and transformers' loading bars off for the block, then as they were."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    were_on = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
+    for module, _ in were_on:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, on in were_on:
+            if on:
+                module.enable_progress_bar()
 
 
 def what_differs(config: SampleConfig, style: Style, resolution: int, trained: int, run_vae: str | None) -> list[str]:
@@ -215,7 +234,8 @@ def compare_dials(config: SampleConfig, out_dir: str | Path, styles: dict[str, S
     styles = styles or style_library(config)
     first = select_styles(styles, config.styles)[0]
     one = dataclasses.replace(config, styles=[first.name], per_style=1)
-    variants = [(f"guidance_{g:g}", {"guidance_scale": g}, f"guidance {g:g}") for g in guidance_scales]
+    variants = [(f"guidance_{g:g}", {"guidance_scale": g}, f"guidance {g:g}" + (" (the style's)" if g == first.guidance_scale else ""))
+                for g in guidance_scales]
     variants += [(f"strength_{s:g}", {"lora_scale": s}, f"strength {s:g}" + (" (base alone)" if s == 0 else ""))
                  for s in lora_scales]
     pictures, loaded = [], {}
