@@ -36,7 +36,7 @@ def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, caps
         assert learners[name]["status"] == "done" and learners[name]["done"] == ["prep", "train", "sample", "pick"]
         assert set(learners[name]["seconds"]) == {"prep", "train", "sample", "pick"}
         ranking = json.loads((out / name / "portraits" / "ranking.json").read_text())
-        assert [row["file"] for row in ranking] == ["studio_seed0.png"]
+        assert [row["file"] for row in ranking] == ["studio_seed0_steps2.png"]  # --sample-steps 2 is in the name
         assert (out / name / "run" / "pytorch_lora_weights.safetensors").is_file()
     assert learners["nobody"]["status"] == "failed" and learners["nobody"]["reason"].startswith("prep: ")
     assert not (out / "nobody" / "run").exists()  # nothing trained on photos prep refused

@@ -9,6 +9,7 @@ working folder, with the `python3` kernel pointed at the interpreter running the
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,8 +27,8 @@ OVERRIDES: dict[str, dict] = {
     # each notebook runs in its own tmp folder under the session's basetemp, so "../course" is
     # the same folder for all of them and a fresh one in every test session. Tiny base, 64 px.
     "00_setup.ipynb": {"params": {"WORK_DIR": "../course"}, "timeout": 60},
-    "03_prepare_photos.ipynb": {"params": {"WORK_DIR": "../course", "PHOTOS_DIR": str(NOTEBOOKS.parent / "data" / "samples"),
-                                           "RESOLUTION": 128, "UPLOAD": False}, "timeout": 120},
+    # 03 takes the route of a learner without photos: the course's samples, copied in by the notebook.
+    "03_prepare_photos.ipynb": {"params": {"WORK_DIR": "../course", "USE_SAMPLES": True, "RESOLUTION": 128}, "timeout": 120},
     "04_train_lora.ipynb": {"params": {"WORK_DIR": "../course", "BASE": "tiny-sd", "STEPS": 4, "RANK": 4, "RESOLUTION": 64,
                                        "CHECKPOINT_EVERY": 2, "VALIDATE_EVERY": 2, "VALIDATION_STEPS": 2}, "timeout": 180},
     "05_styled_portraits.ipynb": {"params": {"WORK_DIR": "../course", "STYLES": ["studio", "outdoor"], "PER_STYLE": 2,
@@ -78,7 +79,7 @@ CHAIN = ["03_prepare_photos.ipynb", "04_train_lora.ipynb", "05_styled_portraits.
 _EXECUTED: set[str] = set()
 
 
-def execute(name: str, folder) -> None:
+def execute(name: str, folder):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
     assert notebook.metadata.get("accelerator") == "GPU" and notebook.metadata["colab"]["gpuType"] == "T4"
@@ -96,6 +97,7 @@ def execute(name: str, folder) -> None:
     _EXECUTED.add(name)
     problems = output_problems(notebook)
     assert not problems, f"{name}: " + "; ".join(problems)
+    return notebook
 
 
 def output_problems(notebook) -> list[str]:
@@ -109,7 +111,44 @@ def output_problems(notebook) -> list[str]:
             data = output.get("data", {})
             if set(data) == {"text/plain"} and str(data["text/plain"]).startswith("<Figure size"):
                 problems.append(f"cell {number} shows a figure as text: {data['text/plain']}")
+            if "Generating train split" in json.dumps(output):  # datasets' cache at work, not the learner's
+                problems.append(f"cell {number} shows datasets' progress bar")
     return problems
+
+
+def printed(notebook, cell_id: str) -> str:
+    """What the cell with this id printed."""
+    [cell] = [cell for cell in notebook.cells if cell.get("id") == cell_id]
+    return "".join(output.get("text", "") for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+
+
+def check_04(notebook, work) -> None:
+    """The LoRA layer built by hand is asserted equal to peft's, at two alphas, and said so."""
+    [cell] = [cell for cell in notebook.cells if cell.get("id") == "04-lora2"]
+    assert "assert torch.allclose(mine(x), theirs(x)" in cell.source and "lora.add_adapters" in cell.source
+    assert printed(notebook, "04-lora2").count("largest difference from peft") == 2
+
+
+def check_05(notebook, work) -> None:
+    """The count 05 prints is the count of portraits in the folder, and the manifest lists exactly those files."""
+    found = re.search(r"(\d+) portraits with these settings; (\S+) holds (\d+) in all", printed(notebook, "05-09"))
+    assert found, printed(notebook, "05-09")
+    images = Path(found.group(2))
+    files = sorted(p.name for p in images.glob("*.png") if p.name != "picks.png")
+    manifest = sorted(entry["file"] for entry in json.loads((images / "manifest.json").read_text()))
+    assert int(found.group(3)) == len(files) and manifest == files
+    assert int(found.group(1)) == len(OVERRIDES["05_styled_portraits.ipynb"]["params"]["STYLES"]) * OVERRIDES["05_styled_portraits.ipynb"]["params"]["PER_STYLE"]
+
+
+def check_06(notebook, work) -> None:
+    """Exercise 1 mirrors a photo training read (metadata.jsonl), never the contact sheet."""
+    said = printed(notebook, "06-ex1c")
+    name = said.split(" and its mirror image")[0]
+    trained = {row["file_name"] for row in map(json.loads, (work / "dataset" / "metadata.jsonl").read_text().splitlines())}
+    assert name in trained, said
+
+
+CHECKS = {"04_train_lora.ipynb": check_04, "05_styled_portraits.ipynb": check_05, "06_final_picks.ipynb": check_06}
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
@@ -117,7 +156,9 @@ def test_notebook_runs_top_to_bottom(name, kernel_env, tmp_path, tmp_path_factor
     for earlier in CHAIN[:CHAIN.index(name)] if name in CHAIN else []:
         if earlier not in _EXECUTED:
             execute(earlier, tmp_path_factory.mktemp("before"))  # a sibling folder: "../course" is the same
-    execute(name, tmp_path)
+    notebook = execute(name, tmp_path)
+    if name in CHECKS:
+        CHECKS[name](notebook, tmp_path.parent / "course")
 
 
 def test_run_all_of_03_before_any_upload_stops_with_one_sentence(kernel_env, tmp_path):
@@ -134,5 +175,6 @@ def test_run_all_of_03_before_any_upload_stops_with_one_sentence(kernel_env, tmp
     said = [output["text"] for output in outputs if output["output_type"] == "stream" and output["name"] == "stderr"]
     assert not [output for output in outputs if output["output_type"] == "error"]  # no traceback
     assert len(said) == 1 and said[0].startswith("portraitkit: No photos found in") and len(said[0].strip().splitlines()) == 1
+    assert "USE_SAMPLES = True" in said[0]  # what to do next, for a learner without photos too
     printed = "".join(output.get("text", "") for output in outputs if output["output_type"] == "stream")
     assert "0 photos in" not in printed  # the upload panel's own line says it, and updates

@@ -114,8 +114,8 @@ def test_png_carries_the_recipe_in_automatic1111_layout(sampled, run_dir):
 
 def test_same_seed_gives_the_same_image_and_a_rerun_keeps_finished_ones(run_dir, sampled, tmp_path):
     again = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=2, seed=7, steps=STEPS))
-    assert np.array_equal(pixels(tmp_path / again[0]["file"]), pixels(sampled / "studio_seed7.png"))
-    assert not np.array_equal(pixels(tmp_path / "studio_seed7.png"), pixels(tmp_path / "studio_seed8.png"))
+    assert np.array_equal(pixels(tmp_path / again[0]["file"]), pixels(sampled / again[0]["file"]))
+    assert not np.array_equal(pixels(tmp_path / again[0]["file"]), pixels(tmp_path / again[1]["file"]))
 
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
     sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=2, seed=7, steps=STEPS))
@@ -139,7 +139,7 @@ def test_lora_scale_zero_gives_the_base_models_image(run_dir, sampled, tmp_path)
                 height=64, width=64, generator=torch.Generator().manual_seed(7)).images[0]
     base = np.asarray(base, dtype=np.int16)
     assert np.array_equal(pixels(tmp_path / made["file"]), base)
-    assert np.abs(pixels(sampled / "studio_seed7.png") - base).max() > 10  # at scale 1 the LoRA shows
+    assert np.abs(pixels(sampled / f"studio_seed7_steps{STEPS}.png") - base).max() > 10  # at scale 1 the LoRA shows
 
 
 def test_token_and_class_word_come_from_the_captions_or_the_user(tmp_path):
@@ -199,7 +199,8 @@ def test_compare_dials_changes_one_setting_at_a_time(run_dir, tmp_path, monkeypa
     config = SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "images"), styles=["studio"], seed=3, steps=STEPS)
     grid = compare_dials(config, tmp_path / "dials", guidance_scales=(2.0, 9.0), lora_scales=(0.0, 1.0))
     assert len(loads) == 1  # four images, one pipeline
-    assert grid.size == (2 * 64, 2 * 64)  # guidance on top, LoRA strength below
+    # guidance on top, LoRA strength below, each picture enlarged to 256 px and labelled in the image
+    assert grid.width > 2 * 256 and grid.height > 2 * 256
     recipes = {folder.name: json.loads((folder / "manifest.json").read_text())[0] for folder in (tmp_path / "dials").iterdir()}
     assert {r["guidance_scale"] for n, r in recipes.items() if n.startswith("guidance")} == {2.0, 9.0}
     assert {r["lora_scale"] for n, r in recipes.items() if n.startswith("strength")} == {0.0, 1.0}
@@ -208,5 +209,23 @@ def test_compare_dials_changes_one_setting_at_a_time(run_dir, tmp_path, monkeypa
     [plain] = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "plain"), styles=["studio"], seed=3,
                                   per_style=1, steps=STEPS))
     assert np.array_equal(pixels(tmp_path / "plain" / plain["file"]), pixels(tmp_path / "dials" / "strength_1" / plain["file"]))
-    assert not np.array_equal(pixels(tmp_path / "dials" / "guidance_2" / plain["file"]),
-                              pixels(tmp_path / "dials" / "guidance_9" / plain["file"]))
+    assert not np.array_equal(pixels(tmp_path / "dials" / "guidance_2" / recipes["guidance_2"]["file"]),
+                              pixels(tmp_path / "dials" / "guidance_9" / recipes["guidance_9"]["file"]))
+
+
+def test_other_settings_never_overwrite_a_portrait_and_the_manifest_stays_true(run_dir, tmp_path):
+    """A re-render at another LoRA strength or guidance gets its own name; every manifest row
+    describes the file of that name (its PNG recipe says the same)."""
+    made = []
+    for change in ({}, {"lora_scale": 0.5}, {"guidance_scale": 3.0}):
+        made += sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=1, seed=7,
+                                    steps=STEPS, **change))
+    assert [m["file"] for m in made] == [f"studio_seed7_steps{STEPS}.png", f"studio_seed7_lora0.5_steps{STEPS}.png",
+                                         f"studio_seed7_cfg3_steps{STEPS}.png"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(e["file"] for e in manifest) == sorted(p.name for p in tmp_path.glob("*.png")) == sorted(m["file"] for m in made)
+    for entry in manifest:
+        recipe = read_parameters(tmp_path / entry["file"])
+        assert (float(recipe["CFG scale"]), f"<lora:pytorch_lora_weights_kohya:{entry['lora_scale']:g}>") == (
+            entry["guidance_scale"], re.search(r"<lora:[^>]+>", recipe["prompt"]).group(0))
+    assert not np.array_equal(pixels(tmp_path / made[0]["file"]), pixels(tmp_path / made[1]["file"]))

@@ -17,6 +17,7 @@ from portraitkit.widgets.training import LossMonitor, TrainPanel
 from test_export import make_portraits  # tests/ is on sys.path (pytest's default import mode)
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
+GREEN = "#1a7f37"  # panel.say's colour for all is well
 
 
 @pytest.fixture(autouse=True)
@@ -58,11 +59,33 @@ def browser_upload(upload, files: dict[str, bytes]) -> None:
 def test_upload_panel_saves_photos_and_names_the_empty_ones(tmp_path, portrait_path):
     panel = UploadPanel(tmp_path / "photos")
     assert "0 photos in" in panel.status.value and "Add photos" in panel.status.value  # the count is the panel's own
+    assert GREEN not in panel.status.value  # nothing to prepare yet is not good news
     content = portrait_path.read_bytes()
     browser_upload(panel.upload, {"me.jpg": content, "big.jpg": b""})
     assert (tmp_path / "photos" / "me.jpg").read_bytes() == content
     assert not (tmp_path / "photos" / "big.jpg").exists()
     assert "1 photos in" in panel.status.value and "big.jpg arrived empty" in panel.status.value
+
+
+def test_the_samples_button_fills_an_empty_folder_for_a_learner_without_photos(tmp_path, samples_dir):
+    from portraitkit.colab import list_photos
+
+    panel = UploadPanel(tmp_path / "photos")
+    panel.samples.click()
+    copied = [p.name for p in list_photos(tmp_path / "photos")]
+    assert copied == [p.name for p in list_photos(samples_dir)] and len(copied) == 17
+    assert f"{len(copied)} photos in" in panel.status.value and GREEN in panel.status.value
+    panel.samples.click()  # again: nothing doubles
+    assert [p.name for p in list_photos(tmp_path / "photos")] == copied
+
+
+def test_without_the_repository_the_samples_button_says_where_they_are(tmp_path, monkeypatch):
+    import portraitkit.demo
+
+    monkeypatch.setattr(portraitkit.demo, "SAMPLES", tmp_path / "not-here")  # a pip install, outside Colab
+    panel = UploadPanel(tmp_path / "photos")
+    panel.samples.click()
+    assert "clone https://github.com/portraitkit/portraitkit" in panel.status.value and GREEN not in panel.status.value
 
 
 def test_picks_panel_ticks_are_saved_and_export_writes_the_zip(tmp_path):
@@ -234,7 +257,7 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     panel = TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64)
     assert "estimated" in panel.estimate.value and "fits" in panel.estimate.value and "GiB" in panel.estimate.value
     assert "Estimates, not measurements" in panel.estimate.value and "noise, not portraits" in panel.estimate.value
-    assert "A new run" in panel.resume.value
+    assert "training starts a new run" in panel.resume.value
 
     panel.rank.value = 8
     panel.text_encoder.value = True

@@ -95,6 +95,7 @@ def jsonable(value: Any) -> Any:
 # --- contact sheet ------------------------------------------------------------------------------------
 
 _CELL = THUMBNAIL  # a cell of the sheet holds one photo's thumbnail
+_LINE, _LINES = 20, 6  # caption line height (px) and lines at most, for 17 px captions
 _GREEN, _AMBER, _RED, _GREY = (46, 160, 67), (214, 150, 0), (207, 34, 46), (110, 110, 110)
 
 
@@ -114,15 +115,16 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
     """
     columns = min(5, max(1, len(photos)))
     rows = math.ceil(len(photos) / columns)
-    pad, text_height = 10, 78
+    # Sizes for a sheet shown about 900 px wide in a notebook (0.78x): 17 px captions read as ~13 px.
+    pad, text_height = 10, _LINES * _LINE + 8
     width = columns * (_CELL + pad) + pad
-    title_lines = textwrap.wrap(summary["message"], max(30, width // 10))
-    header = 16 + 24 * len(title_lines)
+    title_lines = textwrap.wrap(summary["message"], max(30, width // 12))
+    header = 16 + 28 * len(title_lines)
     sheet = Image.new("RGB", (width, header + rows * (_CELL + text_height + pad) + pad), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    title, small = _font(18), _font(13)
+    title, small = _font(22), _font(17)
     for n, line in enumerate(title_lines):
-        draw.text((pad, 8 + 24 * n), line, fill=(20, 20, 20), font=title)
+        draw.text((pad, 8 + 28 * n), line, fill=(20, 20, 20), font=title)
     for index, photo in enumerate(photos):
         x = pad + (index % columns) * (_CELL + pad)
         y = header + (index // columns) * (_CELL + text_height + pad)
@@ -141,8 +143,8 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
                 inset = photo.thumbnail_before.copy()
                 inset.thumbnail((_CELL // 3, _CELL // 3), Image.Resampling.LANCZOS)
                 sheet.paste(inset, (ox, oy))
-                draw.rectangle((ox, oy, ox + inset.width, oy + inset.height + 15), outline=(255, 255, 255), width=1)
-                draw.rectangle((ox + 1, oy + inset.height, ox + inset.width - 1, oy + inset.height + 14), fill=(30, 30, 30))
+                draw.rectangle((ox, oy, ox + inset.width, oy + inset.height + 19), outline=(255, 255, 255), width=1)
+                draw.rectangle((ox + 1, oy + inset.height, ox + inset.width - 1, oy + inset.height + 18), fill=(30, 30, 30))
                 draw.text((ox + 3, oy + inset.height), "as taken", fill=(255, 255, 255), font=small)
             elif photo.face_box is not None:
                 l, t, r, b = (v * photo.thumb_scale for v in photo.face_box)
@@ -150,27 +152,39 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
         else:
             draw.rectangle((x, y, x + _CELL - 1, y + _CELL - 1), fill=(225, 225, 225))
             draw.text((x + 12, y + _CELL // 2 - 8), "cannot be read", fill=_GREY, font=small)
-        lines = [(_shorten(photo.source, 32), (30, 30, 30))]
+        lines = [(photo.source, (30, 30, 30))]
         if photo.reasons:
             named = {"duplicate": f" of {photo.duplicate_of}", "same_photograph": f" as {photo.duplicate_of}"}
             words = [REJECTIONS[c] + named.get(c, "") for c in REJECTIONS if c in photo.reasons]
-            lines += [(line, colour) for line in textwrap.wrap("rejected: " + ", ".join(words), 34)]
+            lines.append(("rejected: " + ", ".join(words), colour))
         else:
             lines.append(("accepted; blue: the loss mask" if photo.mask is not None else "accepted", colour))
         if photo.measurements.get("camera_distance_cm") is not None:  # prep.distance
             where = f"camera ~{photo.measurements['camera_distance_cm']:.0f} cm"
             if photo.measurements.get("corrected_from_cm"):
                 where += f", shown as from {photo.measurements['corrected_to_cm']:.0f} cm"
-            lines += [(line, (30, 30, 30)) for line in textwrap.wrap(where, 34)]
+            lines.append((where, (30, 30, 30)))
         elif "camera_distance" in photo.measurements:
             lines.append(("camera distance unknown (no EXIF)", _GREY))
         if photo.warnings:
             warned = "warnings: " + ", ".join(WARNINGS[c] for c in WARNINGS if c in photo.warnings)
-            lines += [(line, (30, 30, 30)) for line in textwrap.wrap(warned, 34)]
-        for n, (line, fill) in enumerate(lines[:5]):
-            draw.text((x, y + _CELL + 6 + 14 * n), line, fill=fill, font=small)
+            lines.append((warned, (30, 30, 30)))
+        wrapped = [(part, fill) for line, fill in lines for part in _fit(line, small, _CELL + pad // 2)]  # never into the next cell
+        for n, (line, fill) in enumerate(wrapped[:_LINES]):
+            draw.text((x, y + _CELL + 6 + _LINE * n), line, fill=fill, font=small)
     return sheet
 
 
-def _shorten(text: str, length: int) -> str:
-    return text if len(text) <= length else "..." + text[-(length - 3) :]
+def _fit(text: str, font, width: int) -> list[str]:
+    """`text` wrapped at spaces into lines at most `width` pixels wide in `font`; a word wider than
+    that (a long file name) keeps its end, the part that tells the files apart."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        while font.getlength(word) > width:
+            word = "..." + word[4:]
+        if line and font.getlength(f"{line} {word}") > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line]

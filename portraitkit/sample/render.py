@@ -15,6 +15,7 @@ precision. A re-run into the same folder keeps the images whose recipe has not c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -75,12 +76,14 @@ SAMPLERS = {
 }
 
 
-def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded: dict | None = None) -> list[dict]:
+def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded: dict | None = None,
+           progress: bool = True) -> list[dict]:
     """Render every chosen style and seed; return the manifest (one dict per image).
 
     `styles` is a style library from `load_styles` (default: the built-ins plus `styles_file`).
     `loaded`, a dict kept by the caller, keeps the pipeline with its LoRA between calls that use
     the same run, LoRA and sampler (`compare_dials`): it is loaded once, not once per call.
+    `progress=False` shows no progress bars (`compare_dials` shows its picture instead).
     """
     import torch
     from tqdm.auto import tqdm
@@ -113,12 +116,14 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         "lora_name": kohya.stem, "lora_hash": lora_hash(kohya) if kohya.is_file() else None,
         "token": token, "class_word": class_word, "vae": config.vae or run["settings"].get("vae"),
     }
+    trained = run["settings"].get("resolution") or native_resolution(run["base"]["source"])
     planned = []
     for style in chosen:
         prompt, negative = style.render(token, class_word)
+        differs = what_differs(config, style, resolution, trained, run["settings"].get("vae"))
         for seed in range(config.seed, config.seed + config.per_style):
             planned.append({
-                "file": f"{style.name}_seed{seed}.png", "style": style.name, "seed": seed, "prompt": prompt,
+                "file": "_".join([style.name, f"seed{seed}", *differs]) + ".png", "style": style.name, "seed": seed, "prompt": prompt,
                 "negative_prompt": negative, "steps": config.steps or style.steps,
                 "guidance_scale": config.guidance_scale or style.guidance_scale, **shared,
             })
@@ -132,13 +137,16 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         key = (str(lora_dir.resolve()), shared["lora_hash"], config.sampler, shared["vae"])
         if loaded.get("key") != key:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"]))
+            with contextlib.nullcontext() if progress else _no_loading_bars():
+                loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"]))
             with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
                 lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
         pipe = loaded["pipe"]
         # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
         pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
-    for entry in tqdm(missing, desc="sampling portraits", unit="img"):
+        # One bar counts the portraits; each image's own bar of denoising steps closes when done.
+        pipe.set_progress_bar_config(leave=False, disable=not progress)
+    for entry in tqdm(missing, desc="sampling portraits", unit="img", disable=not progress):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
             array = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
@@ -161,6 +169,45 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     return planned
 
 
+@contextlib.contextmanager
+def _no_loading_bars():
+    """diffusers' and transformers' loading bars off for the block, then as they were."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    were_on = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
+    for module, _ in were_on:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, on in were_on:
+            if on:
+                module.enable_progress_bar()
+
+
+def what_differs(config: SampleConfig, style: Style, resolution: int, trained: int, run_vae: str | None) -> list[str]:
+    """The settings that differ from the defaults, as parts of an image's name ("lora0.5", "cfg3"):
+    a portrait made with other settings gets another name, so a re-run never overwrites one, and
+    the defaults keep the plain `<style>_seed<N>.png`."""
+    parts = []
+    if config.lora_scale != 1.0:
+        parts.append(f"lora{config.lora_scale:g}")
+    if config.lora != "final":
+        parts.append(config.lora)
+    if config.guidance_scale and config.guidance_scale != style.guidance_scale:
+        parts.append(f"cfg{config.guidance_scale:g}")
+    if config.steps and config.steps != style.steps:
+        parts.append(f"steps{config.steps}")
+    if config.sampler != "dpmpp_2m_karras":
+        parts.append(config.sampler)
+    if resolution != trained:
+        parts.append(f"{resolution}px")
+    if config.vae and config.vae != run_vae:
+        parts.append("vae-" + re.sub(r"[^A-Za-z0-9.-]+", "-", Path(config.vae).name))
+    return parts
+
+
 def check_config(config: SampleConfig) -> None:
     """The settings' mistakes, each in one sentence, before the run is read or a model loaded."""
     check_at_least({"per_style": config.per_style, "steps": config.steps}, 1)
@@ -176,26 +223,55 @@ def style_library(config: SampleConfig, family: str | None = None) -> dict[str, 
 
 
 def compare_dials(config: SampleConfig, out_dir: str | Path, styles: dict[str, Style] | None = None,
-                  guidance_scales=(3.0, 7.0, 12.0), lora_scales=(0.0, 0.5, 1.0)):
+                  guidance_scales=(3.0, 7.0, 12.0), lora_scales=(0.0, 0.5, 1.0), cell: int = 256):
     """What guidance and LoRA strength do, side by side: the first chosen style at the first seed,
     rendered at each guidance scale (top row) and at each LoRA strength (bottom row). Returns
-    that grid; each variant is an ordinary sampling run in its own folder under `out_dir`, so its
-    image carries its recipe and a re-run after a disconnect renders only what is missing."""
+    that grid, each picture at least `cell` pixels and labelled in the image; each variant is an
+    ordinary sampling run in its own folder under `out_dir`, so its image carries its recipe and a
+    re-run after a disconnect renders only what is missing."""
     from PIL import Image
-
-    from portraitkit.core.grids import image_grid
 
     styles = styles or style_library(config)
     first = select_styles(styles, config.styles)[0]
     one = dataclasses.replace(config, styles=[first.name], per_style=1)
-    variants = [(f"guidance_{g:g}", {"guidance_scale": g}) for g in guidance_scales]
-    variants += [(f"strength_{s:g}", {"lora_scale": s}) for s in lora_scales]
-    images, loaded = [], {}
-    for folder, change in variants:
+    variants = [(f"guidance_{g:g}", {"guidance_scale": g}, f"guidance {g:g}" + (" (the style's)" if g == first.guidance_scale else ""))
+                for g in guidance_scales]
+    variants += [(f"strength_{s:g}", {"lora_scale": s}, f"strength {s:g}" + (" (base alone)" if s == 0 else ""))
+                 for s in lora_scales]
+    pictures, loaded = [], {}
+    for folder, change, label in variants:
         variant = dataclasses.replace(one, out_dir=str(Path(out_dir) / folder), **change)
-        [entry] = sample(variant, styles=styles, loaded=loaded)  # one pipeline for all six
-        images.append(Image.open(Path(variant.out_dir) / entry["file"]).convert("RGB"))
-    return image_grid(images, columns=max(len(guidance_scales), len(lora_scales)))
+        [entry] = sample(variant, styles=styles, loaded=loaded, progress=False)  # one pipeline for all six
+        pictures.append((Image.open(Path(variant.out_dir) / entry["file"]).convert("RGB"), label))
+    rows = [("guidance", pictures[:len(guidance_scales)]), ("LoRA strength", pictures[len(guidance_scales):])]
+    title = f"{first.name}, seed {config.seed}: one dial changes along each row"
+    return _labelled_rows(title, rows, max(cell, *(picture.width for picture, _ in pictures)))
+
+
+def _labelled_rows(title: str, rows: list[tuple[str, list]], cell: int):
+    """Rows of (picture, caption) under a title, each row named on its left, every word drawn
+    into the image: a grid shown or saved without its notebook still says what it shows."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    def font(size: int):
+        try:
+            return ImageFont.load_default(size=size)  # scalable (FreeType) in Pillow >= 10.1
+        except (TypeError, OSError):
+            return ImageFont.load_default()
+
+    left, head, caption, pad = 150, 40, 30, 8
+    columns = max(len(pictures) for _, pictures in rows)
+    sheet = Image.new("RGB", (left + columns * (cell + pad), head + len(rows) * (caption + cell + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 10), title, fill=(20, 20, 20), font=font(22))
+    for r, (name, pictures) in enumerate(rows):
+        top = head + r * (caption + cell + pad)
+        draw.text((pad, top + caption + cell // 2 - 12), name, fill=(20, 20, 20), font=font(20))
+        for c, (picture, label) in enumerate(pictures):
+            x = left + c * (cell + pad)
+            draw.text((x, top + 4), label, fill=(20, 20, 20), font=font(18))
+            sheet.paste(picture.resize((cell, cell), Image.Resampling.LANCZOS), (x, top + caption))
+    return sheet
 
 
 # --- the run and the person -------------------------------------------------------------------

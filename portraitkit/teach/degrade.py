@@ -192,6 +192,22 @@ PROBLEMS: dict[str, Callable[[Image.Image, float], Image.Image]] = {
     "blur": lambda image, amount: blur(image, 4.0 * amount),
 }
 
+# What each slider amount means in the problem's own units, for the strips' titles: a learner
+# who sees "JPEG quality 50" can compare it with a camera's 90-95 or a messaging app's.
+SETTING_WORDS: dict[str, Callable[[float], str]] = {
+    "overhead light": lambda amount: f"shadows {3 * amount:.1f} stops deeper",
+    "colour cast": lambda amount: f"tungsten cast {amount:.0%}",
+    "over-sharpening": lambda amount: f"sharpening x{3 * amount:.2g}",
+    "JPEG compression": lambda amount: f"JPEG quality {round(95 - 90 * amount)}",
+    "noise": lambda amount: f"noise sigma {20 * amount:.0f}",
+    "blur": lambda amount: f"blur sigma {4 * amount:.1f} px",
+}
+
+
+def setting_words(problem: str, amount: float) -> str:
+    """`amount` of `problem` said in its own units ("JPEG quality 50"); 0 is "unchanged"."""
+    return "unchanged" if amount <= 0 else SETTING_WORDS[problem](amount)
+
 
 # which measure in `portraitkit.teach.diagnose` each problem should raise
 PROBLEM_MEASURES = {
@@ -239,7 +255,7 @@ def plot_problem_strip(image: Image.Image, problem: str, amounts=(0.0, 0.25, 0.5
         scores.append(score)
         shown = out.crop(face_region(out.size, face)) if face is not None else out
         ax.imshow(shown)
-        ax.set_title(f"{problem} {amount:.2f}", fontsize=9)
+        ax.set_title(setting_words(problem, amount), fontsize=9)
         ax.set_xlabel(f"{measure} = {score:.2f}" if score is not None else f"{measure}: n/a", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -54,8 +54,10 @@ def plot_face(ax, distance_cm: float, focal_mm: float = DEFAULT_FOCAL_MM, offset
         return {name: (pts - center) / width for name, pts in lines.items()}
 
     if reference_cm and not frame:
+        # Drawn over the solid face (zorder 3), dark and thin: under it, the dashed nose vanished
+        # exactly where the two faces agree most, and where they differ it is the point.
         for pts in drawing(reference_cm, 0.0).values():
-            ax.plot(pts[:, 0], pts[:, 1], color="0.6", lw=1.2, ls="--")
+            ax.plot(pts[:, 0], pts[:, 1], color="0.1", lw=1.1, ls=(0, (4, 3)), zorder=3)
     sensor = None
     if frame:
         from matplotlib.patches import Rectangle
@@ -114,3 +116,62 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper right")
     return ax
 
+
+
+# --- a real photo before and after the distance warp (`lens_warp`) ----------------------------
+
+NOSE_WINGS, FACE_SIDES = (31, 35), (0, 16)  # iBUG 68 (0-based): the nose base's outer points; the outline at the eyes
+
+
+def nose_and_face_widths(landmarks) -> tuple[float, float]:
+    """(nose-wing width, face width) in pixels between the 68 landmarks that `lens_warp` moves."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    return (float(np.linalg.norm(pts[NOSE_WINGS[1]] - pts[NOSE_WINGS[0]])),
+            float(np.linalg.norm(pts[FACE_SIDES[1]] - pts[FACE_SIDES[0]])))
+
+
+def selfie_difference_figure(far, near, far_landmarks, near_landmarks, far_label: str = "from 1.5 m",
+                             near_label: str = "from 30 cm"):
+    """The same face from two distances, zoomed on the nose and the face's outline: each with its
+    nose-wing and face widths drawn and measured, then the two laid over each other (red: `far`,
+    cyan: `near`; grey where they agree), so the change shows as coloured edges around the nose.
+
+    Both photos must have the same size (`lens_warp.warp_to_distance` keeps it). Returns a
+    matplotlib Figure that a notebook cell shows as a picture.
+    """
+    from matplotlib.figure import Figure
+
+    from portraitkit.core.pictures import as_picture
+
+    far_px = np.asarray(far.convert("RGB"), dtype=np.float64) / 255
+    near_px = np.asarray(near.convert("RGB"), dtype=np.float64) / 255
+    pts = np.asarray(far_landmarks, dtype=np.float64)
+    # The zoom: the face's width across, from the eyebrows to the mouth, with a margin.
+    left, right = pts[FACE_SIDES, 0].min(), pts[FACE_SIDES, 0].max()
+    margin = 0.08 * (right - left)
+    top, bottom = pts[17:27, 1].min() - margin, pts[48:68, 1].max() + margin
+    box = (max(0, int(left - margin)), max(0, int(top)), min(far_px.shape[1], int(right + margin)),
+           min(far_px.shape[0], int(bottom)))
+    figure = Figure(figsize=(13, 4.4), dpi=90)
+    axes = figure.subplots(1, 3)
+    ratios = []
+    for ax, pixels, landmarks, label in ((axes[0], far_px, far_landmarks, far_label),
+                                         (axes[1], near_px, near_landmarks, near_label)):
+        marks = np.asarray(landmarks, dtype=np.float64)
+        nose, face = nose_and_face_widths(marks)
+        ratios.append(nose / face)
+        ax.imshow(pixels)
+        for (a, b), colour in ((NOSE_WINGS, "#ff3b30"), (FACE_SIDES, "#ffd60a")):
+            ax.plot(marks[[a, b], 0], marks[[a, b], 1], "-o", color=colour, lw=2.5, ms=5)
+        ax.set_title(f"{label}\nnose {nose:.1f} px / face {face:.1f} px = {nose / face:.3f}", fontsize=11)
+    overlay = np.stack([far_px.mean(axis=2), near_px.mean(axis=2), near_px.mean(axis=2)], axis=2)
+    axes[2].imshow(overlay)
+    axes[2].set_title(f"both at once: red {far_label}, cyan {near_label}\n"
+                      f"nose / face {100 * (ratios[1] / ratios[0] - 1):+.1f}%", fontsize=11)
+    for ax in axes:
+        ax.set_xlim(box[0], box[2])
+        ax.set_ylim(box[3], box[1])
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.tight_layout()
+    return as_picture(figure)

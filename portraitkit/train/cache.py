@@ -56,7 +56,17 @@ def load_examples(dataset_dir: str) -> list[dict]:
         raise PortraitkitError(f"{folder}/metadata.jsonl names {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
                                f"prepare the photos again with `portraitkit prep PHOTOS --out {folder}`")
     files = [str(folder / "metadata.jsonl"), *(str(folder / name) for name in names)]
-    dataset = load_dataset("imagefolder", data_files={"train": files}, split="train")
+    # datasets' "Generating train split" bars describe its cache, not the learner's photos: off
+    # for this call only, and left as the caller had them.
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        dataset = load_dataset("imagefolder", data_files={"train": files}, split="train")
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
     if "text" not in dataset.column_names:
         raise PortraitkitError(f"{folder}/metadata.jsonl must give each image a `text` caption (portraitkit prep writes them)")
     if len(dataset) == 0:

@@ -11,6 +11,9 @@ from portraitkit.core.errors import PortraitkitError
 from portraitkit.widgets.panel import THUMB_PX, Panel, card, file_name_html, gallery, say, thumbnail
 
 
+SOURCE_REPOSITORY = "https://github.com/portraitkit/portraitkit"  # where the notebooks' %pip install takes portraitkit from
+
+
 # --- upload (local Jupyter; in Colab use portraitkit.colab.upload_photos) -------------------------
 
 
@@ -25,8 +28,47 @@ def uploaded_files(value) -> list[tuple[str, bytes]]:
     return [(item["name"], bytes(item["content"])) for item in value or ()]
 
 
+SAMPLES_MARKER = ".course-samples"  # beside the photos copy_samples put there
+
+
+def copy_samples(dest_dir: str | Path) -> list[Path]:
+    """Copy the course's sample photos (`data/samples` of the source repository: one public-domain
+    portrait of Grace Hopper in 14 imperfect variants, plus the mistakes a real folder holds) into
+    `dest_dir`, for a learner without photos of their own; returns the photos now there."""
+    import shutil
+    import subprocess
+
+    from portraitkit.colab import in_colab, list_photos
+    from portraitkit.demo import SAMPLES
+
+    samples = SAMPLES
+    if not samples.is_dir() and in_colab():  # pip installed the package only: fetch the repository once
+        source = Path("/content/portraitkit-source")
+        if not source.is_dir():
+            subprocess.run(["git", "clone", "-q", "--depth", "1", SOURCE_REPOSITORY, str(source)], check=False)
+        samples = source / "data" / "samples"
+    if not samples.is_dir():
+        raise PortraitkitError(
+            f"the sample photos come with the source repository, not the pip package (no {samples}): "
+            f"clone {SOURCE_REPOSITORY} and set PHOTOS_DIR to its data/samples folder")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for photo in list_photos(samples):
+        if not (dest_dir / photo.name).is_file():  # a re-run copies nothing twice
+            shutil.copy2(photo, dest_dir / photo.name)
+    (dest_dir / SAMPLES_MARKER).touch()  # prep is told these are edits of one photograph (`holds_samples`)
+    return list_photos(dest_dir)
+
+
+def holds_samples(photos_dir: str | Path) -> bool:
+    """Whether `copy_samples` filled this folder: the samples are one photograph edited to show every
+    check, so prep must accept edits of one photograph there (`PrepConfig(one_per_photograph=False)`)."""
+    return (Path(photos_dir) / SAMPLES_MARKER).is_file()
+
+
 class UploadPanel(Panel):
-    """A FileUpload button that saves the chosen photos into `dest_dir` as they arrive."""
+    """A FileUpload button that saves the chosen photos into `dest_dir` as they arrive, and a
+    button that copies the course's sample photos there instead (`copy_samples`)."""
 
     def __init__(self, dest_dir: str | Path):
         import ipywidgets as w
@@ -34,9 +76,12 @@ class UploadPanel(Panel):
         self.dest_dir = Path(dest_dir)
         self.saved: list[Path] = []
         self.upload = w.FileUpload(accept="image/*,.heic,.heif", multiple=True, description="Add photos")
+        self.samples = w.Button(description="No photos? Use the samples", layout=w.Layout(width="auto"),
+                                tooltip="copy the course's sample photos (Grace Hopper, public domain) into this folder")
+        self.samples.on_click(self._on_samples)
         self.status = w.HTML()
         self.upload.observe(self._on_upload, names="value")
-        self.widget = w.VBox([self.upload, self.status])
+        self.widget = w.VBox([w.HBox([self.upload, self.samples]), self.status])
         # The folder exists from the start, so a cell run before any upload says "no photos in it"
         # rather than "not a folder"; the count lives here, updated with every upload.
         self.dest_dir.mkdir(parents=True, exist_ok=True)
@@ -46,8 +91,18 @@ class UploadPanel(Panel):
         from portraitkit.colab import list_photos
 
         count = len(list_photos(self.dest_dir))
-        text = f"{count} photos in {self.dest_dir}." + ("" if count else " Choose them with Add photos, then run the next cell.")
-        say(self.status, text + (" " + "; ".join(problems) if problems else ""), ok=not problems)
+        text = f"{count} photos in {self.dest_dir}." + (
+            " Run the next cells." if count else " Choose them with Add photos (or use the samples), then run the next cells.")
+        # No photos yet is not "all well": red until there is something to prepare.
+        say(self.status, text + (" " + "; ".join(problems) if problems else ""), ok=count > 0 and not problems)
+
+    def _on_samples(self, button=None) -> None:
+        try:
+            copy_samples(self.dest_dir)
+        except PortraitkitError as error:
+            say(self.status, str(error), ok=False)
+            return
+        self._say_count([])
 
     def _on_upload(self, change) -> None:
         from portraitkit.colab import save_upload

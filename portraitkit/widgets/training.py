@@ -44,7 +44,8 @@ class TrainPanel(Panel):
         self.optimizer = w.Dropdown(options=[("8-bit AdamW (bitsandbytes)", "adamw8bit"), ("AdamW (32-bit)", "adamw")],
                                     value=optimizer, description="optimizer", **wide)
         # The masked loss costs nothing on the GPU (a mask per latent): it needs prep's masks/.
-        self.masked_loss = w.Checkbox(value=masked_loss, indent=False,
+        # width "auto": a fixed-width checkbox cuts its description off with an ellipsis.
+        self.masked_loss = w.Checkbox(value=masked_loss, indent=False, layout=w.Layout(width="auto"),
                                       description="masked loss: learn the face and hair, not the background")
         self.estimate = w.HTML()
         self.resume = w.HTML()
@@ -69,6 +70,7 @@ class TrainPanel(Panel):
                            **{**self.settings(), **settings})
 
     def update(self) -> None:
+        """Estimate the cost again and say what the run folder holds (call it after training, too)."""
         # The first estimate of a base traces its real-size graph on the meta device: seconds for
         # SD1.5, a minute or more for SDXL on a 2-core CPU (Colab's); later ones reuse the trace.
         why = ("the first SDXL estimate traces its real-size graph: a minute or two on a 2-core CPU"
@@ -122,7 +124,7 @@ class TrainPanel(Panel):
 
         saved = self.run_dir / "config.json"
         if not saved.is_file():
-            return f"A new run in {self.run_dir}."
+            return f"No run in {self.run_dir} yet: training starts a new run there."
         from portraitkit.train.config import RESUMABLE_CHANGES
 
         previous = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
