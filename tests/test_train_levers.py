@@ -116,13 +116,20 @@ def test_caption_dropout_1_trains_on_the_bare_trigger_caption(tmp_path, masked_d
     assert same(dropped, on_bare) and not same(dropped, full)
 
 
-def test_sdxl_masked_loss_with_prior_preservation_min_snr_and_dropout(tmp_path, masked_dataset):
-    run = train(config(masked_dataset, tmp_path / "run", base="tiny-sdxl", steps=2, masked_loss=True, caption_dropout=0.5,
-                       snr_gamma=5.0, class_dir=str(tmp_path / "class"), num_class_images=2))
-    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(row["loss"] > 0 for row in rows)
-    saved = json.loads((run / "config.json").read_text())["settings"]
-    assert saved["masked_loss"] and saved["caption_dropout"] == 0.5
+def test_sdxl_masked_loss_with_prior_preservation_min_snr_and_dropout(tmp_path, masked_dataset, first_step_loss):
+    # Seed 109's first step draws a close-up (its caption longer than the bare trigger phrase) with
+    # its caption dropped, at a low-noise timestep (SNR 34, where min-SNR weighs 5/34), beside a class image.
+    run = train(config(masked_dataset, tmp_path / "run", base="tiny-sdxl", steps=1, seed=109, masked_loss=True,
+                       caption_dropout=0.5, snr_gamma=5.0, class_dir=str(tmp_path / "class"), num_class_images=2))
+    [row] = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    by_hand = first_step_loss(run)
+    assert row["loss"] == pytest.approx(by_hand, rel=1e-5)
+    # each lever changes this step's loss by more than that tolerance, so a run that ignored one would
+    # not match (the dropped words, ", close-up", move the tiny random text encoder's output least: 3e-4)
+    without = {"mask": first_step_loss(run, masked_loss=False), "min-SNR": first_step_loss(run, snr_gamma=None),
+               "dropout": first_step_loss(run, caption_dropped=False), "prior": first_step_loss(run, class_dir=None)}
+    for lever, loss in without.items():
+        assert abs(loss - by_hand) > 1e-4 * by_hand, lever
 
 
 def test_dora_trains_and_both_files_load_back(tmp_path, masked_dataset):
