@@ -117,8 +117,8 @@ def portraitkit_loop(args, dataset: Path, out: Path, checkpointing=AS_ARGS, opti
                       optimizer=optimizer, checkpoint_every=0, validate=False,
                       gradient_checkpointing=args.gradient_checkpointing if checkpointing is AS_ARGS else checkpointing))
     wall = time.perf_counter() - began
-    seconds = [row["seconds"] for row in read_jsonl(out / "train_log.jsonl")][1:]  # the first step warms up
-    return {"seconds_per_step": statistics.median(seconds), "seconds_per_run": wall}
+    seconds = [row["seconds"] for row in read_jsonl(out / "train_log.jsonl")]
+    return timing(seconds, wall)
 
 
 def plain_loop(args, dataset: Path) -> dict:
@@ -132,7 +132,12 @@ def plain_loop(args, dataset: Path) -> dict:
     half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision)
     seconds = loop(args.base, sorted(dataset.glob("*.png")), args.resolution, args.rank, args.steps, args.batch_size,
                    half=half, checkpointing=args.gradient_checkpointing)
-    return {"seconds_per_step": statistics.median(seconds[1:]), "seconds_per_run": time.perf_counter() - began}
+    return timing(seconds, time.perf_counter() - began)
+
+
+def timing(step_seconds: list[float], wall: float) -> dict:
+    """One run's figures: the median step after the first (which warms up), the wall time, and every step's seconds."""
+    return {"seconds_per_step": statistics.median(step_seconds[1:]), "seconds_per_run": wall, "step_seconds": step_seconds}
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ leaks from one into the next:
   the VAE and text encoder(s) run in every step, 32-bit AdamW, no gradient checkpointing;
 - inference: one image at 25 steps with the fp16 pipeline, after a 2-step warm-up;
 - trace: one real training step of the UNet on the CPU (fp32, LoRA, checkpointing) counted by the
-  planner's live-tensor tracer, beside the meta trace's prediction: the check that every memory
-  estimate rests on; and how much more the process itself grew, which the CPU estimates add;
+  planner's live-tensor tracer, beside the planner's estimate of the same step (its meta trace):
+  the check that every memory estimate rests on; and how much more the process itself grew, which the CPU estimates add;
 - load: RAM only, the base loaded in fp16 with its LoRA added, as `train` holds it before its first
   move to the GPU, then every weight read once, as that move reads it. That part of the T4
   recipe's RAM is the same on any machine, so a CPU measures it on the real-size bases too
@@ -640,19 +640,20 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
     from portraitkit.plan.devices import local_cuda_device
     from portraitkit.plan.estimate import plan_run
 
-    if spec["task"] == "trace":  # the measurement carries the meta trace's own figure
-        return {"live_tensor_peak_gb": result.get("traced_peak_gb")}, (
-            {"live_tensor_peak_gb": round(100 * (result["traced_peak_gb"] - result["live_tensor_peak_gb"])
-                                          / result["live_tensor_peak_gb"], 2)} if result.get("live_tensor_peak_gb") else None)
     try:
-        # `load` is the T4 recipe's loading, whatever machine measures it
-        device = "t4" if spec["task"] == "load" else local_cuda_device() if torch.cuda.is_available() else "cpu"
+        # `load` is the T4 recipe's loading, whatever machine measures it; `trace` a CPU step in fp32
+        device = ("t4" if spec["task"] == "load" else "cpu" if spec["task"] == "trace"
+                  else local_cuda_device() if torch.cuda.is_available() else "cpu")
         recipe = "plain" if spec["task"] == "plain" else "portraitkit"
         plan = plan_run(base=spec["folder"], resolution=spec["resolution"], rank=spec["rank"], gpu=device,
                         steps=spec["steps"], recipe=recipe, gradient_checkpointing=spec["task"] != NO_CHECKPOINTING,
                         advise=False)
     except Exception as error:  # the measurement stands on its own
         return {"error": f"{type(error).__name__}: {error}"}, None
+    if spec["task"] == "trace":  # the planner's figure for the step's tensors, against the live ones counted
+        estimated, measured = plan.breakdown_gb["training_activations_and_grads"], result.get("live_tensor_peak_gb")
+        return {"live_tensor_peak_gb": estimated, "calibrated_on": plan.to_dict()["calibration"]["source"]}, (
+            {"live_tensor_peak_gb": round(100 * (estimated - measured) / measured, 2)} if measured else None)
     if spec["task"] == "inference":
         figures = {**plan.inference, "seconds_per_step": plan.inference["seconds_per_image"] / plan.inference["steps"]}
     elif spec["task"] == "load":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -84,3 +85,79 @@ def face_dataset(tmp_path_factory, portrait_path):
         rows.append({"file_name": name, "text": "a photo of sks person" + (", close-up" if index % 2 else "")})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
+
+
+@functools.lru_cache(maxsize=2)
+def _base_pipeline(base: str):
+    """A base pipeline, loaded once for the hand computations (which never change it)."""
+    from portraitkit.models.bases import load_pipeline
+
+    return load_pipeline(base)
+
+
+def _first_step_loss(run_dir, caption_dropped: bool | None = None, **changes) -> float:
+    """The loss `train` logs for step 1 of the run in `run_dir` (its config.json), computed by hand (as tests/test_loss.py writes
+    the objective out): the same draws (a generator seeded by (seed, micro-batch 0)), the base
+    UNet (a new LoRA's B is 0, so at step 1 it adds nothing), x_t = sqrt(a) x0 + sqrt(1 - a) eps,
+    the noise as target, the error counted on the face mask only (background weight 0), min-SNR
+    weighted, and with prior preservation the class image's loss added. One image per micro-batch.
+
+    `caption_dropped` (None: as the run draws it) and `changes` to the settings give the loss of
+    another step 1, to show what a setting changes."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import DDPMScheduler
+    from PIL import Image
+
+    from portraitkit.models.conditioning import unet_conditioning
+    from portraitkit.train.cache import encode_text, image_to_tensor, latent_masks, load_examples
+    from portraitkit.train.loop import batch_indices
+    from portraitkit.train.objective import bare_caption, dropped_captions
+
+    config = SimpleNamespace(**{**json.loads((Path(run_dir) / "config.json").read_text())["settings"], **changes})
+    assert config.batch_size == 1 and config.grad_accum == 1 and not config.noise_offset and not config.train_text_encoder
+    assert config.background_weight == 0 and not config.vae
+    pipe = _base_pipeline(config.base)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    assert scheduler.config.prediction_type == "epsilon"
+    size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    def latents_of(image):
+        with torch.no_grad():
+            return pipe.vae.encode(image_to_tensor(image, size)[None]).latent_dist.mean * pipe.vae.config.scaling_factor
+
+    examples = load_examples(config.dataset_dir)
+    [pick] = batch_indices(config.seed, 0, 1, len(examples))
+    dropped = dropped_captions(config.seed, 0, 1, config.caption_dropout)[0] if caption_dropped is None else caption_dropped
+    captions = [bare_caption(examples[pick]["text"]) if dropped else examples[pick]["text"]]
+    images = [examples[pick]["image"]]
+    if config.class_dir:
+        classes = sorted(Path(config.class_dir).glob("*.png"))[: config.num_class_images]
+        [class_pick] = batch_indices(config.seed + 1, 0, 1, len(classes))
+        images.append(Image.open(classes[class_pick]).convert("RGB"))
+        captions.append(config.class_prompt)
+    x0 = torch.cat([latents_of(image) for image in images])
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003)
+    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+    with torch.no_grad():
+        text = encode_text(pipe, captions, "cpu")
+        # SDXL's size ids, written out (SD1.5 has none): square, uncropped images at the training size
+        text["time_ids"] = torch.tensor([[size, size, 0, 0, size, size]] * len(x0), dtype=torch.float32)
+        a = scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        predicted = pipe.unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t, **unet_conditioning(text, size, torch.float32)).sample
+    weights = torch.ones_like(x0[:, :1])
+    if config.masked_loss:  # the class image keeps its whole picture
+        weights[0] = latent_masks([examples[pick]], size, x0.shape[-1])[0]
+    per_sample = ((predicted - eps) ** 2 * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * x0.shape[1])
+    if config.snr_gamma is not None:
+        snr = (a / (1 - a)).flatten()
+        per_sample = per_sample * torch.clamp(snr, max=config.snr_gamma) / snr
+    return float(per_sample[0] + (config.prior_loss_weight * per_sample[1] if config.class_dir else 0))
+
+
+@pytest.fixture(scope="session")
+def first_step_loss():
+    """`_first_step_loss`: the loss of a run's first step, by hand, for tests of what train logs."""
+    return _first_step_loss

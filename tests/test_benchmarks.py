@@ -15,18 +15,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
-    # tiny-sdxl: the harder wiring (two text encoders, added time/text conditioning)
-    recipes = "portraitkit,portraitkit_no_checkpointing,plain,inference,load,trace"
+    # tiny-sdxl: the harder wiring (two text encoders, added time/text conditioning); `load` runs in
+    # the next test, and the planner's cost of checkpointing is tested in test_plan
+    recipes = "portraitkit,plain,inference,trace"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--tiny", "--bases", "tiny-sdxl",
                            "--recipes", recipes, "--steps", "2", "--warmup", "1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "portraitkit's step is" in done.stdout and "est " in done.stdout
 
     [written] = tmp_path.glob("cpu-*.json")
     results = json.loads(written.read_text())
     assert [r["recipe"] for r in results] == recipes.split(",")
-    *timed, load, trace = results
+    *timed, trace = results
     for result in timed:
         assert result["status"] == "ok", result["status"]
         assert result["gpu"] is None and result["tiny"] is True and result["base"] == "tiny-sdxl"
@@ -35,29 +36,22 @@ def test_tiny_benchmark_measures_every_recipe_with_estimates(tmp_path):
         for key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb"):
             assert result[key] is None, key  # no GPU: nothing is invented
         assert 0.1 < result["peak_host_ram_gb"] < 8 and result["seconds_per_step"] > 0
-        assert result["estimate"]["peak_host_ram_gb"] > 0 and "calibrated_on" in result["estimate"]
-        assert "peak_host_ram_gb" in result["difference_pct"] and "seconds_per_step" in result["difference_pct"]
-    training = results[0]
-    assert training["measured_steps"] == 2 and training["warmup_steps"] == 1
-    assert results[3]["inference_steps"] == 25 and results[3]["seconds_per_image"] > 0
-    # each training recipe is set against the planner's estimate of that same recipe
-    # (by FLOPs: a CPU's throughput is measured anew by each process, and tiny steps round alike)
-    assert results[1]["estimate"]["flops_per_step"] < results[0]["estimate"]["flops_per_step"]
+        assert "calibrated_on" in result["estimate"]
+        estimated, measured = result["estimate"]["peak_host_ram_gb"], result["peak_host_ram_gb"]
+        assert result["difference_pct"]["peak_host_ram_gb"] == round(100 * (estimated - measured) / measured, 1)
+    training, plain, inference = timed
+    assert training["measured_steps"] == plain["measured_steps"] == 2 and training["warmup_steps"] == 1
+    assert inference["inference_steps"] == 25 and inference["seconds_per_image"] > 0
     assert timed[0]["machine"]["cpu_count"] >= 1 and timed[0]["machine"]["ram_gb"] > 0
 
-    # load: RAM only, the T4 recipe's fp16 loading, set against the planner's loading figure for a T4
-    from portraitkit.plan.estimate import plan_run
-
-    assert load["status"] == "ok" and load["seconds_per_step"] is None and load["peak_gpu_mem_gb"] is None
-    assert 0 < load["weights_gb"] < load["peak_host_anon_gb"] <= load["peak_host_ram_gb"]
-    expected = plan_run("tiny-sdxl", gpu="t4", advise=False).breakdown_gb["host_ram_loading"]
-    assert load["estimate"]["peak_host_anon_gb"] == round(expected, 2)
-    assert set(load["difference_pct"]) == {"peak_host_ram_gb", "peak_host_anon_gb"}
-
-    # trace: the real step under the planner's tracer against the meta trace (tiny-sdxl: a few hundred KiB)
-    assert trace["status"] == "ok" and trace["live_tensor_peak_gb"] > 0 and trace["step_growth_gb"] is not None
-    assert trace["estimate"]["live_tensor_peak_gb"] == trace["traced_peak_gb"]
-    assert abs(trace["difference_pct"]["live_tensor_peak_gb"]) < 5
+    # trace: the planner's figure for the training step's tensors (checkpointing, fp32, as on this
+    # CPU) against the live tensors a real step held (tiny-sdxl: a few hundred KiB)
+    assert trace["status"] == "ok" and trace["step_growth_gb"] is not None
+    assert "calibrated_on" in trace["estimate"]  # the planner's estimate, not the trace's own figure
+    live = trace["live_tensor_peak_gb"]
+    assert abs(trace["estimate"]["live_tensor_peak_gb"] - live) < 0.05 * live
+    assert trace["difference_pct"]["live_tensor_peak_gb"] == pytest.approx(
+        100 * (trace["estimate"]["live_tensor_peak_gb"] - live) / live, abs=0.01)
 
 
 def _may_create_memory_cgroups() -> bool:
@@ -84,10 +78,21 @@ def test_gpu_style_fresh_interpreter_launch_works_within_a_ram_cap(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny-sd load: ok" in done.stdout
     [written] = tmp_path.glob("cpu-*.json")
-    [result] = json.loads(written.read_text())
-    assert result["status"] == "ok" and result["estimate"]["peak_host_anon_gb"] > 0  # estimated in the child itself
+    [load] = json.loads(written.read_text())
     if CGROUPS:
-        assert result["ram_cap_gb"] == 4 and result["peak_host_ram_gb"] < 4
+        assert load["ram_cap_gb"] == 4 and load["peak_host_ram_gb"] < 4
+
+    # load: RAM only, the T4 recipe's fp16 loading, set against the planner's loading figure for a T4
+    # (estimated in the child itself); its weights are what the planner counts for them
+    from portraitkit.plan.estimate import plan_run
+
+    assert load["status"] == "ok" and load["seconds_per_step"] is None and load["peak_gpu_mem_gb"] is None
+    assert 0 < load["weights_gb"] < load["peak_host_anon_gb"] <= load["peak_host_ram_gb"]
+    plan = plan_run("tiny-sd", gpu="t4", rank=16, advise=False).breakdown_gb
+    counted = sum(value for key, value in plan.items() if key.startswith("weights_")) + plan["lora_params"]
+    assert load["weights_gb"] == pytest.approx(counted, abs=0.0005)  # recorded to 3 decimals (fp32 would be twice)
+    assert load["estimate"]["peak_host_anon_gb"] == round(plan["host_ram_loading"], 2)
+    assert set(load["difference_pct"]) == {"peak_host_ram_gb", "peak_host_anon_gb"}
 
 
 @pytest.mark.skipif(not CGROUPS, reason="needs permission to create memory cgroups (root on Linux)")

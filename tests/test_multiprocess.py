@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
 from portraitkit.train.config import TrainConfig
@@ -56,10 +57,14 @@ def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one
 
 
 def test_a_run_reports_where_its_time_went_and_can_skip_validation(tmp_path, face_dataset):
+    began = time.perf_counter()
     run = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "run"), **SETTINGS))
+    wall = time.perf_counter() - began
     phases = json.loads((run / "config.json").read_text())["seconds_by_phase"]
     assert {"load", "cache", "steps", "validation", "scoring", "checkpoints", "save", "plots"} <= set(phases)
-    assert all(seconds >= 0 for seconds in phases.values())
+    # the phases split the run: none is counted twice (validation inside the steps, say), so together
+    # they fit in its wall time (each is rounded to a millisecond)
+    assert sum(phases.values()) <= wall + 0.001 * len(phases)
     logged = sum(json.loads(line)["seconds"] for line in (run / "train_log.jsonl").read_text().splitlines())
     assert phases["steps"] >= 0.9 * logged  # the loop's own time, validation and checkpoints apart
 

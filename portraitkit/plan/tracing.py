@@ -228,7 +228,9 @@ def text_encoder_step(key: str, name: str, batch: int, rank: int, weight_bytes: 
     import torch
 
     encoder = meta_component(key, name, weight_bytes)
-    lora_numels = [p.numel() for p in lora.add_adapters(encoder, rank, lora.TEXT_ENCODER_TARGETS, use_dora=dora)]
+    # the layers `train` adapts (lora.add_to_pipeline): SDXL's first encoder without its unused last layer
+    targets = lora.text_encoder_targets(encoder, skip_last_layer=json.loads(key)["family"] == "sdxl" and name == "text_encoder")
+    lora_numels = [p.numel() for p in lora.add_adapters(encoder, rank, targets, use_dora=dora)]
     encoder.train()
 
     def step(_):
