@@ -43,7 +43,7 @@ def test_run_folder_has_every_output(trained_run):
 
     assert (trained_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (trained_run / "validation" / "step_000030.png").is_file()
-    assert len(list((trained_run / "validation" / "step_000060").glob("*.png"))) == 2 * 2  # prompts x seeds
+    assert len(list((trained_run / "validation" / "step_000060").glob("*.png"))) == 2 * 4  # styles x seeds
     assert [step for step, _ in checkpoints.complete_checkpoints(trained_run)] == [20, 40, 60]
 
 

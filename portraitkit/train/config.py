@@ -5,6 +5,7 @@ model loaded."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,20 @@ class TrainConfig:
     vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's, e.g. madebyollin/sdxl-vae-fp16-fix "
                               "(SDXL's own VAE gives NaN/black images in fp16)", None)
 
+    def validated_steps(self) -> list[int]:
+        """The steps whose LoRA is validated: every --validate-every steps (default: every tenth of
+        the run, at least MIN_STEPS_APART apart, since each validation costs as many renders as a
+        short run's training), and always the last; none with --no-validate."""
+        if not self.validate:
+            return []
+        gap = self.validate_every
+        if gap is None:
+            gap = max(MIN_STEPS_APART, math.ceil(self.steps / VALIDATIONS_PER_RUN))
+        return sorted({*range(gap, self.steps, gap), self.steps} if gap else {self.steps})
+
+
+VALIDATIONS_PER_RUN = 10
+MIN_STEPS_APART = 50
 
 # Settings that may change when a run is resumed; everything else must match the saved config.
 RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate", "validate_every",

@@ -142,6 +142,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     latent_shape = tuple(cache["latents"].shape[1:])
     class_count = len(class_cache["latents"]) if class_cache is not None else 0
 
+    validated = set(config.validated_steps())
     log_path = run_dir / "train_log.jsonl"
     clock.start("steps")
     progress = tqdm(total=config.steps, initial=start_step, desc="training LoRA", unit="step",
@@ -199,7 +200,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
                "seconds": round(time.perf_counter() - began, 4)}
         if not main:
             continue
-        if held_out_cache is not None and validate.due(config, step):
+        if held_out_cache is not None and step in validated:
             with clock.pause("steps"), clock("validation"), accelerator.autocast():
                 row["validation_loss"] = validate.validation_loss(pipe, held_out_cache, [e["text"] for e in held_out],
                                                                   noise_scheduler, resolution, config.snr_gamma, config.seed, weight_dtype)
@@ -209,7 +210,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         progress.set_postfix(loss=f"{row['loss']:.4f}")
         if on_step is not None:
             on_step(row)
-        if validate.due(config, step) and step < config.steps:  # the last step is validated once the LoRA is saved
+        if step in validated and step < config.steps:  # the last step is validated once the LoRA is saved
             progress.set_description("rendering validation images")  # the bar stands still meanwhile: say why
             with clock.pause("steps"):
                 validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step, clock, held_out)

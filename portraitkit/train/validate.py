@@ -1,7 +1,7 @@
 """Validation during training: portraits drawn as the user will draw them, and how much each
 step's portraits look like the person beside how alike the person's own photos are.
 
-At each validated step (by default every tenth of the run, `every`) the LoRA draws a couple of
+At each validated step (by default every tenth of the run: `TrainConfig.validated_steps`) the LoRA draws a couple of
 `sample`'s styles at a few seeds with `sample`'s own recipe (`sample.recipe`: DPM++ 2M Karras,
 the style's guidance and negative prompt), so `best/` is chosen from what the user will see.
 Each step is scored against the training photos (`pick.likeness`): the renders' identity
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 from typing import Callable
 
@@ -35,22 +34,6 @@ from portraitkit.train.cache import batch_inputs, encode_examples, load_examples
 
 IDENTITY_FILE = "identity.json"  # in a run folder: each validation step's likeness
 BEST_DIR = "best"  # in a run folder: the LoRA of the validation step most like the person
-VALIDATIONS_PER_RUN = 10  # by default a run is validated every tenth of its steps...
-MIN_STEPS_APART = 50  # ...but not more often: each validation costs as many renders as a short run's training
-
-
-def every(config) -> int:
-    """Steps between validations (0: only at the end): --validate-every, else a tenth of the run."""
-    if config.validate_every is not None:
-        return config.validate_every
-    return max(MIN_STEPS_APART, math.ceil(config.steps / VALIDATIONS_PER_RUN))
-
-
-def due(config, step: int) -> bool:
-    """Whether `step` is validated: every `every` steps, and always the last one."""
-    gap = every(config)
-    return bool(config.validate) and (step == config.steps or (gap > 0 and step % gap == 0))
-
 
 # --- rendering --------------------------------------------------------------------------------
 
