@@ -116,11 +116,12 @@ def plot_likeness(run_dir: Path) -> Path | None:
     rows = record["steps"]
     figure = Figure(figsize=(6, 3.5), dpi=100)
     axes = figure.subplots()
-    for key, style, label in [("likeness", "o-", "to the centre of your photos"), ("nearest", ".--", "to the nearest photo"),
-                              ("holdout", "s:", "to the held-out photos")]:
+    for key, style, colour, label in [("likeness", "o-", "tab:blue", "to the centre of your photos"),
+                                      ("nearest", ".--", "tab:orange", "to the nearest photo"),
+                                      ("holdout", "s:", "tab:purple", "to the held-out photos")]:
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if points:
-            axes.plot(*zip(*points), style, label=label)
+            axes.plot(*zip(*points), style, color=colour, label=label)
     if record.get("ceiling") is not None:
         axes.axhline(record["ceiling"], color="black", linestyle="--", linewidth=1,
                      label=f"ceiling: your photos {record['ceiling']:.2f} apart")
