@@ -110,3 +110,24 @@ def test_the_planner_counts_the_extra_passes():
     # the class caption's pass with gradients (a step at twice the batch) and one more without
     assert 2.1 < kept.flops_per_step / plain.flops_per_step < 2.6
     assert kept.breakdown_gb["training_activations_and_grads"] > plain.breakdown_gb["training_activations_and_grads"]
+
+
+def test_output_preservation_trains_sdxl_with_its_text_encoders(tmp_path, face_dataset):
+    """SDXL's pooled text and size ids, and text encoders that train: the class caption is encoded
+    with their LoRA for one pass and without it for the base pass; the term changes what is learned."""
+    from safetensors.torch import load_file
+
+    from portraitkit.models.lora import LORA_FILE
+    from portraitkit.train.config import TrainConfig
+    from portraitkit.train.loop import train
+
+    def run(name, **settings):
+        out = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / name), base="tiny-sdxl", steps=2,
+                                rank=4, lr=1e-2, optimizer="adamw", checkpoint_every=0, validate=False,
+                                train_text_encoder=True, **settings))
+        return load_file(out / LORA_FILE)
+
+    plain, kept = run("plain"), run("kept", output_preservation=True)
+    assert any(k.startswith("text_encoder_2.") for k in kept) and kept.keys() == plain.keys()
+    changed = [k for k in kept if not (kept[k] == plain[k]).all()]
+    assert any(k.startswith("unet.") for k in changed) and any(k.startswith("text_encoder") for k in changed)

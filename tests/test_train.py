@@ -167,7 +167,7 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
     for base in ("tiny-sd", "tiny-sdxl"):
         pipe = load_pipeline(base)
         with torch.no_grad():
-            embeddings = prompt_embeddings(pipe, "a photo of sks person", torch.device("cpu"))
+            embeddings = prompt_embeddings(pipe, "a photo of sks person", "blurry", torch.device("cpu"))
         for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
             if encoder is not None:
                 encoder.to("meta")
