@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:12}{value:>10.4f}")
     print(f"preserved / plain: {ratio:.2f}x per step measured, {estimated:.2f}x estimated by the planner "
           f"({args.base}, {args.resolution} px, rank {args.rank}, {args.steps} steps, {args.runs} runs each, "
-          f"{args.mixed_precision} precision)")
+          f"{'fp32' if args.mixed_precision == 'no' else args.mixed_precision})")
     if args.out:
         Path(args.out).write_text(json.dumps({"settings": vars(args), "seconds_per_step": seconds, "medians": medians,
                                               "ratio": round(ratio, 3), "planned_ratio": round(estimated, 3)}, indent=2) + "\n")
