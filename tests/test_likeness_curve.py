@@ -128,3 +128,20 @@ def test_the_planner_prints_the_cost_of_validation():
     assert (default.config.validations, default.config.validation_renders) == (10, 8)  # the trainer's own schedule
     assert default.total_seconds == pytest.approx(none.total_seconds + default.validation_seconds)
     assert "validation" in plan_run("tiny-sd", gpu="t4").summary()
+
+
+def test_a_dataset_without_the_person_s_words_is_refused_before_loading(tmp_path, face_dataset):
+    import shutil
+
+    from portraitkit.core.errors import PortraitkitError
+    from portraitkit.train.loop import train
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(face_dataset, dataset)
+    rows = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]
+    (dataset / "metadata.jsonl").write_text("".join(json.dumps({**r, "text": "my face"}) + "\n" for r in rows))
+    with pytest.raises(PortraitkitError, match="train with --no-validate"):
+        train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "run"), base="tiny-sd", steps=1))
+    with pytest.raises(PortraitkitError, match="unknown style"):
+        train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "other"), base="tiny-sd", steps=1,
+                          validation_styles=("nope",)))

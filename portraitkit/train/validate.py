@@ -45,7 +45,12 @@ def validation_recipe(config, family: str) -> list[dict]:
     from portraitkit.sample.styles import load_styles, select_styles
 
     styles = select_styles(load_styles(family=family), list(config.validation_styles))
-    token, class_word = person_words({"settings": {"dataset_dir": config.dataset_dir}})
+    try:
+        token, class_word = person_words({"settings": {"dataset_dir": config.dataset_dir}})
+    except PortraitkitError:  # sample's advice names its own flags; train has none for the words
+        raise PortraitkitError(f"validation draws sample's styles for the person's token and class word, which could not be read "
+                               f"from {config.dataset_dir} (captions begin \"a photo of TOKEN CLASS\" when `portraitkit prep` "
+                               "writes them): prepare the photos with prep, or train with --no-validate") from None
     return recipe.draws(styles, token, class_word, config.validation_seeds, config.validation_steps)
 
 
