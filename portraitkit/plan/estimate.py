@@ -145,7 +145,7 @@ class Plan:
     parameters: dict  # exact parameter counts
     flops_per_step: float
     inference: dict  # one image at 25 steps on the same machine
-    validation_seconds: float  # every validated step's renders
+    validation_seconds: float  # every validated step's renders, on top of the steps' time
     fits_gpu: bool | None
     fits_host: bool | None
     advice: str | None = None
@@ -158,7 +158,7 @@ class Plan:
 
     @property
     def total_seconds(self) -> float:
-        return self.seconds_per_step * self.config.steps + self.validation_seconds
+        return self.seconds_per_step * self.config.steps  # the steps alone; validation_seconds come on top
 
     def to_dict(self) -> dict:
         device = self.device
@@ -211,7 +211,7 @@ class Plan:
         lines.append(f"  time        {self.seconds_per_step:.2f} s/step, {_duration(self.total_seconds)} for {self.config.steps} steps"
                      + (" with output preservation" if self.config.output_preservation else ""))
         if self.config.validations:
-            lines.append(f"  validation  {_duration(self.validation_seconds)} of that: {self.config.validations} x "
+            lines.append(f"  validation  {_duration(self.validation_seconds)} more: {self.config.validations} x "
                          f"{self.config.validation_renders} images at {self.config.validation_steps} steps")
         lines.append("  fits" if self.fits else f"  does NOT fit: {self.advice}")
         if self.faster:
