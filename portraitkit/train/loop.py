@@ -114,7 +114,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     with_text = not config.train_text_encoder
     with clock("cache"), placement.on("vae", "text_encoder", "text_encoder_2"):
         classes = class_examples(pipe, placement, config.class_dir, config.class_prompt, config.num_class_images, config.seed,
-                                 config.validation_steps, resolution) if config.class_dir else []
+                                 config.validation_steps or 30, resolution) if config.class_dir else []  # 30: the styles' steps
         cache = encode_examples(pipe, examples, resolution, with_text=with_text, bare=config.caption_dropout > 0,
                                 masks=config.masked_loss, class_prompt=config.class_prompt if config.output_preservation else None)
         held_out_cache = encode_examples(pipe, held_out, resolution, with_text=with_text) if held_out and main else None
