@@ -113,6 +113,6 @@ def test_a_validation_step_that_copies_is_not_chosen_as_best(dataset, samples_di
     score_validation_step(tmp_path, 10, new_scenes, reference, 20, lambda folder: saved.append(10))
     record = score_validation_step(tmp_path, 20, copies, reference, 20, lambda folder: saved.append(20))
     steps = {row["step"]: row for row in record["steps"]}
-    assert steps[20]["mean_identity_distance"] < 0.6  # the person, as alike as can be
-    assert steps[20]["reason"].startswith("copies_training_photo") and len(steps[20]["copies"]) == 2
-    assert steps[10]["copies"] == [] and record["best_step"] == 10 and saved == [10]
+    assert steps[20]["likeness"] < 0.6  # the person, as alike as can be
+    assert steps[20]["reason"].startswith("copies_training_photo") and steps[20]["copies"] == 2
+    assert steps[10]["copies"] == 0 and record["best_step"] == 10 and saved == [10]

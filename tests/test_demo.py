@@ -29,7 +29,7 @@ def test_demo_runs_every_stage_and_reports_them(tmp_path, capsys):
     identity = json.loads((run / "identity.json").read_text())
     assert [row["step"] for row in identity["steps"]] == [1, 2]
     assert identity["best_step"] is None and identity["reference_faces"] > 0
-    assert all(row["mean_identity_distance"] is None and row["reason"] for row in identity["steps"])
+    assert all(row["likeness"] is None and row["reason"] for row in identity["steps"])
 
     # sample and pick: every portrait listed, each ranked with the reason it has no score
     manifest = json.loads((out / "portraits" / "manifest.json").read_text())

@@ -94,8 +94,10 @@ def test_training_steps_are_scored_and_the_best_lora_kept(tmp_path, samples_dir)
 
     assert saved == ["best", "best"]  # step 10 was the best at first, then step 20
     steps = {row["step"]: row for row in record["steps"]}
-    assert steps[20]["mean_identity_distance"] < steps[10]["mean_identity_distance"]
-    assert steps[30]["mean_identity_distance"] is None and steps[30]["reason"] == "no face was found in the 2 validation images"
+    assert steps[20]["likeness"] < steps[10]["likeness"]
+    # Three photos of one person: apart, but far closer than two people are (0.6)
+    assert 0.05 < record["ceiling"] < steps[10]["likeness"] and record["ceiling"] < 0.6
+    assert steps[30]["likeness"] is None and steps[30]["reason"] == "no face was found in the 2 validation images"
     assert record["best_step"] == 20 and record["best_lora"] == "best/pytorch_lora_weights.safetensors"
     assert record["final_lora"] == "pytorch_lora_weights.safetensors" and record["recommended"] == "best"
     assert (tmp_path / "best" / "pytorch_lora_weights.safetensors").is_file()
@@ -123,7 +125,7 @@ def test_without_reference_faces_nothing_is_invented(tmp_path, samples_dir):
     noise = [Image.effect_noise((64, 64), 60).convert("RGB") for _ in range(2)]
     record = score_validation_step(tmp_path, 5, noise, noise, 5, save_best=lambda folder: pytest.fail("nothing to keep"))
     assert record["best_step"] is None and record["best_lora"] is None and record["recommended"] == "final"
-    assert record["steps"][0]["mean_identity_distance"] is None
+    assert record["steps"][0]["likeness"] is None
     assert "no face was found in the 2 training images" in record["reason"]
 
 
@@ -142,7 +144,7 @@ def test_missing_face_models_leave_the_step_unscored_not_the_run_broken(tmp_path
     record = score_validation_step(tmp_path, 5, [noise], reference, 5, save_best=lambda folder: pytest.fail("unscored"))
     [row] = record["steps"]
     assert row["reason"].startswith("identity not scored: The face models are missing")
-    assert row["mean_identity_distance"] is None and record["best_step"] is None and record["recommended"] == "final"
+    assert row["likeness"] is None and record["best_step"] is None and record["recommended"] == "final"
 
 
 def test_exposure_is_judged_as_prep_judges_it(tmp_path, reference_dir, samples_dir):

@@ -61,7 +61,7 @@ def test_validation_decodes_outside_autocast_and_records_a_broken_decode(tmp_pat
     assert seen and not any(seen)
     assert "NaN" in capsys.readouterr().out
     row = json.loads((tmp_path / "identity.json").read_text())["steps"][0]
-    assert "VAE decoded NaN" in row["reason"] and row["mean_identity_distance"] is None
+    assert "VAE decoded NaN" in row["reason"] and row["likeness"] is None
 
 
 def test_vae_option_replaces_the_base_vae(tmp_path):

@@ -45,7 +45,7 @@ def test_run_folder_has_every_output(trained_run, first_step_loss):
 
     assert (trained_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (trained_run / "validation" / "step_000030.png").is_file()
-    assert len(list((trained_run / "validation" / "step_000060").glob("*.png"))) == 2 * 2  # prompts x seeds
+    assert len(list((trained_run / "validation" / "step_000060").glob("*.png"))) == 2 * 4  # styles x seeds
     assert [step for step, _ in checkpoints.complete_checkpoints(trained_run)] == [20, 40, 60]
 
 
@@ -169,7 +169,7 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
     for base in ("tiny-sd", "tiny-sdxl"):
         pipe = load_pipeline(base)
         with torch.no_grad():
-            embeddings = prompt_embeddings(pipe, "a photo of sks person", torch.device("cpu"))
+            embeddings = prompt_embeddings(pipe, "a photo of sks person", "blurry", torch.device("cpu"))
         for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
             if encoder is not None:
                 encoder.to("meta")

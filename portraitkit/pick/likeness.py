@@ -214,6 +214,30 @@ class IdentityScorer:
                 "copies": copied.photo if copied is not None else None}
 
 
+def centroid_distances(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each embedding's distance to the centre of the reference faces: how like the person as a
+    whole, rather than like one photo (the centre of several photos is no photo at all)."""
+    return np.linalg.norm(np.reshape(embeddings, (-1, 128)) - np.mean(reference, axis=0), axis=1)
+
+
+def nearest_distances(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each embedding's distance to the nearest reference face."""
+    pairs = np.reshape(embeddings, (-1, 1, 128)) - np.reshape(reference, (1, -1, 128))
+    return np.linalg.norm(pairs, axis=2).min(axis=1)
+
+
+def leave_one_out_distance(reference: np.ndarray) -> float | None:
+    """How alike the person's own photos are: each face's distance to the centre of the others,
+    averaged (None with fewer than two faces). Two real photos of one person are never at 0, so
+    this is the likeness a portrait can honestly reach: far below it is copying, not likeness."""
+    reference = np.reshape(reference, (-1, 128))
+    count = len(reference)
+    if count < 2:
+        return None
+    others = (reference.sum(axis=0) - reference) / (count - 1)
+    return float(np.linalg.norm(reference - others, axis=1).mean())
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 

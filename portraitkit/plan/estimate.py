@@ -65,7 +65,9 @@ ASSUMPTIONS = [
     "loading holds each weight once in RAM, no second copy (measured for the fp16 loading of real-size SD1.5 and "
     "SDXL on a CPU machine: within 0.6%, benchmarks/results/cpu-2026-12-01-load.json)",
     "seconds per step = traced FLOPs / achieved throughput of SD1.5 inference on that GPU; kernels for the "
-    "backward pass run as efficiently as the forward ones; loading, caching and validation are not included",
+    "backward pass run as efficiently as the forward ones; loading and caching are not included",
+    "validation: each validated step renders its images at inference speed (the same throughput); scoring them "
+    "(face detection, a second or less per image on a CPU) is not included",
     "cuDNN convolution workspaces are not counted",
     f"on a CPU, RAM holds more than the live tensors (glibc and oneDNN keep freed memory): up to {CPU_EXTRA_CAP_GB} "
     f"GiB, and in a training step {CPU_STEP_EXTRA_GB} GiB plus {CPU_STEP_EXTRA_PER_GB:.0%} of what its forward pass "
@@ -95,6 +97,11 @@ class PlanConfig:
     recipe: str = setting("portraitkit (cached latents and text, fp16 weights) or plain (fp32 weights under autocast, "
                         "VAE and text encoders every step, no checkpointing, 32-bit AdamW)", "portraitkit",
                         choices=("portraitkit", "plain"))
+    output_preservation: bool = setting("output preservation: the class caption through the UNet with the LoRA (with "
+                                        "gradients) and without it, every step", False)
+    validations: int = setting("validated steps in the run (train's default: every tenth of the run, at least 50 steps apart)", 10)
+    validation_renders: int = setting("images per validated step (train's default: 2 styles x 4 seeds)", 8)
+    validation_steps: int = setting("denoising steps per validation image (train's default: the style's 30)", 30)
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ class Plan:
     parameters: dict  # exact parameter counts
     flops_per_step: float
     inference: dict  # one image at 25 steps on the same machine
+    validation_seconds: float  # every validated step's renders, on top of the steps' time
     fits_gpu: bool | None
     fits_host: bool | None
     advice: str | None = None
@@ -150,7 +158,7 @@ class Plan:
 
     @property
     def total_seconds(self) -> float:
-        return self.seconds_per_step * self.config.steps
+        return self.seconds_per_step * self.config.steps  # the steps alone; validation_seconds come on top
 
     def to_dict(self) -> dict:
         device = self.device
@@ -168,6 +176,7 @@ class Plan:
             "peak_gpu_reserved_gb": _round(self.peak_gpu_reserved_gb),
             "peak_host_ram_gb": _round(self.peak_host_ram_gb),
             "seconds_per_step": round(self.seconds_per_step, 3),
+            "validation_seconds": round(self.validation_seconds),
             "total_seconds": round(self.total_seconds),
             "fits": self.fits,
             "fits_gpu": self.fits_gpu,
@@ -199,7 +208,11 @@ class Plan:
             lines.append(f"  GPU memory  {self.peak_gpu_mem_gb:5.1f} GiB of {self.device.gpu_memory_gb} GiB")
         budget = f" of {self.device.host_ram_gb:.1f} GiB" if self.device.host_ram_gb else ""
         lines.append(f"  RAM         {self.peak_host_ram_gb:5.1f} GiB{budget}")
-        lines.append(f"  time        {self.seconds_per_step:.2f} s/step, {_duration(self.total_seconds)} for {self.config.steps} steps")
+        lines.append(f"  time        {self.seconds_per_step:.2f} s/step, {_duration(self.total_seconds)} for {self.config.steps} steps"
+                     + (" with output preservation" if self.config.output_preservation else ""))
+        if self.config.validations:
+            lines.append(f"  validation  {_duration(self.validation_seconds)} more: {self.config.validations} x "
+                         f"{self.config.validation_renders} images at {self.config.validation_steps} steps")
         lines.append("  fits" if self.fits else f"  does NOT fit: {self.advice}")
         if self.faster:
             lines.append(f"  faster: {self.faster}")
@@ -230,7 +243,8 @@ def _room_to_spare(plan: Plan, device: Device) -> bool:
 def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, batch_size: int = 1,
              train_text_encoder: bool = False, gpu: str | Device = "t4", steps: int = 1000, optimizer: str = "adamw8bit",
              gradient_checkpointing: bool | None = None, recipe: str = "portraitkit", advise: bool = True,
-             dora: bool = False) -> Plan:
+             dora: bool = False, output_preservation: bool = False, validations: int = 10, validation_renders: int = 8,
+             validation_steps: int = 30) -> Plan:
     """Estimate a run's peak GPU memory, RAM and time; when it does not fit, say the cheapest change
     that does, and when it fits with checkpointing, whether it would also fit (faster) without.
 
@@ -240,10 +254,13 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     device = _device(gpu)
     config = PlanConfig(base=base, resolution=resolution, rank=rank, batch_size=batch_size,
                         train_text_encoder=train_text_encoder, gpu=device.name, steps=steps, optimizer=optimizer,
-                        gradient_checkpointing=gradient_checkpointing, recipe=recipe, dora=dora)
+                        gradient_checkpointing=gradient_checkpointing, recipe=recipe, dora=dora,
+                        output_preservation=output_preservation, validations=validations,
+                        validation_renders=validation_renders, validation_steps=validation_steps)
     # Mistakes in the numbers fail before the base is looked up (a hub id costs a request).
     check_at_least({"rank": config.rank, "batch_size": config.batch_size}, 1)
-    check_at_least({"steps": config.steps}, 0)
+    check_at_least({"steps": config.steps, "validations": config.validations, "validation_renders": config.validation_renders}, 0)
+    check_at_least({"validation_steps": config.validation_steps}, 1)
     check_resolution(config.resolution)
     arch = architecture(base)
     plan = None
@@ -294,7 +311,11 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
     def graph(name: str, mode: str, batch: int, weight_bytes: int = recipe.weight_bytes) -> dict:
         return trace_pass(key, name, mode, batch, resolution, weight_bytes, recipe.autocast)
 
-    step = training_step(key, resolution, config.batch_size, config.rank, recipe.checkpointing,
+    # Output preservation runs the class caption through the UNet with the LoRA beside the training
+    # image's pass (both graphs held until the backward pass: a step at twice the batch), plus one
+    # forward pass without the LoRA and without gradients.
+    graphs = 2 if config.output_preservation else 1
+    step = training_step(key, resolution, config.batch_size * graphs, config.rank, recipe.checkpointing,
                           recipe.weight_bytes, recipe.autocast, config.dora)
     lora_numels = list(step["lora_numels"])
     if config.train_text_encoder:  # the encoders run with gradients in every step
@@ -307,6 +328,8 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
     optimizer_bytes = optimizer_state_bytes(lora_numels, recipe.optimizer)
     vae_encode = graph("vae", "encode", 1)
     flops = step["flops"]
+    if config.output_preservation:
+        flops += graph("unet", "infer", config.batch_size)["flops"]
 
     if recipe.cached:
         # `train` moves the models so that each phase has on the GPU only what it runs: the VAE and
@@ -369,6 +392,8 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
         seconds_per_step=seconds, phases_gb={k: v / GIB for k, v in phases.items()}, breakdown_gb=breakdown,
         parameters={**params, "lora": sum(lora_numels)}, flops_per_step=flops,
         inference=_inference(key, arch, resolution, device, recipe), fits_gpu=fits_gpu, fits_host=fits_host,
+        validation_seconds=config.validations * config.validation_renders
+        * _inference(key, arch, resolution, device, recipe, steps=config.validation_steps)["seconds_per_image"],
     )
 
 
@@ -493,7 +518,11 @@ def plan_for_training(config, device: Device | None = None) -> Plan:
     plan = plan_run(base=config.base, resolution=config.resolution, rank=config.rank, batch_size=batch,
                     train_text_encoder=config.train_text_encoder, gpu=device, steps=config.steps,
                     optimizer=config.optimizer, gradient_checkpointing=config.gradient_checkpointing, advise=False,
-                    dora=getattr(config, "dora", False))
+                    dora=getattr(config, "dora", False), output_preservation=getattr(config, "output_preservation", False),
+                    # the trainer decides which steps it validates and what it draws there; the planner counts them
+                    validations=len(config.validated_steps()) if hasattr(config, "validated_steps") else 0,
+                    validation_renders=len(getattr(config, "validation_styles", ())) * len(getattr(config, "validation_seeds", ())),
+                    validation_steps=getattr(config, "validation_steps", None) or 30)
     if not plan.fits:
         plan.advice = _advice(plan.config, device, plan)
     return plan

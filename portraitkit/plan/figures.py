@@ -102,3 +102,44 @@ def memory_figure(base: str = "sd15", rank: int = 16, gpu: str = "t4"):
     axes.set_ylim(0, max(budget, max(sum(p.values()) for p in bars.values())) * 1.2)
     figure.tight_layout()
     return as_picture(figure)
+
+
+def preservation_figure(base: str = "sd15", gpu: str = "t4", steps: int = 1000, class_images: int = 50):
+    """What keeping the base model's idea of "a person" costs, three ways, from the planner's
+    estimates: training alone; DreamBooth's prior preservation (a class image rides beside each
+    photo, and `class_images` are rendered before training); output preservation (the class
+    caption through the UNet with and without the LoRA each step, no images). Minutes for the run
+    on the left, peak GPU memory on the right."""
+    from matplotlib.figure import Figure
+
+    from portraitkit.plan.estimate import plan_run
+
+    def plan(**settings):
+        return plan_run(base, gpu=gpu, steps=steps, advise=False, validations=0, **settings)
+
+    plain, prior, output = plan(), plan(batch_size=2), plan(output_preservation=True)
+    render = plain.inference["seconds_per_image"] * 30 / plain.inference["steps"]  # the class images at 30 steps
+    options = ["training alone", f"prior preservation\n({class_images} class images)", "output preservation\n(no images)"]
+    minutes = [plain.total_seconds / 60, prior.total_seconds / 60, output.total_seconds / 60]
+    upfront = [0, class_images * render / 60, 0]
+    memory = [p.peak_gpu_mem_gb or p.peak_host_ram_gb for p in (plain, prior, output)]
+    figure = Figure(figsize=(10, 3.6), dpi=100)
+    left, right = figure.subplots(1, 2)
+    colours = ["#b8c0cc", "#e0702d", "#2d7fe0"]
+    left.barh(options, minutes, color=colours)
+    left.barh(options, upfront, left=minutes, color=colours, alpha=0.4, hatch="//", label="rendering the class images first")
+    for row, (total, extra) in enumerate(zip(minutes, upfront)):
+        left.text(total + extra, row, f" {total + extra:.1f} min", va="center")
+    left.set(xlabel=f"minutes for {steps} steps (estimate)", title=f"{base} on {plain.device.name}: time")
+    left.set_xlim(0, max(m + u for m, u in zip(minutes, upfront)) * 1.3)
+    left.invert_yaxis()
+    left.legend(loc="upper right", fontsize="small")
+    right.barh(options, memory, color=colours)
+    for row, value in enumerate(memory):
+        right.text(value, row, f" {value:.1f} GiB", va="center")
+    right.set(xlabel="peak memory, GiB (estimate)", title="memory")
+    right.set_yticks(range(3), [""] * 3)
+    right.set_xlim(0, max(memory) * 1.3)
+    right.invert_yaxis()
+    figure.tight_layout()
+    return as_picture(figure)

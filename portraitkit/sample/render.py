@@ -30,6 +30,7 @@ from portraitkit.core.files import save_image, write_json
 from portraitkit.sample.infotext import lora_hash, model_identity, png_parameters, read_parameters  # noqa: F401
 from portraitkit.core.quiet import quiet
 from portraitkit.core.settings import check_at_least, check_resolution, setting
+from portraitkit.sample.recipe import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
 from portraitkit.sample.styles import Style, load_styles, select_styles
 
 MANIFEST = "manifest.json"
@@ -48,7 +49,7 @@ class SampleConfig:
     lora_scale: float = setting("LoRA strength: 1 as trained, 0 is the base model alone, 0.7-0.9 trades likeness for the style", 1.0)
     steps: int | None = setting("denoising steps; default: the style's own (30)", None)
     guidance_scale: float | None = setting("classifier-free guidance; default: the style's own (7 SD1.5, 5.5 SDXL)", None)
-    sampler: str = setting("sampler, named as in AUTOMATIC1111", "dpmpp_2m_karras", choices=("dpmpp_2m_karras", "euler_a", "euler", "ddim"))
+    sampler: str = setting("sampler, named as in AUTOMATIC1111", DEFAULT_SAMPLER, choices=tuple(SAMPLERS))
     resolution: int | None = setting("image size in pixels; default: the size the LoRA was trained at", None)
     lora: str = setting("which LoRA: final (the run's last step) or best (the validation step most like the person)", "final",
                       choices=("final", "best"))
@@ -57,23 +58,6 @@ class SampleConfig:
     styles_file: str | None = setting("YAML or JSON file with your own styles, added to the built-in ones", None)
     vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's (madebyollin/sdxl-vae-fp16-fix: SDXL in fp16 "
                               "without NaN images); default: the one the run trained with", None)
-
-
-@dataclass(frozen=True)
-class Sampler:
-    label: str  # AUTOMATIC1111's name, written into the PNG
-    scheduler: str  # diffusers class
-    options: tuple = ()
-    schedule_type: str | None = None  # A1111 1.9+'s "Schedule type" (None: the sampler's own)
-
-
-# DPM++ 2M with Karras sigmas gives clean portraits in 20-30 steps on SD1.5 and SDXL alike.
-SAMPLERS = {
-    "dpmpp_2m_karras": Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", (("use_karras_sigmas", True),), "Karras"),
-    "euler_a": Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
-    "euler": Sampler("Euler", "EulerDiscreteScheduler"),
-    "ddim": Sampler("DDIM", "DDIMScheduler"),
-}
 
 
 def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded: dict | None = None,
@@ -341,16 +325,14 @@ def _previous_manifest(out_dir: Path) -> dict[str, dict]:
 # --- the pipeline -----------------------------------------------------------------------------
 
 
-def load_for_sampling(base: str, family: str, device: str, sampler: str = "dpmpp_2m_karras", vae: str | None = None):
+def load_for_sampling(base: str, family: str, device: str, sampler: str = DEFAULT_SAMPLER, vae: str | None = None):
     """The base pipeline, set up for a T4: fp16 weights, memory-light VAE decoding for SDXL."""
-    import diffusers
     import torch
 
     from portraitkit.models.bases import load_pipeline
 
     pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32, vae=vae)
-    choice = SAMPLERS[sampler]
-    pipe.scheduler = getattr(diffusers, choice.scheduler).from_config(pipe.scheduler.config, **dict(choice.options))
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     if family == "sdxl":
         # SDXL's VAE overflows in fp16, so diffusers decodes in fp32: several GB at 1024 px.
         # Slicing decodes a batch one image at a time; tiling decodes in overlapping tiles for

@@ -71,9 +71,43 @@ def load_examples(dataset_dir: str) -> list[dict]:
         raise PortraitkitError(f"{folder}/metadata.jsonl must give each image a `text` caption (portraitkit prep writes them)")
     if len(dataset) == 0:
         raise PortraitkitError(f"{folder} holds no images")
-    return [{"image": row["image"].convert("RGB"), "text": row["text"], "original_size": row.get("original_size"),
+    # datasets keeps the order of the files it is given: the names line up with the rows
+    return [{"image": row["image"].convert("RGB"), "text": row["text"], "file_name": name, "original_size": row.get("original_size"),
              "crop_top_left": row.get("crop_top_left"),
-             **({"mask": row["mask"].convert("L")} if row.get("mask") is not None else {})} for row in dataset]
+             **({"mask": row["mask"].convert("L")} if row.get("mask") is not None else {})} for name, row in zip(names, dataset)]
+
+
+def split_holdout(examples: list[dict], count: int) -> tuple[list[dict], list[dict]]:
+    """(training examples, held-out examples): `count` photos kept out of training, chosen for
+    variety by farthest-point sampling on their face embeddings: first the face farthest from the
+    centre of all, then each time the face farthest from those already chosen. So the held-out
+    photos span the person's looks (light, angle, expression) instead of repeating one."""
+    if count == 0:
+        return examples, []
+    if count > len(examples) - 2:
+        raise PortraitkitError(f"--holdout {count} would leave {len(examples) - count} of the {len(examples)} photos to train on: "
+                               f"hold out at most {max(0, len(examples) - 2)} (a LoRA needs several photos of the person)")
+    import numpy as np
+
+    from portraitkit.faces.detect import detect_faces, face_embedding
+
+    with_face, embeddings = [], []
+    for index, example in enumerate(examples):
+        found = detect_faces(example["image"])
+        if found:
+            with_face.append(index)
+            embeddings.append(face_embedding(example["image"], found[0]))
+    if len(with_face) < count:
+        raise PortraitkitError(f"--holdout {count}: only {len(with_face)} of the photos show a face the likeness can be measured on; "
+                               f"hold out at most {len(with_face)}")
+    embeddings = np.array(embeddings)
+    chosen = [int(np.argmax(np.linalg.norm(embeddings - embeddings.mean(axis=0), axis=1)))]
+    while len(chosen) < count:
+        nearest = np.min([np.linalg.norm(embeddings - embeddings[c], axis=1) for c in chosen], axis=0)
+        nearest[chosen] = -1  # ties among the rest go to the first photo: the choice never depends on luck
+        chosen.append(int(np.argmax(nearest)))
+    held_out = [with_face[c] for c in chosen]
+    return [e for i, e in enumerate(examples) if i not in held_out], [examples[i] for i in held_out]
 
 
 def image_to_tensor(image, resolution: int):
@@ -121,13 +155,14 @@ def encode_text(pipe, captions: list[str], device) -> dict:
 
 
 def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool, bare: bool = False,
-                    masks: bool = False) -> dict:
+                    masks: bool = False, class_prompt: str | None = None) -> dict:
     """{"latents", "embeds" (and SDXL's "pooled") when `with_text`}; with `bare` also each caption's
-    bare trigger phrase encoded ("bare_embeds", "bare_pooled": caption dropout), with `masks` the
+    bare trigger phrase encoded ("bare_embeds", "bare_pooled": caption dropout), with `class_prompt`
+    each class caption ("class_embeds", "class_pooled": output preservation), with `masks` the
     masks at latent resolution ("masks": the masked loss)."""
     import torch
 
-    from portraitkit.train.objective import bare_caption
+    from portraitkit.train.objective import bare_caption, class_caption
 
     cache = {"latents": encode_images(pipe, [e["image"] for e in examples], resolution)}
     if hasattr(pipe, "text_encoder_2"):
@@ -139,6 +174,9 @@ def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool
             if bare:
                 text = encode_text(pipe, [bare_caption(e["text"]) for e in examples], pipe.text_encoder.device)
                 cache.update({f"bare_{key}": value.float() for key, value in text.items()})
+            if class_prompt is not None:
+                text = encode_text(pipe, [class_caption(e["text"], class_prompt) for e in examples], pipe.text_encoder.device)
+                cache.update({f"class_{key}": value.float() for key, value in text.items()})
     if masks:
         cache["masks"] = latent_masks(examples, resolution, cache["latents"].shape[-1])
     return cache
@@ -190,13 +228,31 @@ def batch_inputs(pipe, cache: dict, picks: list[int], captions: list[str], dropp
     latents = cache["latents"][picks].to(device)
     cond = {}
     for key in cache:
-        if key in ("latents", "masks") or key.startswith("bare_"):
+        if key in ("latents", "masks") or key.startswith(("bare_", "class_")):
             continue
         cond[key] = torch.stack([cache[f"bare_{key}" if drop and f"bare_{key}" in cache else key][i]
                                  for i, drop in zip(picks, dropped)]).to(device)
     if "embeds" not in cache:  # the text encoder trains: encode with gradients
         cond.update(encode_text(pipe, captions, device))
     return latents, cond
+
+
+def preservation_inputs(pipe, cache: dict, picks: list[int], class_captions: list[str], device) -> tuple[dict, dict]:
+    """Output preservation's class captions as the UNet takes them, (with the LoRA, without it):
+    the same cached embeddings when the text encoders do not train; else encoded now, once with
+    gradients through their LoRA and once, without gradients, with their adapters off."""
+    import torch
+
+    from portraitkit.models.lora import text_encoders
+    from portraitkit.train.objective import adapters_off
+
+    shared = {"time_ids": cache["time_ids"][picks].to(device)} if "time_ids" in cache else {}
+    if "class_embeds" in cache:
+        cond = {**shared, **{key.removeprefix("class_"): cache[key][picks].to(device) for key in cache if key.startswith("class_")}}
+        return cond, cond
+    with torch.no_grad(), adapters_off(*text_encoders(pipe)):
+        base = {**shared, **encode_text(pipe, class_captions, device)}
+    return {**shared, **encode_text(pipe, class_captions, device)}, base
 
 
 # --- prior preservation -----------------------------------------------------------------------

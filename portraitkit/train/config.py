@@ -5,6 +5,7 @@ model loaded."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,8 @@ class TrainConfig:
     warmup_steps: int = setting("learning-rate warm-up steps", 0)
     max_grad_norm: float = setting("gradient clipping norm", 1.0)
     class_dir: str | None = setting("prior preservation: folder of class images (missing ones are generated)", None)
-    class_prompt: str = setting("caption of the class images", "a photo of a person")
+    class_prompt: str = setting("caption of the class images; with --output-preservation, what replaces the trigger phrase",
+                                "a photo of a person")
     num_class_images: int = setting("class images to use for prior preservation", 50)
     prior_loss_weight: float = setting("weight of the class-image loss", 1.0)
     masked_loss: bool = setting("count the person's face and hair (prep's masks/) in the loss, not the background", False)
@@ -53,18 +55,40 @@ class TrainConfig:
     checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)
     keep_checkpoints: int = setting("how many recent checkpoints to keep", 3)
     validate: bool = setting("render and score validation images (identity.json, best/); --no-validate trains only", True)
-    validate_every: int = setting("render validation images every N steps (0 = only at the end)", 0)
-    validation_prompts: list[str] | None = setting("prompts for validation; default: the first two captions", None)
-    validation_seeds: tuple[int, ...] = setting("seeds for validation images", (0, 1))
-    validation_steps: int = setting("denoising steps per validation image", 25)
+    validate_every: int | None = setting("render validation images every N steps (0 = only at the end); default: every tenth "
+                                         "of the run, at least 50 steps apart", None)
+    validation_styles: tuple[str, ...] = setting("sample's styles the validation draws, with sample's recipe (DPM++ 2M Karras, "
+                                                 "the style's guidance and negative prompt)", ("studio", "outdoor"))
+    validation_seeds: tuple[int, ...] = setting("seeds for validation images: styles x seeds renders per validated step", (0, 1, 2, 3))
+    validation_steps: int | None = setting("denoising steps per validation image; default: the style's own (30), as sample draws", None)
+    holdout: int = setting("keep N accepted photos out of training (the most varied ones): the validation loss and the likeness "
+                           "are measured on photos the LoRA never saw", 0)
+    output_preservation: bool = setting("output preservation: each step also pulls the LoRA's prediction for the class caption "
+                                        "(the trigger phrase replaced by --class-prompt) toward the base model's, so the person "
+                                        "does not leak into every face; one more UNet pass per step, no class images", False)
+    preservation_weight: float = setting("weight of the output-preservation loss", 1.0)
     resume: bool = setting("continue from the newest complete checkpoint in out_dir", False)
     vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's, e.g. madebyollin/sdxl-vae-fp16-fix "
                               "(SDXL's own VAE gives NaN/black images in fp16)", None)
 
+    def validated_steps(self) -> list[int]:
+        """The steps whose LoRA is validated: every --validate-every steps (default: every tenth of
+        the run, at least MIN_STEPS_APART apart, since each validation costs as many renders as a
+        short run's training), and always the last; none with --no-validate."""
+        if not self.validate:
+            return []
+        gap = self.validate_every
+        if gap is None:
+            gap = max(MIN_STEPS_APART, math.ceil(self.steps / VALIDATIONS_PER_RUN))
+        return sorted({*range(gap, self.steps, gap), self.steps} if gap else {self.steps})
+
+
+VALIDATIONS_PER_RUN = 10
+MIN_STEPS_APART = 50
 
 # Settings that may change when a run is resumed; everything else must match the saved config.
 RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate", "validate_every",
-                     "validation_prompts", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
+                     "validation_styles", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
 
 
 def check_config(config: TrainConfig) -> TrainConfig:
@@ -79,7 +103,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
                     "validation_steps": config.validation_steps}, 1)
     check_at_least({"warmup_steps": config.warmup_steps, "checkpoint_every": config.checkpoint_every,
                     "validate_every": config.validate_every, "noise_offset": config.noise_offset,
-                    "prior_loss_weight": config.prior_loss_weight, "seed": config.seed}, 0)
+                    "prior_loss_weight": config.prior_loss_weight, "seed": config.seed, "holdout": config.holdout,
+                    "preservation_weight": config.preservation_weight}, 0)
     check_positive({"lr": config.lr, "text_encoder_lr": config.text_encoder_lr, "alpha": config.alpha,
                     "max_grad_norm": config.max_grad_norm, "snr_gamma": config.snr_gamma})
     check_resolution(config.resolution)

@@ -9,8 +9,9 @@ The story of a run (`train`), read top to bottom:
    the VAE and text encoders on the GPU; from then on the loop runs only the UNet (`placement`);
 4. the loop, one micro-batch at a time: draw (which photos, which noise, which timesteps:
    `draws`), noise the latents, predict the noise, min-SNR-weighted MSE (on the face and hair
-   only with --masked-loss: `objective`), backward, 8-bit AdamW step; log, validate (`validate`)
-   and checkpoint (`checkpoints`) along the way;
+   only with --masked-loss: `objective`; with --output-preservation also the class caption with
+   and without the LoRA), backward, 8-bit AdamW step; log, validate (`validate`: renders drawn as
+   `sample` draws, their likeness, the held-out photos' loss) and checkpoint (`checkpoints`);
 5. save the LoRA in the diffusers format and in the kohya format that AUTOMATIC1111 and ComfyUI read.
 
 What only a run on several processes needs (each process's part of the draws, the gradients
@@ -30,12 +31,13 @@ from portraitkit.core.errors import PortraitkitError
 from portraitkit.models import lora
 from portraitkit.models.conditioning import unet_conditioning
 from portraitkit.train import checkpoints, objective, parallel, validate
-from portraitkit.train.cache import batch_inputs, class_examples, encode_examples, load_examples, require_masks
+from portraitkit.train.cache import (batch_inputs, class_examples, encode_examples, load_examples, preservation_inputs,
+                                     require_masks, split_holdout)
 from portraitkit.train.config import TrainConfig, check_config
 from portraitkit.train.draws import draw
 from portraitkit.train.phases import PhaseClock
 from portraitkit.train.placement import Placement
-from portraitkit.train.run_folder import finished, plot_loss, prepare_run_folder, record_phases
+from portraitkit.train.run_folder import finished, plot_loss, prepare_run_folder, record_in_config, record_phases
 
 
 def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) -> Path:
@@ -89,6 +91,13 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         examples = load_examples(config.dataset_dir)
         if config.masked_loss:  # before minutes of loading, not after
             require_masks(examples)
+        # Photos the LoRA never sees: the validation loss and the likeness are measured on them too.
+        examples, held_out = split_holdout(examples, config.holdout)
+        if main and held_out:
+            record_in_config(run_dir, holdout=[e["file_name"] for e in held_out])
+        if config.validate:  # an unknown style or unreadable token fails now, not at the first validation
+            from portraitkit.models.bases import resolve_base
+            validate.validation_recipe(config, resolve_base(config.base).family)
         resolution = training_resolution(config, examples)
         pipe, lora_modules = load_for_training(config, weight_dtype)
     if checkpointing:
@@ -105,9 +114,10 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     with_text = not config.train_text_encoder
     with clock("cache"), placement.on("vae", "text_encoder", "text_encoder_2"):
         classes = class_examples(pipe, placement, config.class_dir, config.class_prompt, config.num_class_images, config.seed,
-                                 config.validation_steps, resolution) if config.class_dir else []
+                                 config.validation_steps or 30, resolution) if config.class_dir else []  # 30: the styles' steps
         cache = encode_examples(pipe, examples, resolution, with_text=with_text, bare=config.caption_dropout > 0,
-                                masks=config.masked_loss)
+                                masks=config.masked_loss, class_prompt=config.class_prompt if config.output_preservation else None)
+        held_out_cache = encode_examples(pipe, held_out, resolution, with_text=with_text) if held_out and main else None
         class_cache = encode_examples(pipe, classes, resolution, with_text=with_text) if classes else None
     # From here on only the UNet (and the text encoders it trains) run; the VAE waits in RAM.
     placement.keep(*lora_modules)
@@ -132,6 +142,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     latent_shape = tuple(cache["latents"].shape[1:])
     class_count = len(class_cache["latents"]) if class_cache is not None else 0
 
+    validated = set(config.validated_steps())
     log_path = run_dir / "train_log.jsonl"
     clock.start("steps")
     progress = tqdm(total=config.steps, initial=start_step, desc="training LoRA", unit="step",
@@ -156,16 +167,26 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
                     cond = {key: torch.cat([cond[key], class_cond[key]]) for key in cond}
                     if mask is not None:  # class images keep the whole picture: the prior is all of it
                         mask = torch.cat([mask, torch.ones_like(mask)])
+                if config.output_preservation:  # the class caption, through the UNet with and without the LoRA
+                    preserve = preservation_inputs(pipe, cache, drawn.picks, [objective.class_caption(examples[i]["text"],
+                                                   config.class_prompt) for i in drawn.picks], device)
                 # 2. noise the latents at the drawn timesteps, predict the noise, weigh the error
                 with accelerator.autocast():
                     per_sample = objective.loss_of_draw(unet, noise_scheduler, latents, drawn.noise.to(device),
                                                         drawn.timesteps.to(device), unet_conditioning(cond, resolution, weight_dtype),
                                                         config.snr_gamma, weight_dtype, mask, config.background_weight)
+                    if config.output_preservation:
+                        n = len(drawn.picks)
+                        preservation = objective.preservation_loss(
+                            unet, noise_scheduler, latents[:n], drawn.noise[:n].to(device), drawn.timesteps[:n].to(device),
+                            *(unet_conditioning(c, resolution, weight_dtype) for c in preserve), config.snr_gamma, weight_dtype)
                 if class_cache is None:
                     loss = per_sample.mean()
                 else:
                     instance, prior = per_sample.chunk(2)
                     loss = instance.mean() + config.prior_loss_weight * prior.mean()
+                if config.output_preservation:
+                    loss = loss + config.preservation_weight * preservation.mean()
                 # 3. backward and step (accelerate steps only after the last accumulated micro-batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -179,16 +200,20 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
                "seconds": round(time.perf_counter() - began, 4)}
         if not main:
             continue
+        if held_out_cache is not None and step in validated:
+            with clock.pause("steps"), clock("validation"), accelerator.autocast():
+                row["validation_loss"] = validate.validation_loss(pipe, held_out_cache, [e["text"] for e in held_out],
+                                                                  noise_scheduler, resolution, config.snr_gamma, config.seed, weight_dtype)
         with log_path.open("a", encoding="utf-8") as log:
             log.write(json.dumps(row) + "\n")
         progress.update(1)
         progress.set_postfix(loss=f"{row['loss']:.4f}")
         if on_step is not None:
             on_step(row)
-        if config.validate and config.validate_every and step % config.validate_every == 0 and step < config.steps:
+        if step in validated and step < config.steps:  # the last step is validated once the LoRA is saved
             progress.set_description("rendering validation images")  # the bar stands still meanwhile: say why
             with clock.pause("steps"):
-                validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step, clock)
+                validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step, clock, held_out)
             progress.set_description("training LoRA")
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             progress.set_description("saving a checkpoint")
@@ -206,7 +231,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         with clock("save"):
             lora.save(pipe, run_dir, config.rank, config.alpha, config.train_text_encoder)
         if config.validate:
-            validate.run_validation(pipe, placement, config, examples, resolution, run_dir, config.steps, clock)
+            validate.run_validation(pipe, placement, config, examples, resolution, run_dir, config.steps, clock, held_out)
         with clock("plots"):
             plot_loss(run_dir)
         record_phases(run_dir, clock.seconds)

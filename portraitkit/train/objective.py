@@ -11,12 +11,22 @@
   on its bare trigger caption ("a photo of sks person") instead of its full caption, so the token
   alone also carries the person (ai-toolkit's default is 0.05).
 
+- **Output preservation** (`train --output-preservation`): the class caption (the trigger phrase
+  replaced by the class prompt: "a photo of a person, warm light") goes through the UNet on the
+  same noisy latents with the LoRA and without it, and the distance between the two predictions
+  is added to the loss (`preservation_loss`): the LoRA learns the person where the caption names
+  them and leaves every other person as the base model draws them. kohya sd-scripts ("differential
+  output preservation"), ai-toolkit and OneTrainer ("prior-model preservation") do the same; unlike
+  DreamBooth's prior preservation it needs no class images, only one more forward pass per step.
+
 Both sit in `loss_of_draw`, the loss of one draw of noise and timesteps, with min-SNR weighting
 (Hang et al., ICCV 2023). All are plain functions of tensors and seeds, so tests check them on
 their own, and notebook 04 checks its by-hand step against `loss_of_draw`.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 # Every caption prep writes starts with the trigger phrase, then ", " and the measured words.
 CAPTION_SEPARATOR = ", "
@@ -66,6 +76,48 @@ def dropped_captions(seed: int, micro_index: int, count: int, probability: float
 def bare_caption(caption: str) -> str:
     """The trigger phrase a caption begins with: "a photo of sks person, warm light" -> "a photo of sks person"."""
     return caption.split(CAPTION_SEPARATOR, 1)[0].strip()
+
+
+def class_caption(caption: str, class_prompt: str) -> str:
+    """The caption with its trigger phrase replaced by the class prompt: "a photo of sks person,
+    warm light" -> "a photo of a person, warm light" (output preservation's caption)."""
+    parts = caption.split(CAPTION_SEPARATOR, 1)
+    return CAPTION_SEPARATOR.join([class_prompt, *parts[1:]])
+
+
+@contextlib.contextmanager
+def adapters_off(*modules):
+    """The base model inside the block: every peft adapter layer in `modules` disabled, and enabled
+    again after it. This is what diffusers' `unet.disable_adapters()` / `enable_adapters()` do
+    (they are methods, not a context manager), here for the text encoders too, whose adapters
+    peft injected directly. Enabling makes the adapters trainable again, as they were."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [layer for module in modules for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def preservation_loss(unet, noise_scheduler, latents, noise, timesteps, conditioning: dict, base_conditioning: dict,
+                      snr_gamma: float | None, dtype=None):
+    """Output preservation, per sample: the class caption's prediction with the LoRA against the
+    base model's on the same noisy latents (the base pass first, without gradients, its adapters
+    off), by mean squared error over the whole picture (no mask: the prior is all of it), min-SNR
+    weighted like the training loss so the two keep their balance at every timestep.
+    `base_conditioning` is the class caption encoded without the LoRA (it differs from
+    `conditioning` only when the text encoders train)."""
+    import torch
+
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps).to(dtype or latents.dtype)
+    with torch.no_grad(), adapters_off(unet):
+        base = unet(noisy, timesteps, **base_conditioning).sample.float()
+    prediction = unet(noisy, timesteps, **conditioning).sample.float()
+    return masked_loss(prediction, base) * snr_weights(noise_scheduler, timesteps, snr_gamma)
 
 
 def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning: dict, snr_gamma: float | None, dtype=None,

@@ -76,7 +76,8 @@ def run_config(config: TrainConfig, processes: int = 1) -> dict:
 
 
 def plot_loss(run_dir: Path) -> Path | None:
-    """loss.png: every step's loss and a moving average (single steps are very noisy)."""
+    """loss.png: every step's loss, a moving average (single steps are very noisy) and, with
+    held-out photos, the validation loss on them (fixed noise and timesteps: comparable across steps)."""
     from matplotlib.figure import Figure
 
     rows = read_jsonl(run_dir / "train_log.jsonl") if (run_dir / "train_log.jsonl").exists() else []
@@ -88,8 +89,12 @@ def plot_loss(run_dir: Path) -> Path | None:
     smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1]) for i in range(len(losses))]
     figure = Figure(figsize=(6, 3.5), dpi=100)
     axes = figure.subplots()
-    axes.plot(steps, losses, alpha=0.3, label="loss per step")
-    axes.plot(steps, smooth, label=f"moving average ({window} steps)")
+    axes.plot(steps, losses, alpha=0.3 if window > 1 else 1.0, marker="." if len(steps) < 3 else None, label="loss per step")
+    if window > 1:  # a one-step "average" is the loss itself
+        axes.plot(steps, smooth, label=f"moving average ({window} steps)")
+    held_out = [(r["step"], r["validation_loss"]) for r in rows if r.get("validation_loss") is not None]
+    if held_out:
+        axes.plot(*zip(*held_out), "o-", color="tab:red", label="validation loss (held-out photos)")
     axes.set(xlabel="step", ylabel="denoising loss", title="LoRA training loss")
     axes.legend()
     figure.tight_layout()
@@ -98,7 +103,54 @@ def plot_loss(run_dir: Path) -> Path | None:
     return run_dir / "loss.png"
 
 
-def record_phases(run_dir: Path, seconds: dict) -> None:
+def plot_likeness(run_dir: Path) -> Path | None:
+    """likeness.png: each validated step's identity distance to the person (lower is more alike)
+    with the ceiling, how far the person's own photos are from each other, as a line; the best
+    step ringed, steps whose renders copy a training photo crossed out."""
+    from matplotlib.figure import Figure
+
+    path = run_dir / "identity.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    rows = record["steps"]
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    axes = figure.subplots()
+    for key, style, colour, label in [("likeness", "o-", "tab:blue", "to the centre of your photos"),
+                                      ("nearest", ".--", "tab:orange", "to the nearest photo"),
+                                      ("holdout", "s:", "tab:purple", "to the held-out photos")]:
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            axes.plot(*zip(*points), style, color=colour, label=label)
+    if record.get("ceiling") is not None:
+        axes.axhline(record["ceiling"], color="black", linestyle="--", linewidth=1,
+                     label=f"ceiling: your photos {record['ceiling']:.2f} apart")
+    best = next((r for r in rows if r["step"] == record.get("best_step")), None)
+    if best is not None:
+        axes.plot([best["step"]], [best["likeness"]], "o", markersize=14, fillstyle="none", color="tab:green",
+                  label=f"best/ (step {best['step']})")
+    copying = [(r["step"], r["likeness"]) for r in rows if r.get("copies") and r.get("likeness") is not None]
+    if copying:
+        axes.plot(*zip(*copying), "x", markersize=12, color="tab:red", label="copies a training photo")
+    if rows:  # the validated steps on the axis, also when none of them has a face to measure
+        axes.set_xlim(0, max(r["step"] for r in rows) * 1.05)
+    if not any(r.get("likeness") is not None for r in rows):
+        axes.text(0.5, 0.5, "no face found in the validation renders", transform=axes.transAxes, ha="center", va="center")
+    axes.set(xlabel="step", ylabel="identity distance (lower = more alike)", title="Likeness over training")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
+    figure.tight_layout()
+    with atomic_path(run_dir / "likeness.png") as tmp:
+        figure.savefig(tmp)
+    return run_dir / "likeness.png"
+
+
+def record_in_config(run_dir: Path, **fields) -> None:
+    """Add `fields` to the run's config.json (what the run decided once it had read the data)."""
     record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    record["seconds_by_phase"] = seconds  # this invocation's: a resumed run records its own
+    record.update(fields)
     write_json(run_dir / "config.json", record)
+
+
+def record_phases(run_dir: Path, seconds: dict) -> None:
+    record_in_config(run_dir, seconds_by_phase=seconds)  # this invocation's: a resumed run records its own

@@ -1,0 +1,147 @@
+"""The likeness curve: validation drawn with sample's recipe, each step's likeness beside the
+ceiling (how alike the person's own photos are), and best/ chosen by likeness among steps that
+copy nothing. The tiny base draws noise, not faces: its run proves the mechanics only."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from portraitkit.cli import main
+from portraitkit.pick.likeness import centroid_distances, leave_one_out_distance, nearest_distances
+from portraitkit.train import validate
+from portraitkit.train.config import TrainConfig
+
+
+def test_ceiling_is_each_photo_against_the_centre_of_the_others():
+    faces = np.zeros((3, 128))
+    faces[1, 0] = faces[2, 1] = 2.0  # (0, 0), (2, 0), (0, 2)
+    # (0,0) against (1,1): sqrt 2; (2,0) against (0,1) and (0,2) against (1,0): sqrt 5
+    assert leave_one_out_distance(faces) == pytest.approx((math.sqrt(2) + 2 * math.sqrt(5)) / 3)
+    assert leave_one_out_distance(faces[:1]) is None  # one photo has nothing to be compared with
+    render = np.zeros((1, 128))
+    render[0, 0] = 2.0  # a copy of the second photo
+    assert nearest_distances(render, faces)[0] == 0
+    assert centroid_distances(render, faces)[0] == pytest.approx(math.hypot(2 - 2 / 3, 2 / 3))
+
+
+def row(step, likeness, faces=8, copies=0):
+    return {"step": step, "renders": 8, "faces": faces, "likeness": likeness, "copies": copies}
+
+
+def test_best_is_the_likeliest_step_that_copies_nothing_ties_to_the_earlier():
+    rows = [row(100, 0.50), row(200, 0.40), row(300, 0.30, copies=1),  # the likeliest, but it gives back a photo
+            row(400, 0.40),  # as alike as step 200: the earlier step wins
+            row(500, 0.20, faces=3),  # faces in fewer than half its renders: cannot be judged
+            row(600, None, faces=0)]
+    assert validate.best_step(rows) == 200
+    assert validate.best_step(rows[:1]) == 100
+    assert validate.best_step([row(300, 0.30, copies=1), row(600, None, faces=0)]) is None
+
+
+def test_scored_steps_keep_best_and_the_curve(tmp_path, monkeypatch):
+    """A scripted likeness sequence through score_validation_step: best/ follows the rule, and
+    identity.json and likeness.png carry the curve with its ceiling."""
+    script = {100: {"faces": 8, "likeness": 0.50, "nearest": 0.45, "copies": 0},
+              200: {"faces": 8, "likeness": 0.41, "nearest": 0.35, "copies": 0},
+              300: {"faces": 8, "likeness": 0.30, "nearest": 0.05, "copies": 2, "copied": ["training image 1"],
+                    "reason": "copies_training_photo: 2 of 8 validation images reproduce a training photo"},
+              400: {"faces": 8, "likeness": 0.41, "nearest": 0.36, "copies": 0}}
+    faces = np.zeros((3, 128))
+    faces[1, 0] = faces[2, 1] = 0.6
+    current = {}
+    monkeypatch.setattr(validate, "reference_embeddings", lambda images: faces)
+    monkeypatch.setattr(validate, "_identity_of_step", lambda *args: {"reason": None, **script[current["step"]]})
+    saved = []
+
+    def save_best(folder):
+        saved.append(current["step"])
+        (folder / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+
+    images = [Image.new("RGB", (64, 64))] * 8
+    for step in script:
+        current["step"] = step
+        record = validate.score_validation_step(tmp_path, step, images, images[:3], 400, save_best)
+    assert saved == [100, 200]  # 300 copies, 400 only ties with 200
+    assert record["best_step"] == 200 and record["recommended"] == "best"
+    assert record["ceiling"] == pytest.approx(leave_one_out_distance(faces), abs=1e-4)
+    assert [(r["step"], r["renders"], r["likeness"], r["copies"]) for r in record["steps"]] == [
+        (100, 8, 0.50, 0), (200, 8, 0.41, 0), (300, 8, 0.30, 2), (400, 8, 0.41, 0)]
+    line = validate.best_line(tmp_path)
+    assert line.startswith(f"likeness 0.41 at step 200; your own photos are {record['ceiling']:.2f} apart")
+
+    from portraitkit.train.run_folder import plot_likeness
+
+    picture = np.asarray(Image.open(plot_likeness(tmp_path)).convert("RGB")).astype(int)
+    red, green = picture[..., 0], picture[..., 1]
+    # the copying step is crossed out in red and the best step ringed in green
+    assert ((red > 180) & (green < 80)).sum() > 20 and ((green > 100) & (red < 80)).sum() > 20
+
+
+def test_validation_is_spread_over_the_run():
+    def steps(**settings):
+        return TrainConfig(dataset_dir="d", out_dir="o", **settings).validated_steps()
+
+    assert steps(steps=1000) == list(range(100, 1001, 100))  # every tenth
+    assert steps(steps=200) == [50, 100, 150, 200]  # at least 50 steps apart
+    assert steps(steps=8) == [8] and steps(steps=100, validate_every=0) == [100]
+    assert steps(steps=10, validate_every=4) == [4, 8, 10] and steps(steps=10, validate=False) == []
+
+
+def test_a_tiny_run_validates_as_sample_draws(tmp_path, face_dataset, capsys):
+    """Eight renders by default (two styles x four seeds), drawn with DPM++ 2M Karras at the
+    style's guidance and negative prompt; identity.json with the ceiling and best_step; likeness.png;
+    the CLI's closing line. The tiny base's renders hold no face: best_step is honestly none."""
+    from portraitkit.sample.styles import load_styles
+
+    run = tmp_path / "run"
+    assert main(["train", str(face_dataset), "--out", str(run), "--base", "tiny-sd", "--steps", "1", "--rank", "4",
+                 "--optimizer", "adamw", "--checkpoint-every", "0", "--validation-steps", "1"]) == 0
+    renders = sorted(p.name for p in (run / "validation" / "step_000001").glob("*.png"))
+    assert len(renders) == 8 and renders[0] == "outdoor_seed0.png"
+    record = json.loads((run / "identity.json").read_text())
+    used = record["recipe"]
+    assert used["scheduler"] == "DPMSolverMultistepScheduler" and used["karras_sigmas"] is True
+    studio = load_styles(family="sd")["studio"]
+    first = used["renders"][0]
+    assert (first["style"], first["prompt"], first["negative_prompt"], first["guidance_scale"]) == (
+        "studio", studio.render("sks", "person")[0], studio.negative_prompt, studio.guidance_scale)
+    assert record["ceiling"] is not None and 0 < record["ceiling"] < 0.6  # four crops of one photograph
+    assert record["best_step"] is None and record["steps"][0]["faces"] == 0 and record["steps"][0]["renders"] == 8
+    assert (run / "likeness.png").read_bytes()[:4] == b"\x89PNG"
+    assert "best/: none (no validation step could be judged: no face was found in the 8 validation images)" in capsys.readouterr().out
+
+
+def test_the_planner_prints_the_cost_of_validation():
+    from portraitkit.plan.devices import DEVICES
+    from portraitkit.plan.estimate import plan_for_training, plan_run
+
+    def plan(**settings):
+        return plan_for_training(TrainConfig(dataset_dir="d", out_dir="o", base="tiny-sd", **settings), DEVICES["t4"])
+
+    default, fewer, none = plan(steps=1000), plan(steps=1000, validation_seeds=(0,)), plan(steps=1000, validate=False)
+    assert none.validation_seconds == 0 and default.validation_seconds == pytest.approx(4 * fewer.validation_seconds)
+    assert (default.config.validations, default.config.validation_renders) == (10, 8)  # the trainer's own schedule
+    assert default.total_seconds == none.total_seconds  # the steps' time; validation comes on top, and is printed
+    assert "validation" in plan_run("tiny-sd", gpu="t4").summary()
+
+
+def test_a_dataset_without_the_person_s_words_is_refused_before_loading(tmp_path, face_dataset):
+    import shutil
+
+    from portraitkit.core.errors import PortraitkitError
+    from portraitkit.train.loop import train
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(face_dataset, dataset)
+    rows = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]
+    (dataset / "metadata.jsonl").write_text("".join(json.dumps({**r, "text": "my face"}) + "\n" for r in rows))
+    with pytest.raises(PortraitkitError, match="train with --no-validate"):
+        train(TrainConfig(dataset_dir=str(dataset), out_dir=str(tmp_path / "run"), base="tiny-sd", steps=1))
+    with pytest.raises(PortraitkitError, match="unknown style"):
+        train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "other"), base="tiny-sd", steps=1,
+                          validation_styles=("nope",)))
