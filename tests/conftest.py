@@ -112,7 +112,7 @@ def _first_step_loss(run_dir, caption_dropped: bool | None = None, **changes) ->
 
     from portraitkit.models.conditioning import unet_conditioning
     from portraitkit.train.cache import encode_text, image_to_tensor, latent_masks, load_examples
-    from portraitkit.train.loop import batch_indices
+    from portraitkit.train.draws import batch_indices
     from portraitkit.train.objective import bare_caption, dropped_captions
 
     config = SimpleNamespace(**{**json.loads((Path(run_dir) / "config.json").read_text())["settings"], **changes})
