@@ -136,7 +136,7 @@ def train_t4(spec: dict, plan: dict) -> dict:
 
     from portraitkit.core.files import read_jsonl
     from portraitkit.train.config import TrainConfig
-    from portraitkit.train.loop import _mixed_precision, train
+    from portraitkit.train.loop import resolved_precision, train
 
     config = TrainConfig(dataset_dir=spec["dataset"], out_dir=str(Path(spec["work"]) / "run"), base=spec["folder"],
                          steps=spec["steps"], rank=16, optimizer="adamw8bit", mixed_precision="auto",
@@ -144,7 +144,7 @@ def train_t4(spec: dict, plan: dict) -> dict:
     run = train(config)
     rows = read_jsonl(run / "train_log.jsonl")
     seconds = [row["seconds"] for row in rows[1:]] or [rows[0]["seconds"]]  # the first step warms up
-    return {"mixed_precision": _mixed_precision(config, torch.cuda.is_available()),
+    return {"mixed_precision": resolved_precision(config, torch.cuda.is_available()),
             "gradient_checkpointing": plan["gradient_checkpointing"], "seconds_per_step": round(statistics.median(seconds), 4),
             "losses": [row["loss"] for row in rows], "seconds_by_phase": json.loads((run / "config.json").read_text())["seconds_by_phase"]}
 

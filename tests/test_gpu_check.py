@@ -36,13 +36,13 @@ def test_a_gpu_without_bf16_trains_in_fp16(monkeypatch, tmp_path):
     import torch
 
     from portraitkit.train.config import TrainConfig
-    from portraitkit.train.loop import _mixed_precision
+    from portraitkit.train.loop import resolved_precision
 
     config = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert _mixed_precision(config, gpu=True) == "fp16"
+    assert resolved_precision(config, gpu=True) == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert _mixed_precision(config, gpu=True) == "bf16"
+    assert resolved_precision(config, gpu=True) == "bf16"
 
 
 def test_the_carried_wheels_fit_a_device_call():

@@ -289,10 +289,12 @@ def fresh_accelerator(config: TrainConfig, gpu: bool):
     GradientState._reset_state()
     # cpu=True without a GPU: processes started by torchrun (`accelerate launch --multi_gpu`) then
     # join over gloo instead of each training alone.
-    return Accelerator(mixed_precision=_mixed_precision(config, gpu), gradient_accumulation_steps=config.grad_accum, cpu=not gpu)
+    return Accelerator(mixed_precision=resolved_precision(config, gpu), gradient_accumulation_steps=config.grad_accum, cpu=not gpu)
 
 
-def _mixed_precision(config: TrainConfig, gpu: bool) -> str:
+def resolved_precision(config: TrainConfig, gpu: bool) -> str:
+    """The precision --mixed-precision asks for: `auto` is fp16 on a GPU without native bf16 (a T4),
+    bf16 where it has it, no (fp32) on a CPU."""
     import torch
 
     if config.mixed_precision != "auto":
