@@ -200,17 +200,12 @@ def test_sampling_keeps_guidance_0_and_asks_sdxl_for_an_uncropped_picture_at_its
 
 def test_two_processes_follow_one_processs_learning_rate_schedule(tmp_path, face_dataset):
     """accelerate steps a prepared scheduler once per process at each optimizer step: the warm-up
-    ran twice as fast under two processes."""
+    ran twice as fast under two processes (2/3 of the rate after the first of three warm-up steps)."""
     from test_multiprocess import launch  # accelerate launch --cpu --num_processes 2
 
-    warm = ["--warmup-steps=3", "--steps=3", "--no-validate", "--checkpoint-every=0"]
-    single = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "one"), **{
-        **QUICK, "steps": 3, "warmup_steps": 3, "batch_size": 2}))
-    done = launch(face_dataset, tmp_path / "two", "--batch-size=1", *warm)
+    done = launch(face_dataset, tmp_path / "two", "--batch-size=1", "--warmup-steps=3", "--steps=3", "--no-validate",
+                  "--checkpoint-every=0")
     assert done.returncode == 0, done.stderr[-3000:]
-
-    def lrs(run):
-        return [json.loads(line)["lr"] for line in (run / "train_log.jsonl").read_text().splitlines()]
-
-    assert lrs(single) == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
-    assert lrs(tmp_path / "two") == lrs(single)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    # one process's constant_with_warmup schedule at lr 1e-3: a third more of the rate at each warm-up step
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])

@@ -48,7 +48,7 @@ def latest_checkpoint(run_dir: Path, report: bool = False) -> tuple[int, Path] |
         if problem is None:
             return step, folder
         if report:
-            print(f"portraitkit: {folder.name} is damaged ({problem}); resuming from the checkpoint before it.")
+            print(f"portraitkit: checkpoints/{folder.name} is damaged ({problem}): skipped, as a resume cannot trust it.")
     return None
 
 
