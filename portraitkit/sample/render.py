@@ -24,6 +24,7 @@ from pathlib import Path
 
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem, native_resolution
+from portraitkit.models.conditioning import sampling_sizes
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import save_image, write_json
 # read_parameters is re-exported: notebook 05 reads a PNG's recipe from here.
@@ -108,8 +109,9 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         for seed in range(config.seed, config.seed + config.per_style):
             planned.append({
                 "file": "_".join([style.name, f"seed{seed}", *differs]) + ".png", "style": style.name, "seed": seed, "prompt": prompt,
-                "negative_prompt": negative, "steps": config.steps or style.steps,
-                "guidance_scale": config.guidance_scale or style.guidance_scale, **shared,
+                # `is None`, not `or`: guidance 0 is a legal choice (no classifier-free guidance)
+                "negative_prompt": negative, "steps": style.steps if config.steps is None else config.steps,
+                "guidance_scale": style.guidance_scale if config.guidance_scale is None else config.guidance_scale, **shared,
             })
 
     manifest = _previous_manifest(out_dir)
@@ -135,7 +137,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         with torch.inference_mode():
             array = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
                          guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
-                         output_type="np").images
+                         output_type="np", **(sampling_sizes(resolution) if family == "sdxl" else {})).images
         if problem := decode_problem(array):  # never save a black square as a portrait
             raise PortraitkitError(f"{entry['file']}: {problem}")
         image = pipe.numpy_to_pil(array)[0]
@@ -179,11 +181,11 @@ def what_differs(config: SampleConfig, style: Style, resolution: int, trained: i
         parts.append(f"lora{config.lora_scale:g}")
     if config.lora != "final":
         parts.append(config.lora)
-    if config.guidance_scale and config.guidance_scale != style.guidance_scale:
+    if config.guidance_scale is not None and config.guidance_scale != style.guidance_scale:
         parts.append(f"cfg{config.guidance_scale:g}")
-    if config.steps and config.steps != style.steps:
+    if config.steps is not None and config.steps != style.steps:
         parts.append(f"steps{config.steps}")
-    if config.sampler != "dpmpp_2m_karras":
+    if config.sampler != DEFAULT_SAMPLER:
         parts.append(config.sampler)
     if resolution != trained:
         parts.append(f"{resolution}px")

@@ -10,6 +10,7 @@ resolution beside the latents.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -126,23 +127,27 @@ def image_to_tensor(image, resolution: int):
 
 
 def encode_images(pipe, images: list, resolution: int):
-    """VAE latents (the distribution's mean, scaled), one image at a time to bound memory."""
+    """VAE latents (the distribution's mean, scaled), one image at a time to bound memory.
+
+    Always in fp32, whatever the weights' precision: the cache is encoded once, so this costs
+    seconds, while SDXL's VAE overflows to NaN in fp16 and bf16 (L4, A100) keeps 3 significant
+    digits of every latent the whole run trains on (diffusers' SDXL scripts keep the VAE in fp32)."""
     import torch
 
     vae = pipe.vae
-    # SDXL's VAE overflows to NaN in fp16 (its config says force_upcast): encode in fp32, once.
-    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
-    dtype = torch.float32 if upcast else vae.dtype
-    if upcast:  # diffusers warns on every cast, also when no module must stay fp32: cast only when needed
-        vae.to(dtype=dtype)
+    dtype = vae.dtype
+    if dtype != torch.float32:  # diffusers warns on every cast, also when no module must stay fp32: cast only when needed
+        vae.to(dtype=torch.float32)
     latents = []
-    with torch.no_grad():
-        for image in images:
-            pixels = image_to_tensor(image, resolution)[None].to(vae.device, dtype)
-            latents.append(vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
-    if upcast:
-        vae.to(dtype=torch.float16)
-    return torch.cat(latents).float()
+    try:
+        with torch.no_grad():
+            for image in images:
+                pixels = image_to_tensor(image, resolution)[None].to(vae.device, torch.float32)
+                latents.append(vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
+    finally:
+        if dtype != torch.float32:
+            vae.to(dtype=dtype)
+    return torch.cat(latents)
 
 
 def encode_text(pipe, captions: list[str], device) -> dict:
@@ -183,20 +188,20 @@ def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool
 
 
 def size_time_ids(examples: list[dict], resolution: int):
-    """SDXL's added time ids per example: original (height, width), crop (top, left), target size.
+    """SDXL's added time ids per example (`conditioning.sdxl_time_ids`): the face crop's own size
+    in its photo's pixels as prep recorded it, crop (0, 0), the training size as target.
 
-    The crop corner was recorded at the prepared image's size and is scaled to `resolution`.
-    Examples without a record (older datasets, class images) count as square and uncropped."""
+    Examples without that record count as made at the training size: class images, and datasets
+    of an older prep, which recorded the whole photo's size and the crop's corner instead."""
     import torch
+
+    from portraitkit.models.conditioning import sdxl_time_ids
 
     rows = []
     for example in examples:
         original, corner = example.get("original_size"), example.get("crop_top_left")
-        if original and corner:
-            scale = resolution / example["image"].width
-            rows.append([*original, round(corner[0] * scale), round(corner[1] * scale), resolution, resolution])
-        else:
-            rows.append([resolution, resolution, 0, 0, resolution, resolution])
+        recorded = original and list(corner or ()) == [0, 0]
+        rows.append(sdxl_time_ids(original if recorded else (resolution, resolution), resolution))
     return torch.tensor(rows, dtype=torch.float32)
 
 
@@ -219,10 +224,12 @@ def latent_masks(examples: list[dict], resolution: int, latent_size: int):
     return latent_mask((pixels + 1) / 2 > 0.5, latent_size)
 
 
-def batch_inputs(pipe, cache: dict, picks: list[int], captions: list[str], dropped: list[bool], device) -> tuple:
+def batch_inputs(pipe, cache: dict, picks: list[int], captions: list[str], dropped: list[bool], device,
+                 autocast=contextlib.nullcontext) -> tuple:
     """The micro-batch's latents and conditioning: cached text (a dropped caption's bare trigger
     phrase was cached beside it), SDXL's size ids, or, when the text encoder trains, the captions
-    encoded now, with gradients."""
+    encoded now, with gradients, under the run's `autocast` (the UNet's: fp16 weights then compute
+    LayerNorm and softmax in fp32, as in the UNet)."""
     import torch
 
     latents = cache["latents"][picks].to(device)
@@ -233,7 +240,8 @@ def batch_inputs(pipe, cache: dict, picks: list[int], captions: list[str], dropp
         cond[key] = torch.stack([cache[f"bare_{key}" if drop and f"bare_{key}" in cache else key][i]
                                  for i, drop in zip(picks, dropped)]).to(device)
     if "embeds" not in cache:  # the text encoder trains: encode with gradients
-        cond.update(encode_text(pipe, captions, device))
+        with autocast():
+            cond.update(encode_text(pipe, captions, device))
     return latents, cond
 
 

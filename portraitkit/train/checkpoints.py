@@ -4,14 +4,19 @@ A checkpoint is a folder `checkpoints/step_NNNNNN/` holding:
 - `lora.safetensors`: the trainable (LoRA) tensors by parameter name,
 - `optimizer.pt`: the optimizer's state dict (tensors, numbers and lists only; read back with
   `torch.load(weights_only=True)`, which refuses arbitrary pickled objects),
-- `state.json`: the step, the learning-rate scheduler and, on fp16 GPUs, the loss scaler.
+- `state.json`: the step, the learning-rate scheduler, on fp16 GPUs the loss scaler, and the
+  size and SHA-256 of the two files above.
 
-It is assembled in a hidden temporary folder and renamed into place in one step, so a folder
-with the final name is always complete; leftovers of an interrupted write are ignored and removed.
+It is assembled in a hidden temporary folder and renamed into place in one step, so on a local
+disk a folder with the final name is complete; leftovers of an interrupted write are ignored and
+removed. On Colab's Drive mount (FUSE) a rename is not atomic and uploads finish later, so a
+folder can hold a state.json beside a truncated file: a resume checks every file against
+state.json and falls back to the newest checkpoint that is whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -36,9 +41,39 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
+def latest_checkpoint(run_dir: Path, report: bool = False) -> tuple[int, Path] | None:
+    """The newest checkpoint whose files are whole (`damage`); with `report`, say which were skipped."""
+    for step, folder in reversed(complete_checkpoints(run_dir)):
+        problem = damage(folder)
+        if problem is None:
+            return step, folder
+        if report:
+            print(f"portraitkit: checkpoints/{folder.name} is damaged ({problem}): skipped, as a resume cannot trust it.")
+    return None
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint's files, or None when each has the size and hash state.json
+    recorded (checkpoints written before the record was kept count as whole)."""
+    try:
+        recorded = json.loads((folder / "state.json").read_text()).get("files", {})
+    except (OSError, ValueError):
+        return "state.json is unreadable"
+    for name, expected in recorded.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size if path.is_file() else 'no'} bytes, not {expected['bytes']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its hash"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state: dict, keep: int = 3) -> Path:
@@ -52,7 +87,9 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state:
     try:
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in trainable.items()}, tmp / "lora.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                 for name in ("lora.safetensors", "optimizer.pt")}
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state, "files": files}, indent=2))  # last: it vouches for the others
         final = checkpoint_dir(run_dir, step)
         if final.exists():
             shutil.rmtree(final)

@@ -36,7 +36,7 @@ from portraitkit.train.cache import (batch_inputs, class_examples, encode_exampl
 from portraitkit.train.config import TrainConfig, check_config
 from portraitkit.train.draws import draw
 from portraitkit.train.phases import PhaseClock
-from portraitkit.train.placement import Placement
+from portraitkit.train.placement import Placement, release
 from portraitkit.train.run_folder import finished, plot_loss, prepare_run_folder, record_in_config, record_phases
 
 
@@ -44,10 +44,19 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     """Train a LoRA as `config` says and return the run folder.
 
     `on_step` is called after every optimizer step with that step's log row (notebooks draw a
-    live loss curve with it).
+    live loss curve with it). A run that fails or is interrupted hands the GPU back first
+    (`placement.release`), so that a retry in the same notebook finds it empty.
     """
+    held = {}  # the run's placement of the models, once there is one
+    try:
+        return _train(config, on_step, held)
+    except BaseException as error:
+        release(held.pop("placement", None), error)
+        raise
+
+
+def _train(config: TrainConfig, on_step, held: dict) -> Path:
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import parse_flag_from_env
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -68,10 +77,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     # Under `accelerate launch --num_processes N` every process trains on its own share of each
     # batch; the main process alone writes the run folder.
-    # cpu=True without a GPU: processes started by torchrun (`accelerate launch --multi_gpu`) then
-    # join over gloo instead of each training alone.
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config, gpu), gradient_accumulation_steps=config.grad_accum,
-                              cpu=not gpu)
+    accelerator = fresh_accelerator(config, gpu)
     main = accelerator.is_main_process
     run_dir = Path(config.out_dir)
     if main:
@@ -110,7 +116,7 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 
     # Caching runs only the VAE and the text encoders, so the UNet joins the GPU after them: SDXL's
     # 4.8 GiB UNet never sits beside the VAE encoding 1024 px images.
-    placement = Placement(pipe, device)
+    placement = held["placement"] = Placement(pipe, device)
     with_text = not config.train_text_encoder
     with clock("cache"), placement.on("vae", "text_encoder", "text_encoder_2"):
         classes = class_examples(pipe, placement, config.class_dir, config.class_prompt, config.num_class_images, config.seed,
@@ -137,7 +143,9 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         print(f"Resumed from {resume_from.name}.")
     # Mixed precision comes from accelerator.autocast(); the UNet itself is not wrapped (`parallel`).
     unet = pipe.unet
-    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+    # The scheduler is not prepared: accelerate would step it once per process at every optimizer
+    # step (warm-up N times too fast, and shifted on a resume with another process count).
+    optimizer = accelerator.prepare(optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     latent_shape = tuple(cache["latents"].shape[1:])
     class_count = len(class_cache["latents"]) if class_cache is not None else 0
@@ -157,12 +165,12 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
                              noise_scheduler.config.num_train_timesteps, share)
                 captions = [objective.bare_caption(examples[i]["text"]) if drop else examples[i]["text"]
                             for i, drop in zip(drawn.picks, drawn.dropped)]
-                latents, cond = batch_inputs(pipe, cache, drawn.picks, captions, drawn.dropped, device)
+                latents, cond = batch_inputs(pipe, cache, drawn.picks, captions, drawn.dropped, device, accelerator.autocast)
                 mask = cache["masks"][drawn.picks].to(device) if config.masked_loss else None
                 if class_cache is not None:  # prior preservation: class images ride along in the same batch
                     class_latents, class_cond = batch_inputs(pipe, class_cache, drawn.class_picks,
                                                              [config.class_prompt] * len(drawn.class_picks),
-                                                             [False] * len(drawn.class_picks), device)
+                                                             [False] * len(drawn.class_picks), device, accelerator.autocast)
                     latents = torch.cat([latents, class_latents])
                     cond = {key: torch.cat([cond[key], class_cond[key]]) for key in cond}
                     if mask is not None:  # class images keep the whole picture: the prior is all of it
@@ -193,7 +201,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
                     parallel.average_gradients(accelerator, trainable.values())
                     accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
                 optimizer.step()
-                lr_scheduler.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    lr_scheduler.step()  # once per optimizer step; not when fp16's loss scaler skipped it
                 optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().item())
         row = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_scheduler.get_last_lr()[0],
@@ -292,7 +301,25 @@ def check_training_fits(config, device_index: int = 0, processes_here: int = 1) 
                            "or set PORTRAITKIT_SKIP_PLAN=1 to try anyway")
 
 
-def _mixed_precision(config: TrainConfig, gpu: bool) -> str:
+def fresh_accelerator(config: TrainConfig, gpu: bool):
+    """The run's Accelerator, made afresh: accelerate keeps one state per Python process and refuses
+    another precision in it ("restart your runtime"), yet a notebook's second run may well change it
+    (--mixed-precision no after NaN images). The process group (`PartialState`) stays: the
+    processes are the same ones."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate has no public reset; transformers' TrainingArguments and accelerate's own tests call these.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    # cpu=True without a GPU: processes started by torchrun (`accelerate launch --multi_gpu`) then
+    # join over gloo instead of each training alone.
+    return Accelerator(mixed_precision=resolved_precision(config, gpu), gradient_accumulation_steps=config.grad_accum, cpu=not gpu)
+
+
+def resolved_precision(config: TrainConfig, gpu: bool) -> str:
+    """The precision --mixed-precision asks for: `auto` is fp16 on a GPU without native bf16 (a T4),
+    bf16 where it has it, no (fp32) on a CPU."""
     import torch
 
     if config.mixed_precision != "auto":

@@ -51,3 +51,25 @@ class Placement:
     def keep(self, *names: str) -> None:
         """Exactly `names` on the device from now on (the long phase: the training loop)."""
         self._place(names)
+
+
+def release(placement: Placement | None, error: BaseException) -> None:
+    """Hand the GPU back after a run failed or was interrupted. A notebook keeps the exception, and
+    with it its traceback's frames and everything they hold: the models, the optimizer's state, the
+    activations of a half-done step. A retry in the same notebook would then run out of memory on
+    a T4. So the models go back to RAM and the finished frames forget their variables (the
+    traceback's text stays); whatever is then unreferenced is freed."""
+    import gc
+    import traceback
+
+    import torch
+
+    try:
+        if placement is not None:
+            placement.keep()  # every model off the device
+    except Exception:  # a broken CUDA context cannot move anything: the run's own error is the one to show
+        pass
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -27,10 +27,10 @@ def prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -
     """Check the folder against --resume, write config.json, return (start step, checkpoint)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints.remove_partial_writes(run_dir)
-    latest = checkpoints.latest_checkpoint(run_dir)
+    latest = checkpoints.latest_checkpoint(run_dir, report=config.resume)
     saved = run_dir / "config.json"
     if not config.resume:
-        if latest is not None or (run_dir / lora.LORA_FILE).exists():
+        if checkpoints.complete_checkpoints(run_dir) or (run_dir / lora.LORA_FILE).exists():
             raise PortraitkitError(f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --out folder")
         (run_dir / "train_log.jsonl").unlink(missing_ok=True)
         write_json(saved, run_config(config, processes))
@@ -45,6 +45,7 @@ def prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -
             changed.remove("batch_size")
         if changed:
             raise PortraitkitError(f"cannot resume {run_dir}: these settings differ from the saved run: {', '.join(changed)}")
+        check_same_photos(record, config, run_dir)
     step, folder = latest if latest is not None else (0, None)
     if folder is None:
         print(f"No complete checkpoint in {run_dir}; starting from step 0.")
@@ -70,9 +71,36 @@ def run_config(config: TrainConfig, processes: int = 1) -> dict:
     from portraitkit.models.bases import resolve_base
 
     spec = resolve_base(config.base)
-    return {"settings": dataclasses.asdict(config), "processes": processes,
+    return {"settings": dataclasses.asdict(config), "processes": processes, "dataset": dataset_fingerprint(config.dataset_dir),
             "base": {"name": spec.name, "source": spec.source, "family": spec.family},
             "lora_alpha": config.alpha or config.rank, "versions": versions}
+
+
+def dataset_fingerprint(dataset_dir: str) -> dict:
+    """What the run trains on, in a form a changed photo cannot keep: a hash over metadata.jsonl
+    (every file name and caption) and over the name, size and content of every file it names
+    (images and masks). Tens of photos hash in well under a second."""
+    import hashlib
+
+    folder = Path(dataset_dir)
+    total = hashlib.sha256((folder / "metadata.jsonl").read_bytes())
+    rows = read_jsonl(folder / "metadata.jsonl")
+    names = sorted({str(row[key]) for row in rows for key in ("file_name", "mask_file_name") if row.get(key)})
+    for name in names:
+        data = (folder / name).read_bytes() if (folder / name).is_file() else b""
+        total.update(f"\n{name}\n{len(data)}\n".encode() + hashlib.sha256(data).digest())
+    return {"images": len(rows), "sha256": total.hexdigest()}
+
+
+def check_same_photos(record: dict, config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to resume on other photos or captions than the run began with (say after the photos
+    were prepared again): the LoRA would continue, or be returned as finished, for the old ones.
+    Runs from before the fingerprint was kept are let through."""
+    saved = record.get("dataset")
+    if saved and saved != (now := dataset_fingerprint(config.dataset_dir)):
+        raise PortraitkitError(
+            f"cannot resume {run_dir}: the photos or captions in {config.dataset_dir} changed since the run began "
+            f"({saved['images']} images then, {now['images']} now); train them in a new --out folder")
 
 
 def plot_loss(run_dir: Path) -> Path | None:
