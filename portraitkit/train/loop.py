@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from portraitkit import plan
+from portraitkit.plan import estimate as planner
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.models import lora
 from portraitkit.models.conditioning import unet_conditioning
@@ -73,7 +73,7 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
     else:
         checkpointing = config.gradient_checkpointing
         if checkpointing is None:
-            checkpointing = plan.cpu_checkpointing(config)
+            checkpointing = planner.cpu_checkpointing(config)
 
     # Under `accelerate launch --num_processes N` every process trains on its own share of each
     # batch; the main process alone writes the run folder.
@@ -281,7 +281,7 @@ def check_training_fits(config, device_index: int = 0, processes_here: int = 1) 
         print("portraitkit: memory is estimated for fp16/bf16 runs, not --mixed-precision no; training without a check.")
         return safe_choice
     try:
-        estimate = plan.plan_for_training(config, plan.local_cuda_device(device_index, processes_here))
+        estimate = planner.plan_for_training(config, planner.local_cuda_device(device_index, processes_here))
     except PortraitkitError:
         raise
     except Exception as error:  # a bug or an unusual base must not stop a run that may well fit
