@@ -84,3 +84,31 @@ def face_dataset(tmp_path_factory, portrait_path):
         rows.append({"file_name": name, "text": "a photo of sks person" + (", close-up" if index % 2 else "")})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
+
+
+@pytest.fixture
+def umask_022():
+    """The usual umask (022) while a test runs, whatever the machine's is: files should come out
+    0644 and folders 0755, readable by a web server or a container running as another user."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _private_paths(folder) -> list[str]:
+    """Every file or folder under `folder` that other users cannot read (or folder they cannot enter)."""
+    import stat
+
+    private = []
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        mode = path.stat().st_mode
+        needed = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0)
+        if mode & needed != needed:
+            private.append(f"{path.relative_to(folder)} ({stat.filemode(mode)})")
+    return private
+
+
+@pytest.fixture(scope="session")
+def private_paths():
+    """`_private_paths`, for the end-to-end tests that check their outputs can be shared."""
+    return _private_paths

@@ -2,6 +2,11 @@
 
 Colab disconnects and Ctrl-C are normal; a half-written JSON or image must never look finished.
 Write to a temporary name in the same folder, then `os.replace` (atomic on POSIX and Windows).
+
+`tempfile` creates its files 0600 and its folders 0700, and a rename keeps that mode: without a
+chmod every output would be private to its owner, whatever the umask says, and a teacher's web
+server or a ComfyUI container running as another user could not read it. So the temporary file
+or folder is given the mode `open()` or `mkdir()` would have given it (0644 / 0755 under umask 022).
 """
 
 from __future__ import annotations
@@ -26,11 +31,34 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    tmp.chmod(0o666 & ~umask())
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_folder(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new hidden folder in `parent` to assemble something in before renaming it into place,
+    with the mode a plain `mkdir` gives (mkdtemp's 0700 would survive the rename)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    folder.chmod(0o777 & ~umask())
+    return folder
+
+
+def umask() -> int:
+    """The process's umask: from /proc on Linux; elsewhere reading it means setting it, so it is
+    set straight back (to a common value meanwhile, in case another thread creates a file then)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

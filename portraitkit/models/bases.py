@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import temporary_folder
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -208,7 +208,7 @@ def tiny_base_folder(preset: str) -> Path:
     folder = cache_dir() / "bases" / f"{preset}-v{TINY_VERSION}"
     if not (folder / "model_index.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        build = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=folder.parent))
+        build = temporary_folder(folder.parent, f".{preset}-")
         try:
             build_tiny_pipeline(TINY_PRESETS[preset]).save_pretrained(build, safe_serialization=True)
             try:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
+
+from portraitkit.core.files import temporary_folder
 
 STEP_FOLDER = re.compile(r"^step_(\d{6,})$")
 
@@ -48,7 +49,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state:
 
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
+    tmp = temporary_folder(root, ".writing-")
     try:
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in trainable.items()}, tmp / "lora.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
