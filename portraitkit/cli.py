@@ -99,8 +99,10 @@ def run_train(args) -> int:
     processes = cpu_processes_asked()
     if processes > 1:  # `accelerate launch --cpu --num_processes N` started this one process alone
         return run_as_processes(processes, args.argv)
+    from portraitkit.models.lora import where_the_files_go
+
     run_dir = train(config_from_args(TrainConfig, args))
-    print(f"LoRA saved in {run_dir}")
+    print("\n".join(where_the_files_go(run_dir)))
     return 0
 
 

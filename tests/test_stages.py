@@ -38,7 +38,7 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
     assert main(["train", str(dataset), "--out", str(run), "--base", "tiny-sdxl", "--resolution", "64", "--steps", "2",
                  "--rank", "4", "--lr", "1e-2", "--train-text-encoder", "--gradient-checkpointing", "--optimizer", "adamw",
                  "--checkpoint-every", "0", "--validation-steps", "1", "--validation-seeds", "0"]) == 0
-    kohya = load_file(run / "pytorch_lora_weights_kohya.safetensors")
+    kohya = load_file(run / "run.safetensors")  # named after the run
     assert {key.split("_")[1] for key in kohya} == {"unet", "te1", "te2"}
     assert all(value.abs().max() > 0 for key, value in kohya.items() if key.endswith(".lora_up.weight"))
     assert json.loads((run / "identity.json").read_text())["steps"][0]["step"] == 2

@@ -3,10 +3,11 @@
 Colab disconnects and Ctrl-C are normal; a half-written JSON or image must never look finished.
 Write to a temporary name in the same folder, then `os.replace` (atomic on POSIX and Windows).
 
-`tempfile` creates its files 0600 and its folders 0700, and a rename keeps that mode: without a
-chmod every output would be private to its owner, whatever the umask says, and a teacher's web
-server or a ComfyUI container running as another user could not read it. So the temporary file
-or folder is given the mode `open()` or `mkdir()` would have given it (0644 / 0755 under umask 022).
+`tempfile` creates its files 0600 and its folders 0700, safetensors (0.8) writes its files 0600
+whatever the umask, and a rename keeps the mode: without a chmod every output would be private
+to its owner, and a teacher's web server or a ComfyUI container running as another user could
+not read it. So what was written is given, just before it is renamed into place, the mode a
+plain `open()` or `mkdir()` would have given it (0644 / 0755 under umask 022): `shareable`.
 """
 
 from __future__ import annotations
@@ -31,20 +32,19 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    tmp.chmod(0o666 & ~umask())
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.replace(shareable(tmp), path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def temporary_folder(parent: str | os.PathLike, prefix: str) -> Path:
-    """A new hidden folder in `parent` to assemble something in before renaming it into place,
-    with the mode a plain `mkdir` gives (mkdtemp's 0700 would survive the rename)."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    folder.chmod(0o777 & ~umask())
-    return folder
+def shareable(path: str | os.PathLike) -> Path:
+    """Give `path`, and everything in it if it is a folder, the mode the umask asks for; return it."""
+    path, mask = Path(path), umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+    return path
 
 
 def umask() -> int:

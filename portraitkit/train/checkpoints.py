@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
-from portraitkit.core.files import temporary_folder
+from portraitkit.core.files import shareable
 
 STEP_FOLDER = re.compile(r"^step_(\d{6,})$")
 
@@ -49,7 +50,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state:
 
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_folder(root, ".writing-")
+    tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
     try:
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in trainable.items()}, tmp / "lora.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -57,7 +58,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state:
         final = checkpoint_dir(run_dir, step)
         if final.exists():
             shutil.rmtree(final)
-        tmp.rename(final)
+        shareable(tmp).rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for _, old in complete_checkpoints(run_dir)[:-keep]:

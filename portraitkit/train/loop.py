@@ -96,6 +96,8 @@ class TrainConfig:
     resume: bool = setting("continue from the newest complete checkpoint in out_dir", False)
     vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's, e.g. madebyollin/sdxl-vae-fp16-fix "
                               "(SDXL's own VAE gives NaN/black images in fp16)", None)
+    save_precision: str = setting("precision of the saved LoRA files: fp16 (kohya's default, half the size of fp32), bf16 or fp32",
+                                  "fp16", choices=("fp32", "fp16", "bf16"))
 
 
 # Settings that may change when a run is resumed; everything else must match the saved config.
@@ -355,7 +357,7 @@ def check_training_fits(config, device_index: int = 0, processes_here: int = 1) 
 
 def _finished(run_dir: Path, steps: int, validated: bool = True) -> bool:
     """Every final output is there: a run killed while saving them is finished on --resume."""
-    outputs = [run_dir / lora.LORA_FILE, run_dir / lora.KOHYA_FILE]
+    outputs = [run_dir / lora.LORA_FILE, lora.kohya_file(run_dir)]
     if validated:
         outputs.append(run_dir / "validation" / f"step_{steps:06d}.png")
     return all(path.is_file() for path in outputs)
