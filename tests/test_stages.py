@@ -14,7 +14,7 @@ PHOTOS = ["hopper.jpg", "hopper_soft.jpg", "hopper_tilted_bright.jpg", "hopper_w
           "hopper_phone_sideways.jpg"]
 
 
-def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, capsys):
+def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, capsys, umask_022, private_paths):
     from safetensors.torch import load_file
 
     from portraitkit.train.cache import load_examples, size_time_ids
@@ -50,3 +50,6 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
     assert main(["pick", str(portraits), "--reference", str(dataset), "--top", "2"]) == 0
     ranking = json.loads((portraits / "ranking.json").read_text())
     assert {row["file"] for row in ranking} == {entry["file"] for entry in manifest}
+    # every file and folder the stages wrote can be read by other users (umask 022): a teacher's web
+    # server, a ComfyUI container; safetensors and tempfile make theirs 0600
+    assert private_paths(dataset) + private_paths(run) + private_paths(portraits) == []
