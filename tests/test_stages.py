@@ -38,6 +38,11 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
     assert main(["train", str(dataset), "--out", str(run), "--base", "tiny-sdxl", "--resolution", "64", "--steps", "2",
                  "--rank", "4", "--lr", "1e-2", "--train-text-encoder", "--gradient-checkpointing", "--optimizer", "adamw",
                  "--checkpoint-every", "0", "--validation-steps", "1", "--validation-seeds", "0"]) == 0
+    # train's last lines say which file goes into which tool
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.strip().startswith("run.safetensors: for AUTOMATIC1111") and "<lora:run:1>" in line for line in printed[-3:])
+    assert any(line.strip().startswith("pytorch_lora_weights.safetensors: for diffusers") and "ComfyUI maps none" in line
+               for line in printed[-3:])
     kohya = load_file(run / "run.safetensors")  # named after the run
     assert {key.split("_")[1] for key in kohya} == {"unet", "te1", "te2"}
     assert all(value.abs().max() > 0 for key, value in kohya.items() if key.endswith(".lora_up.weight"))

@@ -143,9 +143,6 @@ def save(pipe, folder: Path, rank: int, alpha: float | None, train_text_encoder:
     return folder / LORA_FILE
 
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
 def _dtype(precision: str):
     import torch
 
