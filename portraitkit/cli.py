@@ -100,10 +100,11 @@ def run_train(args) -> int:
     processes = cpu_processes_asked()
     if processes > 1:  # `accelerate launch --cpu --num_processes N` started this one process alone
         return run_as_processes(processes, args.argv)
+    from portraitkit.models.lora import where_the_files_go
     from portraitkit.train.validate import best_line
 
     run_dir = train(config_from_args(TrainConfig, args))
-    print(f"LoRA saved in {run_dir}")
+    print("\n".join(where_the_files_go(run_dir)))
     if line := best_line(run_dir):
         print(line)  # "likeness 0.41 at step 800; your own photos are 0.38 apart ..."
     return 0

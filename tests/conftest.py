@@ -161,3 +161,71 @@ def _first_step_loss(run_dir, caption_dropped: bool | None = None, **changes) ->
 def first_step_loss():
     """`_first_step_loss`: the loss of a run's first step, by hand, for tests of what train logs."""
     return _first_step_loss
+
+
+@pytest.fixture
+def umask_022():
+    """The usual umask (022) while a test runs, whatever the machine's is: files should come out
+    0644 and folders 0755, readable by a web server or a container running as another user."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _private_paths(folder) -> list[str]:
+    """Every file or folder under `folder` that other users cannot read (or folder they cannot enter)."""
+    import stat
+
+    private = []
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        mode = path.stat().st_mode
+        needed = stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0)
+        if mode & needed != needed:
+            private.append(f"{path.relative_to(folder)} ({stat.filemode(mode)})")
+    return private
+
+
+@pytest.fixture(scope="session")
+def private_paths():
+    """`_private_paths`, for the end-to-end tests that check their outputs can be shared."""
+    return _private_paths
+
+
+def _adapted_run(folder, base: str = "tiny-sd", dora: bool = False, precision: str = "fp32"):
+    """A run folder whose LoRA (rank 4, UNet and text encoders) was set, not trained: random up
+    weights and DoRA magnitudes, large enough to show. Returns (run folder, the pipeline holding
+    that LoRA in memory): what a run's files must reproduce. Seconds instead of a training."""
+    import dataclasses
+
+    import torch
+
+    from portraitkit.core.files import write_json
+    from portraitkit.models import lora
+    from portraitkit.models.bases import load_pipeline, resolve_base
+    from portraitkit.train.config import TrainConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig(dataset_dir=str(folder / "no-dataset"), out_dir=str(folder), base=base, rank=4, resolution=64,
+                         train_text_encoder=True, dora=dora, save_precision=precision)
+    spec = resolve_base(base)
+    write_json(folder / "config.json", {"settings": dataclasses.asdict(config),
+                                        "base": {"name": spec.name, "source": spec.source, "family": spec.family}})
+    torch.manual_seed(0)
+    pipe = load_pipeline(base)
+    lora.add_to_pipeline(pipe, 4, None, train_text_encoder=True, use_dora=dora)
+    with torch.no_grad():
+        for model in lora.models(pipe).values():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.05)
+                elif "magnitude" in name:
+                    parameter.mul_(1 + 0.1 * torch.randn_like(parameter))
+    lora.save(pipe, folder, 4, None, train_text_encoder=True)
+    return folder, pipe
+
+
+@pytest.fixture(scope="session")
+def adapted_run():
+    """`_adapted_run`: a run folder with a known LoRA (or DoRA) and the pipeline holding it."""
+    return _adapted_run

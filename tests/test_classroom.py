@@ -15,7 +15,7 @@ PERSON = ["hopper.jpg", "hopper_soft.jpg", "hopper_phone_sideways.jpg", "hopper_
           "hopper_warm_closeup.jpg", "hopper_greyscale.png"]
 
 
-def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, capsys):
+def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, capsys, umask_022, private_paths):
     root = tmp_path / "photos"
     for learner, names in {"ada": PERSON, "grace": PERSON[1:] + ["hopper_mirrored_dim.webp"],
                            "nobody": ["coffee.jpg", "two_people.jpg"]}.items():
@@ -42,6 +42,7 @@ def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, caps
     assert not (out / "nobody" / "run").exists()  # nothing trained on photos prep refused
     page = (out / "class.html").read_text()
     assert "ada/portraits/picks.png" in page and "grace/portraits/picks.png" in page and "nobody" in page
+    assert private_paths(out) == []  # a teacher's web server can serve every learner's files (umask 022)
 
     # Again: the finished learners' stages are skipped (no new work, the same files), the failed one retried.
     lora = out / "ada" / "run" / "pytorch_lora_weights.safetensors"

@@ -8,7 +8,7 @@ import re
 from portraitkit.cli import main
 
 
-def test_demo_runs_every_stage_and_reports_them(tmp_path, capsys):
+def test_demo_runs_every_stage_and_reports_them(tmp_path, capsys, umask_022, private_paths):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--train-steps", "2", "--styles", "studio,outdoor", "--per-style", "1", "--sample-steps", "2"]
     assert main(args) == 0
@@ -48,6 +48,7 @@ def test_demo_runs_every_stage_and_reports_them(tmp_path, capsys):
     assert links and all(not link.startswith(("/", "http")) and (out / link).is_file() for link in links)
     seconds = json.loads((out / "demo.json").read_text())["seconds"]
     assert set(seconds) == {"prep", "train", "sample", "pick", "scorer check"}
+    assert private_paths(out) == []  # every output readable by others under umask 022
 
     # Run again into the same folder: the finished run and portraits are kept, not redone.
     kept = {path: path.stat().st_mtime_ns for path in [run / "pytorch_lora_weights.safetensors", out / "portraits" / manifest[0]["file"]]}

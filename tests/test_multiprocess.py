@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from portraitkit.models.lora import KOHYA_FILE, LORA_FILE
+from portraitkit.models.lora import LORA_FILE, kohya_file
 from portraitkit.train.config import TrainConfig
 from portraitkit.train.loop import train
 
@@ -45,7 +45,7 @@ def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one
     assert done.stdout.count("LoRA saved in") == 2  # both processes finish; one wrote
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]  # logged once, not once per process
-    assert (run / KOHYA_FILE).is_file() and (run / "validation" / "step_000002.png").is_file()
+    assert kohya_file(run).is_file() and (run / "validation" / "step_000002.png").is_file()
     assert json.loads((run / "config.json").read_text())["processes"] == 2
 
     # One process at twice the batch continues the two-process checkpoint of step 2 to step 3.

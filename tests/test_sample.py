@@ -13,7 +13,8 @@ from PIL import Image
 
 from portraitkit.cli import main
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.sample.render import SampleConfig, person_words, read_parameters, sample
+from portraitkit.models import lora
+from portraitkit.sample.render import ADAPTER, SampleConfig, person_words, read_parameters, sample
 
 STEPS = 3  # denoising steps: the tiny base's pictures are noise whatever the count
 
@@ -95,13 +96,13 @@ def test_png_carries_the_recipe_in_automatic1111_layout(sampled, run_dir):
     entry = json.loads((sampled / "manifest.json").read_text())[1]
     parsed = a1111_parse(Image.open(sampled / entry["file"]).text["parameters"])
     # The LoRA tag is in A1111's prompt; the manifest keeps the prompt diffusers used.
-    assert A1111_LORA.findall(parsed["Prompt"]) == [("pytorch_lora_weights_kohya", "1")]
+    assert A1111_LORA.findall(parsed["Prompt"]) == [(run_dir.name, "1")]  # the kohya file's stem, the run's name
     assert A1111_LORA.sub("", parsed["Prompt"]).strip() == entry["prompt"] and "<lora:" not in entry["prompt"]
     assert parsed["Negative prompt"] == entry["negative_prompt"]
     assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"]) == (str(STEPS), "DPM++ 2M", "Karras")
     assert (parsed["CFG scale"], parsed["Seed"], parsed["Size"], parsed["Model"]) == ("7.0", "8", "64x64", "tiny-sd")
     name, lora_hash = parsed["Lora hashes"].split(": ")
-    assert name == "pytorch_lora_weights_kohya" and lora_hash == a1111_addnet_hash(run_dir / "pytorch_lora_weights_kohya.safetensors")
+    assert name == run_dir.name and lora_hash == a1111_addnet_hash(run_dir / f"{run_dir.name}.safetensors")
     from portraitkit.models.bases import resolve_base
 
     weights = next((Path(resolve_base("tiny-sd").source) / "unet").glob("*.safetensors"))
@@ -122,15 +123,28 @@ def test_same_seed_gives_the_same_image_and_a_rerun_keeps_finished_ones(run_dir,
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")} == before
 
 
-def test_lora_scale_zero_gives_the_base_models_image(run_dir, sampled, tmp_path):
+@pytest.fixture(scope="module")
+def dora_run(tmp_path_factory, adapted_run):
+    """A tiny-sd DoRA run, text encoder included (set, not trained: `adapted_run`)."""
+    return adapted_run(tmp_path_factory.mktemp("dora") / "dora_run", "tiny-sd", dora=True)[0]
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_strength_0_is_the_base_model_and_0_5_lies_between(kind, run_dir, dora_run, tmp_path):
+    """Strength as A1111 and ComfyUI read `<lora:NAME:S>`: weights W + s (W' - W). peft's adapter
+    weight alone scales only DoRA's low-rank part, so DoRA at 0 was not the base."""
     import torch
     from diffusers import DPMSolverMultistepScheduler
 
     from portraitkit.models.bases import load_pipeline
 
-    made = sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path), styles=["studio"], per_style=1, seed=7,
-                               steps=STEPS, lora_scale=0.0))[0]
-    assert "<lora:pytorch_lora_weights_kohya:0>" in read_parameters(tmp_path / made["file"])["prompt"]
+    run = run_dir if kind == "lora" else dora_run
+    loaded, images = {}, {}
+    for strength in (0.0, 0.5, 1.0):  # one pipeline, its strength changed between images (notebook 05's dials)
+        made = sample(SampleConfig(run_dir=str(run), out_dir=str(tmp_path / str(strength)), styles=["studio"], per_style=1,
+                                   seed=7, steps=STEPS, lora_scale=strength, token="zwx", class_word="woman"), loaded=loaded)[0]
+        images[strength] = pixels(tmp_path / str(strength) / made["file"])
+    assert f"<lora:{run.name}:0.5>" in read_parameters(tmp_path / "0.5" / made["file"])["prompt"]
 
     # The base model alone, straight through diffusers, with no LoRA ever loaded.
     pipe = load_pipeline("tiny-sd")
@@ -138,8 +152,27 @@ def test_lora_scale_zero_gives_the_base_models_image(run_dir, sampled, tmp_path)
     base = pipe(made["prompt"], negative_prompt=made["negative_prompt"], num_inference_steps=STEPS, guidance_scale=made["guidance_scale"],
                 height=64, width=64, generator=torch.Generator().manual_seed(7)).images[0]
     base = np.asarray(base, dtype=np.int16)
-    assert np.array_equal(pixels(tmp_path / made["file"]), base)
-    assert np.abs(pixels(sampled / f"studio_seed7_steps{STEPS}.png") - base).max() > 10  # at scale 1 the LoRA shows
+    assert np.array_equal(images[0.0], base)
+
+    def distance(a, b):
+        return float(np.abs(a - b).mean())
+
+    assert distance(images[1.0], base) > 1  # at strength 1 the LoRA shows
+    assert 0 < distance(images[0.5], base) < distance(images[1.0], base)
+    assert 0 < distance(images[0.5], images[1.0]) < distance(base, images[1.0])
+
+    # and in the weights: halfway between the base and the trained weight, for every adapted layer
+    import peft
+
+    pipe = loaded["pipe"]
+    layers = [m for m in pipe.unet.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    x = torch.randn(3, layers[0].in_features)
+    with torch.no_grad():
+        lora.set_strength(pipe, ADAPTER, 1.0)
+        trained = layers[0](x)
+        lora.set_strength(pipe, ADAPTER, 0.5)
+        half = layers[0](x)
+    assert torch.allclose(half, (layers[0].base_layer(x) + trained) / 2, atol=1e-5)
 
 
 def test_token_and_class_word_come_from_the_captions_or_the_user(tmp_path):

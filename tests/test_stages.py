@@ -14,7 +14,7 @@ PHOTOS = ["hopper.jpg", "hopper_soft.jpg", "hopper_tilted_bright.jpg", "hopper_w
           "hopper_phone_sideways.jpg"]
 
 
-def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, capsys):
+def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, capsys, umask_022, private_paths):
     from safetensors.torch import load_file
 
     from portraitkit.train.cache import load_examples, size_time_ids
@@ -38,7 +38,12 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
     assert main(["train", str(dataset), "--out", str(run), "--base", "tiny-sdxl", "--resolution", "64", "--steps", "2",
                  "--rank", "4", "--lr", "1e-2", "--train-text-encoder", "--gradient-checkpointing", "--optimizer", "adamw",
                  "--checkpoint-every", "0", "--validation-steps", "1", "--validation-seeds", "0"]) == 0
-    kohya = load_file(run / "pytorch_lora_weights_kohya.safetensors")
+    # train's last lines say which file goes into which tool
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.strip().startswith("run.safetensors: for AUTOMATIC1111") and "<lora:run:1>" in line for line in printed[-3:])
+    assert any(line.strip().startswith("pytorch_lora_weights.safetensors: for diffusers") and "ComfyUI maps none" in line
+               for line in printed[-3:])
+    kohya = load_file(run / "run.safetensors")  # named after the run
     assert {key.split("_")[1] for key in kohya} == {"unet", "te1", "te2"}
     assert all(value.abs().max() > 0 for key, value in kohya.items() if key.endswith(".lora_up.weight"))
     assert json.loads((run / "identity.json").read_text())["steps"][0]["step"] == 2
@@ -50,3 +55,6 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
     assert main(["pick", str(portraits), "--reference", str(dataset), "--top", "2"]) == 0
     ranking = json.loads((portraits / "ranking.json").read_text())
     assert {row["file"] for row in ranking} == {entry["file"] for entry in manifest}
+    # every file and folder the stages wrote can be read by other users (umask 022): a teacher's web
+    # server, a ComfyUI container; safetensors and tempfile make theirs 0600
+    assert private_paths(dataset) + private_paths(run) + private_paths(portraits) == []

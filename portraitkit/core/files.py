@@ -2,6 +2,12 @@
 
 Colab disconnects and Ctrl-C are normal; a half-written JSON or image must never look finished.
 Write to a temporary name in the same folder, then `os.replace` (atomic on POSIX and Windows).
+
+`tempfile` creates its files 0600 and its folders 0700, safetensors (0.8) writes its files 0600
+whatever the umask, and a rename keeps the mode: without a chmod every output would be private
+to its owner, and a teacher's web server or a ComfyUI container running as another user could
+not read it. So what was written is given, just before it is renamed into place, the mode a
+plain `open()` or `mkdir()` would have given it (0644 / 0755 under umask 022): `shareable`.
 """
 
 from __future__ import annotations
@@ -28,9 +34,31 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.replace(shareable(tmp), path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def shareable(path: str | os.PathLike) -> Path:
+    """Give `path`, and everything in it if it is a folder, the mode the umask asks for; return it."""
+    path, mask = Path(path), umask()
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+    return path
+
+
+def umask() -> int:
+    """The process's umask: from /proc on Linux; elsewhere reading it means setting it, so it is
+    set straight back (to a common value meanwhile, in case another thread creates a file then)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import shareable
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -212,7 +213,7 @@ def tiny_base_folder(preset: str) -> Path:
         try:
             build_tiny_pipeline(TINY_PRESETS[preset]).save_pretrained(build, safe_serialization=True)
             try:
-                build.rename(folder)
+                shareable(build).rename(folder)
             except OSError:  # another process finished the same build first: use theirs
                 pass
         finally:
@@ -310,3 +311,35 @@ def native_resolution(source: str) -> int:
     except Exception as error:  # offline, moved folder, gated repo: say which and what to do
         raise base_unavailable(source, error) from None
     return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+# --- the base as other tools know it ---------------------------------------------------------
+
+# The checkpoint files A1111 and ComfyUI users have for the presets (their hub repositories are
+# diffusers folders holding the same weights): their stems and published SHA-256
+# (stable-diffusion-v1-5/stable-diffusion-v1-5 v1-5-pruned-emaonly.safetensors,
+# stabilityai/stable-diffusion-xl-base-1.0 sd_xl_base_1.0.safetensors).
+KNOWN_CHECKPOINTS = {
+    "sd15": ("v1-5-pruned-emaonly", "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"),
+    "sdxl": ("sd_xl_base_1.0", "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b"),
+}
+
+
+def checkpoint_identity(base: dict) -> tuple[str, str | None]:
+    """(name, sha256) of a run's base ({"name", "source"} from its config.json) as A1111 and
+    kohya's metadata name it. A local folder (the tiny bases included) is hashed by its UNet
+    weights, as it has no single file; a hub id other than the presets gets no hash (its files
+    are not at hand)."""
+    import hashlib
+
+    if base["name"] in KNOWN_CHECKPOINTS:
+        return KNOWN_CHECKPOINTS[base["name"]]
+    folder = Path(base["source"])
+    weights = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors")) if folder.is_dir() else []
+    if not weights:
+        return base["source"], None
+    digest = hashlib.sha256()
+    with open(weights[0], "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return base["name"], digest.hexdigest()

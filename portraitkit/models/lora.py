@@ -2,10 +2,12 @@
 
 LoRA (Hu et al. 2021) learns a low-rank update B @ A beside each frozen weight W of the
 attention projections; only A and B train. The adapters are peft's, added the way diffusers
-adds them, so every loader that reads diffusers' LoRA files reads ours. Two files are written:
+adds them, so every loader that reads diffusers' LoRA files reads ours. Two files are written,
+in fp16 unless the run says otherwise (`--save-precision`):
 - `pytorch_lora_weights.safetensors`, diffusers' format (`pipeline.load_lora_weights(folder,
-  weight_name=LORA_FILE)`);
-- `pytorch_lora_weights_kohya.safetensors`, the kohya format AUTOMATIC1111 and ComfyUI read.
+  weight_name=LORA_FILE)`), with the adapter config diffusers itself writes in its header;
+- `<run name>.safetensors`, the kohya format AUTOMATIC1111 and ComfyUI read (`kohya`), named
+  after the run so that several people's LoRAs sit side by side in their `models/Lora` folder.
 
 Both files name modules by the architecture, not by whatever the installed transformers calls
 them: transformers 5's `CLIPTextModel` dropped the `text_model.` level that every other tool
@@ -14,30 +16,30 @@ them: transformers 5's `CLIPTextModel` dropped the `text_model.` level that ever
 
 from __future__ import annotations
 
-import tempfile
+import weakref
 from pathlib import Path
 
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import atomic_path
+from portraitkit.models import kohya, runs
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
+# The kohya file is `<run name>.safetensors` (`kohya_file`); runs made before were given this name.
+OLD_KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
 # The attention projections: what person-LoRA recipes (diffusers, kohya) adapt by default.
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# kohya's name for each component, by family: SD1.x tools call the single text encoder `te`.
-KOHYA_PREFIXES = {"sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
-                  "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
-# peft's tensor names and kohya's for the same tensor. DoRA's magnitude (one per output row) is
-# `dora_scale` of shape (out, 1) there: ComfyUI tells a per-output magnitude from a per-input one
-# by its first dimension. diffusers reads such a file too, but its SD1.x / SDXL loaders leave
-# `dora_scale` out (with a warning): in diffusers, load the diffusers-format file, which keeps them.
-KOHYA_TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
 
 
 def text_encoders(pipe) -> list:
     """The pipeline's text encoders: one for SD1.x, two for SDXL."""
     return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+
+
+def models(pipe) -> dict:
+    """{component: model} of the pipeline's models that can carry adapters."""
+    return {"unet": pipe.unet, **dict(zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)))}
 
 
 def family(pipe) -> str:
@@ -115,62 +117,153 @@ def lora_layers(pipe, scale: float, train_text_encoder: bool) -> dict[str, dict]
     return layers
 
 
-def save(pipe, folder: Path, rank: int, alpha: float | None, train_text_encoder: bool) -> Path:
-    """Write the LoRA in the diffusers format, then the same weights in the kohya format."""
+def save(pipe, folder: Path, rank: int, alpha: float | None, train_text_encoder: bool, precision: str | None = None) -> Path:
+    """Write the LoRA in the diffusers format and the same weights in the kohya format, named
+    after the run. `precision` (fp32, fp16, bf16) defaults to the run's --save-precision (fp16:
+    kohya's default, half the size of fp32). The run's config.json (train writes it first)
+    gives the kohya header its name and facts."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    run_dir = runs.run_of(folder)
+    run = runs.read_run(run_dir) if run_dir is not None else None
+    precision = precision or (run["settings"].get("save_precision") if run else None) or "fp16"
+    dtype = _dtype(precision)
     # The diffusers format stores no alpha (loaders take alpha = rank), so the scale alpha / rank
     # is folded into the B ("up") matrices: both files then apply exactly the trained update.
     layers = lora_layers(pipe, (alpha or rank) / rank, train_text_encoder)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
-        type(pipe).save_lora_weights(tmp, **diffusers_layers(layers), safe_serialization=True)
-        Path(tmp, LORA_FILE).replace(folder / LORA_FILE)
-    with atomic_path(folder / KOHYA_FILE) as tmp:
-        save_file(kohya_state_dict(layers, family(pipe), rank), tmp,
-                  metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(float(rank))})
+    with atomic_path(folder / LORA_FILE) as tmp:
+        tensors, metadata = diffusers_file(layers, rank)
+        save_file({key: value.to(dtype).contiguous() for key, value in tensors.items()}, tmp, metadata=metadata)
+    dora = any(key.endswith(".lora_magnitude_vector") for state in layers.values() for key in state)
+    name = runs.run_name(folder)
+    with atomic_path(folder / f"{name}.safetensors") as tmp:
+        save_file(kohya.state_dict(layers, family(pipe), rank, models(pipe), dtype), tmp,
+                  metadata=kohya.header(name, family(pipe), rank, dora, run, _run_facts(run)))
     return folder / LORA_FILE
 
 
-def diffusers_layers(layers: dict[str, dict]) -> dict:
-    """`save_lora_weights`' keyword arguments, each component's layers in diffusers' naming."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    return {f"{component}_lora_layers": convert_state_dict_to_diffusers(state) for component, state in layers.items()}
-
-
-def kohya_state_dict(layers: dict[str, dict], family_name: str, rank: int) -> dict:
-    """The kohya file's tensors: `<prefix>_<module path with _>.lora_down.weight`, `.lora_up.weight`
-    and `.alpha` per module. Alpha is the rank, as the scale is folded into the weights already."""
+def _dtype(precision: str):
     import torch
 
-    prefixes = KOHYA_PREFIXES[family_name]
-    out = {}
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def kohya_file(folder: Path) -> Path:
+    """Where the kohya file of a run folder (or of its best/) is: `<run name>.safetensors`, or,
+    for a run written before portraitkit named it so, the old name."""
+    folder = Path(folder)
+    named, old = folder / f"{runs.run_name(folder)}.safetensors", folder / OLD_KOHYA_FILE
+    return old if old.is_file() and not named.is_file() else named
+
+
+def where_the_files_go(run_dir: Path) -> list[str]:
+    """What `portraitkit train` prints last: which of the run's files goes into which tool."""
+    run_dir = Path(run_dir)
+    kohya_path, dora = kohya_file(run_dir), runs.read_run(run_dir)["settings"].get("dora")
+    lines = [f"LoRA saved in {run_dir}:",
+             f"  {kohya_path.name}: for AUTOMATIC1111 (its models/Lora folder; prompt <lora:{kohya_path.stem}:1>) "
+             "and ComfyUI (models/loras, LoraLoader)",
+             f"  {LORA_FILE}: for diffusers, pipe.load_lora_weights(\"{run_dir}\", weight_name=\"{LORA_FILE}\"); "
+             "ComfyUI maps none of its UNet keys (\"lora key not loaded\"): give ComfyUI and A1111 the file above"]
+    if dora:
+        lines.append("  DoRA renders exactly in diffusers and ComfyUI; AUTOMATIC1111 1.10 computes DoRA per input column, "
+                     "so its images of this LoRA differ (train without --dora for A1111)")
+    return lines
+
+
+def diffusers_file(layers: dict[str, dict], rank: int) -> tuple[dict, dict[str, str]]:
+    """The diffusers file's tensors (`<component>.<module>...` in diffusers' naming) and header.
+
+    The header holds what diffusers' own `save_lora_weights` writes beside the weights since
+    0.35 (`lora_adapter_metadata`: each component's LoRA config). With it, diffusers builds the
+    config from the file instead of matching keys to module names, which diffusers 0.39 (Colab's)
+    gets wrong for transformers 5's CLIPTextModel (no `text_model.` level: IndexError,
+    huggingface/diffusers#13984). Its module names leave `text_model.` out, so they match with and
+    without that level (peft matches a target by the end of a module's name)."""
+    import json
+
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    tensors, configs = {}, {}
     for component, state in layers.items():
-        for key, value in state.items():
-            module, tensor = _split_tensor_name(key)
-            stem = f"{prefixes[component]}_{module.replace('.', '_')}"
-            out[f"{stem}.{KOHYA_TENSORS[tensor]}"] = (value.reshape(-1, 1) if tensor == "lora_magnitude_vector" else value).contiguous()
-            out[f"{stem}.alpha"] = torch.tensor(float(rank))
-    return out
+        for key, value in convert_state_dict_to_diffusers(state).items():
+            if component.startswith("text_encoder") and key.endswith(".lora_magnitude_vector"):
+                # transformers 5 loads adapters by parameter name, and a DoRA magnitude is the
+                # `weight` of peft's DoraLinearLayer: without the suffix it is silently re-initialised.
+                key += ".weight"
+            tensors[f"{component}.{key}"] = value
+        targets = sorted({key.rsplit(".lora_", 1)[0].removeprefix("text_model.") for key in state})
+        dora = any(key.endswith(".lora_magnitude_vector") for key in state)
+        configs.update({f"{component}.{field}": value for field, value in {
+            "r": rank, "lora_alpha": rank, "target_modules": targets, "use_dora": dora, "rank_pattern": {}, "alpha_pattern": {},
+        }.items()})
+    return tensors, {"format": "pt", "lora_adapter_metadata": json.dumps(configs, indent=2, sort_keys=True)}
 
 
-def _split_tensor_name(key: str) -> tuple[str, str]:
-    """"a.b.lora_A.weight" -> ("a.b", "lora_A.weight")."""
-    for tensor in KOHYA_TENSORS:
-        if key.endswith("." + tensor):
-            return key[: -len(tensor) - 1], tensor
-    raise ValueError(f"not a LoRA tensor this module knows how to name in the kohya format: {key}")
+def _run_facts(run: dict | None) -> dict:
+    """What the kohya header says beyond the settings: the run's resolution, images, trigger
+    words, caption tags and base checkpoint. Anything unknown is left out: a header fact is
+    never worth losing a trained LoRA over."""
+    from portraitkit.models.bases import checkpoint_identity, native_resolution
+
+    if run is None:
+        return {}
+    facts = {}
+    captions = runs.captions(run)
+    if captions:
+        facts.update(images=len(captions), tags=kohya.tag_frequency(captions))
+    for fact, find in [("trigger", lambda: " ".join(runs.person_words(run))),
+                       ("resolution", lambda: run["settings"].get("resolution") or native_resolution(run["base"]["source"]))]:
+        try:
+            facts[fact] = find()
+        except PortraitkitError:  # the dataset moved, the base's config is not at hand
+            pass
+    facts["model_name"], facts["model_sha256"] = checkpoint_identity(run["base"])
+    return facts
+
+
+def set_strength(pipe, adapter_name: str, strength: float) -> None:
+    """Set the LoRA's strength as A1111 and ComfyUI define it, for LoRA and DoRA alike: every
+    adapted weight W becomes W + s (W' - W), W' the trained weight; 0 is the base exactly, 1 the
+    trained model, 0.5 halfway.
+
+    For a plain LoRA that is peft's adapter weight (W + s dW). Not for DoRA: its
+    W' = m (W + dW) / ||W + dW|| is not linear in dW, and peft's weight scales dW alone (at 0 the
+    magnitudes still rescale W). So a DoRA layer keeps weight 1 and its output is moved towards
+    its base layer's by a forward hook: W x + s (W' x - W x) is the interpolated weight's output."""
+    import peft
+
+    layers = [module for model in (pipe.unet, *text_encoders(pipe)) for module in model.modules()
+              if isinstance(module, peft.tuners.lora.LoraLayer) and module.use_dora.get(adapter_name)]
+    pipe.set_adapters(adapter_name, adapter_weights=1.0 if layers else strength)
+    for layer in layers:
+        if layer not in _DORA_STRENGTH:
+            layer.register_forward_hook(_towards_base)
+        _DORA_STRENGTH[layer] = strength
+
+
+_DORA_STRENGTH = weakref.WeakKeyDictionary()  # DoRA layer -> the strength `set_strength` gave it
+
+
+def _towards_base(layer, args, output):
+    strength = _DORA_STRENGTH.get(layer, 1.0)
+    if strength == 1.0:
+        return None  # the layer's own output
+    base = layer.base_layer(args[0])
+    return base + strength * (output - base)
 
 
 def load(pipe, folder: Path, adapter_name: str | None = None, weight_name: str = LORA_FILE) -> None:
     """Load a run's LoRA (diffusers format by default) into a pipeline, as any diffusers user would.
 
-    The file is read here and its tensors handed to `load_lora_weights`: diffusers before 0.40
-    (Colab has 0.39) puts the standard `text_encoder.text_model.` keys into transformers 5's
-    `CLIPTextModel` without stripping the level it lacks, and fails; the level is dropped here for
-    an encoder that has none. (Reading the file ourselves also spares diffusers up to 0.39 its
-    offline-mode error for a folder given without `weight_name`.)"""
+    The file is read here and its tensors handed to `load_lora_weights`, brought up to date on
+    the way for files written before portraitkit wrote the header above: diffusers before 0.40
+    puts their `text_encoder.text_model.` keys into transformers 5's `CLIPTextModel` without
+    stripping the level it lacks, and fails, so the level is dropped for an encoder that has
+    none; their text encoders' DoRA magnitudes get the `.weight` transformers 5 needs. (Reading
+    the file ourselves also spares diffusers up to 0.39 its offline-mode error for a folder given
+    without `weight_name`.)"""
     from safetensors.torch import load_file
 
     state = load_file(Path(folder) / weight_name)
@@ -178,4 +271,6 @@ def load(pipe, folder: Path, adapter_name: str | None = None, weight_name: str =
         if not hasattr(encoder, "text_model"):
             level = f"{component}.text_model."
             state = {(f"{component}." + key[len(level):] if key.startswith(level) else key): value for key, value in state.items()}
+    state = {(f"{key}.weight" if key.startswith("text_encoder") and key.endswith(".lora_magnitude_vector") else key): value
+             for key, value in state.items()}
     pipe.load_lora_weights(state, adapter_name=adapter_name)

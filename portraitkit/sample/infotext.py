@@ -15,16 +15,7 @@ import json
 import re
 from pathlib import Path
 
-# A1111's `Model hash` (sha256 of the single checkpoint file, first 10 hex digits) and `Model`
-# (that file's stem) for the presets: their hub repositories are diffusers folders, but they hold
-# the same weights as these files, which A1111 users have. The hashes are the files' published
-# SHA-256 (stable-diffusion-v1-5/stable-diffusion-v1-5 v1-5-pruned-emaonly.safetensors: 6ce01616...;
-# stabilityai/stable-diffusion-xl-base-1.0 sd_xl_base_1.0.safetensors: 31e35c80...), the same
-# short hashes A1111 prints for them.
-KNOWN_MODELS = {
-    "sd15": ("v1-5-pruned-emaonly", "6ce0161689"),
-    "sdxl": ("sd_xl_base_1.0", "31e35c80fc"),
-}
+from portraitkit.models.bases import checkpoint_identity
 
 
 def lora_hash(path: Path) -> str:
@@ -41,20 +32,10 @@ def lora_hash(path: Path) -> str:
 
 
 def model_identity(base: dict) -> tuple[str, str | None]:
-    """(Model, Model hash) for a run's base ({"name", "source"} from its config.json). A local
-    folder (the tiny bases included) is hashed by its UNet weights, as it has no single file; a
-    hub id other than the presets gets no hash (its files are not at hand)."""
-    if base["name"] in KNOWN_MODELS:
-        return KNOWN_MODELS[base["name"]]
-    folder = Path(base["source"])
-    weights = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors")) if folder.is_dir() else []
-    if not weights:
-        return base["source"], None
-    digest = hashlib.sha256()
-    with open(weights[0], "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return base["name"], digest.hexdigest()[:10]
+    """(Model, Model hash) for a run's base ({"name", "source"} from its config.json): A1111's
+    `Model hash` is the first 10 hex digits of the checkpoint's sha256."""
+    name, sha256 = checkpoint_identity(base)
+    return name, sha256[:10] if sha256 else None
 
 
 def a1111_parameters(entry: dict) -> str:

@@ -25,6 +25,8 @@ from pathlib import Path
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem, native_resolution
 from portraitkit.models.conditioning import sampling_sizes
+# read_run and person_words are re-exported: notebook 05's panel reads the run through here.
+from portraitkit.models.runs import person_words, read_run  # noqa: F401
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import save_image, write_json
 # read_parameters is re-exported: notebook 05 reads a PNG's recipe from here.
@@ -47,7 +49,8 @@ class SampleConfig:
     styles: list[str] | None = setting("style names (see `portraitkit styles`); default: studio, natural, outdoor, corporate", None)
     per_style: int = setting("images per style, with seeds seed, seed+1, ...", 4)
     seed: int = setting("first seed; the same seed and settings give the same image", 0)
-    lora_scale: float = setting("LoRA strength: 1 as trained, 0 is the base model alone, 0.7-0.9 trades likeness for the style", 1.0)
+    lora_scale: float = setting("LoRA strength: 1 as trained, 0 is the base model alone (LoRA and DoRA alike), 0.7-0.9 trades "
+                                "likeness for the style", 1.0)
     steps: int | None = setting("denoising steps; default: the style's own (30)", None)
     guidance_scale: float | None = setting("classifier-free guidance; default: the style's own (7 SD1.5, 5.5 SDXL)", None)
     sampler: str = setting("sampler, named as in AUTOMATIC1111", DEFAULT_SAMPLER, choices=tuple(SAMPLERS))
@@ -92,7 +95,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
 
     resolution = config.resolution or run["settings"].get("resolution") or native_resolution(run["base"]["source"])
     model, model_hash = model_identity(run["base"])
-    kohya = lora_dir / lora.KOHYA_FILE
+    kohya = lora.kohya_file(lora_dir)
     shared = {
         "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label,
         "schedule_type": SAMPLERS[config.sampler].schedule_type, "width": resolution, "height": resolution,
@@ -128,8 +131,8 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
             with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
                 lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
         pipe = loaded["pipe"]
-        # Scale 0 keeps the adapter in place but multiplies its output by zero: the base model's image.
-        pipe.set_adapters(ADAPTER, adapter_weights=config.lora_scale)
+        # Strength as A1111 and ComfyUI read `<lora:NAME:S>`: 0 the base exactly, 1 the trained model, for DoRA too.
+        lora.set_strength(pipe, ADAPTER, config.lora_scale)
         # One bar counts the portraits; each image's own bar of denoising steps closes when done.
         pipe.set_progress_bar_config(leave=False, disable=not progress)
     for entry in tqdm(missing, desc="sampling portraits", unit="img", disable=not progress):
@@ -260,58 +263,7 @@ def _labelled_rows(title: str, rows: list[tuple[str, list]], cell: int):
     return sheet
 
 
-# --- the run and the person -------------------------------------------------------------------
-
-
-def read_run(run_dir: Path) -> dict:
-    """The run's config.json, or a clear error for a folder that is not a finished run."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise PortraitkitError(f"{run_dir} is not a training run (it has no config.json): pass the --out folder of `portraitkit train`")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-CAPTION_WORDS = re.compile(r"\bphoto of (?:an? )?(\S+) (\w+)")
-
-
-def person_words(run: dict, token: str | None = None, class_word: str | None = None) -> tuple[str, str]:
-    """The token and class word the LoRA was trained with.
-
-    Given ones win. Otherwise they come from the run's dataset: the values prep recorded in its
-    report.json, else the words after "photo of" shared by every caption in metadata.jsonl.
-    """
-    if token and class_word:
-        return token, class_word
-    dataset = Path(run["settings"]["dataset_dir"])
-    if not dataset.is_dir():
-        raise PortraitkitError(f"the run's dataset {dataset} is not there (moved or deleted?), so the person's token and class word "
-                               "are unknown: pass them with --token and --class-word, as given to `portraitkit prep`")
-    found = _words_from_report(dataset / "report.json") or _words_from_captions(dataset / "metadata.jsonl")
-    if found is None:
-        raise PortraitkitError(
-            f"could not tell the person's token and class word from the run's dataset ({dataset}): "
-            "pass them with --token and --class-word, as given to `portraitkit prep` (e.g. --token sks --class-word person)"
-        )
-    return token or found[0], class_word or found[1]
-
-
-def _words_from_report(path: Path) -> tuple[str, str] | None:
-    if not path.is_file():
-        return None
-    report = json.loads(path.read_text(encoding="utf-8"))
-    for section in (report, report.get("summary"), report.get("config"), report.get("settings")):
-        if isinstance(section, dict) and section.get("token") and section.get("class_word"):
-            return str(section["token"]), str(section["class_word"])
-    return None
-
-
-def _words_from_captions(path: Path) -> tuple[str, str] | None:
-    if not path.is_file():
-        return None
-    from portraitkit.core.files import read_jsonl
-
-    found = {match.groups() for row in read_jsonl(path) if (match := CAPTION_WORDS.search(str(row.get("text", ""))))}
-    return found.pop() if len(found) == 1 else None  # several answers: better to ask than to guess
+# --- the folders ------------------------------------------------------------------------------
 
 
 def _previous_manifest(out_dir: Path) -> dict[str, dict]:

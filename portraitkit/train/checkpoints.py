@@ -23,6 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from portraitkit.core.files import shareable
+
 STEP_FOLDER = re.compile(r"^step_(\d{6,})$")
 
 
@@ -93,7 +95,7 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state:
         final = checkpoint_dir(run_dir, step)
         if final.exists():
             shutil.rmtree(final)
-        tmp.rename(final)
+        shareable(tmp).rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for _, old in complete_checkpoints(run_dir)[:-keep]:

@@ -50,6 +50,8 @@ class TrainConfig:
     background_weight: float = setting("with --masked-loss, how much the background counts: 0 not at all, 1 as without a mask", 0.0)
     caption_dropout: float = setting("probability of training an image on its bare trigger caption (a photo of sks person); "
                                      "ai-toolkit uses 0.05", 0.0)
+    save_precision: str = setting("precision of the saved LoRA files: fp16 (kohya's default, half the size of fp32), bf16 or fp32",
+                                  "fp16", choices=("fp32", "fp16", "bf16"))
     dora: bool = setting("DoRA (weight-decomposed LoRA, peft's use_dora): a learned magnitude per output beside the "
                          "low-rank direction; a little more memory and time per step", False)
     checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)

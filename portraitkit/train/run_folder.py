@@ -17,7 +17,7 @@ from portraitkit.train.config import RESUMABLE_CHANGES, TrainConfig
 
 def finished(run_dir: Path, steps: int, validated: bool = True) -> bool:
     """Every final output is there: a run killed while saving them is finished on --resume."""
-    outputs = [run_dir / lora.LORA_FILE, run_dir / lora.KOHYA_FILE]
+    outputs = [run_dir / lora.LORA_FILE, lora.kohya_file(run_dir)]
     if validated:
         outputs.append(run_dir / "validation" / f"step_{steps:06d}.png")
     return all(path.is_file() for path in outputs)

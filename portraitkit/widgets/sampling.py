@@ -22,7 +22,7 @@ class StylePanel(Panel):
                  guidance_scale: float | None = None):
         import ipywidgets as w
 
-        from portraitkit.sample.render import person_words, read_run
+        from portraitkit.models.runs import person_words, read_run
         from portraitkit.sample.styles import DEFAULT_STYLES, load_styles
 
         self.run_dir = Path(run_dir)
@@ -38,6 +38,8 @@ class StylePanel(Panel):
             box.observe(self._show_prompt, names="value")
             self.checkboxes[name] = box
             rows.append(w.HBox([box, w.HTML(f"<small>{style.description}</small>")]))
+        # 0 is the base model, 1 the trained one, in between the weights in between (LoRA and DoRA alike,
+        # as the <lora:NAME:S> of the PNG's recipe means in A1111 and ComfyUI).
         self.lora_scale = w.FloatSlider(value=lora_scale, min=0.0, max=1.5, step=0.05, description="LoRA strength",
                                         style={"description_width": "initial"}, continuous_update=False)
         self.per_style = w.IntSlider(value=per_style, min=1, max=max(8, per_style), description="per style",

@@ -1,0 +1,126 @@
+"""The kohya LoRA file, as AUTOMATIC1111, ComfyUI and kohya's own scripts read it.
+
+Keys: `<prefix>_<module path with _>.lora_down.weight`, `.lora_up.weight` and `.alpha` per module
+(prefixes `lora_unet`, `lora_te` for SD1.x's text encoder, `lora_te1`/`lora_te2` for SDXL's).
+
+DoRA (peft's `use_dora`) learns a magnitude m per output row: W' = m * (W + dW) / ||W + dW||, the
+norm taken per row. ComfyUI reads a `dora_scale` of shape (out, 1) as per-output and computes
+W' = (W + dW) * dora_scale / ||W||, dividing by the row norms of the ORIGINAL weight; so the file
+holds dora_scale = m * ||W|| / ||W + dW||, with which ComfyUI's formula gives peft's weight
+exactly. (AUTOMATIC1111 1.10 normalises per input column, LyCORIS' older form: no per-output
+scale renders right there; see the README.)
+
+The header carries what kohya and LyCORIS write and the LoRA browsers read: above all
+`ss_base_model_version`, without which A1111 files an SDXL LoRA as SD1 and hides it.
+"""
+
+from __future__ import annotations
+
+import json
+
+PREFIXES = {"sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
+            "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
+# peft's tensor names and kohya's for the same tensor.
+TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
+# kohya's names for the base families, as A1111's Lora tab reads them (`ss_base_model_version`),
+# and the SAI model spec's architecture ids.
+BASE_MODEL_VERSIONS = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+ARCHITECTURES = {"sd": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+
+
+def state_dict(layers: dict[str, dict], family: str, rank: int, modules: dict, dtype) -> dict:
+    """The kohya file's tensors from `lora.lora_layers` (scale folded into B, so alpha = rank), in
+    `dtype`. `modules` ({component: the model that carries the adapters}) give DoRA its base W."""
+    import torch
+
+    prefixes = PREFIXES[family]
+    out = {}
+    for component, state in layers.items():
+        for key, value in state.items():
+            module, tensor = _split_tensor_name(key)
+            stem = f"{prefixes[component]}_{module.replace('.', '_')}"
+            if tensor == "lora_magnitude_vector":
+                up, down = state[f"{module}.lora_B.weight"], state[f"{module}.lora_A.weight"]
+                # dW as a reader of this file gets it back, rounded to `dtype`: the scale then makes
+                # up for that rounding too.
+                delta = up.to(dtype).float() @ down.to(dtype).float()
+                value = comfy_dora_scale(value, _base_weight(modules[component], module), delta)
+            out[f"{stem}.{TENSORS[tensor]}"] = value.to(dtype).contiguous()
+            out[f"{stem}.alpha"] = torch.tensor(float(rank), dtype=dtype)
+    return out
+
+
+def comfy_dora_scale(magnitude, weight, delta):
+    """(out, 1): m * ||W|| / ||W + dW|| per output row, in fp32."""
+    weight = weight.float()
+    return (magnitude.float() * weight.norm(dim=1) / (weight + delta).norm(dim=1)).reshape(-1, 1)
+
+
+def _base_weight(model, module: str):
+    """The frozen W under the adapter at `module` (a canonical name: transformers 5's CLIPTextModel
+    has no `text_model.` level)."""
+    try:
+        layer = model.get_submodule(module)
+    except AttributeError:
+        layer = model.get_submodule(module.removeprefix("text_model."))
+    return layer.base_layer.weight.detach()
+
+
+def _split_tensor_name(key: str) -> tuple[str, str]:
+    """"a.b.lora_A.weight" -> ("a.b", "lora_A.weight")."""
+    for tensor in TENSORS:
+        if key.endswith("." + tensor):
+            return key[: -len(tensor) - 1], tensor
+    raise ValueError(f"not a LoRA tensor this module knows how to name in the kohya format: {key}")
+
+
+def header(name: str, family: str, rank: int, dora: bool, run: dict | None = None, facts: dict | None = None) -> dict[str, str]:
+    """The safetensors metadata kohya's scripts write (LyCORIS' module and arguments for DoRA), plus
+    the SAI model spec's title and trigger phrase. `run` is the run's config.json; `facts` what it
+    resolved to: `resolution`, `images`, `trigger` (token and class word), `tags` (caption tag
+    counts), `model_name` and `model_sha256` of the base checkpoint."""
+    meta = {
+        "ss_output_name": name,
+        "ss_base_model_version": BASE_MODEL_VERSIONS[family],
+        "ss_v2": "False",
+        "ss_network_module": "lycoris.kohya" if dora else "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(float(rank)),  # alpha / rank is folded into the up weights
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": ARCHITECTURES[family],
+        "modelspec.title": name,
+    }
+    if dora:  # how LyCORIS records a DoRA LoRA (`--network_args algo=lora dora_wd=True`)
+        meta["ss_network_args"] = json.dumps({"algo": "lora", "dora_wd": "True"})
+    if run is not None:
+        settings = run["settings"]
+        meta.update({"ss_steps": str(settings["steps"]), "ss_max_train_steps": str(settings["steps"]),
+                     "ss_learning_rate": str(settings["lr"]), "ss_unet_lr": str(settings["lr"]), "ss_seed": str(settings["seed"])})
+        if settings["train_text_encoder"]:
+            meta["ss_text_encoder_lr"] = str(settings["text_encoder_lr"])
+    facts = {key: value for key, value in (facts or {}).items() if value is not None}
+    if "resolution" in facts:
+        size = facts["resolution"]
+        meta.update({"ss_resolution": f"({size}, {size})", "modelspec.resolution": f"{size}x{size}"})
+    if "images" in facts:
+        meta["ss_num_train_images"] = str(facts["images"])
+    if "tags" in facts:
+        meta["ss_tag_frequency"] = json.dumps({"dataset": facts["tags"]}, ensure_ascii=False)
+    if "trigger" in facts:
+        meta["modelspec.trigger_phrase"] = facts["trigger"]
+    if "model_name" in facts:
+        meta["ss_sd_model_name"] = facts["model_name"]
+    if "model_sha256" in facts:
+        meta["ss_new_sd_model_hash"] = facts["model_sha256"]
+    return meta
+
+
+def tag_frequency(captions: list[str]) -> dict[str, int]:
+    """kohya's `ss_tag_frequency` for one dataset: each comma-separated caption part, counted (the
+    "training tags" A1111's Lora card lists)."""
+    counts: dict[str, int] = {}
+    for caption in captions:
+        for tag in (part.strip() for part in caption.split(",")):
+            if tag:
+                counts[tag] = counts.get(tag, 0) + 1
+    return counts
