@@ -21,7 +21,7 @@ class TrainConfig:
     out_dir: str = setting("run folder: LoRA, config, log, checkpoints, validation images")
     base: str = setting("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "tiny-sd")
     steps: int = setting("optimizer steps; person LoRAs usually need 500-1500 (about 100 per photo)", 1000)
-    rank: int = setting("LoRA rank; 16 keeps a face's detail while the file stays ~13 MB for SD1.5", 16)
+    rank: int = setting("LoRA rank; 16 keeps a face's detail while the file stays ~6.4 MB for SD1.5 (fp16)", 16)
     alpha: float | None = setting("LoRA alpha; default = rank, so the LoRA scale is 1 whatever the rank", None)
     lr: float = setting("learning rate for the UNet LoRA (1e-4 is the usual person-LoRA rate)", 1e-4)
     text_encoder_lr: float = setting("learning rate for text-encoder LoRA, lower as it overfits faster", 5e-5)
