@@ -24,7 +24,7 @@ from pathlib import Path
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem, native_resolution
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import save_image, write_json
+from portraitkit.core.files import read_json, save_image, write_json
 # read_parameters is re-exported: notebook 05 reads a PNG's recipe from here.
 from portraitkit.sample.infotext import lora_hash, model_identity, png_parameters, read_parameters  # noqa: F401
 from portraitkit.core.quiet import quiet
@@ -206,7 +206,7 @@ def read_run(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise PortraitkitError(f"{run_dir} is not a training run (it has no config.json): pass the --out folder of `portraitkit train`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, "restore it from a copy, or train the run again", keys=("settings", "base"))
 
 
 CAPTION_WORDS = re.compile(r"\bphoto of (?:an? )?(\S+) (\w+)")

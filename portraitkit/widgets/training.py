@@ -115,7 +115,6 @@ class TrainPanel(Panel):
 
     def _resume_html(self) -> str:
         import html
-        import json
 
         from portraitkit.train.checkpoints import latest_checkpoint
         from portraitkit.models.lora import LORA_FILE
@@ -124,8 +123,12 @@ class TrainPanel(Panel):
         if not saved.is_file():
             return f"A new run in {self.run_dir}."
         from portraitkit.train.config import RESUMABLE_CHANGES
+        from portraitkit.train.run_folder import read_run_config
 
-        previous = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
+        try:
+            previous = read_run_config(self.run_dir)["settings"]
+        except PortraitkitError as error:
+            return f"<span style='color:#cf222e'>{html.escape(str(error))}</span>"
         changed = [f"{name} {previous[name]} (now {value})" for name, value in self.settings().items()
                    if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value]
         if changed:
