@@ -99,11 +99,11 @@ def run_train(args) -> int:
 
     config = config_from_args(TrainConfig, args)
     check_config(config)  # a mistake answered in a second, before torch and diffusers load (train checks again)
-    if os.environ.get("RANK", "0") == "0":  # one notice, not one per process
-        _toy_notice(config.base)
     processes = cpu_processes_asked()
     if processes > 1:  # `accelerate launch --cpu --num_processes N` started this one process alone
         return run_as_processes(processes, args.argv)
+    if os.environ.get("RANK", "0") == "0":  # one notice, not one per process
+        _toy_notice(config.base)
     from portraitkit.train.loop import train
 
     run_dir = train(config)

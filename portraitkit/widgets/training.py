@@ -69,10 +69,11 @@ class TrainPanel(Panel):
                            **{**self.settings(), **settings})
 
     def update(self) -> None:
-        # The first estimate of a base traces its real-size graph on the meta device: seconds for
+        # SD1.5 and SDXL at the common settings answer from the planner's shipped traces at once
+        # (plan/table.py); another choice traces its real-size graph on the meta device: seconds for
         # SD1.5, a minute or more for SDXL on a 2-core CPU (Colab's); later ones reuse the trace.
-        why = ("the first SDXL estimate traces its real-size graph: a minute or two on a 2-core CPU"
-               if self.base.value == "sdxl" else "a few seconds")
+        why = ("a new SDXL setting traces its real-size graph: up to a minute or two on a 2-core CPU"
+               if self.base.value == "sdxl" else "a few seconds at most")
         self.estimate.value = f"<i>estimating what this costs on a T4 ({why})...</i>"
         self.estimate.value = self._estimate_html()
         self.resume.value = self._resume_html()
