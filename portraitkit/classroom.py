@@ -31,7 +31,7 @@ from pathlib import Path
 
 from portraitkit.demo import STAGES, DemoConfig, plan, run_stage
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import write_json, write_text
+from portraitkit.core.files import check_writable, read_json, write_json, write_text
 from portraitkit.faces.photos import PHOTO_SUFFIXES
 from portraitkit.core.settings import setting
 
@@ -74,9 +74,11 @@ def run_class(config: ClassConfig) -> dict:
     people = learners(root)
     if out.resolve() in {p.resolve() for p in people.values()} or out.resolve() == root.resolve():
         raise PortraitkitError(f"--out {out} is the photo folder itself: choose a separate folder for the class")
+    check_writable(out)
+    saved = out / CLASS_FILE
+    previous = read_json(saved, "delete it to run the whole class again", keys=("learners",))["learners"] if saved.is_file() else {}
     ray = _start_ray(config.address)
     try:
-        previous = json.loads((out / CLASS_FILE).read_text(encoding="utf-8")).get("learners", {}) if (out / CLASS_FILE).is_file() else {}
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         stage_task = ray.remote(_stage_task)
         began = time.perf_counter()

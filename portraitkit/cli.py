@@ -15,6 +15,7 @@ import types
 import typing
 
 from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,17 +94,21 @@ def add_train(subparsers) -> None:
 
 
 def run_train(args) -> int:
+    from portraitkit.train.config import TrainConfig, check_config
     from portraitkit.train.launch import cpu_processes_asked, run_as_processes
-    from portraitkit.train.config import TrainConfig
-    from portraitkit.train.loop import train
 
+    config = config_from_args(TrainConfig, args)
+    check_config(config)  # a mistake answered in a second, before torch and diffusers load (train checks again)
     processes = cpu_processes_asked()
     if processes > 1:  # `accelerate launch --cpu --num_processes N` started this one process alone
         return run_as_processes(processes, args.argv)
+    if os.environ.get("RANK", "0") == "0":  # one notice, not one per process
+        _toy_notice(config.base)
     from portraitkit.models.lora import where_the_files_go
+    from portraitkit.train.loop import train
     from portraitkit.train.validate import best_line
 
-    run_dir = train(config_from_args(TrainConfig, args))
+    run_dir = train(config)
     print("\n".join(where_the_files_go(run_dir)))
     if line := best_line(run_dir):
         print(line)  # "likeness 0.41 at step 800; your own photos are 0.38 apart ..."
@@ -286,9 +291,12 @@ def add_sample(subparsers) -> None:
 
 
 def run_sample(args) -> int:
-    from portraitkit.sample.render import SampleConfig, sample
+    from pathlib import Path
+
+    from portraitkit.sample.render import SampleConfig, read_run, sample
 
     config = config_from_args(SampleConfig, args)
+    _toy_notice(read_run(Path(config.run_dir))["base"]["name"])
     made = sample(config)
     print(f"{len(made)} portraits in {config.out_dir} (manifest.json; one grid per style in grids/)")
     return 0
@@ -309,6 +317,7 @@ def run_pick(args) -> int:
 
     from portraitkit.pick.likeness import PICKS_SHEET, RANKING_FILE, rank_images, ranking_lines
 
+    check_writable(args.images_dir, "IMAGES_DIR (where ranking.json and picks.png go)")
     ranked = rank_images(args.images_dir, args.reference, top=args.top)
     print("\n".join(ranking_lines(ranked, args.top)))
     folder = Path(args.images_dir)
@@ -332,7 +341,9 @@ def add_demo(subparsers) -> None:
 def run_demo(args) -> int:
     from portraitkit.demo import DemoConfig, demo
 
-    report = demo(config_from_args(DemoConfig, args))
+    config = config_from_args(DemoConfig, args)
+    _toy_notice(config.base)
+    report = demo(config)
     print(f"Done: open {report} in a browser.")
     return 0
 
@@ -352,7 +363,9 @@ def add_class(subparsers) -> None:
 def run_class(args) -> int:
     from portraitkit.classroom import CLASS_PAGE, ClassConfig, run_class as run
 
-    record = run(config_from_args(ClassConfig, args))
+    config = config_from_args(ClassConfig, args)
+    _toy_notice(config.base)
+    record = run(config)
     failed = {name: learner["reason"] for name, learner in record["learners"].items() if learner["status"] != "done"}
     print(f"{len(record['learners']) - len(failed)} of {len(record['learners'])} learners done; open {args.out_dir}/{CLASS_PAGE}")
     for name, reason in failed.items():
@@ -379,6 +392,8 @@ def run_plan(args) -> int:
     from portraitkit.plan.estimate import PlanConfig, plan_run
 
     plan = plan_run(**dataclasses.asdict(config_from_args(PlanConfig, args)))
+    if not args.json:  # the JSON stays one document; its "base" names the toy
+        _toy_notice(args.base)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.summary())
     return 0
 
@@ -386,17 +401,40 @@ def run_plan(args) -> int:
 COMMANDS: list = [add_train, add_prep, add_lens, add_diagnose, add_styles, add_sample, add_pick, add_demo, add_class, add_plan]
 
 
+def _toy_notice(base: str) -> None:
+    from portraitkit.models.bases import toy_notice
+
+    if notice := toy_notice(base):
+        print(notice, flush=True)
+
+
+def _how_to_continue(args) -> str:
+    """What to type after Ctrl-C: train continues from its last checkpoint with --resume (once its
+    run folder exists); demo, class and sample keep their finished work when run again."""
+    import shlex
+    from pathlib import Path
+
+    if args.command == "train" and (Path(args.out_dir) / "config.json").is_file():
+        again = args.argv if "--resume" in args.argv else [*args.argv, "--resume"]
+        return f"; continue from the last checkpoint with `portraitkit {shlex.join(again)}`"
+    if args.command in ("demo", "class", "sample"):
+        return "; run the same command again to continue"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        if getattr(args, "out_dir", None):  # every stage's output folder, before any of its work
+            check_writable(args.out_dir)
         return int(args.func(args) or 0)
     except PortraitkitError as error:
         print(f"portraitkit {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"portraitkit {args.command}: interrupted", file=sys.stderr)
+        print(f"portraitkit {args.command}: interrupted{_how_to_continue(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `portraitkit styles | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

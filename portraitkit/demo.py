@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import write_json, write_text
+from portraitkit.core.files import check_writable, write_json, write_text
 from portraitkit.core.settings import check_at_least, setting
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -68,6 +68,7 @@ def plan(config: DemoConfig) -> Plan:
 
     check_at_least({"train_steps": config.train_steps, "per_style": config.per_style, "sample_steps": config.sample_steps}, 1)
     check_at_least({"seed": config.seed}, 0)
+    check_writable(config.out_dir)
     tiny = config.base in TINY_PRESETS
     if tiny:
         # Prep at 256 px although the tiny base trains at 64: faces in 64 px crops are too small

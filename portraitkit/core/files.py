@@ -75,6 +75,42 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
     return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def read_json(path: str | os.PathLike, fix: str, keys: tuple[str, ...] = ()) -> Any:
+    """A JSON file another run wrote; a damaged one (cut short, edited by hand) is one sentence
+    saying where it breaks and `fix`. With `keys`, the file must be an object holding them."""
+    from portraitkit.core.errors import PortraitkitError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise PortraitkitError(f"{path} is damaged (not valid JSON: {error.msg}: line {error.lineno}, column {error.colno}): {fix}") from None
+    except UnicodeDecodeError:
+        raise PortraitkitError(f"{path} is damaged (not UTF-8 text): {fix}") from None
+    if keys and not (isinstance(data, dict) and all(key in data for key in keys)):
+        raise PortraitkitError(f"{path} is damaged (it lacks {', '.join(keys)}): {fix}")
+    return data
+
+
+def check_writable(folder: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be written (under /proc, read-only,
+    a file in the way): the nearest existing folder on its path gets a probe file that is removed
+    at once, so nothing is left behind whether or not the folder can be written."""
+    from portraitkit.core.errors import PortraitkitError
+
+    folder = Path(folder).expanduser().absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        reason = f"{existing} is a file"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".portraitkit-probe-", dir=existing))  # as the stage's sub-folders will be made
+            return
+        except OSError as error:
+            reason = f"{existing} refuses new files: {error.strerror or error}"
+    raise PortraitkitError(f"{flag} {folder} cannot be written ({reason}): choose a folder you can write to")
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file, skipping a last line cut short by an interrupted append."""
     rows = []

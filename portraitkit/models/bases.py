@@ -204,9 +204,26 @@ def decode_problem(images) -> str | None:
 # --- the offline tiny bases ------------------------------------------------------------------
 
 
+def toy_notice(name: str) -> str | None:
+    """The one line every command prints when it runs a toy base (None for a real one)."""
+    if name not in TINY_PRESETS:
+        return None
+    return (f"{name} is an offline toy base with random weights: its images are noise, not portraits "
+            "(for portraits choose --base sd15 or sdxl, on a GPU)")
+
+
+def library_versions() -> str:
+    """The versions that decide whether a saved tiny base can be read back: a folder that
+    transformers 5 saved (a tokenizer.json without vocab.json) fails to load under 4.x."""
+    import importlib.metadata as metadata
+
+    return "-".join(f"{package}{'.'.join(metadata.version(package).split('.')[:2])}" for package in ("diffusers", "transformers"))
+
+
 def tiny_base_folder(preset: str) -> Path:
-    """The diffusers folder of a tiny preset, built once (atomically) and then reused."""
-    folder = cache_dir() / "bases" / f"{preset}-v{TINY_VERSION}"
+    """The diffusers folder of a tiny preset, built once (atomically) per version of the libraries
+    that write it, then reused."""
+    folder = cache_dir() / "bases" / f"{preset}-v{TINY_VERSION}-{library_versions()}"
     if not (folder / "model_index.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         build = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=folder.parent))

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import read_jsonl
+from portraitkit.core.files import read_json, read_jsonl
 
 RECORD = "config.json"
 
@@ -23,7 +23,7 @@ def read_run(run_dir: Path) -> dict:
     path = Path(run_dir) / RECORD
     if not path.is_file():
         raise PortraitkitError(f"{run_dir} is not a training run (it has no config.json): pass the --out folder of `portraitkit train`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path, "restore it from a copy, or train the run again", keys=("settings", "base"))
 
 
 def run_of(folder: Path) -> Path | None:

@@ -91,14 +91,27 @@ def read_style_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PortraitkitError(f"styles file {path} does not exist: check the path")
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
-        raise PortraitkitError(f"{path.name} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({str(error).splitlines()[0]}): fix the file") from None
+        raise PortraitkitError(f"{path.name} is not valid {kind} ({_where(error)}): fix the file") from None
     if not isinstance(data, Mapping) or not data:
         raise PortraitkitError(f"{path.name} must map style names to their fields (description, prompt, ...)")
     return dict(data)
+
+
+def _where(error: Exception) -> str:
+    """What the parser found and where, as an editor counts (line and column from 1)."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg}: line {error.lineno}, column {error.colno}"
+    parts = []  # PyYAML's MarkedYAMLError: what it was reading where (an opening quote), then the problem; 0-based
+    for text, mark in ((getattr(error, "context", None), getattr(error, "context_mark", None)),
+                       (getattr(error, "problem", None), getattr(error, "problem_mark", None))):
+        if text:
+            parts.append(f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark else text)
+    return ": ".join(parts) or str(error).splitlines()[0]
 
 
 def resolve_style(name: str, fields: Mapping[str, Any], defaults: Mapping[str, Any], family: str) -> Style:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.files import check_writable
 from portraitkit.core.settings import check_at_least, check_positive, check_resolution, setting
 
 
@@ -19,9 +20,11 @@ class TrainConfig:
 
     dataset_dir: str = setting("prepared dataset: images plus metadata.jsonl with file_name and text")
     out_dir: str = setting("run folder: LoRA, config, log, checkpoints, validation images")
-    base: str = setting("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "tiny-sd")
+    base: str = setting("base model: sd15, sdxl, a Hugging Face id or a diffusers folder; tiny-sd and tiny-sdxl are offline "
+                        "toys for a CPU whose images are noise", "sd15")
     steps: int = setting("optimizer steps; person LoRAs usually need 500-1500 (about 100 per photo)", 1000)
-    rank: int = setting("LoRA rank; 16 keeps a face's detail while the file stays ~6.4 MB for SD1.5 (fp16)", 16)
+    rank: int = setting("LoRA rank, 1-256; 16 keeps a face's detail while the file stays ~6.4 MB for SD1.5 (fp16; file, "
+                        "memory and time grow with the rank; person LoRAs use 4-32)", 16)
     alpha: float | None = setting("LoRA alpha; default = rank, so the LoRA scale is 1 whatever the rank", None)
     lr: float = setting("learning rate for the UNet LoRA (1e-4 is the usual person-LoRA rate)", 1e-4)
     text_encoder_lr: float = setting("learning rate for text-encoder LoRA, lower as it overfits faster", 5e-5)
@@ -88,6 +91,11 @@ class TrainConfig:
 VALIDATIONS_PER_RUN = 10
 MIN_STEPS_APART = 50
 
+# Person LoRAs use ranks 4-32; at 256 a LoRA file already holds 51M parameters for SD1.5 and 372M
+# for SDXL (~0.2 and ~1.5 GB in fp32: FACTS.md's 797,184 and 5,806,080 per rank 4). Above that a
+# typo (100000) would fill the disk and RAM before anyone noticed.
+MAX_RANK = 256
+
 # Settings that may change when a run is resumed; everything else must match the saved config.
 RESUMABLE_CHANGES = {"steps", "resume", "checkpoint_every", "keep_checkpoints", "validate", "validate_every",
                      "validation_styles", "validation_seeds", "validation_steps", "dataset_dir", "out_dir"}
@@ -110,9 +118,15 @@ def check_config(config: TrainConfig) -> TrainConfig:
     check_positive({"lr": config.lr, "text_encoder_lr": config.text_encoder_lr, "alpha": config.alpha,
                     "max_grad_norm": config.max_grad_norm, "snr_gamma": config.snr_gamma})
     check_resolution(config.resolution)
+    if config.rank > MAX_RANK:
+        raise PortraitkitError(f"--rank {config.rank} is above {MAX_RANK}: person LoRAs use 4-32, and the file, memory and time "
+                               f"grow with the rank (at {MAX_RANK} an SDXL LoRA file is already ~1.5 GB)")
     for name in ("background_weight", "caption_dropout"):
         if not 0 <= getattr(config, name) <= 1:
             raise PortraitkitError(f"--{name.replace('_', '-')} {getattr(config, name)} is not a fraction: choose between 0 and 1")
+    check_writable(config.out_dir)
+    if config.class_dir is not None:  # missing class images are generated into it
+        check_writable(config.class_dir, "--class-dir")
     check_dataset(config.dataset_dir)
     check_available(config.base)
     absolute = {name: str(Path(value).expanduser().resolve()) for name in ("dataset_dir", "out_dir", "class_dir")

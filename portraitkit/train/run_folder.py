@@ -5,11 +5,10 @@ finished (every final output written)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import atomic_path, read_jsonl, write_json, write_jsonl
+from portraitkit.core.files import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from portraitkit.models import lora
 from portraitkit.train import checkpoints
 from portraitkit.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -25,6 +24,9 @@ def finished(run_dir: Path, steps: int, validated: bool = True) -> bool:
 
 def prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -> tuple[int, Path | None]:
     """Check the folder against --resume, write config.json, return (start step, checkpoint)."""
+    if config.resume and not run_dir.is_dir():  # a mistyped path must not cost a whole run from step 0
+        raise PortraitkitError(f"cannot resume {run_dir}: there is no such folder; check the path "
+                               "(the --out of the run to continue), or leave out --resume to start a new run")
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints.remove_partial_writes(run_dir)
     latest = checkpoints.latest_checkpoint(run_dir, report=config.resume)
@@ -36,7 +38,7 @@ def prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -
         write_json(saved, run_config(config, processes))
         return 0, None
     if saved.is_file():
-        record = json.loads(saved.read_text())
+        record = read_run_config(run_dir)
         previous = record["settings"]
         changed = sorted(k for k, v in dataclasses.asdict(config).items()
                          if k not in RESUMABLE_CHANGES and k in previous and previous[k] != v)
@@ -55,6 +57,12 @@ def prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -
         write_jsonl(log_path, [row for row in read_jsonl(log_path) if row["step"] <= step])
     write_json(saved, run_config(config, processes))
     return step, folder
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """A run's config.json, or one sentence when it is damaged."""
+    return read_json(run_dir / "config.json", "restore it from a copy, or train a new run into another --out folder",
+                     keys=("settings", "base"))
 
 
 def run_config(config: TrainConfig, processes: int = 1) -> dict:
@@ -140,7 +148,7 @@ def plot_likeness(run_dir: Path) -> Path | None:
     path = run_dir / "identity.json"
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json(path, "train the run again to measure its likeness", keys=("steps",))
     rows = record["steps"]
     figure = Figure(figsize=(6, 3.5), dpi=100)
     axes = figure.subplots()
@@ -175,7 +183,7 @@ def plot_likeness(run_dir: Path) -> Path | None:
 
 def record_in_config(run_dir: Path, **fields) -> None:
     """Add `fields` to the run's config.json (what the run decided once it had read the data)."""
-    record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    record = read_run_config(run_dir)
     record.update(fields)
     write_json(run_dir / "config.json", record)
 

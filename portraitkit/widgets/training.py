@@ -71,10 +71,11 @@ class TrainPanel(Panel):
 
     def update(self) -> None:
         """Estimate the cost again and say what the run folder holds (call it after training, too)."""
-        # The first estimate of a base traces its real-size graph on the meta device: seconds for
+        # SD1.5 and SDXL at the common settings answer from the planner's shipped traces at once
+        # (plan/table.py); another choice traces its real-size graph on the meta device: seconds for
         # SD1.5, a minute or more for SDXL on a 2-core CPU (Colab's); later ones reuse the trace.
-        why = ("the first SDXL estimate traces its real-size graph: a minute or two on a 2-core CPU"
-               if self.base.value == "sdxl" else "a few seconds")
+        why = ("a new SDXL setting traces its real-size graph: up to a minute or two on a 2-core CPU"
+               if self.base.value == "sdxl" else "a few seconds at most")
         self.estimate.value = f"<i>estimating what this costs on a T4 ({why})...</i>"
         self.estimate.value = self._estimate_html()
         self.resume.value = self._resume_html()
@@ -117,7 +118,6 @@ class TrainPanel(Panel):
 
     def _resume_html(self) -> str:
         import html
-        import json
 
         from portraitkit.train.checkpoints import latest_checkpoint
         from portraitkit.models.lora import LORA_FILE
@@ -126,8 +126,12 @@ class TrainPanel(Panel):
         if not saved.is_file():
             return f"No run in {self.run_dir} yet: training starts a new run there."
         from portraitkit.train.config import RESUMABLE_CHANGES
+        from portraitkit.train.run_folder import read_run_config
 
-        previous = json.loads(saved.read_text(encoding="utf-8")).get("settings", {})
+        try:
+            previous = read_run_config(self.run_dir)["settings"]
+        except PortraitkitError as error:
+            return f"<span style='color:#cf222e'>{html.escape(str(error))}</span>"
         changed = [f"{name} {previous[name]} (now {value})" for name, value in self.settings().items()
                    if name not in RESUMABLE_CHANGES and name in previous and previous[name] != value]
         if changed:
