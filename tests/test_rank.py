@@ -102,23 +102,29 @@ def test_training_steps_are_scored_and_the_best_lora_kept(tmp_path, samples_dir)
     assert record["final_lora"] == "pytorch_lora_weights.safetensors" and record["recommended"] == "best"
     assert (tmp_path / "best" / "pytorch_lora_weights.safetensors").is_file()
 
-    # identity.json's distances, recomputed from dlib's embeddings directly: per image, the mean
-    # distance of its largest face to each reference face; per step, the mean over its images
+    # identity.json's likeness, recomputed from dlib's embeddings directly: per image, the distance
+    # of its largest face to the centre (mean embedding) of the reference faces; per step, the mean
+    # over its images; `nearest`, the distance to the closest reference face
     from portraitkit.faces.detect import detect_faces, face_embedding
 
     def embedding(image):
         return face_embedding(image, detect_faces(image)[0])
 
-    references = [embedding(image) for image in reference]
+    references = np.array([embedding(image) for image in reference])
+    centre = references.mean(axis=0)
 
     def mean_distance(*names):
-        return np.mean([np.mean([np.linalg.norm(embedding(image) - r) for r in references]) for image in photos(*names)])
+        return np.mean([np.linalg.norm(embedding(image) - centre) for image in photos(*names)])
+
+    def nearest(*names):
+        return np.mean([np.linalg.norm(references - embedding(image), axis=1).min() for image in photos(*names)])
 
     written = json.loads((tmp_path / "identity.json").read_text())
     assert written["reference_faces"] == len(REFERENCE) and written["best_step"] == 20
-    distances = {row["step"]: row["mean_identity_distance"] for row in written["steps"]}
-    assert distances[10] == pytest.approx(mean_distance("astronaut.jpg", "hopper_soft.jpg"), abs=1e-4)
-    assert distances[20] == pytest.approx(mean_distance("hopper.jpg", "hopper_greyscale.png"), abs=1e-4)
+    rows = {row["step"]: row for row in written["steps"]}
+    assert rows[10]["likeness"] == pytest.approx(mean_distance("astronaut.jpg", "hopper_soft.jpg"), abs=1e-4)
+    assert rows[20]["likeness"] == pytest.approx(mean_distance("hopper.jpg", "hopper_greyscale.png"), abs=1e-4)
+    assert rows[20]["nearest"] == pytest.approx(nearest("hopper.jpg", "hopper_greyscale.png"), abs=1e-4)
 
 
 def test_without_reference_faces_nothing_is_invented(tmp_path, samples_dir):

@@ -139,12 +139,13 @@ def test_strength_0_is_the_base_model_and_0_5_lies_between(kind, run_dir, dora_r
     from portraitkit.models.bases import load_pipeline
 
     run = run_dir if kind == "lora" else dora_run
-    loaded, images = {}, {}
+    loaded, images, files = {}, {}, {}
     for strength in (0.0, 0.5, 1.0):  # one pipeline, its strength changed between images (notebook 05's dials)
         made = sample(SampleConfig(run_dir=str(run), out_dir=str(tmp_path / str(strength)), styles=["studio"], per_style=1,
                                    seed=7, steps=STEPS, lora_scale=strength, token="zwx", class_word="woman"), loaded=loaded)[0]
+        files[strength] = made["file"]
         images[strength] = pixels(tmp_path / str(strength) / made["file"])
-    assert f"<lora:{run.name}:0.5>" in read_parameters(tmp_path / "0.5" / made["file"])["prompt"]
+    assert f"<lora:{run.name}:0.5>" in read_parameters(tmp_path / "0.5" / files[0.5])["prompt"]
 
     # The base model alone, straight through diffusers, with no LoRA ever loaded.
     pipe = load_pipeline("tiny-sd")
@@ -259,6 +260,6 @@ def test_other_settings_never_overwrite_a_portrait_and_the_manifest_stays_true(r
     assert sorted(e["file"] for e in manifest) == sorted(p.name for p in tmp_path.glob("*.png")) == sorted(m["file"] for m in made)
     for entry in manifest:
         recipe = read_parameters(tmp_path / entry["file"])
-        assert (float(recipe["CFG scale"]), f"<lora:pytorch_lora_weights_kohya:{entry['lora_scale']:g}>") == (
+        assert (float(recipe["CFG scale"]), f"<lora:{run_dir.name}:{entry['lora_scale']:g}>") == (
             entry["guidance_scale"], re.search(r"<lora:[^>]+>", recipe["prompt"]).group(0))
     assert not np.array_equal(pixels(tmp_path / made[0]["file"]), pixels(tmp_path / made[1]["file"]))

@@ -134,8 +134,9 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         # Strength as A1111 and ComfyUI read `<lora:NAME:S>`: 0 the base exactly, 1 the trained model, for DoRA too.
         lora.set_strength(pipe, ADAPTER, config.lora_scale)
         # One bar counts the portraits; each image's own bar of denoising steps closes when done.
-        pipe.set_progress_bar_config(leave=False, disable=not progress)
-    for entry in tqdm(missing, desc="sampling portraits", unit="img", disable=not progress):
+        pipe.set_progress_bar_config(leave=False, **({} if progress else {"disable": True}))
+    # disable passed only to switch the bar off: passed at all, it would override TQDM_DISABLE
+    for entry in tqdm(missing, desc="sampling portraits", unit="img", **({} if progress else {"disable": True})):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
             array = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
