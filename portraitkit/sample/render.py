@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,11 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         # Strength as A1111 and ComfyUI read `<lora:NAME:S>`: 0 the base exactly, 1 the trained model, for DoRA too.
         lora.set_strength(pipe, ADAPTER, config.lora_scale)
         # One bar counts the portraits; each image's own bar of denoising steps closes when done.
-        pipe.set_progress_bar_config(leave=False, **({} if progress else {"disable": True}))
-    # disable passed only to switch the bar off: passed at all, it would override TQDM_DISABLE
+        # The pipeline's config replaces the whole dict (load_pipeline's disable=True with it), and a
+        # `disable` given explicitly overrides TQDM_DISABLE: so both are decided here.
+        quiet_bars = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+        pipe.set_progress_bar_config(leave=False, disable=quiet_bars)
+    # `disable` passed only to switch the bar off: passed at all, it would override TQDM_DISABLE
     for entry in tqdm(missing, desc="sampling portraits", unit="img", **({} if progress else {"disable": True})):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
