@@ -234,26 +234,23 @@ def forked_child(spec: dict, writer) -> None:
 
 def preload(specs: list[dict]) -> None:
     """What every configuration would otherwise do anew, done once before forking: the imports and
-    dlib's face models (validation scores its renders). Nothing here may run torch's CPU thread pool."""
+    dlib's face models (validation scores its renders). Nothing here may run torch's CPU thread pool
+    or dlib's detectors: a copy forked after either hangs in their threads."""
     import datasets  # noqa: F401
     import diffusers  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
     import peft  # noqa: F401
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
-    from PIL import Image
-
     import portraitkit.plan.estimate  # noqa: F401
     import portraitkit.train.loop  # noqa: F401
     import portraitkit.train.validate  # noqa: F401
-    from portraitkit.faces.detect import detect_faces, face_embedding
+    from portraitkit.faces.detect import load_models
 
     try:
         import bitsandbytes  # noqa: F401
     except Exception:  # train reports a missing bitsandbytes itself
         pass
-    photo = Image.open(Path(specs[0]["dataset"]) / "photo_0.png").convert("RGB")
-    for face in detect_faces(photo)[:1]:
-        face_embedding(photo, face)
+    load_models()
 
 
 def prepare_base(base: str, cache: str | None) -> Path:

@@ -148,6 +148,13 @@ def _recognizer():
     return _dlib().face_recognition_model_v1(str(models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
 
 
+def load_models() -> None:
+    """Read dlib's model files now rather than at the first photo. Nothing runs: a process that
+    ran the CNN detector must not fork (a forked copy hangs in dlib's threads)."""
+    for model in (_detector, _cnn_detector, _shape_predictor, _five_point_predictor, _recognizer):
+        model()
+
+
 def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     """A C-contiguous uint8 (H, W, 3) array, the only layout dlib accepts."""
     if isinstance(image, Image.Image):
