@@ -77,7 +77,7 @@ def run_class(config: ClassConfig) -> dict:
     check_writable(out)
     saved = out / CLASS_FILE
     previous = read_json(saved, "delete it to run the whole class again", keys=("learners",))["learners"] if saved.is_file() else {}
-    ray = _start_ray(config.address)
+    ray, started = _start_ray(config.address)
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         stage_task = ray.remote(_stage_task)
@@ -105,7 +105,8 @@ def run_class(config: ClassConfig) -> dict:
             "learners": results,
         }
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     write_json(out / CLASS_FILE, record)
     write_text(out / CLASS_PAGE, class_page(out, record))
     return record
@@ -128,12 +129,16 @@ def _stage_task(state: dict, stage: str, photos: str, learner: DemoConfig) -> di
 
 
 def _start_ray(address: str | None):
-    """Ray, local (embedded, nothing to set up) or the cluster at `address`, with nothing phoning home."""
+    """(ray, whether it was started here): Ray, local (embedded, nothing to set up) or the cluster at
+    `address`, with nothing phoning home. Where this process has Ray running already (a teacher's
+    notebook running the class again), that one is used, with its warm workers, and left running."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray's usage statistics are on by default
     try:
         import ray
     except ImportError:
         raise PortraitkitError("the class command runs on Ray: install it with `pip install portraitkit[class]`") from None
+    if ray.is_initialized():
+        return ray, False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address is None:
         # A one-machine cluster listens on loopback only: the photos and Ray's services stay on
@@ -144,7 +149,7 @@ def _start_ray(address: str | None):
     except ConnectionError as error:
         raise PortraitkitError(f"could not join the Ray cluster at {address} ({error}): start it with `ray start --head`, "
                                "or leave out --address to run on this machine") from None
-    return ray
+    return ray, True
 
 
 def _fingerprint(photos: Path, learner: DemoConfig) -> str:

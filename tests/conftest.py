@@ -17,6 +17,12 @@ _CACHE = Path(tempfile.mkdtemp(prefix="portraitkit-tests-"))
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(_CACHE / "hf"),
                   PORTRAITKIT_CACHE=str(_CACHE / "portraitkit"), MPLBACKEND="Agg")
 
+# Under pytest-xdist each worker gets its share of the cores for torch's (and its subprocesses')
+# thread pools: the tiny models gain nothing from more, and workers competing for every core
+# run slower together than one after the other.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -9,13 +9,25 @@ import pytest
 
 pytest.importorskip("ray")
 
+from portraitkit.classroom import _start_ray  # noqa: E402
 from portraitkit.cli import main  # noqa: E402
+
+
+@pytest.fixture
+def running_ray():
+    """Ray started as the class starts it, kept over both runs (as in a teacher's notebook): the
+    second run then reuses its workers instead of starting and importing them anew."""
+    import ray
+
+    _start_ray(None)
+    yield ray
+    ray.shutdown()
 
 PERSON = ["hopper.jpg", "hopper_soft.jpg", "hopper_phone_sideways.jpg", "hopper_tilted_bright.jpg",
           "hopper_warm_closeup.jpg", "hopper_greyscale.png"]
 
 
-def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, capsys, umask_022, private_paths):
+def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, capsys, umask_022, private_paths, running_ray):
     root = tmp_path / "photos"
     for learner, names in {"ada": PERSON, "grace": PERSON[1:] + ["hopper_mirrored_dim.webp"],
                            "nobody": ["coffee.jpg", "two_people.jpg"]}.items():
@@ -26,6 +38,7 @@ def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, caps
     args = ["class", str(root), "--out", str(out), "--base", "tiny-sd", "--train-steps", "2", "--styles", "studio",
             "--per-style", "1", "--sample-steps", "2", "--allow-same-photograph"]
     assert main(args) == 1  # one learner failed, said so, and the others finished
+    assert running_ray.is_initialized()  # the notebook's Ray is left running for the next call
     printed = capsys.readouterr().out
     assert "2 of 3 learners done" in printed and "nobody: prep:" in printed
 

@@ -1,8 +1,8 @@
 """What a T4 run does that fp32 CPU runs never showed, checked on a CPU: a second run in another
 precision, the GPU handed back after a failure, resume only on the same photos and from a whole
 checkpoint, the text encoders under autocast, the VAE cache in fp32, SDXL's size ids, guidance 0,
-and one learning-rate schedule however many processes. The tiny bases have random weights: these
-tests prove mechanics, never likeness."""
+(one learning-rate schedule however many processes: tests/test_multiprocess.py). The tiny bases
+have random weights: these tests prove mechanics, never likeness."""
 
 from __future__ import annotations
 
@@ -196,16 +196,3 @@ def test_sampling_keeps_guidance_0_and_asks_sdxl_for_an_uncropped_picture_at_its
     assert entry["guidance_scale"] == 0 and read_parameters(out / entry["file"])["CFG scale"] == "0"
     # guidance 0: one UNet pass per step, no unconditional half; the ids of a 64 px picture, uncropped
     assert calls and all(batch == 1 and ids == [[64, 64, 0, 0, 64, 64]] for batch, ids in calls)
-
-
-def test_two_processes_follow_one_processs_learning_rate_schedule(tmp_path, face_dataset):
-    """accelerate steps a prepared scheduler once per process at each optimizer step: the warm-up
-    ran twice as fast under two processes (2/3 of the rate after the first of three warm-up steps)."""
-    from test_multiprocess import launch  # accelerate launch --cpu --num_processes 2
-
-    done = launch(face_dataset, tmp_path / "two", "--batch-size=1", "--warmup-steps=3", "--steps=3", "--no-validate",
-                  "--checkpoint-every=0")
-    assert done.returncode == 0, done.stderr[-3000:]
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
-    # one process's constant_with_warmup schedule at lr 1e-3: a third more of the rate at each warm-up step
-    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])

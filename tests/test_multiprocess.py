@@ -12,7 +12,10 @@ from portraitkit.models.lora import LORA_FILE, kohya_file
 from portraitkit.train.config import TrainConfig
 from portraitkit.train.loop import train
 
-SETTINGS = dict(base="tiny-sd", steps=3, rank=4, lr=1e-3, optimizer="adamw", checkpoint_every=2, validation_steps=2)
+# A warm-up over all three steps: the learning rate differs at each, so a schedule stepped once per
+# process (or shifted by a resume with another process count) shows in the log.
+SETTINGS = dict(base="tiny-sd", steps=3, rank=4, lr=1e-3, optimizer="adamw", checkpoint_every=2, validation_steps=2,
+                warmup_steps=3)
 
 
 def launch(dataset, out, *extra):
@@ -37,6 +40,10 @@ def distance(a: dict, b: dict) -> float:
 
 
 def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one(tmp_path, face_dataset):
+    """One two-process run (the slowest thing the suite does: two fresh interpreters) read for all
+    that only two processes can show."""
+    import pytest
+
     single = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "b1"), batch_size=1, **SETTINGS))
     doubled = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "b2"), batch_size=2, **SETTINGS))
     run = tmp_path / "two"
@@ -50,7 +57,12 @@ def test_two_processes_train_like_the_doubled_batch_write_once_and_resume_in_one
 
     # One process at twice the batch continues the two-process checkpoint of step 2 to step 3.
     resumed = train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(run), batch_size=2, resume=True, **SETTINGS))
-    assert [json.loads(line)["step"] for line in (resumed / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    log = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3]
+    # accelerate steps a prepared scheduler once per process at each optimizer step: unless stepped
+    # once, the warm-up would run twice as fast under two processes ([2/3, 1, 1] of the rate), and the
+    # one-process resume would continue another schedule. constant_with_warmup: a third more each step.
+    assert [row["lr"] for row in log] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
     two, b1, b2 = lora_weights(resumed), lora_weights(single), lora_weights(doubled)
     # the same batches, split in two: the doubled batch's LoRA (float sums in another order), not the single one's
     assert distance(two, b2) < 0.02 * distance(b1, b2)
