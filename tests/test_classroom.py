@@ -51,6 +51,7 @@ def test_a_class_runs_each_learner_alone_and_resumes(tmp_path, samples_dir, caps
         ranking = json.loads((out / name / "portraits" / "ranking.json").read_text())
         assert [row["file"] for row in ranking] == ["studio_seed0_steps2.png"]  # --sample-steps 2 is in the name
         assert (out / name / "run" / "pytorch_lora_weights.safetensors").is_file()
+        assert (out / name / "run" / f"{name}.safetensors").is_file()  # each learner's file for A1111 by their name
     assert learners["nobody"]["status"] == "failed" and learners["nobody"]["reason"].startswith("prep: ")
     assert not (out / "nobody" / "run").exists()  # nothing trained on photos prep refused
     page = (out / "class.html").read_text()

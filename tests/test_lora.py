@@ -186,6 +186,18 @@ def test_the_kohya_header_names_the_base_the_run_and_its_facts(text_encoder_run)
     assert {tensor.dtype for file in (path, run / LORA_FILE) for tensor in load_file(file).values()} == {__import__("torch").float16}
 
 
+def test_every_persons_lora_gets_its_own_name(tmp_path):
+    """A1111 and ComfyUI list LoRAs by file name: the demo's and the class's `run` folders take the
+    name of the person's folder they sit in, and best/ is named after its run."""
+    from portraitkit.models.runs import run_name
+
+    for run in ("alice", "demo/run", "class/ada/run", "class/grace/run"):
+        (tmp_path / run / "best").mkdir(parents=True)
+        (tmp_path / run / "config.json").write_text("{}")
+    names = [run_name(tmp_path / run / sub) for run in ("alice", "demo/run", "class/ada/run", "class/grace/run") for sub in ("", "best")]
+    assert names == ["alice", "alice-best", "demo", "demo-best", "ada", "ada-best", "grace", "grace-best"]
+
+
 def test_the_diffusers_file_carries_the_config_diffusers_writes(text_encoder_run):
     import diffusers
     from packaging import version

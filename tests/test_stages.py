@@ -19,7 +19,7 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
 
     from portraitkit.train.cache import load_examples, size_time_ids
 
-    dataset, run, portraits = tmp_path / "dataset", tmp_path / "run", tmp_path / "portraits"
+    dataset, run, portraits = tmp_path / "dataset", tmp_path / "grace", tmp_path / "portraits"
     photos = tmp_path / "photos"  # six of the sample photos: prep needs five, and takes seconds a photo
     photos.mkdir()
     for name in PHOTOS:
@@ -40,10 +40,10 @@ def test_prep_train_with_text_encoder_sample_and_pick(tmp_path, samples_dir, cap
                  "--checkpoint-every", "0", "--validation-steps", "1", "--validation-seeds", "0"]) == 0
     # train's last lines say which file goes into which tool
     printed = capsys.readouterr().out.splitlines()
-    assert any(line.strip().startswith("run.safetensors: for AUTOMATIC1111") and "<lora:run:1>" in line for line in printed[-3:])
+    assert any(line.strip().startswith("grace.safetensors: for AUTOMATIC1111") and "<lora:grace:1>" in line for line in printed[-3:])
     assert any(line.strip().startswith("pytorch_lora_weights.safetensors: for diffusers") and "ComfyUI maps none" in line
                for line in printed[-3:])
-    kohya = load_file(run / "run.safetensors")  # named after the run
+    kohya = load_file(run / "grace.safetensors")  # named after the run
     assert {key.split("_")[1] for key in kohya} == {"unet", "te1", "te2"}
     assert all(value.abs().max() > 0 for key, value in kohya.items() if key.endswith(".lora_up.weight"))
     assert json.loads((run / "identity.json").read_text())["steps"][0]["step"] == 2

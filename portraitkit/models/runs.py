@@ -33,12 +33,18 @@ def run_of(folder: Path) -> Path | None:
     return next((run for run in (folder, folder.parent) if (run / RECORD).is_file()), None)
 
 
+# The run folder the demo and the class write inside each person's folder (demo/run, class/ada/run).
+GENERIC_RUN = "run"
+
+
 def run_name(folder: Path) -> str:
     """The name a LoRA in `folder` goes by: the run folder's name (`alice`), `alice-best` for
-    the LoRA in its best/."""
+    the LoRA in its best/. A run folder called `run` (the demo's, each class learner's) goes by
+    the folder it sits in (`ada`), so that several people's files never share one name."""
     folder = Path(folder).resolve()
-    run = run_of(folder)
-    return folder.name if run is None or run == folder else f"{run.name}-{folder.name}"
+    run = run_of(folder) or folder
+    name = run.parent.name if run.name == GENERIC_RUN and run.parent.name else run.name
+    return name if run == folder else f"{name}-{folder.name}"
 
 
 CAPTION_WORDS = re.compile(r"\bphoto of (?:an? )?(\S+) (\w+)")
