@@ -32,8 +32,6 @@ from test_notebooks import NOTEBOOKS, OVERRIDES, with_overrides  # tests/ is on 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
-    # one JupyterLab, the notebooks in order in one work folder: one pytest-xdist worker runs them all
-    pytest.mark.xdist_group("browser"),
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="Debian's chromium is not installed (apt-get install chromium)"),
     pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None, reason="JupyterLab is not installed (pip install jupyterlab)"),
 ]

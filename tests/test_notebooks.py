@@ -74,8 +74,8 @@ def with_overrides(notebook, params: dict) -> None:
 
 
 # 03 -> 04 -> 05 -> 06 read what the one before wrote; run alone (`-k 05`), a notebook first runs
-# the ones it needs, so every test stands on its own and none runs twice in a whole session (the
-# notebooks share one pytest-xdist worker: `xdist_group` below, with pyproject's --dist loadgroup).
+# the ones it needs, so every test stands on its own and none runs twice in a whole session (one
+# pytest-xdist worker runs a whole file: pyproject's --dist loadfile).
 CHAIN = ["03_prepare_photos.ipynb", "04_train_lora.ipynb", "05_styled_portraits.ipynb", "06_final_picks.ipynb"]
 _EXECUTED: set[str] = set()
 
@@ -152,7 +152,6 @@ def check_06(notebook, work) -> None:
 CHECKS = {"04_train_lora.ipynb": check_04, "05_styled_portraits.ipynb": check_05, "06_final_picks.ipynb": check_06}
 
 
-@pytest.mark.xdist_group("course")
 @pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
 def test_notebook_runs_top_to_bottom(name, kernel_env, tmp_path, tmp_path_factory):
     for earlier in CHAIN[:CHAIN.index(name)] if name in CHAIN else []:
