@@ -139,14 +139,6 @@ def encode_images(vae, pixels):
     return ((patches - mean) / std).float()
 
 
-def patch_mask(mask, latents):
-    """A face mask at the image's latent size (B, 1, H/8, W/8) brought to the patch grid (the mean
-    of each 2x2 patch), so it weighs the loss of each token."""
-    import torch.nn.functional as F
-
-    return F.adaptive_avg_pool2d(mask, latents.shape[-2:]) if mask.shape[-2:] != latents.shape[-2:] else mask
-
-
 def encode_prompts(pipe, captions: list[str], device=None):
     """Caption -> (B, 512, 3 x hidden) embeddings, as the pipeline makes them when it samples."""
     embeds, _ = pipe.encode_prompt(captions, device=device or pipe.text_encoder.device, max_sequence_length=MAX_TOKENS,
@@ -178,25 +170,16 @@ def shifted_sigmas(uniform, shift: float = SHIFT):
     return shift * uniform / (1 + (shift - 1) * uniform)
 
 
-def velocity_loss(transformer, latents, noise, sigmas, embeds, dtype, mask=None, background_weight: float = 0.0):
-    """The per-example flow-matching loss: mean squared error between the predicted and the true
-    velocity (noise - latents), over the face only when `mask` is given (its weight outside the
-    face `background_weight`)."""
-    import torch
-
+def velocity_prediction(transformer, latents, noise, sigmas, embeds, dtype):
+    """(predicted velocity, true velocity) for clean `latents` noised to `sigmas` (one per example),
+    both (B, C, H, W) in fp32: x_t = (1 - sigma) x_0 + sigma * noise, target noise - x_0."""
     s = sigmas.view(-1, 1, 1, 1).to(latents)
     noisy = (1 - s) * latents + s * noise
     tokens, image_ids = pack(noisy)
     prediction = transformer(hidden_states=tokens.to(dtype), encoder_hidden_states=embeds.to(dtype), timestep=sigmas.to(dtype),
                              img_ids=image_ids, txt_ids=text_ids(embeds), guidance=None, return_dict=False)[0]
     b, c, h, w = latents.shape
-    prediction = prediction.float().permute(0, 2, 1).reshape(b, c, h, w)
-    error = (prediction - (noise - latents).float()) ** 2
-    if mask is None:
-        return error.mean(dim=(1, 2, 3))
-    weight = patch_mask(mask, latents).to(error)
-    weight = weight + background_weight * (1 - weight)
-    return (error * weight).sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * c).clamp(min=1e-8)
+    return prediction.float().permute(0, 2, 1).reshape(b, c, h, w), (noise - latents).float()
 
 
 def finite_or_stop(loss) -> None:

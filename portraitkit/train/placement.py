@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
-MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
+MODELS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")  # FLUX.2 has a transformer, SD a UNet
 
 
 class Placement:
