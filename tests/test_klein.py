@@ -1,0 +1,184 @@
+"""FLUX.2 [klein] 4B (`--base klein4b`) and its offline toy `tiny-klein`.
+
+The toy base has the real classes (Flux2KleinPipeline, Flux2Transformer2DModel, AutoencoderKLFlux2,
+Qwen3ForCausalLM, a Qwen2 tokenizer with a chat template) at toy size with random weights: on it
+these tests prove the mechanics (latents, objective, files, resume, sampling) and nothing about
+portraits. The real model's sizes are checked on the meta device, its speed and memory on a GPU
+are not measured here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.models import klein, lora
+from portraitkit.models.bases import load_pipeline, resolve_base
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import train
+
+
+@functools.lru_cache(maxsize=1)
+def _base():
+    return load_pipeline("tiny-klein")
+
+
+def _render(pipe):
+    return pipe(prompt="a photo of sks person", height=64, width=64, num_inference_steps=2, guidance_scale=4.0,
+                generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+
+def test_tiny_klein_is_built_offline_from_the_real_classes(monkeypatch):
+    """Fails if the preset is not the FLUX.2 family, the tokenizer needs the hub, or the chat
+    template the pipeline applies is missing."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = resolve_base("tiny-klein")
+    assert (spec.family, spec.offline) == ("flux2", True)
+    assert resolve_base("klein4b").source == "black-forest-labs/FLUX.2-klein-base-4B"
+    pipe = _base()
+    assert [type(getattr(pipe, name)).__name__ for name in ("transformer", "vae", "text_encoder", "scheduler")] == [
+        "Flux2Transformer2DModel", "AutoencoderKLFlux2", "Qwen3ForCausalLM", "FlowMatchEulerDiscreteScheduler"]
+    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                              add_generation_prompt=True, enable_thinking=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert pipe.tokenizer.decode(pipe.tokenizer("a photo, é")["input_ids"]) == "a photo, é"  # byte-level: nothing lost
+
+
+def test_latents_and_text_are_the_pipelines_own():
+    """`klein.encode_images` must equal the pipeline's reference-image encoding (patches, then the
+    VAE's batch-norm statistics), and `encode_prompts` its prompt encoding; a wrong patch order,
+    a missing normalisation or other hidden layers fail."""
+    pipe = _base()
+    with torch.no_grad():
+        pipe.vae.bn.running_mean.normal_()  # the toy's statistics are (0, 1): make them matter
+        pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        ours = klein.encode_images(pipe.vae, pixels)
+        theirs = pipe._encode_vae_image(pixels, generator=None)
+        embeds, _ = pipe.encode_prompt(["a photo"], device="cpu")
+        pipe.vae.bn.running_mean.zero_()
+    assert ours.shape == (2, 16, 4, 4) and torch.allclose(ours, theirs, atol=1e-6)
+    assert torch.equal(klein.encode_prompts(pipe, ["a photo"]), embeds)
+
+
+def test_the_step_loss_is_the_flow_matching_loss_done_by_hand():
+    """The loop's loss on FLUX.2 is mean((v_pred - (noise - x0))^2) at the shifted sigma of the
+    drawn timestep, with the pipeline's own packing and position ids. Wrong ids, a wrong target
+    (e.g. the noise), no shift or a wrong timestep scale fail."""
+    from portraitkit.train.objective import step_loss, training_scheduler
+
+    pipe = _base()
+    generator = torch.Generator().manual_seed(2)
+    latents, noise = torch.randn(2, 16, 4, 4, generator=generator), torch.randn(2, 16, 4, 4, generator=generator)
+    embeds = torch.randn(2, 512, 48, generator=generator)
+    timesteps = torch.tensor([99, 799])
+    with torch.no_grad():
+        ours = step_loss(pipe, training_scheduler(pipe), latents, noise, timesteps, {"embeds": embeds}, 64, 5.0)
+        u = (timesteps + 1) / 1000
+        sigma = 3 * u / (1 + 2 * u)
+        noisy = (1 - sigma.view(-1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1) * noise
+        velocity = pipe.transformer(hidden_states=pipe._pack_latents(noisy), encoder_hidden_states=embeds, timestep=sigma,
+                                    img_ids=pipe._prepare_latent_ids(noisy), txt_ids=pipe._prepare_text_ids(embeds),
+                                    guidance=None, return_dict=False)[0]
+        by_hand = ((velocity - pipe._pack_latents(noise - latents)) ** 2).mean(dim=(1, 2))
+    assert torch.allclose(ours, by_hand, atol=1e-6)
+
+
+def test_both_lora_files_render_what_the_in_memory_adapter_renders(tmp_path):
+    """diffusers' Flux2KleinPipeline.load_lora_weights reads the diffusers file and the kohya file
+    (BFL key names, q/k/v fused block-diagonally) and renders the in-memory LoRA within 1e-4; the
+    base alone renders differently, so the check can fail. A dropped module, a wrong fusion or a
+    scale not folded in fail it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    pipe = load_pipeline("tiny-klein")
+    lora.add_to_pipeline(pipe, 4, 8, train_text_encoder=False)
+    with torch.no_grad():
+        for name, parameter in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    expected = _render(pipe)
+    lora.save(pipe, tmp_path, 4, 8, train_text_encoder=False, precision="fp32")
+    assert (_render(_base()) - expected).abs().max() > 1e-2
+    for weights in (lora.LORA_FILE, lora.kohya_file(tmp_path).name):
+        fresh = load_pipeline("tiny-klein")
+        fresh.load_lora_weights(load_file(tmp_path / weights))
+        assert (_render(fresh) - expected).abs().max() < 1e-4, weights
+    with safe_open(lora.kohya_file(tmp_path), "pt") as handle:
+        keys, meta = set(handle.keys()), handle.metadata()
+    assert {key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0] for key in keys} == {
+        f"lora_unet_{name}" for name in ("double_blocks_0_img_attn_qkv", "double_blocks_0_img_attn_proj",
+                                          "double_blocks_0_txt_attn_qkv", "double_blocks_0_txt_attn_proj",
+                                          "single_blocks_0_linear1", "single_blocks_0_linear2")}
+    assert meta["ss_base_model_version"] == "flux2_klein_4b_base" and meta["ss_network_dim"] == "4"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, portrait_path):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340)]):
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / f"face_{index}.png")
+        rows.append({"file_name": f"face_{index}.png", "text": "a photo of sks person" + (", smiling" if index else "")})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def _config(dataset, out, **changes) -> TrainConfig:
+    settings = dict(dataset_dir=str(dataset), out_dir=str(out), base="tiny-klein", steps=6, rank=4, lr=1e-3, optimizer="adamw",
+                    checkpoint_every=3, caption_dropout=0.3, validate=False)
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, dataset):
+    """Mechanics only (toy weights): the loop trains the transformer's LoRA (it moves off its
+    zero start), a run killed after its step-3 checkpoint and resumed ends with exactly the
+    uninterrupted run's weights, validation renders and scores, and `sample` draws with the
+    family's own sampler and records it in the PNG."""
+    from safetensors.torch import load_file
+
+    from portraitkit.sample.infotext import read_parameters
+    from portraitkit.sample.render import SampleConfig, sample
+
+    straight = train(_config(dataset, tmp_path / "straight", validate=True, validation_seeds=(0,),
+                             validation_styles=("studio",), validation_steps=2))
+
+    def disconnect(row):
+        if row["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(dataset, tmp_path / "resumed"), on_step=disconnect)
+    resumed = train(_config(dataset, tmp_path / "resumed", resume=True))
+    expected, got = load_file(straight / lora.LORA_FILE), load_file(resumed / lora.LORA_FILE)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert all(value.abs().max() > 0 for key, value in expected.items() if "lora_B" in key)  # B starts at zero
+    identity = json.loads((straight / "identity.json").read_text())
+    assert [row["step"] for row in identity["steps"]][-1] == 6 and identity["recipe"]["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+    manifest = sample(SampleConfig(run_dir=str(straight), out_dir=str(tmp_path / "images"), styles=["studio"], per_style=1,
+                                   steps=2), progress=False)
+    parameters = read_parameters(tmp_path / "images" / manifest[0]["file"])
+    assert (parameters["Sampler"], parameters["Schedule type"], parameters["CFG scale"]) == ("Euler", "Simple", "4.0")
+
+
+def test_what_klein_does_not_do_is_refused_in_one_sentence(tmp_path, dataset):
+    """Text-encoder training, DoRA and preservation are refused before loading; SD samplers are
+    refused for FLUX.2 and its sampler for SD."""
+    from portraitkit.sample.recipe import family_sampler
+
+    for change in ({"train_text_encoder": True}, {"dora": True}, {"output_preservation": True}):
+        with pytest.raises(PortraitkitError, match="not available for FLUX.2"):
+            train(_config(dataset, tmp_path / "refused", **change))
+    assert family_sampler("flux2") == "flow_euler" and family_sampler("sdxl") == "dpmpp_2m_karras"
+    with pytest.raises(PortraitkitError, match="cannot draw with a FLUX.2"):
+        family_sampler("flux2", "euler_a")
+    with pytest.raises(PortraitkitError, match="FLUX.2's"):
+        family_sampler("sd", "flow_euler")
