@@ -135,12 +135,13 @@ def base_unavailable(name: str, error: Exception) -> PortraitkitError:
     )
 
 
-def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None):
+def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None, transformer_nf4: bool = False):
     """Load a base as a diffusers text-to-image pipeline (safety checker off: portraits of the user).
 
     Half-precision loads ask for the repo's fp16 files first, which halves the download and the
     host RAM needed while loading (free Colab has ~12.7 GB), then fall back to the full files.
-    `vae` replaces the base's VAE (see `load_vae`).
+    `vae` replaces the base's VAE (see `load_vae`). `transformer_nf4`: a FLUX.2 base's transformer
+    in bitsandbytes' 4-bit NF4, on the GPU (`klein.load_transformer_nf4`).
     """
     import torch
 
@@ -151,6 +152,10 @@ def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None):
         kwargs["vae"] = load_vae(vae, kwargs["torch_dtype"])
     if spec.family == "sd":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if transformer_nf4:
+        from portraitkit.models.klein import load_transformer_nf4
+
+        kwargs["transformer"] = load_transformer_nf4(spec.source)
     tries = [{"variant": "fp16"}, {}] if dtype == torch.float16 and not spec.offline else [{}]
     for attempt, extra in enumerate(tries):
         try:

@@ -141,8 +141,15 @@ def encode_images(vae, pixels):
 
 def encode_prompts(pipe, captions: list[str], device=None):
     """Caption -> (B, 512, 3 x hidden) embeddings, as the pipeline makes them when it samples."""
+    import torch
+
+    from portraitkit.core.errors import PortraitkitError
+
     embeds, _ = pipe.encode_prompt(captions, device=device or pipe.text_encoder.device, max_sequence_length=MAX_TOKENS,
                                    text_encoder_out_layers=TEXT_LAYERS)
+    if not torch.isfinite(embeds).all():  # an LLM's activations can pass fp16's 65504: never cache NaN captions
+        raise PortraitkitError("Qwen3 encoded the captions to NaN or infinity (an fp16 overflow): train with "
+                               "--mixed-precision no, or on a GPU with bf16")
     return embeds
 
 
@@ -191,3 +198,26 @@ def finite_or_stop(loss) -> None:
     if not torch.isfinite(loss).all():
         raise PortraitkitError("the loss became NaN or infinite (an fp16 overflow in the transformer, or too high a "
                                "learning rate): lower --lr, or train with --mixed-precision no")
+
+
+def load_transformer_nf4(source: str):
+    """The frozen transformer in bitsandbytes' 4-bit NormalFloat (QLoRA's recipe), computing in
+    fp16 (a T4 has no bf16), quantised on the GPU while it loads: it never sits in RAM whole.
+    Unmeasured here (this machine has no GPU): benchmarks/gpu_check.py measures it."""
+    import torch
+
+    from portraitkit.core.errors import PortraitkitError
+    from portraitkit.core.quiet import quiet
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:
+        raise PortraitkitError(f"the 4-bit transformer needs bitsandbytes, which could not be loaded ({type(error).__name__}: "
+                               f"{error}): `pip install -U bitsandbytes` (then restart the runtime in Colab), or --quantize none "
+                               "on a GPU with room for the fp16 transformer") from None
+    with quiet():
+        from diffusers import BitsAndBytesConfig, Flux2Transformer2DModel
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
+    return Flux2Transformer2DModel.from_pretrained(source, subfolder="transformer", quantization_config=config,
+                                                   torch_dtype=torch.float16, use_safetensors=True)

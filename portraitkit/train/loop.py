@@ -106,7 +106,7 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
         if config.validate:  # an unknown style or unreadable token fails now, not at the first validation
             validate.validation_recipe(config, family)
         resolution = training_resolution(config, examples)
-        pipe, lora_modules = load_for_training(config, weight_dtype)
+        pipe, lora_modules = load_for_training(config, weight_dtype, quantize_transformer(config, family, gpu))
     if checkpointing:
         lora.denoiser(pipe).enable_gradient_checkpointing()
         if config.train_text_encoder:
@@ -257,6 +257,8 @@ def check_family_settings(config: TrainConfig, family: str) -> None:
     is never trained (its embeddings are cached once), and prior or output preservation and DoRA
     are not written for its transformer."""
     if family != "flux2":
+        if config.quantize == "nf4":
+            raise PortraitkitError("--quantize nf4 is for FLUX.2 [klein] bases; Stable Diffusion trains with fp16 weights: leave it out")
         return
     unsupported = [flag for flag, on in (("--train-text-encoder", config.train_text_encoder), ("--dora", config.dora),
                                          ("--class-dir", config.class_dir is not None),
@@ -348,14 +350,31 @@ def resolved_precision(config: TrainConfig, gpu: bool) -> str:
     return "bf16" if native_bf16 else "fp16"
 
 
-def load_for_training(config: TrainConfig, weight_dtype) -> tuple:
-    """The base in `weight_dtype` with LoRA layers (fp32, training mode) added, all still in RAM:
-    what `train` holds before its first move to the GPU. Returns (pipeline, {name: module that trains})."""
+def quantize_transformer(config: TrainConfig, family: str, gpu: bool, device=None) -> bool:
+    """Whether a FLUX.2 run loads its frozen transformer in 4-bit NF4: --quantize nf4, or with auto
+    where the planner finds the fp16 recipe does not fit this GPU (`device`, default the local one)
+    or the RAM, as on a free T4. Never on a CPU (bitsandbytes' 4-bit layers need CUDA) nor for SD;
+    a planner failure chooses NF4, the choice that fits."""
+    if family != "flux2" or not gpu or config.quantize == "none":
+        return False
+    if config.quantize == "nf4":
+        return True
+    try:
+        return planner.plan_for_training(config, device or planner.local_cuda_device()).config.quantize == "nf4"
+    except Exception as error:  # a planner failure must not stop a run: the memory-safe recipe
+        print(f"portraitkit: could not estimate memory ({type(error).__name__}: {error}); transformer in NF4.")
+        return True
+
+
+def load_for_training(config: TrainConfig, weight_dtype, quantized: bool = False) -> tuple:
+    """The base in `weight_dtype` with LoRA layers (fp32, training mode) added, all still in RAM
+    (a `quantized` FLUX.2 transformer is already on the GPU: bitsandbytes quantises it there while
+    loading): what `train` holds before its first move to the GPU. Returns (pipeline, {name: module that trains})."""
     from accelerate.utils import set_seed
 
     from portraitkit.models.bases import load_pipeline
 
-    pipe = load_pipeline(config.base, dtype=weight_dtype, vae=config.vae)
+    pipe = load_pipeline(config.base, dtype=weight_dtype, vae=config.vae, transformer_nf4=quantized)
     set_seed(config.seed)  # the LoRA's random initialisation
     lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder, use_dora=config.dora)
     for module in lora_modules.values():

@@ -165,7 +165,9 @@ def step_loss(pipe, noise_scheduler, latents, noise, timesteps, cond: dict, reso
     if family(pipe) == "flux2":
         sigmas = klein.shifted_sigmas((timesteps.float() + 1) / noise_scheduler.config.num_train_timesteps)
         prediction, target = klein.velocity_prediction(pipe.transformer, latents, noise, sigmas, cond["embeds"], dtype or latents.dtype)
-        return masked_loss(prediction, target, mask, background_weight)
+        loss = masked_loss(prediction, target, mask, background_weight)
+        klein.finite_or_stop(loss)  # fp16 on a T4: stop at the first overflow, never train on NaN
+        return loss
     return loss_of_draw(pipe.unet, noise_scheduler, latents, noise, timesteps, unet_conditioning(cond, resolution, dtype or latents.dtype),
                         snr_gamma, dtype, mask, background_weight)
 
