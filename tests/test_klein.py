@@ -182,3 +182,69 @@ def test_what_klein_does_not_do_is_refused_in_one_sentence(tmp_path, dataset):
         family_sampler("flux2", "euler_a")
     with pytest.raises(PortraitkitError, match="FLUX.2's"):
         family_sampler("sd", "flow_euler")
+
+
+def test_real_size_kohya_keys_and_shapes_are_the_ones_diffusers_reads_back():
+    """The real klein 4B transformer (meta device, published config) gets a LoRA on its 5 double
+    blocks' 8 attention projections and its 20 single blocks' 2 fused ones; its kohya file has the
+    BFL names with the fused shapes (qkv up 3 x 3072 by 3 x rank), and diffusers' own kohya
+    converter gives back every module's exact A and B. A missed block, a wrong BFL name or a
+    wrong fusion fail."""
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux2_lora_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from portraitkit.models import kohya
+    from portraitkit.models.architectures import arch_key, architecture
+    from portraitkit.plan.tracing import meta_component
+
+    transformer = meta_component(arch_key(architecture("klein4b")), "transformer", 2)
+    lora.add_adapters(transformer, 4, klein.lora_targets(transformer))
+    generator = torch.Generator().manual_seed(3)
+    layers = {key: torch.randn(value.shape, generator=generator) for key, value in get_peft_model_state_dict(transformer).items()}
+    assert len(layers) == 2 * (5 * 8 + 20 * 2)
+    file = kohya.flux2_state_dict(layers, torch.float32)
+    assert file["lora_unet_double_blocks_4_img_attn_qkv.lora_up.weight"].shape == (3 * 3072, 3 * 4)
+    assert file["lora_unet_single_blocks_19_linear1.lora_up.weight"].shape == (3 * 3072 + 2 * 9216, 4)
+    assert file["lora_unet_single_blocks_19_linear2.lora_down.weight"].shape == (4, 3072 + 9216)
+    assert len({key.split(".")[0] for key in file}) == 5 * 4 + 20 * 2
+    back = _convert_kohya_flux2_lora_to_diffusers(dict(file))
+    assert back.keys() == {f"transformer.{key}" for key in layers}
+    assert all(torch.equal(back[f"transformer.{key}"], value) for key, value in layers.items())
+
+
+def test_the_t4_plan_needs_nf4_for_the_ram_and_states_the_recipe():
+    """`plan --base klein4b --gpu t4`: the real transformer (3,875,544,576 parameters from the
+    published config) traced on meta; fp16 weights fit the GPU but not a free Colab's RAM beside
+    Qwen3-4B, so auto chooses NF4 and says so; an A100 (no RAM limit) keeps fp16. Estimates,
+    never measured here."""
+    from portraitkit.plan.estimate import plan_run
+
+    t4 = plan_run("klein4b", gpu="t4")
+    assert t4.family == "flux2" and t4.parameters["transformer"] == 3_875_544_576 and t4.config.quantize == "nf4"
+    assert t4.fits and t4.peak_gpu_mem_gb <= 14.75 and t4.config.gradient_checkpointing
+    assert "4-bit NF4" in t4.summary() and "estimates, not measurements" in t4.summary()
+    fp16 = plan_run("klein4b", gpu="t4", quantize="none")
+    assert fp16.fits_gpu and fp16.fits_host is False and "--quantize nf4" in fp16.advice
+    assert fp16.breakdown_gb["weights_transformer"] > 3.5 * t4.breakdown_gb["weights_transformer"]
+    assert plan_run("klein4b", gpu="a100").config.quantize == "none"
+
+
+def test_the_trainer_follows_the_plans_recipe_and_stops_on_nan(tmp_path):
+    """Which recipe `train` picks (no GPU needed: the device is given): NF4 only for FLUX.2 on a
+    GPU, by --quantize or by the planner; never on a CPU. And the NaN guard stops in one sentence."""
+    from portraitkit.plan.devices import DEVICES
+    from portraitkit.train.loop import quantize_transformer
+    from portraitkit.train.objective import step_loss, training_scheduler
+
+    config = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="klein4b")
+    assert quantize_transformer(config, "flux2", gpu=True, device=DEVICES["t4"]) is True
+    assert quantize_transformer(config, "flux2", gpu=True, device=DEVICES["a100"]) is False
+    assert quantize_transformer(config, "flux2", gpu=False) is False
+    assert quantize_transformer(config, "sdxl", gpu=True, device=DEVICES["t4"]) is False
+    forced = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="klein4b", quantize="none")
+    assert quantize_transformer(forced, "flux2", gpu=True, device=DEVICES["t4"]) is False
+    pipe = _base()
+    latents = torch.full((1, 16, 4, 4), float("nan"))
+    with pytest.raises(PortraitkitError, match="NaN or infinite"):
+        step_loss(pipe, training_scheduler(pipe), latents, torch.zeros_like(latents), torch.tensor([10]),
+                  {"embeds": torch.zeros(1, 512, 48)}, 64, None)

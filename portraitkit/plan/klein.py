@@ -58,8 +58,8 @@ def _estimate(config, device, arch: dict):
 
     key = arch_key(arch)
     resolution = config.resolution or arch["vae"].get("sample_size", 1024)
-    if resolution % 16 or resolution < 256:
-        raise planner.PortraitkitError(f"resolution {resolution} px does not work for FLUX.2: use a multiple of 16 of at least 256")
+    if resolution % 16 or resolution < 32:
+        raise planner.PortraitkitError(f"resolution {resolution} px does not work for FLUX.2: use a multiple of 16 of at least 32")
     on_gpu = device.gpu_memory_gb is not None
     weight_bytes = 2 if on_gpu else 4
     checkpointing = config.gradient_checkpointing is not False  # a 3.9B transformer: on unless turned off
