@@ -225,7 +225,7 @@ def test_the_t4_plan_needs_nf4_for_the_ram_and_states_the_recipe():
     assert "4-bit NF4" in t4.summary() and "estimates, not measurements" in t4.summary()
     fp16 = plan_run("klein4b", gpu="t4", quantize="none")
     assert fp16.fits_gpu and fp16.fits_host is False and "--quantize nf4" in fp16.advice
-    assert fp16.breakdown_gb["weights_transformer"] > 3.5 * t4.breakdown_gb["weights_transformer"]
+    assert fp16.breakdown_gb["transformer"] > 3.5 * t4.breakdown_gb["transformer"]
     assert plan_run("klein4b", gpu="a100").config.quantize == "none"
 
 

@@ -270,10 +270,8 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     check_at_least({"validation_steps": config.validation_steps}, 1)
     check_resolution(config.resolution)
     arch = architecture(base)
-    if arch["family"] == "flux2":  # a transformer, not a UNet: its own estimate (`plan.klein`)
-        from portraitkit.plan import klein
-
-        return klein.estimate(config, device, arch)
+    if arch["family"] == "flux2":  # a transformer, not a UNet: its own measures (`plan.klein`)
+        return _flux2_plan(config, device, arch)
     plan = None
     if recipe == "plain":  # the plain loop never checkpoints
         config = dataclasses.replace(config, gradient_checkpointing=False)
@@ -406,6 +404,51 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
         validation_seconds=config.validations * config.validation_renders
         * _inference(key, arch, resolution, device, recipe, steps=config.validation_steps)["seconds_per_image"],
     )
+
+
+def _flux2_plan(config: PlanConfig, device: Device, arch: dict) -> Plan:
+    """A FLUX.2 run's Plan: fp16 transformer or NF4 as `config.quantize` says; auto takes fp16
+    where it fits this GPU and the RAM, else NF4 (bitsandbytes' 4-bit needs CUDA: none on a CPU)."""
+    from portraitkit.plan import klein
+
+    on_gpu = device.gpu_memory_gb is not None
+    if config.quantize == "auto" and on_gpu:
+        plain = _flux2_plan(dataclasses.replace(config, quantize="none"), device, arch)
+        return plain if plain.fits else _flux2_plan(dataclasses.replace(config, quantize="nf4"), device, arch)
+    config = dataclasses.replace(config, quantize=config.quantize if on_gpu else "none")
+    m = klein.measures(config, device, arch)
+    step, nf4 = m["step"], config.quantize == "nf4"
+    lora_bytes = 4 * sum(step["lora_numels"])
+    trainer = lora_bytes + optimizer_state_bytes(step["lora_numels"], config.optimizer)
+    phases = {  # what `train` has on the device in each phase (placement); an NF4 transformer loads onto the GPU
+        "load_and_cache": m["text_encoder"] + m["vae"] + m["caption_encoding"] + (m["transformer"] if nf4 else 0),
+        "train_step": m["transformer"] + trainer + m["activations"],
+        "validation": m["transformer"] + trainer + m["vae"] + m["activations"] / 2,  # no gradients: about half the graph
+    }
+    if on_gpu:
+        allocated = max(phases.values()) / GIB
+        reserved = allocated * (1 + ALLOCATOR_OVERHEAD)
+        gpu_total = reserved + CUDA_CONTEXT_GB
+        in_ram = m["text_encoder"] + m["vae_in_ram"] + (0 if nf4 else m["transformer"])  # diffusers loads into RAM first
+        host = HOST_BASELINE_GB + HOST_CUDA_GB + (in_ram + lora_bytes) / GIB
+    else:
+        allocated = reserved = gpu_total = None
+        host = HOST_BASELINE_GB + (m["transformer"] + m["text_encoder"] + m["vae"] + trainer + m["activations"]) / GIB
+    seconds_per_image = 2 * config.validation_steps * step["flops"] / 3 / (device.achieved_tflops() * 1e12)  # CFG: 2 forwards
+    plan = Plan(
+        config=dataclasses.replace(config, gradient_checkpointing=m["checkpointing"]), family="flux2",
+        architecture_source=arch["source"], resolution=m["resolution"], device=device, peak_gpu_mem_gb=gpu_total,
+        peak_gpu_allocated_gb=allocated, peak_gpu_reserved_gb=reserved, peak_host_ram_gb=host,
+        seconds_per_step=step["flops"] / (device.achieved_tflops() * 1e12), phases_gb={k: v / GIB for k, v in phases.items()},
+        breakdown_gb={name: m[name] / GIB for name in ("transformer", "text_encoder", "vae", "activations", "caption_encoding")}
+        | {"lora_params": lora_bytes / GIB}, parameters={**m["parameters"], "lora": sum(step["lora_numels"])},
+        flops_per_step=step["flops"], inference={"steps": config.validation_steps, "seconds_per_image": round(seconds_per_image, 2)},
+        validation_seconds=config.validations * config.validation_renders * seconds_per_image,
+        fits_gpu=None if gpu_total is None else gpu_total <= device.gpu_memory_gb,
+        fits_host=None if device.host_ram_gb is None else host <= device.host_ram_gb, assumptions=[*ASSUMPTIONS, *klein.ASSUMPTIONS])
+    if not plan.fits:
+        plan.advice = "train at --resolution 512, or on a GPU with more memory" if nf4 else "load the transformer in 4-bit NF4 (--quantize nf4)"
+    return plan
 
 
 def _vae_upcasts(arch: dict, recipe: Recipe) -> bool:
