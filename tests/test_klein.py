@@ -248,3 +248,36 @@ def test_the_trainer_follows_the_plans_recipe_and_stops_on_nan(tmp_path):
     with pytest.raises(PortraitkitError, match="NaN or infinite"):
         step_loss(pipe, training_scheduler(pipe), latents, torch.zeros_like(latents), torch.tensor([10]),
                   {"embeds": torch.zeros(1, 512, 48)}, 64, None)
+
+
+def test_the_cache_and_the_masked_loss_work_on_the_patch_grid(portrait_path):
+    """The cache encodes klein latents (16 x 4 x 4 for 64 px), Qwen3 captions and their bare
+    trigger phrases once, and brings face masks to the patch grid; the masked loss then counts
+    only the masked patches. A mask at the VAE's 8x8 grid, or an unweighted loss, fail."""
+    from PIL import Image
+
+    from portraitkit.train.cache import encode_examples
+    from portraitkit.train.objective import step_loss, training_scheduler
+
+    pipe = _base()
+    photo = Image.open(portrait_path).convert("RGB").resize((64, 64))
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (0, 0, 8, 8))  # inside the first 16 px patch; dilated by one patch: the top-left 2 x 2 patches
+    examples = [{"image": photo, "text": "a photo of sks person, smiling", "mask": mask}]
+    cache = encode_examples(pipe, examples, 64, with_text=True, bare=True, masks=True)
+    assert cache["latents"].shape == (1, 16, 4, 4) and cache["embeds"].shape == (1, 512, 48)
+    assert not torch.equal(cache["embeds"], cache["bare_embeds"])
+    weights = cache["masks"]
+    assert weights.shape == (1, 1, 4, 4) and weights.sum() == 4  # the patch with the face, dilated by one patch
+    noise = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        masked = step_loss(pipe, training_scheduler(pipe), cache["latents"], noise, t, {"embeds": cache["embeds"]}, 64, None,
+                           mask=weights)
+        plain = step_loss(pipe, training_scheduler(pipe), cache["latents"], noise, t, {"embeds": cache["embeds"]}, 64, None)
+        sigma = klein.shifted_sigmas(torch.tensor([0.501]))
+        prediction, target = klein.velocity_prediction(pipe.transformer, cache["latents"], noise, sigma, cache["embeds"],
+                                                       torch.float32)
+    error = (prediction - target) ** 2
+    assert torch.allclose(masked, error[..., :2, :2].mean().view(1), atol=1e-6)
+    assert torch.allclose(plain, error.mean().view(1), atol=1e-6) and not torch.allclose(masked, plain)

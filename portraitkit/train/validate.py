@@ -314,6 +314,9 @@ def denoising_loss(base: str, dataset_dir: str, lora_dir: str | None = None, res
     from portraitkit.models.bases import load_pipeline
 
     pipe = load_pipeline(base)
+    if lora.family(pipe) == "flux2":
+        raise PortraitkitError("denoising_loss measures Stable Diffusion's noise prediction; for a FLUX.2 base, train with "
+                               "--holdout N and read the held-out photos' validation_loss in train_log.jsonl")
     if lora_dir is not None:
         lora.load(pipe, lora_dir)
     examples = load_examples(dataset_dir)
