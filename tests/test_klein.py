@@ -160,6 +160,8 @@ def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, da
     expected, got = load_file(straight / lora.LORA_FILE), load_file(resumed / lora.LORA_FILE)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert all(value.abs().max() > 0 for key, value in expected.items() if "lora_B" in key)  # B starts at zero
+    told = " ".join(lora.where_the_files_go(straight))  # A1111 runs no FLUX.2: the kohya file is for ComfyUI
+    assert "ComfyUI" in told and "Flux2KleinPipeline" in told and "AUTOMATIC1111" not in told
     identity = json.loads((straight / "identity.json").read_text())
     assert [row["step"] for row in identity["steps"]][-1] == 6 and identity["recipe"]["scheduler"] == "FlowMatchEulerDiscreteScheduler"
 

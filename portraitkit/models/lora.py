@@ -184,7 +184,12 @@ def kohya_file(folder: Path) -> Path:
 def where_the_files_go(run_dir: Path) -> list[str]:
     """What `portraitkit train` prints last: which of the run's files goes into which tool."""
     run_dir = Path(run_dir)
-    kohya_path, dora = kohya_file(run_dir), runs.read_run(run_dir)["settings"].get("dora")
+    run = runs.read_run(run_dir)
+    kohya_path, dora = kohya_file(run_dir), run["settings"].get("dora")
+    if run["base"].get("family") == "flux2":  # AUTOMATIC1111 does not run FLUX.2; ComfyUI and diffusers do
+        return [f"LoRA saved in {run_dir}:",
+                f"  {kohya_path.name}: for ComfyUI (models/loras, LoraLoaderModelOnly on a FLUX.2 [klein] 4B model)",
+                f"  {LORA_FILE}: for diffusers, Flux2KleinPipeline's load_lora_weights(\"{run_dir}\", weight_name=\"{LORA_FILE}\")"]
     lines = [f"LoRA saved in {run_dir}:",
              f"  {kohya_path.name}: for AUTOMATIC1111 (its models/Lora folder; prompt <lora:{kohya_path.stem}:1>) "
              "and ComfyUI (models/loras, LoraLoader)",
