@@ -283,3 +283,20 @@ def test_the_cache_and_the_masked_loss_work_on_the_patch_grid(portrait_path):
     error = (prediction - target) ** 2
     assert torch.allclose(masked, error[..., :2, :2].mean().view(1), atol=1e-6)
     assert torch.allclose(plain, error.mean().view(1), atol=1e-6) and not torch.allclose(masked, plain)
+
+
+def test_placement_leaves_a_quantised_transformer_where_bitsandbytes_put_it():
+    """An NF4 transformer is loaded onto the GPU and cannot move (bitsandbytes): every phase keeps
+    it there, even `keep()` after a failure. Here the meta device stands in for the GPU (a meta
+    tensor cannot be copied out either), so moving it would raise."""
+    from portraitkit.train.placement import Placement
+
+    pipe = load_pipeline("tiny-klein")
+    pipe.transformer.to("meta")
+    pipe.transformer.is_quantized = True
+    placement = Placement(pipe, torch.device("meta"))
+    assert placement.here == {"transformer"}
+    with placement.on():  # a phase without it (caching): it stays
+        assert placement.here == {"transformer"}
+    placement.keep()  # what `release` does after a failure
+    assert placement.here == {"transformer"} and pipe.transformer.device.type == "meta"
