@@ -269,6 +269,8 @@ def prepare_base(base: str, cache: str | None) -> Path:
 
 
 def resolution_of(folder: Path) -> int:
+    if (folder / "transformer").is_dir():  # FLUX.2: no UNet; its VAE's sample_size is the pipeline's default size
+        return json.loads((folder / "vae" / "config.json").read_text())["sample_size"]
     unet = json.loads((folder / "unet" / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
     return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
@@ -683,6 +685,8 @@ def build_random_base(base: str, folder: Path) -> None:
     arch = ARCHITECTURES[name]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
+    if arch["family"] == "flux2":
+        return _build_random_klein(arch, folder, device)
     torch.set_default_dtype(torch.float32 if stored == "fp32" else torch.float16)
     with torch.device(device):
         parts = {name: build_component(arch, name) for name in ("unet", "vae", "text_encoder", "text_encoder_2") if name in arch}
@@ -695,6 +699,32 @@ def build_random_base(base: str, folder: Path) -> None:
     else:
         pipe = StableDiffusionPipeline(**parts, tokenizer=tiny_tokenizer(), scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        pipe.save_pretrained(build, safe_serialization=True)
+        build.rename(folder)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+
+def _build_random_klein(arch: dict, folder: Path, device: str) -> None:
+    """FLUX.2 [klein] 4B's published architecture with random fp16 weights (about 16 GB on disk:
+    transformer and Qwen3-4B). Token ids only index Qwen3's embedding table: portraitkit's small
+    offline byte-level tokenizer stands in for Qwen's."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
+    from portraitkit.models import klein
+    from portraitkit.models.architectures import build_component
+
+    torch.set_default_dtype(torch.float16)
+    with torch.device(device):
+        parts = {name: build_component(arch, name) for name in ("transformer", "vae", "text_encoder")}
+    torch.set_default_dtype(torch.float32)
+    pipe = Flux2KleinPipeline(**parts, tokenizer=klein.tiny_tokenizer(),
+                              scheduler=FlowMatchEulerDiscreteScheduler(**klein.SCHEDULER), is_distilled=False)
     folder.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

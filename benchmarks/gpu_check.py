@@ -1,6 +1,6 @@
 """The GPU check: the first thing to run on a borrowed GPU machine, as one command.
 
-    benchmarks/gpu_check.sh OUT_DIR            # a CUDA GPU: real-size SD1.5 and SDXL, random weights
+    benchmarks/gpu_check.sh OUT_DIR            # a CUDA GPU: real-size SD1.5, SDXL and FLUX.2 [klein] 4B, random weights
     benchmarks/gpu_check.sh OUT_DIR --tiny     # the same script on the tiny bases, on a CPU (CI)
 
 It needs torch with CUDA and nothing from the network: gpu_check.sh first installs the wheels
@@ -12,7 +12,9 @@ a T4's memory (torch.cuda.set_per_process_memory_fraction: 14.75 GiB) with bf16 
 1. the real-size architecture (models/architectures.py) with random weights, saved as fp16
    safetensors like a download (bench_training.build_random_base);
 2. `train` on the T4 recipe (fp16 weights, fp32 LoRA rank 16, 8-bit AdamW, gradient checkpointing
-   where the planner chooses it for a T4, one checkpoint, --no-validate), a few steps;
+   where the planner chooses it for a T4, one checkpoint, --no-validate), a few steps; for klein4b
+   the transformer in 4-bit NF4 where the planner chooses it for a T4 (it does: fp16 needs more RAM
+   than a free Colab has), so the first GPU run measures the QLoRA recipe no CPU can run;
 3. `sample`: one portrait at the base's size, 25 steps, SDXL's VAE decoding as sampling does it,
    checked for NaN or all-black pixels;
 4. peaks of torch.cuda's allocated and reserved memory per phase of the run (load, cache, steps,
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="folder for gpu_check.json")
     parser.add_argument("--tiny", action="store_true", help="the tiny bases on this machine's CPU, in this process (CI)")
-    parser.add_argument("--bases", help="comma-separated (default sd15,sdxl; tiny-sd,tiny-sdxl with --tiny)")
+    parser.add_argument("--bases", help="comma-separated (default sd15,sdxl,klein4b; tiny-sd,tiny-sdxl,tiny-klein with --tiny)")
     parser.add_argument("--steps", type=int, help="training steps per base (default 6; 2 with --tiny); the first is warm-up")
     parser.add_argument("--cache", help="where the random-weight bases are built (default: a temporary folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA GPU here; run it with --tiny to check the script on a CPU")
-    bases = (args.bases or ("tiny-sd,tiny-sdxl" if args.tiny else "sd15,sdxl")).split(",")
+    bases = (args.bases or ("tiny-sd,tiny-sdxl,tiny-klein" if args.tiny else "sd15,sdxl,klein4b")).split(",")
     work = Path(tempfile.mkdtemp(prefix="portraitkit-gpu-check-"))
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "tiny": args.tiny,
               "gpu": bench.gpu_name(), "machine": bench.machine(), "versions": bench.versions(),
@@ -128,7 +130,7 @@ def t4_plan(spec: dict) -> dict:
     figures = plan.to_dict()
     return {key: figures[key] for key in ("peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_gpu_mem_gb",
                                           "peak_host_ram_gb", "seconds_per_step", "phases_gb", "inference")} | {
-        "gradient_checkpointing": plan.config.gradient_checkpointing}
+        "gradient_checkpointing": plan.config.gradient_checkpointing, "quantize": plan.config.quantize}
 
 
 def train_t4(spec: dict, plan: dict) -> dict:
@@ -140,12 +142,14 @@ def train_t4(spec: dict, plan: dict) -> dict:
 
     config = TrainConfig(dataset_dir=spec["dataset"], out_dir=str(Path(spec["work"]) / "run"), base=spec["folder"],
                          steps=spec["steps"], rank=16, optimizer="adamw8bit", mixed_precision="auto",
-                         gradient_checkpointing=plan["gradient_checkpointing"], checkpoint_every=spec["steps"], validate=False)
+                         gradient_checkpointing=plan["gradient_checkpointing"], checkpoint_every=spec["steps"], validate=False,
+                         quantize=plan["quantize"])  # FLUX.2: the planner's T4 recipe (NF4 or fp16); SD: none
     run = train(config)
     rows = read_jsonl(run / "train_log.jsonl")
     seconds = [row["seconds"] for row in rows[1:]] or [rows[0]["seconds"]]  # the first step warms up
     return {"mixed_precision": resolved_precision(config, torch.cuda.is_available()),
-            "gradient_checkpointing": plan["gradient_checkpointing"], "seconds_per_step": round(statistics.median(seconds), 4),
+            "gradient_checkpointing": plan["gradient_checkpointing"], "quantize": plan["quantize"],
+            "seconds_per_step": round(statistics.median(seconds), 4),
             "losses": [row["loss"] for row in rows], "seconds_by_phase": json.loads((run / "config.json").read_text())["seconds_by_phase"]}
 
 

@@ -53,3 +53,15 @@ def test_the_carried_wheels_fit_a_device_call():
     assert {"diffusers", "bitsandbytes", "datasets", "dill", "multiprocess"} <= set(wheels)
     assert all("==" in name for name, _ in rows)  # exact versions: the list is what was measured
     assert sum(wheels.values()) < 60 * 2**20
+
+
+def test_the_tiny_check_covers_the_klein_family_and_records_its_recipe(tmp_path):
+    """tiny-klein through the same check on the CPU: trains with the recipe the planner chose for
+    a T4 (recorded: fp16 for the toy, NF4 for the real klein4b on a GPU, which this cannot run)."""
+    done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--tiny", "--bases", "tiny-klein"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    check = json.loads((tmp_path / "gpu_check.json").read_text())["bases"]["tiny-klein"]
+    assert check["status"] == "ok" and all(math.isfinite(loss) for loss in check["train"]["losses"])
+    assert check["train"]["quantize"] == check["estimate_t4"]["quantize"] == "none"
+    assert check["sample"]["decode"]["problem"] is None and "peak_gpu_allocated_gb" not in check

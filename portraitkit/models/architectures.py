@@ -1,4 +1,4 @@
-"""The two bases' real-size architectures as data, and any other base's read from its own files.
+"""The bases' real-size architectures as data (SD1.5, SDXL, FLUX.2 [klein] 4B), and any other base's read from its own files.
 
 The configuration files of SD1.5 and SDXL on the Hugging Face hub are written here as data, so
 that the planner and the tests can build the real-size models on PyTorch's meta device (which
@@ -56,7 +56,32 @@ ARCHITECTURES = {
                       "prediction_type": "epsilon", "timestep_spacing": "leading", "use_karras_sigmas": False},
     },
 }
-COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+# FLUX.2 [klein] 4B base. Transformer: the values of black-forest-labs/FLUX.2-klein-base-4B's
+# transformer/config.json as published copies of it give them (the same 5 double + 20 single
+# blocks, 24 heads of 128, joint_attention_dim 7680 = 3 x Qwen3-4B's 2560, guidance_embeds false
+# in DiffSynth-Studio's model config for the klein 4B transformer and in InvokeAI's klein 4B
+# preset; the BFL model card: "4 billion parameter rectified flow transformer"). Text encoder:
+# Qwen/Qwen3-4B's config.json (36 layers, 2560 wide, 32 query / 8 key-value heads of 128,
+# intermediate 9728, vocabulary 151936), which klein ships as text_encoder/. VAE: diffusers'
+# AutoencoderKLFlux2 defaults, which are FLUX.2's VAE (32 latent channels, 128-256-512-512,
+# batch-norm over the 2x2-patched 128 channels). None of the weights is downloaded here.
+KLEIN4B_SOURCE = ("black-forest-labs/FLUX.2-klein-base-4B: transformer/ and text_encoder/ config.json as published "
+                  "(checked against DiffSynth-Studio's and InvokeAI's klein 4B configs); vae/ = AutoencoderKLFlux2's defaults")
+ARCHITECTURES["klein4b"] = {
+    "family": "flux2",
+    "source": KLEIN4B_SOURCE,
+    "transformer": {"_class_name": "Flux2Transformer2DModel", "patch_size": 1, "in_channels": 128, "num_layers": 5,
+                    "num_single_layers": 20, "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 7680,
+                    "timestep_guidance_channels": 256, "mlp_ratio": 3.0, "axes_dims_rope": [32, 32, 32, 32], "rope_theta": 2000,
+                    "eps": 1e-06, "guidance_embeds": False},
+    "vae": {"_class_name": "AutoencoderKLFlux2", "block_out_channels": [128, 256, 512, 512], "latent_channels": 32,
+            "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 1024, "batch_norm_eps": 0.0001},
+    "text_encoder": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 2560, "intermediate_size": 9728,
+                     "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                     "max_position_embeddings": 40960, "rms_norm_eps": 1e-06, "rope_theta": 1000000, "vocab_size": 151936,
+                     "tie_word_embeddings": True, "hidden_act": "silu"},
+}
+COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
 
 
 def architecture(base: str) -> dict:
@@ -67,9 +92,9 @@ def architecture(base: str) -> dict:
     from portraitkit.models.bases import resolve_base
 
     spec = resolve_base(base)
-    preset = ARCHITECTURES["sdxl" if spec.family == "sdxl" else "sd15"]
+    preset = ARCHITECTURES[{"sdxl": "sdxl", "flux2": "klein4b"}.get(spec.family, "sd15")]
     configs = {name: config for name in (*COMPONENTS, "scheduler") if (config := _read_config(spec.source, name))}
-    if "unet" not in configs:  # no network: the family's published architecture is the best guess
+    if not ({"unet", "transformer"} & set(configs)):  # no network: the family's published architecture is the best guess
         return {**preset, "source": f"{preset['source']} (assumed: {base}'s own configuration could not be read)"}
     return {"family": spec.family, "source": f"{base}: its own config.json files", **configs}
 
@@ -97,6 +122,11 @@ def arch_key(arch: dict) -> str:
 def build_component(arch: dict, name: str):
     """One component as a model object from its configuration (on whatever device is current)."""
     config = {k: v for k, v in arch[name].items() if not k.startswith("_") or k == "_class_name"}
+    if name.startswith("text_encoder") and "Qwen3ForCausalLM" in config.get("architectures", []):
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        return Qwen3ForCausalLM(Qwen3Config(**{k: v for k, v in config.items() if k not in ("architectures", "_class_name",
+                                                                                             "model_type", "torch_dtype", "dtype")}))
     if name.startswith("text_encoder"):
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -107,6 +137,7 @@ def build_component(arch: dict, name: str):
     from portraitkit.core.quiet import quiet
 
     with quiet():  # import-time notices of optional kernels
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        import diffusers
 
-    return (UNet2DConditionModel if name == "unet" else AutoencoderKL).from_config(config)
+    default = {"unet": "UNet2DConditionModel", "transformer": "Flux2Transformer2DModel"}.get(name, "AutoencoderKL")
+    return getattr(diffusers, config.get("_class_name", default)).from_config(config)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import shareable
+from portraitkit.models.klein import KLEIN_REPO
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -36,7 +37,7 @@ class BaseSpec:
 
     name: str  # what the user asked for: a preset, a repo id or a folder
     source: str  # the repo id or local folder given to `from_pretrained`
-    family: str  # "sd" (SD1.x/2.x UNet with one text encoder) or "sdxl"
+    family: str  # "sd" (SD1.x/2.x UNet with one text encoder), "sdxl", or "flux2" (FLUX.2 [klein]: `models.klein`)
     offline: bool  # True for the tiny bases and local folders: no network is needed
 
     @property
@@ -44,13 +45,13 @@ class BaseSpec:
         from portraitkit.core.quiet import quiet
 
         with quiet():  # import-time notices: image processors without torchvision, optional kernels
-            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+            from diffusers import Flux2KleinPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
+        return {"sdxl": StableDiffusionXLPipeline, "flux2": Flux2KleinPipeline}.get(self.family, StableDiffusionPipeline)
 
 
-PRESETS = {"sd15": (SD15_REPO, "sd"), "sdxl": (SDXL_REPO, "sdxl")}
-TINY_PRESETS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl"}
+PRESETS = {"sd15": (SD15_REPO, "sd"), "sdxl": (SDXL_REPO, "sdxl"), "klein4b": (KLEIN_REPO, "flux2")}
+TINY_PRESETS = {"tiny-sd": "sd", "tiny-sdxl": "sdxl", "tiny-klein": "flux2"}
 # Said on the command line and in the notebooks alike, so it names both ways of choosing the base.
 OFFLINE_HINT = ('for a run without a network choose the offline toy base tiny-sd (--base tiny-sd; in a notebook, BASE = "tiny-sd" '
                 "in its parameters cell): its images are noise, not portraits")
@@ -116,11 +117,13 @@ def hub_model_index(repo: str) -> dict:
 
 def _family(model_index: dict) -> str:
     class_name = model_index.get("_class_name", "")
+    if class_name == "Flux2KleinPipeline":
+        return "flux2"
     if "XL" in class_name:
         return "sdxl"
     if class_name.startswith("StableDiffusion"):
         return "sd"
-    raise PortraitkitError(f"portraitkit trains Stable Diffusion 1.x/2.x and SDXL models, not {class_name or 'this model'}")
+    raise PortraitkitError(f"portraitkit trains Stable Diffusion 1.x/2.x, SDXL and FLUX.2 [klein] models, not {class_name or 'this model'}")
 
 
 def base_unavailable(name: str, error: Exception) -> PortraitkitError:
@@ -132,12 +135,13 @@ def base_unavailable(name: str, error: Exception) -> PortraitkitError:
     )
 
 
-def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None):
+def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None, transformer_nf4: bool = False):
     """Load a base as a diffusers text-to-image pipeline (safety checker off: portraits of the user).
 
     Half-precision loads ask for the repo's fp16 files first, which halves the download and the
     host RAM needed while loading (free Colab has ~12.7 GB), then fall back to the full files.
-    `vae` replaces the base's VAE (see `load_vae`).
+    `vae` replaces the base's VAE (see `load_vae`). `transformer_nf4`: a FLUX.2 base's transformer
+    in bitsandbytes' 4-bit NF4, on the GPU (`klein.load_transformer_nf4`).
     """
     import torch
 
@@ -148,6 +152,10 @@ def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None):
         kwargs["vae"] = load_vae(vae, kwargs["torch_dtype"])
     if spec.family == "sd":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if transformer_nf4:
+        from portraitkit.models.klein import load_transformer_nf4
+
+        kwargs["transformer"] = load_transformer_nf4(spec.source)
     tries = [{"variant": "fp16"}, {}] if dtype == torch.float16 and not spec.offline else [{}]
     for attempt, extra in enumerate(tries):
         try:
@@ -209,7 +217,7 @@ def toy_notice(name: str) -> str | None:
     if name not in TINY_PRESETS:
         return None
     return (f"{name} is an offline toy base with random weights: its images are noise, not portraits "
-            "(for portraits choose --base sd15 or sdxl, on a GPU)")
+            "(for portraits choose --base sd15, sdxl or klein4b, on a GPU)")
 
 
 def library_versions() -> str:
@@ -247,7 +255,7 @@ def tiny_tokenizer():
 
 
 def build_tiny_pipeline(family: str):
-    """Toy-size SD1.5 / SDXL pipelines with the real component classes and wiring.
+    """Toy-size SD1.5 / SDXL / FLUX.2 [klein] pipelines with the real component classes and wiring.
 
     Sizes follow diffusers' own test models, except the VAE: four blocks so that it keeps the
     real 8x downsampling (64 px images -> 8x8 latents), as the resolution arithmetic of the
@@ -257,6 +265,10 @@ def build_tiny_pipeline(family: str):
 
     from portraitkit.core.quiet import quiet
 
+    if family == "flux2":
+        from portraitkit.models import klein
+
+        return klein.build_tiny()
     with quiet():  # import-time notices: image processors without torchvision, optional kernels
         from diffusers import (
             AutoencoderKL,
@@ -316,12 +328,19 @@ def build_tiny_pipeline(family: str):
 
 
 def native_resolution(source: str) -> int:
-    """The size a base draws best at (512 SD1.5, 1024 SDXL, 64 tiny), from its small config files."""
+    """The size a base draws best at (512 SD1.5, 1024 SDXL and klein, 64 tiny), from its small config files."""
     from portraitkit.core.quiet import quiet
 
     with quiet():  # import-time notices of optional kernels
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    if Path(source).is_dir() and (Path(source) / "transformer").is_dir() or source == KLEIN_REPO:
+        # FLUX.2 has no UNet: its pipeline's default size is 128 latent pixels of 8 (1024), the
+        # VAE's `sample_size` says the same and is what the toy base sets to 64.
+        try:
+            return AutoencoderKL.load_config(source, subfolder="vae")["sample_size"]
+        except Exception as error:
+            raise base_unavailable(source, error) from None
     try:
         unet = UNet2DConditionModel.load_config(source, subfolder="unet")
         vae = AutoencoderKL.load_config(source, subfolder="vae")
@@ -352,7 +371,8 @@ def checkpoint_identity(base: dict) -> tuple[str, str | None]:
     if base["name"] in KNOWN_CHECKPOINTS:
         return KNOWN_CHECKPOINTS[base["name"]]
     folder = Path(base["source"])
-    weights = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors")) if folder.is_dir() else []
+    denoiser = "transformer" if (folder / "transformer").is_dir() else "unet"
+    weights = sorted((folder / denoiser).glob("diffusion_pytorch_model*.safetensors")) if folder.is_dir() else []
     if not weights:
         return base["source"], None
     digest = hashlib.sha256()

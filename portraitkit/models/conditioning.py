@@ -36,3 +36,16 @@ def unet_conditioning(cond: dict, resolution: int, dtype) -> dict:
             time_ids = torch.tensor([sdxl_time_ids((resolution, resolution), resolution)]).repeat(len(pooled), 1)
         kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.to(pooled.device, dtype)}
     return kwargs
+
+
+def prompt_arguments(pipe, prompt: str, negative_prompt: str) -> dict:
+    """The pipeline call's prompt arguments. FLUX.2 [klein]'s pipeline takes no negative prompt
+    text (it guides against the empty prompt), so a style's negative prompt goes in as its
+    embeddings, encoded the way the prompt is; an empty one is left to the pipeline."""
+    if hasattr(pipe, "transformer"):
+        from portraitkit.models import klein
+
+        if not negative_prompt:
+            return {"prompt": prompt}
+        return {"prompt": prompt, "negative_prompt_embeds": klein.encode_prompts(pipe, [negative_prompt])}
+    return {"prompt": prompt, "negative_prompt": negative_prompt}

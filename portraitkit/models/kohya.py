@@ -19,13 +19,21 @@ from __future__ import annotations
 import json
 
 PREFIXES = {"sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
-            "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
+            "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"},
+            # FLUX.2: `lora_unet_` + the module's name in Black Forest Labs' own checkpoint, dots as
+            # underscores: ComfyUI's loader makes that key for every weight of every model it
+            # loads (comfy/lora.py, model_lora_keys_unet), and diffusers' Flux2 loader reads the
+            # same names (`_convert_kohya_flux2_lora_to_diffusers`). See `flux2_state_dict`.
+            "flux2": {"transformer": "lora_unet"}}
 # peft's tensor names and kohya's for the same tensor.
 TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
 # kohya's names for the base families, as A1111's Lora tab reads them (`ss_base_model_version`),
 # and the SAI model spec's architecture ids.
-BASE_MODEL_VERSIONS = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0"}
-ARCHITECTURES = {"sd": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+# kohya's sd-scripts name no FLUX.2 version (found none in their docs or source): the klein 4B
+# base is named here in their style; A1111 does not run FLUX.2 at all, so no Lora tab reads it.
+BASE_MODEL_VERSIONS = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux2": "flux2_klein_4b_base"}
+ARCHITECTURES = {"sd": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora",
+                 "flux2": "flux-2-klein-4b-base/lora"}
 
 
 def state_dict(layers: dict[str, dict], family: str, rank: int, modules: dict, dtype) -> dict:
@@ -33,6 +41,8 @@ def state_dict(layers: dict[str, dict], family: str, rank: int, modules: dict, d
     `dtype`. `modules` ({component: the model that carries the adapters}) give DoRA its base W."""
     import torch
 
+    if family == "flux2":
+        return flux2_state_dict(layers["transformer"], dtype)
     prefixes = PREFIXES[family]
     out = {}
     for component, state in layers.items():
@@ -48,6 +58,52 @@ def state_dict(layers: dict[str, dict], family: str, rank: int, modules: dict, d
             out[f"{stem}.{TENSORS[tensor]}"] = value.to(dtype).contiguous()
             out[f"{stem}.alpha"] = torch.tensor(float(rank), dtype=dtype)
     return out
+
+
+# diffusers' module names in FLUX.2's transformer -> the checkpoint's: BFL's checkpoint fuses each
+# stream's q, k and v into one `qkv` matrix, and the single blocks' fused projections are linear1/linear2.
+FLUX2_FUSED = {"to_q": ("img_attn_qkv", 0), "to_k": ("img_attn_qkv", 1), "to_v": ("img_attn_qkv", 2),
+               "add_q_proj": ("txt_attn_qkv", 0), "add_k_proj": ("txt_attn_qkv", 1), "add_v_proj": ("txt_attn_qkv", 2)}
+FLUX2_SINGLE = {"to_out.0": "img_attn_proj", "to_add_out": "txt_attn_proj"}
+FLUX2_SINGLE_BLOCK = {"to_qkv_mlp_proj": "linear1", "to_out": "linear2"}
+
+
+def flux2_state_dict(state: dict, dtype) -> dict:
+    """FLUX.2's kohya tensors from its peft state dict (scale folded into B).
+
+    A fused `qkv` weight gets one LoRA whose update is the three separate ones side by side:
+    down = [A_q; A_k; A_v] (rank 3r) and up = the block-diagonal of B_q, B_k, B_v, so that
+    up @ down stacks B_q A_q, B_k A_k, B_v A_v exactly (diffusers splits it back the same way)."""
+    import torch
+
+    out, fused = {}, {}
+    for key in state:
+        if not key.endswith(".lora_A.weight"):
+            if not key.endswith(".lora_B.weight"):
+                raise ValueError(f"not a LoRA tensor this module knows how to name in the kohya format: {key}")
+            continue
+        module = key[: -len(".lora_A.weight")]
+        down, up = state[key], state[f"{module}.lora_B.weight"]
+        blocks, index, rest = module.split(".", 2)
+        name = rest.removeprefix("attn.")
+        if blocks == "single_transformer_blocks":
+            out[f"lora_unet_single_blocks_{index}_{FLUX2_SINGLE_BLOCK[name]}"] = (down, up)
+        elif name in FLUX2_SINGLE:
+            out[f"lora_unet_double_blocks_{index}_{FLUX2_SINGLE[name]}"] = (down, up)
+        else:
+            target, part = FLUX2_FUSED[name]
+            fused.setdefault(f"lora_unet_double_blocks_{index}_{target}", {})[part] = (down, up)
+    for stem, parts in fused.items():
+        if sorted(parts) != [0, 1, 2]:  # a fused weight is adapted whole or not at all
+            raise ValueError(f"{stem}: q, k and v must all carry a LoRA to be written as one fused qkv LoRA")
+        downs, ups = zip(*(parts[i] for i in range(3)))
+        out[stem] = (torch.cat(downs), torch.block_diag(*ups))
+    tensors = {}
+    for stem, (down, up) in out.items():
+        tensors[f"{stem}.lora_down.weight"] = down.to(dtype).contiguous()
+        tensors[f"{stem}.lora_up.weight"] = up.to(dtype).contiguous()
+        tensors[f"{stem}.alpha"] = torch.tensor(float(down.shape[0]), dtype=dtype)  # alpha = its rank: scale 1
+    return tensors
 
 
 def comfy_dora_scale(magnitude, weight, delta):

@@ -37,12 +37,25 @@ def text_encoders(pipe) -> list:
     return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
 
 
+def denoiser(pipe):
+    """The model that predicts: SD's UNet, or FLUX.2's transformer."""
+    return pipe.transformer if family(pipe) == "flux2" else pipe.unet
+
+
+def denoiser_name(pipe) -> str:
+    return "transformer" if family(pipe) == "flux2" else "unet"
+
+
 def models(pipe) -> dict:
-    """{component: model} of the pipeline's models that can carry adapters."""
+    """{component: model} of the pipeline's models that can carry adapters (FLUX.2's Qwen3 encoder never does)."""
+    if family(pipe) == "flux2":
+        return {"transformer": pipe.transformer}
     return {"unet": pipe.unet, **dict(zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)))}
 
 
 def family(pipe) -> str:
+    if hasattr(pipe, "transformer"):
+        return "flux2"
     return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
 
 
@@ -81,9 +94,20 @@ def add_adapters(module, rank: int, targets: list[str], alpha: float | None = No
 
 
 def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool, use_dora: bool = False) -> dict:
-    """Freeze the base and attach adapters to its UNet (and text encoders); return {name: module that trains}."""
-    for module in [pipe.unet, pipe.vae, *text_encoders(pipe)]:
+    """Freeze the base and attach adapters to its UNet or transformer (and SD's text encoders);
+    return {name: module that trains}."""
+    for module in [denoiser(pipe), pipe.vae, *text_encoders(pipe)]:
         module.requires_grad_(False)
+    if family(pipe) == "flux2":
+        from portraitkit.models import klein
+
+        if use_dora:
+            raise PortraitkitError("DoRA is not written for FLUX.2 [klein] yet: train without --dora")
+        if train_text_encoder:
+            raise PortraitkitError("FLUX.2 [klein]'s Qwen3 text encoder is not trained (its embeddings are cached once): "
+                                   "train without --train-text-encoder")
+        add_adapters(pipe.transformer, rank, klein.lora_targets(pipe.transformer), alpha, use_dora)
+        return {"transformer": pipe.transformer}
     add_adapters(pipe.unet, rank, UNET_TARGETS, alpha, use_dora)
     modules = {"unet": pipe.unet}
     if train_text_encoder:
@@ -106,7 +130,7 @@ def lora_layers(pipe, scale: float, train_text_encoder: bool) -> dict[str, dict]
     peft state dicts with the LoRA scale alpha / rank folded into B."""
     from peft.utils import get_peft_model_state_dict
 
-    modules = {"unet": pipe.unet}
+    modules = {denoiser_name(pipe): denoiser(pipe)}
     if train_text_encoder:
         modules.update(zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)))
     layers = {}
@@ -160,7 +184,12 @@ def kohya_file(folder: Path) -> Path:
 def where_the_files_go(run_dir: Path) -> list[str]:
     """What `portraitkit train` prints last: which of the run's files goes into which tool."""
     run_dir = Path(run_dir)
-    kohya_path, dora = kohya_file(run_dir), runs.read_run(run_dir)["settings"].get("dora")
+    run = runs.read_run(run_dir)
+    kohya_path, dora = kohya_file(run_dir), run["settings"].get("dora")
+    if run["base"].get("family") == "flux2":  # AUTOMATIC1111 does not run FLUX.2; ComfyUI and diffusers do
+        return [f"LoRA saved in {run_dir}:",
+                f"  {kohya_path.name}: for ComfyUI (models/loras, LoraLoaderModelOnly on a FLUX.2 [klein] 4B model)",
+                f"  {LORA_FILE}: for diffusers, Flux2KleinPipeline's load_lora_weights(\"{run_dir}\", weight_name=\"{LORA_FILE}\")"]
     lines = [f"LoRA saved in {run_dir}:",
              f"  {kohya_path.name}: for AUTOMATIC1111 (its models/Lora folder; prompt <lora:{kohya_path.stem}:1>) "
              "and ComfyUI (models/loras, LoraLoader)",
@@ -187,7 +216,10 @@ def diffusers_file(layers: dict[str, dict], rank: int) -> tuple[dict, dict[str, 
 
     tensors, configs = {}, {}
     for component, state in layers.items():
-        for key, value in convert_state_dict_to_diffusers(state).items():
+        # The UNet's keys take diffusers' older `lora.down`/`lora.up` names, which its SD loaders
+        # expect; a transformer's are saved as peft names them, as diffusers' own save does.
+        named = state if component == "transformer" else convert_state_dict_to_diffusers(state)
+        for key, value in named.items():
             if component.startswith("text_encoder") and key.endswith(".lora_magnitude_vector"):
                 # transformers 5 loads adapters by parameter name, and a DoRA magnitude is the
                 # `weight` of peft's DoraLinearLayer: without the suffix it is silently re-initialised.
@@ -234,7 +266,7 @@ def set_strength(pipe, adapter_name: str, strength: float) -> None:
     its base layer's by a forward hook: W x + s (W' x - W x) is the interpolated weight's output."""
     import peft
 
-    layers = [module for model in (pipe.unet, *text_encoders(pipe)) for module in model.modules()
+    layers = [module for model in (denoiser(pipe), *text_encoders(pipe)) for module in model.modules()
               if isinstance(module, peft.tuners.lora.LoraLayer) and module.use_dora.get(adapter_name)]
     pipe.set_adapters(adapter_name, adapter_weights=1.0 if layers else strength)
     for layer in layers:

@@ -82,7 +82,8 @@ ASSUMPTIONS = [
 class PlanConfig:
     """A training run to plan; each field's help is also its `portraitkit plan` help."""
 
-    base: str = setting("base model: sd15, sdxl, tiny-sd, tiny-sdxl, a Hugging Face id or a diffusers folder", "sd15")
+    base: str = setting("base model: sd15, sdxl, klein4b, tiny-sd, tiny-sdxl, tiny-klein, a Hugging Face id or a diffusers folder",
+                        "sd15")
     resolution: int | None = setting("training size in pixels; default: the base's own (512 SD1.5, 1024 SDXL)", None)
     rank: int = setting("LoRA rank", 16)
     dora: bool = setting("DoRA adapters (a magnitude per output row beside each LoRA)", False)
@@ -102,6 +103,8 @@ class PlanConfig:
     validations: int = setting("validated steps in the run (train's default: every tenth of the run, at least 50 steps apart)", 10)
     validation_renders: int = setting("images per validated step (train's default: 2 styles x 4 seeds)", 8)
     validation_steps: int = setting("denoising steps per validation image (train's default: the style's 30)", 30)
+    quantize: str = setting("FLUX.2 bases on a GPU: the frozen transformer in fp16 (none), in 4-bit NF4 (nf4), or auto: "
+                            "fp16 where it fits the GPU and the RAM, else NF4", "auto", choices=("auto", "none", "nf4"))
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,10 @@ class Plan:
         lines = [f"Estimate for {self.config.base} ({self.family}) at {self.resolution} px, rank {self.config.rank}, "
                  f"batch {self.config.batch_size}{', text encoder trained' if self.config.train_text_encoder else ''}, "
                  f"on {self.device.name} (estimates, not measurements):"]
+        if self.family == "flux2" and self.peak_gpu_mem_gb is not None:
+            from portraitkit.plan.klein import recipe_line
+
+            lines.append(f"  recipe      {recipe_line(self.config)}")
         if self.peak_gpu_mem_gb is not None:
             lines.append(f"  GPU memory  {self.peak_gpu_mem_gb:5.1f} GiB of {self.device.gpu_memory_gb} GiB")
         budget = f" of {self.device.host_ram_gb:.1f} GiB" if self.device.host_ram_gb else ""
@@ -244,7 +251,7 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
              train_text_encoder: bool = False, gpu: str | Device = "t4", steps: int = 1000, optimizer: str = "adamw8bit",
              gradient_checkpointing: bool | None = None, recipe: str = "portraitkit", advise: bool = True,
              dora: bool = False, output_preservation: bool = False, validations: int = 10, validation_renders: int = 8,
-             validation_steps: int = 30) -> Plan:
+             validation_steps: int = 30, quantize: str = "auto") -> Plan:
     """Estimate a run's peak GPU memory, RAM and time; when it does not fit, say the cheapest change
     that does, and when it fits with checkpointing, whether it would also fit (faster) without.
 
@@ -256,13 +263,15 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
                         train_text_encoder=train_text_encoder, gpu=device.name, steps=steps, optimizer=optimizer,
                         gradient_checkpointing=gradient_checkpointing, recipe=recipe, dora=dora,
                         output_preservation=output_preservation, validations=validations,
-                        validation_renders=validation_renders, validation_steps=validation_steps)
+                        validation_renders=validation_renders, validation_steps=validation_steps, quantize=quantize)
     # Mistakes in the numbers fail before the base is looked up (a hub id costs a request).
     check_at_least({"rank": config.rank, "batch_size": config.batch_size}, 1)
     check_at_least({"steps": config.steps, "validations": config.validations, "validation_renders": config.validation_renders}, 0)
     check_at_least({"validation_steps": config.validation_steps}, 1)
     check_resolution(config.resolution)
     arch = architecture(base)
+    if arch["family"] == "flux2":  # a transformer, not a UNet: its own measures (`plan.klein`)
+        return _flux2_plan(config, device, arch)
     plan = None
     if recipe == "plain":  # the plain loop never checkpoints
         config = dataclasses.replace(config, gradient_checkpointing=False)
@@ -397,6 +406,51 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
     )
 
 
+def _flux2_plan(config: PlanConfig, device: Device, arch: dict) -> Plan:
+    """A FLUX.2 run's Plan: fp16 transformer or NF4 as `config.quantize` says; auto takes fp16
+    where it fits this GPU and the RAM, else NF4 (bitsandbytes' 4-bit needs CUDA: none on a CPU)."""
+    from portraitkit.plan import klein
+
+    on_gpu = device.gpu_memory_gb is not None
+    if config.quantize == "auto" and on_gpu:
+        plain = _flux2_plan(dataclasses.replace(config, quantize="none"), device, arch)
+        return plain if plain.fits else _flux2_plan(dataclasses.replace(config, quantize="nf4"), device, arch)
+    config = dataclasses.replace(config, quantize=config.quantize if on_gpu else "none")
+    m = klein.measures(config, device, arch)
+    step, nf4 = m["step"], config.quantize == "nf4"
+    lora_bytes = 4 * sum(step["lora_numels"])
+    trainer = lora_bytes + optimizer_state_bytes(step["lora_numels"], config.optimizer)
+    phases = {  # what `train` has on the device in each phase (placement); an NF4 transformer loads onto the GPU
+        "load_and_cache": m["text_encoder"] + m["vae"] + m["caption_encoding"] + (m["transformer"] if nf4 else 0),
+        "train_step": m["transformer"] + trainer + m["activations"],
+        "validation": m["transformer"] + trainer + m["vae"] + m["activations"] / 2,  # no gradients: about half the graph
+    }
+    if on_gpu:
+        allocated = max(phases.values()) / GIB
+        reserved = allocated * (1 + ALLOCATOR_OVERHEAD)
+        gpu_total = reserved + CUDA_CONTEXT_GB
+        in_ram = m["text_encoder"] + m["vae_in_ram"] + (0 if nf4 else m["transformer"])  # diffusers loads into RAM first
+        host = HOST_BASELINE_GB + HOST_CUDA_GB + (in_ram + lora_bytes) / GIB
+    else:
+        allocated = reserved = gpu_total = None
+        host = HOST_BASELINE_GB + (m["transformer"] + m["text_encoder"] + m["vae"] + trainer + m["activations"]) / GIB
+    seconds_per_image = 2 * config.validation_steps * step["flops"] / 3 / (device.achieved_tflops() * 1e12)  # CFG: 2 forwards
+    plan = Plan(
+        config=dataclasses.replace(config, gradient_checkpointing=m["checkpointing"]), family="flux2",
+        architecture_source=arch["source"], resolution=m["resolution"], device=device, peak_gpu_mem_gb=gpu_total,
+        peak_gpu_allocated_gb=allocated, peak_gpu_reserved_gb=reserved, peak_host_ram_gb=host,
+        seconds_per_step=step["flops"] / (device.achieved_tflops() * 1e12), phases_gb={k: v / GIB for k, v in phases.items()},
+        breakdown_gb={name: m[name] / GIB for name in ("transformer", "text_encoder", "vae", "activations", "caption_encoding")}
+        | {"lora_params": lora_bytes / GIB}, parameters={**m["parameters"], "lora": sum(step["lora_numels"])},
+        flops_per_step=step["flops"], inference={"steps": config.validation_steps, "seconds_per_image": round(seconds_per_image, 2)},
+        validation_seconds=config.validations * config.validation_renders * seconds_per_image,
+        fits_gpu=None if gpu_total is None else gpu_total <= device.gpu_memory_gb,
+        fits_host=None if device.host_ram_gb is None else host <= device.host_ram_gb, assumptions=[*ASSUMPTIONS, *klein.ASSUMPTIONS])
+    if not plan.fits:
+        plan.advice = "train at --resolution 512, or on a GPU with more memory" if nf4 else "load the transformer in 4-bit NF4 (--quantize nf4)"
+    return plan
+
+
 def _vae_upcasts(arch: dict, recipe: Recipe) -> bool:
     # StableDiffusionXLPipeline decodes in fp32 when the VAE asks for it (SDXL's overflows in fp16)
     return arch["family"] == "sdxl" and recipe.weight_bytes == 2 and arch["vae"].get("force_upcast", True)
@@ -522,7 +576,7 @@ def plan_for_training(config, device: Device | None = None) -> Plan:
                     # the trainer decides which steps it validates and what it draws there; the planner counts them
                     validations=len(config.validated_steps()) if hasattr(config, "validated_steps") else 0,
                     validation_renders=len(getattr(config, "validation_styles", ())) * len(getattr(config, "validation_seeds", ())),
-                    validation_steps=getattr(config, "validation_steps", None) or 30)
+                    validation_steps=getattr(config, "validation_steps", None) or 30, quantize=getattr(config, "quantize", "auto"))
     if not plan.fits:
         plan.advice = _advice(plan.config, device, plan)
     return plan

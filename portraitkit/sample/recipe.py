@@ -27,6 +27,26 @@ SAMPLERS = {
     "ddim": Sampler("DDIM", "DDIMScheduler"),
 }
 DEFAULT_SAMPLER = "dpmpp_2m_karras"
+# FLUX.2 [klein] samples with its own flow-matching Euler scheduler (its pipeline sets the
+# resolution-dependent shift itself); Forge and ComfyUI record it as Euler with the Simple schedule.
+FLOW_SAMPLER = "flow_euler"
+SAMPLERS[FLOW_SAMPLER] = Sampler("Euler", "FlowMatchEulerDiscreteScheduler", (), "Simple")
+
+
+def family_sampler(family: str, sampler: str = DEFAULT_SAMPLER) -> str:
+    """The sampler a base family draws with: FLUX.2 only with its flow sampler (the default is
+    swapped for it), Stable Diffusion with any other."""
+    from portraitkit.core.errors import PortraitkitError
+
+    if family == "flux2":
+        if sampler not in (DEFAULT_SAMPLER, FLOW_SAMPLER):
+            raise PortraitkitError(f"--sampler {sampler} cannot draw with a FLUX.2 [klein] base: it samples with {FLOW_SAMPLER} "
+                                   "(its own flow-matching Euler); leave --sampler out")
+        return FLOW_SAMPLER
+    if sampler == FLOW_SAMPLER:
+        raise PortraitkitError(f"--sampler {FLOW_SAMPLER} is FLUX.2's; Stable Diffusion bases draw with {DEFAULT_SAMPLER}, "
+                               "euler_a, euler or ddim")
+    return sampler
 
 
 def make_scheduler(sampler: str, scheduler_config):

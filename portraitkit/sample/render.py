@@ -25,7 +25,7 @@ from pathlib import Path
 
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem, native_resolution
-from portraitkit.models.conditioning import sampling_sizes
+from portraitkit.models.conditioning import prompt_arguments, sampling_sizes
 # read_run and person_words are re-exported: notebook 05's panel reads the run through here.
 from portraitkit.models.runs import person_words, read_run  # noqa: F401
 from portraitkit.core.errors import PortraitkitError
@@ -34,7 +34,7 @@ from portraitkit.core.files import save_image, write_json
 from portraitkit.sample.infotext import lora_hash, model_identity, png_parameters, read_parameters  # noqa: F401
 from portraitkit.core.quiet import quiet
 from portraitkit.core.settings import check_at_least, check_resolution, setting
-from portraitkit.sample.recipe import DEFAULT_SAMPLER, SAMPLERS, make_scheduler
+from portraitkit.sample.recipe import DEFAULT_SAMPLER, SAMPLERS, family_sampler, make_scheduler
 from portraitkit.sample.styles import Style, load_styles, select_styles
 
 MANIFEST = "manifest.json"
@@ -83,6 +83,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
     run = read_run(run_dir)
     family = run["base"]["family"]
+    sampler = family_sampler(family, config.sampler)
     chosen = select_styles(styles or style_library(config, family), config.styles)
     token, class_word = person_words(run, config.token, config.class_word)
     lora_dir = run_dir / "best" if config.lora == "best" else run_dir
@@ -98,8 +99,8 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     model, model_hash = model_identity(run["base"])
     kohya = lora.kohya_file(lora_dir)
     shared = {
-        "lora_scale": config.lora_scale, "sampler": SAMPLERS[config.sampler].label,
-        "schedule_type": SAMPLERS[config.sampler].schedule_type, "width": resolution, "height": resolution,
+        "lora_scale": config.lora_scale, "sampler": SAMPLERS[sampler].label,
+        "schedule_type": SAMPLERS[sampler].schedule_type, "width": resolution, "height": resolution,
         "model": model, "model_hash": model_hash, "lora": str(lora_dir / lora.LORA_FILE),
         # A1111 names the LoRA by the kohya file it loads, and hashes that file its own way.
         "lora_name": kohya.stem, "lora_hash": lora_hash(kohya) if kohya.is_file() else None,
@@ -124,11 +125,11 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     missing = [e for e in planned if not (manifest.get(e["file"]) == e and (out_dir / e["file"]).is_file())]
     if missing:
         loaded = {} if loaded is None else loaded
-        key = (str(lora_dir.resolve()), shared["lora_hash"], config.sampler, shared["vae"])
+        key = (str(lora_dir.resolve()), shared["lora_hash"], sampler, shared["vae"])
         if loaded.get("key") != key:
             device = "cuda" if torch.cuda.is_available() else "cpu"
             with contextlib.nullcontext() if progress else _no_loading_bars():
-                loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, config.sampler, vae=shared["vae"]))
+                loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, sampler, vae=shared["vae"]))
             with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
                 lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
         pipe = loaded["pipe"]
@@ -143,7 +144,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     for entry in tqdm(missing, desc="sampling portraits", unit="img", **({} if progress else {"disable": True})):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
-            array = pipe(entry["prompt"], negative_prompt=entry["negative_prompt"], num_inference_steps=entry["steps"],
+            array = pipe(**prompt_arguments(pipe, entry["prompt"], entry["negative_prompt"]), num_inference_steps=entry["steps"],
                          guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
                          output_type="np", **(sampling_sizes(resolution) if family == "sdxl" else {})).images
         if problem := decode_problem(array):  # never save a black square as a portrait

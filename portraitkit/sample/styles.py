@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from portraitkit.core.errors import PortraitkitError
 
-FAMILIES = ("sd", "sdxl")
+FAMILIES = ("sd", "sdxl", "flux2")
 # What `portraitkit sample` renders when no --styles are given: four looks people most often
 # want, 16 images at the default 4 per style (a few minutes for SD1.5 on a T4).
 DEFAULT_STYLES = ("studio", "natural", "outdoor", "corporate")
@@ -59,7 +59,7 @@ def builtin_spec() -> dict:
 def load_styles(*sources: str | os.PathLike | Mapping | Style, family: str = "sd") -> dict[str, Style]:
     """The built-in styles plus `sources` (files, dicts or Style objects, later ones win), by name.
 
-    `family` is the base model's: "sd" (Stable Diffusion 1.x/2.x) or "sdxl".
+    `family` is the base model's: "sd" (Stable Diffusion 1.x/2.x), "sdxl" or "flux2" (FLUX.2 [klein]).
     """
     if family not in FAMILIES:
         raise PortraitkitError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
@@ -116,7 +116,12 @@ def _where(error: Exception) -> str:
 
 def resolve_style(name: str, fields: Mapping[str, Any], defaults: Mapping[str, Any], family: str) -> Style:
     """family defaults < the style's own fields < the style's fields for this family."""
-    merged = {**defaults.get(family, {}), **{k: v for k, v in fields.items() if k not in FAMILIES}, **fields.get(family, {})}
+    own = fields.get(family, {})
+    if family == "flux2" and not own and "prompt" in fields.get("sdxl", {}):
+        # FLUX.2's Qwen3 encoder reads whole sentences, as SDXL's encoders do: a style without a
+        # flux2 section takes its SDXL prompt (not its negative words: klein's defaults have none)
+        own = {"prompt": fields["sdxl"]["prompt"]}
+    merged = {**defaults.get(family, {}), **{k: v for k, v in fields.items() if k not in FAMILIES}, **own}
     if not merged.get("prompt"):
         raise PortraitkitError(f"style '{name}' has no prompt for {family} models: add `prompt` (with {{token}} and {{class_word}})")
     prompt = " ".join(str(merged["prompt"]).split())

@@ -134,6 +134,12 @@ def encode_images(pipe, images: list, resolution: int):
     digits of every latent the whole run trains on (diffusers' SDXL scripts keep the VAE in fp32)."""
     import torch
 
+    from portraitkit.models import klein
+    from portraitkit.models.lora import family
+
+    # FLUX.2's latents are patched and normalised by its VAE's batch-norm statistics (`klein`)
+    encode = klein.encode_images if family(pipe) == "flux2" else (lambda vae, pixels: vae.encode(pixels).latent_dist.mean
+                                                                   * vae.config.scaling_factor)
     vae = pipe.vae
     dtype = vae.dtype
     if dtype != torch.float32:  # diffusers warns on every cast, also when no module must stay fp32: cast only when needed
@@ -143,7 +149,7 @@ def encode_images(pipe, images: list, resolution: int):
         with torch.no_grad():
             for image in images:
                 pixels = image_to_tensor(image, resolution)[None].to(vae.device, torch.float32)
-                latents.append(vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor)
+                latents.append(encode(vae, pixels))
     finally:
         if dtype != torch.float32:
             vae.to(dtype=dtype)
@@ -151,7 +157,12 @@ def encode_images(pipe, images: list, resolution: int):
 
 
 def encode_text(pipe, captions: list[str], device) -> dict:
-    """Prompt embeddings the UNet is conditioned on (plus SDXL's pooled embedding)."""
+    """Prompt embeddings the UNet or transformer is conditioned on (plus SDXL's pooled embedding)."""
+    from portraitkit.models import klein
+    from portraitkit.models.lora import family
+
+    if family(pipe) == "flux2":
+        return {"embeds": klein.encode_prompts(pipe, captions, device)}
     if hasattr(pipe, "text_encoder_2"):
         embeds, _, pooled, _ = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
         return {"embeds": embeds, "pooled": pooled}

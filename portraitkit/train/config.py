@@ -37,6 +37,9 @@ class TrainConfig:
                            choices=("adamw8bit", "adamw"))
     mixed_precision: str = setting("auto (fp16 on a T4, bf16 where supported, fp32 on CPU), no, fp16 or bf16", "auto",
                                  choices=("auto", "no", "fp16", "bf16"))
+    quantize: str = setting("FLUX.2 bases on a GPU: the frozen transformer in fp16 (none), in 4-bit NF4 (nf4, needs bitsandbytes), "
+                            "or auto: fp16 where the planner finds it fits the GPU and the RAM, else NF4 (a free T4)", "auto",
+                            choices=("auto", "none", "nf4"))
     gradient_checkpointing: bool | None = setting(
         "recompute activations in the backward pass: far less memory, about a third more compute per step; "
         "default: off only where the planner finds the run fits the GPU with room to spare without it, on elsewhere and on a CPU", None)

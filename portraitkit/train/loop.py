@@ -58,7 +58,6 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
 def _train(config: TrainConfig, on_step, held: dict) -> Path:
     import torch
     from accelerate.utils import parse_flag_from_env
-    from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
@@ -101,13 +100,15 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
         examples, held_out = split_holdout(examples, config.holdout)
         if main and held_out:
             record_in_config(run_dir, holdout=[e["file_name"] for e in held_out])
+        from portraitkit.models.bases import resolve_base
+        family = resolve_base(config.base).family
+        check_family_settings(config, family)
         if config.validate:  # an unknown style or unreadable token fails now, not at the first validation
-            from portraitkit.models.bases import resolve_base
-            validate.validation_recipe(config, resolve_base(config.base).family)
+            validate.validation_recipe(config, family)
         resolution = training_resolution(config, examples)
-        pipe, lora_modules = load_for_training(config, weight_dtype)
+        pipe, lora_modules = load_for_training(config, weight_dtype, quantize_transformer(config, family, gpu))
     if checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        lora.denoiser(pipe).enable_gradient_checkpointing()
         if config.train_text_encoder:
             for encoder in lora.text_encoders(pipe):
                 # Non-reentrant: transformers 4's default (reentrant) checkpointing passes no gradient
@@ -130,9 +131,10 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
 
     trainable = {f"{prefix}.{name}": parameter for prefix, module in lora_modules.items()
                  for name, parameter in module.named_parameters() if parameter.requires_grad}
-    param_groups = [{"params": [p for n, p in trainable.items() if n.startswith("unet.")], "lr": config.lr}]
+    param_groups = [{"params": [p for n, p in trainable.items() if n.startswith(("unet.", "transformer."))], "lr": config.lr}]
     if config.train_text_encoder:
-        param_groups.append({"params": [p for n, p in trainable.items() if not n.startswith("unet.")], "lr": config.text_encoder_lr})
+        param_groups.append({"params": [p for n, p in trainable.items() if not n.startswith(("unet.", "transformer."))],
+                             "lr": config.text_encoder_lr})
     optimizer = make_optimizer(param_groups, config)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
     if resume_from is not None:
@@ -142,11 +144,11 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
             accelerator.scaler.load_state_dict(state["scaler"])
         print(f"Resumed from {resume_from.name}.")
     # Mixed precision comes from accelerator.autocast(); the UNet itself is not wrapped (`parallel`).
-    unet = pipe.unet
+    unet = lora.denoiser(pipe)  # SD's UNet or FLUX.2's transformer
     # The scheduler is not prepared: accelerate would step it once per process at every optimizer
     # step (warm-up N times too fast, and shifted on a resume with another process count).
     optimizer = accelerator.prepare(optimizer)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler = objective.training_scheduler(pipe)
     latent_shape = tuple(cache["latents"].shape[1:])
     class_count = len(class_cache["latents"]) if class_cache is not None else 0
 
@@ -178,11 +180,10 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
                 if config.output_preservation:  # the class caption, through the UNet with and without the LoRA
                     preserve = preservation_inputs(pipe, cache, drawn.picks, [objective.class_caption(examples[i]["text"],
                                                    config.class_prompt) for i in drawn.picks], device)
-                # 2. noise the latents at the drawn timesteps, predict the noise, weigh the error
+                # 2. noise the latents at the drawn timesteps, predict the noise (SD) or the velocity (FLUX.2), weigh the error
                 with accelerator.autocast():
-                    per_sample = objective.loss_of_draw(unet, noise_scheduler, latents, drawn.noise.to(device),
-                                                        drawn.timesteps.to(device), unet_conditioning(cond, resolution, weight_dtype),
-                                                        config.snr_gamma, weight_dtype, mask, config.background_weight)
+                    per_sample = objective.step_loss(pipe, noise_scheduler, latents, drawn.noise.to(device), drawn.timesteps.to(device),
+                                                     cond, resolution, config.snr_gamma, weight_dtype, mask, config.background_weight)
                     if config.output_preservation:
                         n = len(drawn.picks)
                         preservation = objective.preservation_loss(
@@ -249,6 +250,22 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
 
 
 # --- set-up -----------------------------------------------------------------------------------
+
+
+def check_family_settings(config: TrainConfig, family: str) -> None:
+    """Refuse, before loading, what portraitkit does not do for a FLUX.2 base yet: its Qwen3 encoder
+    is never trained (its embeddings are cached once), and prior or output preservation and DoRA
+    are not written for its transformer."""
+    if family != "flux2":
+        if config.quantize == "nf4":
+            raise PortraitkitError("--quantize nf4 is for FLUX.2 [klein] bases; Stable Diffusion trains with fp16 weights: leave it out")
+        return
+    unsupported = [flag for flag, on in (("--train-text-encoder", config.train_text_encoder), ("--dora", config.dora),
+                                         ("--class-dir", config.class_dir is not None),
+                                         ("--output-preservation", config.output_preservation)) if on]
+    if unsupported:
+        raise PortraitkitError(f"{', '.join(unsupported)}: not available for FLUX.2 [klein] bases yet; train without "
+                               f"{'it' if len(unsupported) == 1 else 'them'}")
 
 
 def training_resolution(config: TrainConfig, examples: list[dict]) -> int:
@@ -333,14 +350,31 @@ def resolved_precision(config: TrainConfig, gpu: bool) -> str:
     return "bf16" if native_bf16 else "fp16"
 
 
-def load_for_training(config: TrainConfig, weight_dtype) -> tuple:
-    """The base in `weight_dtype` with LoRA layers (fp32, training mode) added, all still in RAM:
-    what `train` holds before its first move to the GPU. Returns (pipeline, {name: module that trains})."""
+def quantize_transformer(config: TrainConfig, family: str, gpu: bool, device=None) -> bool:
+    """Whether a FLUX.2 run loads its frozen transformer in 4-bit NF4: --quantize nf4, or with auto
+    where the planner finds the fp16 recipe does not fit this GPU (`device`, default the local one)
+    or the RAM, as on a free T4. Never on a CPU (bitsandbytes' 4-bit layers need CUDA) nor for SD;
+    a planner failure chooses NF4, the choice that fits."""
+    if family != "flux2" or not gpu or config.quantize == "none":
+        return False
+    if config.quantize == "nf4":
+        return True
+    try:
+        return planner.plan_for_training(config, device or planner.local_cuda_device()).config.quantize == "nf4"
+    except Exception as error:  # a planner failure must not stop a run: the memory-safe recipe
+        print(f"portraitkit: could not estimate memory ({type(error).__name__}: {error}); transformer in NF4.")
+        return True
+
+
+def load_for_training(config: TrainConfig, weight_dtype, quantized: bool = False) -> tuple:
+    """The base in `weight_dtype` with LoRA layers (fp32, training mode) added, all still in RAM
+    (a `quantized` FLUX.2 transformer is already on the GPU: bitsandbytes quantises it there while
+    loading): what `train` holds before its first move to the GPU. Returns (pipeline, {name: module that trains})."""
     from accelerate.utils import set_seed
 
     from portraitkit.models.bases import load_pipeline
 
-    pipe = load_pipeline(config.base, dtype=weight_dtype, vae=config.vae)
+    pipe = load_pipeline(config.base, dtype=weight_dtype, vae=config.vae, transformer_nf4=quantized)
     set_seed(config.seed)  # the LoRA's random initialisation
     lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder, use_dora=config.dora)
     for module in lora_modules.values():

@@ -20,7 +20,9 @@
   DreamBooth's prior preservation it needs no class images, only one more forward pass per step.
 
 Both sit in `loss_of_draw`, the loss of one draw of noise and timesteps, with min-SNR weighting
-(Hang et al., ICCV 2023). All are plain functions of tensors and seeds, so tests check them on
+(Hang et al., ICCV 2023). `step_loss` is the one place a training step tells the families apart:
+Stable Diffusion predicts the noise (`loss_of_draw`), FLUX.2 [klein] the flow's velocity
+(`models.klein.velocity_prediction`); the same masked loss scores both. All are plain functions of tensors and seeds, so tests check them on
 their own, and notebook 04 checks its by-hand step against `loss_of_draw`.
 """
 
@@ -135,6 +137,39 @@ def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning:
     prediction = unet(noisy.to(dtype or latents.dtype), timesteps, **conditioning).sample.float()
     target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
     return masked_loss(prediction, target, mask, background_weight) * snr_weights(noise_scheduler, timesteps, snr_gamma)
+
+
+def training_scheduler(pipe):
+    """The noise schedule a run draws its timesteps from: SD's DDPM schedule, or FLUX.2's flow matching."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from portraitkit.models.lora import family
+
+    if family(pipe) == "flux2":
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def step_loss(pipe, noise_scheduler, latents, noise, timesteps, cond: dict, resolution: int, snr_gamma: float | None,
+              dtype=None, mask=None, background_weight: float = 0.0):
+    """The per-sample loss of one draw for the pipeline's family; `timesteps` are the draw's
+    integers below the schedule's length (`draws.draw`).
+
+    FLUX.2: the integer t becomes the uniform u = (t + 1) / 1000 and then the shifted noise level
+    (`klein.shifted_sigmas`), the flow's velocity is scored by the same masked MSE, with no
+    min-SNR weighting (an epsilon-prediction remedy; flow-matching trainers weigh every level alike)."""
+    from portraitkit.models import klein
+    from portraitkit.models.conditioning import unet_conditioning
+    from portraitkit.models.lora import family
+
+    if family(pipe) == "flux2":
+        sigmas = klein.shifted_sigmas((timesteps.float() + 1) / noise_scheduler.config.num_train_timesteps)
+        prediction, target = klein.velocity_prediction(pipe.transformer, latents, noise, sigmas, cond["embeds"], dtype or latents.dtype)
+        loss = masked_loss(prediction, target, mask, background_weight)
+        klein.finite_or_stop(loss)  # fp16 on a T4: stop at the first overflow, never train on NaN
+        return loss
+    return loss_of_draw(pipe.unet, noise_scheduler, latents, noise, timesteps, unet_conditioning(cond, resolution, dtype or latents.dtype),
+                        snr_gamma, dtype, mask, background_weight)
 
 
 def snr_weights(noise_scheduler, timesteps, gamma: float | None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
-MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
+MODELS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")  # FLUX.2 has a transformer, SD a UNet
 
 
 class Placement:
@@ -28,7 +28,8 @@ class Placement:
     def _place(self, names) -> None:
         import torch
 
-        wanted = frozenset(n for n in names if self._model(n) is not None)
+        # A bitsandbytes-quantised model was loaded onto the GPU and cannot move: it stays there.
+        wanted = frozenset(n for n in names if self._model(n) is not None) | self._pinned()
         # Leaving first, then arriving: the GPU never holds both sets at once.
         for name in sorted(self.here - wanted):
             self._model(name).to("cpu")
@@ -37,6 +38,9 @@ class Placement:
         for name in sorted(wanted - self.here):
             self._model(name).to(self.device)
         self.here = wanted
+
+    def _pinned(self) -> frozenset:
+        return frozenset(n for n in MODELS if getattr(self._model(n), "is_quantized", False))
 
     @contextlib.contextmanager
     def on(self, *names: str):

@@ -51,7 +51,8 @@ def validation_recipe(config, family: str) -> list[dict]:
         raise PortraitkitError(f"validation draws sample's styles for the person's token and class word, which could not be read "
                                f"from {config.dataset_dir} (captions begin \"a photo of TOKEN CLASS\" when `portraitkit prep` "
                                "writes them): prepare the photos with prep, or train with --no-validate") from None
-    return recipe.draws(styles, token, class_word, config.validation_seeds, config.validation_steps)
+    return recipe.draws(styles, token, class_word, config.validation_seeds, config.validation_steps,
+                        sampler=recipe.family_sampler(family))
 
 
 def run_validation(pipe, placement, config, examples: list[dict], resolution: int, run_dir: Path, step: int,
@@ -67,7 +68,7 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
 
     device = placement.device
     draws = validation_recipe(config, lora.family(pipe))
-    training = [module for module in (pipe.unet, *lora.text_encoders(pipe)) if module.training]
+    training = [module for module in (lora.denoiser(pipe), *lora.text_encoders(pipe)) if module.training]
     for module in training:  # inference mode for the pictures; back to training at the end
         module.eval()
     looping = placement.here  # the UNet and any text encoder that trains stay where the loop has them
@@ -79,7 +80,8 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
                       for pair in dict.fromkeys((d["prompt"], d["negative_prompt"]) for d in draws)}
     folder = run_dir / "validation" / f"step_{step:06d}"
     images, problems = [], []
-    denoiser = without_text_encoders(pipe, scheduler=recipe.make_scheduler(recipe.DEFAULT_SAMPLER, pipe.scheduler.config))
+    sampler = recipe.family_sampler(lora.family(pipe))
+    denoiser = without_text_encoders(pipe, scheduler=recipe.make_scheduler(sampler, pipe.scheduler.config))
     # No fp16 autocast here: it would force the VAE's convolutions into fp16, where SDXL's VAE
     # overflows to NaN whatever dtype the pipeline upcasts it to. peft's layers cast their
     # inputs themselves, so the fp32 LoRA runs beside the half-precision base without it.
@@ -127,6 +129,12 @@ def without_text_encoders(pipe, scheduler=None):
 def prompt_embeddings(pipe, prompt: str, negative_prompt: str, device) -> dict:
     """A prompt and its negative prompt as the embeddings the pipeline's call takes, so the
     text encoders need not stay on the GPU while it denoises and decodes."""
+    if lora.family(pipe) == "flux2":
+        from portraitkit.models import klein
+
+        # klein's pipeline guides against the empty prompt when it is given no negative embeddings
+        return {"prompt_embeds": klein.encode_prompts(pipe, [prompt], device),
+                "negative_prompt_embeds": klein.encode_prompts(pipe, [negative_prompt], device)}
     if hasattr(pipe, "text_encoder_2"):
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negative_prompt)
@@ -274,9 +282,9 @@ def validation_loss(pipe, cache: dict, captions: list[str], noise_scheduler, res
     luckier than another."""
     import torch
 
-    from portraitkit.train.objective import loss_of_draw
+    from portraitkit.train.objective import step_loss
 
-    device = pipe.unet.device
+    device = lora.denoiser(pipe).device
     count = len(cache["latents"])
     picks = [i for i in range(count) for _ in range(HELD_OUT_DRAWS)]
     total = noise_scheduler.config.num_train_timesteps
@@ -285,8 +293,8 @@ def validation_loss(pipe, cache: dict, captions: list[str], noise_scheduler, res
     timesteps = torch.tensor([int((k + 0.5) * total / HELD_OUT_DRAWS) for _ in range(count) for k in range(HELD_OUT_DRAWS)])
     with torch.no_grad():
         latents, cond = batch_inputs(pipe, cache, picks, [captions[i] for i in picks], [False] * len(picks), device)
-        per_sample = loss_of_draw(pipe.unet, noise_scheduler, latents, noise.to(device), timesteps.to(device),
-                                  unet_conditioning(cond, resolution, dtype or latents.dtype), snr_gamma, dtype)
+        per_sample = step_loss(pipe, noise_scheduler, latents, noise.to(device), timesteps.to(device), cond, resolution,
+                               snr_gamma, dtype)
     return round(float(per_sample.mean()), 6)
 
 
@@ -306,6 +314,9 @@ def denoising_loss(base: str, dataset_dir: str, lora_dir: str | None = None, res
     from portraitkit.models.bases import load_pipeline
 
     pipe = load_pipeline(base)
+    if lora.family(pipe) == "flux2":
+        raise PortraitkitError("denoising_loss measures Stable Diffusion's noise prediction; for a FLUX.2 base, train with "
+                               "--holdout N and read the held-out photos' validation_loss in train_log.jsonl")
     if lora_dir is not None:
         lora.load(pipe, lora_dir)
     examples = load_examples(dataset_dir)

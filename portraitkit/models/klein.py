@@ -1,0 +1,223 @@
+"""FLUX.2 [klein] 4B, the diffusion-transformer base (family "flux2"): its toy build, its latents,
+its text embeddings and its flow-matching training step.
+
+Why this family (issue 25): the 4B models are Apache-2.0 (the 9B ones are FLUX Non-Commercial),
+the transformer is the smallest of the 2026 families (~3.9B parameters, ~7.8 GB in fp16, so it
+fits a T4 once quantised to 4-bit), and Black Forest Labs publish an undistilled *base*
+checkpoint "for fine-tuning, LoRA training" (black-forest-labs/flux2 README, model overview),
+which ai-toolkit and OneTrainer train person LoRAs on. diffusers ships the whole pipeline
+(Flux2KleinPipeline, Flux2Transformer2DModel, AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler)
+in Colab's 0.39 and in 0.42.
+
+How the pieces differ from Stable Diffusion, and so what this module does for the rest of portraitkit:
+- latents: the VAE has 32 channels; the pipeline groups them into 2x2 patches (128 channels at
+  1/16 of the image size) and normalises each channel with the VAE's own batch-norm statistics
+  (`vae.bn`), instead of SD's single scaling factor. `encode_images` does both and keeps the
+  spatial layout, so a face mask at that size still multiplies the loss; `pack` makes the
+  token sequence the transformer reads.
+- text: Qwen3 (a causal language model) reads the caption wrapped in its chat template, and
+  the hidden states of three of its layers are stacked into one 3 x 2560 = 7680-wide embedding
+  per token, padded to 512 tokens. The transformer gets no attention mask, so the padding takes
+  part in attention: training and sampling must pad alike, hence the pipeline's own encoder.
+- objective: rectified flow. x_t = (1 - sigma) x_0 + sigma * noise and the transformer predicts
+  the velocity noise - x_0 (diffusers' Flux training scripts define the target so), at the
+  timestep sigma * 1000 given to the model as sigma.
+"""
+
+from __future__ import annotations
+
+KLEIN_REPO = "black-forest-labs/FLUX.2-klein-base-4B"
+# The attention projections of both kinds of block: the double-stream blocks' image (to_*) and
+# text (add_*) projections, and the single-stream blocks' fused projection (q, k, v and the MLP's
+# input in one matrix: FLUX.2 fuses them) and its output. ai-toolkit and DiffSynth adapt the
+# feed-forward layers (`ff.linear_in`/`linear_out`) too; attention alone keeps the file small.
+DOUBLE_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+SINGLE_TARGETS = ("to_qkv_mlp_proj", "to_out")
+# The layers of Qwen3 whose hidden states the pipeline stacks (its default, and what the real
+# 36-layer encoder is used with); the toy encoder has 27 layers so that the same indices exist.
+TEXT_LAYERS = (9, 18, 27)
+MAX_TOKENS = 512  # the pipeline's default padding length
+# The shift of the flow-matching schedule, sigma -> shift*sigma / (1 + (shift - 1)*sigma): it moves
+# the training timesteps towards the noisy end, where a 1024 px picture's composition is decided.
+# 3.0 is the `shift` of FLUX's FlowMatchEulerDiscreteScheduler config and ai-toolkit's default.
+SHIFT = 3.0
+
+
+def lora_targets(transformer) -> list[str]:
+    """The full names of the transformer's attention projections that get a LoRA."""
+    names = []
+    for name, _ in transformer.named_modules():
+        if name.startswith("transformer_blocks.") and any(name.endswith(".attn." + t) for t in DOUBLE_TARGETS):
+            names.append(name)
+        elif name.startswith("single_transformer_blocks.") and any(name.endswith(".attn." + t) for t in SINGLE_TARGETS):
+            names.append(name)
+    return names
+
+
+# --- the toy base -----------------------------------------------------------------------------
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte) and the chat template's
+    special tokens, built offline: Qwen's own tokenizer would be a 10 MB download. Same class
+    and chat-template call as the real one, so the pipeline's prompt encoding runs unchanged."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    # Qwen3's template as the pipeline uses it: one user turn, then the assistant's turn opened
+    # (with thinking turned off the real template adds an empty think block, which this toy omits).
+    template = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return Qwen2TokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                              unk_token=None, bos_token=None, chat_template=template, model_max_length=MAX_TOKENS)
+
+
+def build_tiny():
+    """A toy Flux2KleinPipeline: the real classes at toy size, random weights from fixed seeds.
+
+    The VAE keeps the real 8x downsampling (four blocks), so 64 px pictures make 8x8 latents,
+    4x4 patches, 16 image tokens; the transformer keeps both kinds of block and the 4-axis
+    rotary embedding; the text encoder has 27 layers so that the pipeline's layers 9, 18, 27 exist.
+    """
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from portraitkit.core.quiet import quiet
+
+    with quiet():
+        from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+
+    tokenizer = tiny_tokenizer()
+    width = 16
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(block_out_channels=(8, 16, 16, 16), norm_num_groups=8, latent_channels=4,
+                             layers_per_block=1, sample_size=64)
+    torch.manual_seed(1)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4 * 4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=3 * width, timestep_guidance_channels=32, mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4),
+        rope_theta=2000, eps=1e-6, guidance_embeds=False,
+    )
+    torch.manual_seed(2)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=max(TEXT_LAYERS),
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=MAX_TOKENS,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER)
+    return Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=False)
+
+
+# The scheduler configuration of the FLUX family's FlowMatchEulerDiscreteScheduler (shift 3 with
+# resolution-dependent dynamic shifting; the klein pipeline computes its own mu at sampling).
+SCHEDULER = {"num_train_timesteps": 1000, "shift": SHIFT, "use_dynamic_shifting": True, "base_shift": 0.5,
+             "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+
+
+# --- latents, text, the objective ---------------------------------------------------------------
+
+
+def encode_images(vae, pixels):
+    """Pixels in [-1, 1] (B, 3, H, W) -> normalised patch latents (B, 4 x 32, H/16, W/16): the
+    VAE's mean (no sampling, as the pipeline encodes its reference images), 2x2 patches, and the
+    VAE's batch-norm statistics."""
+    import torch
+
+    latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+    b, c, h, w = latents.shape
+    patches = latents.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+    mean = vae.bn.running_mean.view(1, -1, 1, 1).to(patches)
+    std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(patches)
+    return ((patches - mean) / std).float()
+
+
+def encode_prompts(pipe, captions: list[str], device=None):
+    """Caption -> (B, 512, 3 x hidden) embeddings, as the pipeline makes them when it samples."""
+    import torch
+
+    from portraitkit.core.errors import PortraitkitError
+
+    embeds, _ = pipe.encode_prompt(captions, device=device or pipe.text_encoder.device, max_sequence_length=MAX_TOKENS,
+                                   text_encoder_out_layers=TEXT_LAYERS)
+    if not torch.isfinite(embeds).all():  # an LLM's activations can pass fp16's 65504: never cache NaN captions
+        raise PortraitkitError("Qwen3 encoded the captions to NaN or infinity (an fp16 overflow): train with "
+                               "--mixed-precision no, or on a GPU with bf16")
+    return embeds
+
+
+def pack(latents):
+    """(B, C, H, W) -> (B, H*W, C) tokens and their (t, h, w, l) position ids, row by row as the
+    pipeline orders them."""
+    import torch
+
+    b, c, h, w = latents.shape
+    tokens = latents.reshape(b, c, h * w).permute(0, 2, 1)
+    ids = torch.cartesian_prod(torch.arange(1), torch.arange(h), torch.arange(w), torch.arange(1))
+    return tokens, ids.to(latents.device)
+
+
+def text_ids(embeds):
+    """The text tokens' position ids: (0, 0, 0, index) each."""
+    import torch
+
+    length = embeds.shape[1]
+    return torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(length)).to(embeds.device)
+
+
+def shifted_sigmas(uniform, shift: float = SHIFT):
+    """Uniform draws in (0, 1) -> the shifted noise levels training uses."""
+    return shift * uniform / (1 + (shift - 1) * uniform)
+
+
+def velocity_prediction(transformer, latents, noise, sigmas, embeds, dtype):
+    """(predicted velocity, true velocity) for clean `latents` noised to `sigmas` (one per example),
+    both (B, C, H, W) in fp32: x_t = (1 - sigma) x_0 + sigma * noise, target noise - x_0."""
+    s = sigmas.view(-1, 1, 1, 1).to(latents)
+    noisy = (1 - s) * latents + s * noise
+    tokens, image_ids = pack(noisy)
+    prediction = transformer(hidden_states=tokens.to(dtype), encoder_hidden_states=embeds.to(dtype), timestep=sigmas.to(dtype),
+                             img_ids=image_ids, txt_ids=text_ids(embeds), guidance=None, return_dict=False)[0]
+    b, c, h, w = latents.shape
+    return prediction.float().permute(0, 2, 1).reshape(b, c, h, w), (noise - latents).float()
+
+
+def finite_or_stop(loss) -> None:
+    """Stop at the first non-finite loss with what to do, rather than train a LoRA of NaN."""
+    import torch
+
+    from portraitkit.core.errors import PortraitkitError
+
+    if not torch.isfinite(loss).all():
+        raise PortraitkitError("the loss became NaN or infinite (an fp16 overflow in the transformer, or too high a "
+                               "learning rate): lower --lr, or train with --mixed-precision no")
+
+
+def load_transformer_nf4(source: str):
+    """The frozen transformer in bitsandbytes' 4-bit NormalFloat (QLoRA's recipe), computing in
+    fp16 (a T4 has no bf16), quantised on the GPU while it loads: it never sits in RAM whole.
+    Unmeasured here (this machine has no GPU): benchmarks/gpu_check.py measures it."""
+    import torch
+
+    from portraitkit.core.errors import PortraitkitError
+    from portraitkit.core.quiet import quiet
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:
+        raise PortraitkitError(f"the 4-bit transformer needs bitsandbytes, which could not be loaded ({type(error).__name__}: "
+                               f"{error}): `pip install -U bitsandbytes` (then restart the runtime in Colab), or --quantize none "
+                               "on a GPU with room for the fp16 transformer") from None
+    with quiet():
+        from diffusers import BitsAndBytesConfig, Flux2Transformer2DModel
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
+    return Flux2Transformer2DModel.from_pretrained(source, subfolder="transformer", quantization_config=config,
+                                                   torch_dtype=torch.float16, use_safetensors=True)

@@ -1,0 +1,302 @@
+"""FLUX.2 [klein] 4B (`--base klein4b`) and its offline toy `tiny-klein`.
+
+The toy base has the real classes (Flux2KleinPipeline, Flux2Transformer2DModel, AutoencoderKLFlux2,
+Qwen3ForCausalLM, a Qwen2 tokenizer with a chat template) at toy size with random weights: on it
+these tests prove the mechanics (latents, objective, files, resume, sampling) and nothing about
+portraits. The real model's sizes are checked on the meta device, its speed and memory on a GPU
+are not measured here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+
+from portraitkit.core.errors import PortraitkitError
+from portraitkit.models import klein, lora
+from portraitkit.models.bases import load_pipeline, resolve_base
+from portraitkit.train.config import TrainConfig
+from portraitkit.train.loop import train
+
+
+@functools.lru_cache(maxsize=1)
+def _base():
+    return load_pipeline("tiny-klein")
+
+
+def _render(pipe):
+    return pipe(prompt="a photo of sks person", height=64, width=64, num_inference_steps=2, guidance_scale=4.0,
+                generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+
+def test_tiny_klein_is_built_offline_from_the_real_classes(monkeypatch):
+    """Fails if the preset is not the FLUX.2 family, the tokenizer needs the hub, or the chat
+    template the pipeline applies is missing."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = resolve_base("tiny-klein")
+    assert (spec.family, spec.offline) == ("flux2", True)
+    assert resolve_base("klein4b").source == "black-forest-labs/FLUX.2-klein-base-4B"
+    pipe = _base()
+    assert [type(getattr(pipe, name)).__name__ for name in ("transformer", "vae", "text_encoder", "scheduler")] == [
+        "Flux2Transformer2DModel", "AutoencoderKLFlux2", "Qwen3ForCausalLM", "FlowMatchEulerDiscreteScheduler"]
+    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                              add_generation_prompt=True, enable_thinking=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert pipe.tokenizer.decode(pipe.tokenizer("a photo, é")["input_ids"]) == "a photo, é"  # byte-level: nothing lost
+
+
+def test_latents_and_text_are_the_pipelines_own():
+    """`klein.encode_images` must equal the pipeline's reference-image encoding (patches, then the
+    VAE's batch-norm statistics), and `encode_prompts` its prompt encoding; a wrong patch order,
+    a missing normalisation or other hidden layers fail."""
+    pipe = _base()
+    with torch.no_grad():
+        pipe.vae.bn.running_mean.normal_()  # the toy's statistics are (0, 1): make them matter
+        pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        ours = klein.encode_images(pipe.vae, pixels)
+        theirs = pipe._encode_vae_image(pixels, generator=None)
+        embeds, _ = pipe.encode_prompt(["a photo"], device="cpu")
+        pipe.vae.bn.running_mean.zero_()
+    assert ours.shape == (2, 16, 4, 4) and torch.allclose(ours, theirs, atol=1e-6)
+    assert torch.equal(klein.encode_prompts(pipe, ["a photo"]), embeds)
+
+
+def test_the_step_loss_is_the_flow_matching_loss_done_by_hand():
+    """The loop's loss on FLUX.2 is mean((v_pred - (noise - x0))^2) at the shifted sigma of the
+    drawn timestep, with the pipeline's own packing and position ids. Wrong ids, a wrong target
+    (e.g. the noise), no shift or a wrong timestep scale fail."""
+    from portraitkit.train.objective import step_loss, training_scheduler
+
+    pipe = _base()
+    generator = torch.Generator().manual_seed(2)
+    latents, noise = torch.randn(2, 16, 4, 4, generator=generator), torch.randn(2, 16, 4, 4, generator=generator)
+    embeds = torch.randn(2, 512, 48, generator=generator)
+    timesteps = torch.tensor([99, 799])
+    with torch.no_grad():
+        ours = step_loss(pipe, training_scheduler(pipe), latents, noise, timesteps, {"embeds": embeds}, 64, 5.0)
+        u = (timesteps + 1) / 1000
+        sigma = 3 * u / (1 + 2 * u)
+        noisy = (1 - sigma.view(-1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1) * noise
+        velocity = pipe.transformer(hidden_states=pipe._pack_latents(noisy), encoder_hidden_states=embeds, timestep=sigma,
+                                    img_ids=pipe._prepare_latent_ids(noisy), txt_ids=pipe._prepare_text_ids(embeds),
+                                    guidance=None, return_dict=False)[0]
+        by_hand = ((velocity - pipe._pack_latents(noise - latents)) ** 2).mean(dim=(1, 2))
+    assert torch.allclose(ours, by_hand, atol=1e-6)
+
+
+def test_both_lora_files_render_what_the_in_memory_adapter_renders(tmp_path):
+    """diffusers' Flux2KleinPipeline.load_lora_weights reads the diffusers file and the kohya file
+    (BFL key names, q/k/v fused block-diagonally) and renders the in-memory LoRA within 1e-4; the
+    base alone renders differently, so the check can fail. A dropped module, a wrong fusion or a
+    scale not folded in fail it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    pipe = load_pipeline("tiny-klein")
+    lora.add_to_pipeline(pipe, 4, 8, train_text_encoder=False)
+    with torch.no_grad():
+        for name, parameter in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    expected = _render(pipe)
+    lora.save(pipe, tmp_path, 4, 8, train_text_encoder=False, precision="fp32")
+    assert (_render(_base()) - expected).abs().max() > 1e-2
+    for weights in (lora.LORA_FILE, lora.kohya_file(tmp_path).name):
+        fresh = load_pipeline("tiny-klein")
+        fresh.load_lora_weights(load_file(tmp_path / weights))
+        assert (_render(fresh) - expected).abs().max() < 1e-4, weights
+    with safe_open(lora.kohya_file(tmp_path), "pt") as handle:
+        keys, meta = set(handle.keys()), handle.metadata()
+    assert {key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0] for key in keys} == {
+        f"lora_unet_{name}" for name in ("double_blocks_0_img_attn_qkv", "double_blocks_0_img_attn_proj",
+                                          "double_blocks_0_txt_attn_qkv", "double_blocks_0_txt_attn_proj",
+                                          "single_blocks_0_linear1", "single_blocks_0_linear2")}
+    assert meta["ss_base_model_version"] == "flux2_klein_4b_base" and meta["ss_network_dim"] == "4"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, portrait_path):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("dataset")
+    photo = Image.open(portrait_path).convert("RGB")
+    rows = []
+    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340)]):
+        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / f"face_{index}.png")
+        rows.append({"file_name": f"face_{index}.png", "text": "a photo of sks person" + (", smiling" if index else "")})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def _config(dataset, out, **changes) -> TrainConfig:
+    settings = dict(dataset_dir=str(dataset), out_dir=str(out), base="tiny-klein", steps=6, rank=4, lr=1e-3, optimizer="adamw",
+                    checkpoint_every=3, caption_dropout=0.3, validate=False)
+    return TrainConfig(**{**settings, **changes})
+
+
+def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, dataset):
+    """Mechanics only (toy weights): the loop trains the transformer's LoRA (it moves off its
+    zero start), a run killed after its step-3 checkpoint and resumed ends with exactly the
+    uninterrupted run's weights, validation renders and scores, and `sample` draws with the
+    family's own sampler and records it in the PNG."""
+    from safetensors.torch import load_file
+
+    from portraitkit.sample.infotext import read_parameters
+    from portraitkit.sample.render import SampleConfig, sample
+
+    straight = train(_config(dataset, tmp_path / "straight", validate=True, validation_seeds=(0,),
+                             validation_styles=("studio",), validation_steps=2))
+
+    def disconnect(row):
+        if row["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(dataset, tmp_path / "resumed"), on_step=disconnect)
+    resumed = train(_config(dataset, tmp_path / "resumed", resume=True))
+    expected, got = load_file(straight / lora.LORA_FILE), load_file(resumed / lora.LORA_FILE)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert all(value.abs().max() > 0 for key, value in expected.items() if "lora_B" in key)  # B starts at zero
+    told = " ".join(lora.where_the_files_go(straight))  # A1111 runs no FLUX.2: the kohya file is for ComfyUI
+    assert "ComfyUI" in told and "Flux2KleinPipeline" in told and "AUTOMATIC1111" not in told
+    identity = json.loads((straight / "identity.json").read_text())
+    assert [row["step"] for row in identity["steps"]][-1] == 6 and identity["recipe"]["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+    manifest = sample(SampleConfig(run_dir=str(straight), out_dir=str(tmp_path / "images"), styles=["studio"], per_style=1,
+                                   steps=2), progress=False)
+    parameters = read_parameters(tmp_path / "images" / manifest[0]["file"])
+    assert (parameters["Sampler"], parameters["Schedule type"], parameters["CFG scale"]) == ("Euler", "Simple", "4.0")
+
+
+def test_what_klein_does_not_do_is_refused_in_one_sentence(tmp_path, dataset):
+    """Text-encoder training, DoRA and preservation are refused before loading; SD samplers are
+    refused for FLUX.2 and its sampler for SD."""
+    from portraitkit.sample.recipe import family_sampler
+
+    for change in ({"train_text_encoder": True}, {"dora": True}, {"output_preservation": True}):
+        with pytest.raises(PortraitkitError, match="not available for FLUX.2"):
+            train(_config(dataset, tmp_path / "refused", **change))
+    assert family_sampler("flux2") == "flow_euler" and family_sampler("sdxl") == "dpmpp_2m_karras"
+    with pytest.raises(PortraitkitError, match="cannot draw with a FLUX.2"):
+        family_sampler("flux2", "euler_a")
+    with pytest.raises(PortraitkitError, match="FLUX.2's"):
+        family_sampler("sd", "flow_euler")
+
+
+def test_real_size_kohya_keys_and_shapes_are_the_ones_diffusers_reads_back():
+    """The real klein 4B transformer (meta device, published config) gets a LoRA on its 5 double
+    blocks' 8 attention projections and its 20 single blocks' 2 fused ones; its kohya file has the
+    BFL names with the fused shapes (qkv up 3 x 3072 by 3 x rank), and diffusers' own kohya
+    converter gives back every module's exact A and B. A missed block, a wrong BFL name or a
+    wrong fusion fail."""
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux2_lora_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from portraitkit.models import kohya
+    from portraitkit.models.architectures import arch_key, architecture
+    from portraitkit.plan.tracing import meta_component
+
+    transformer = meta_component(arch_key(architecture("klein4b")), "transformer", 2)
+    lora.add_adapters(transformer, 4, klein.lora_targets(transformer))
+    generator = torch.Generator().manual_seed(3)
+    layers = {key: torch.randn(value.shape, generator=generator) for key, value in get_peft_model_state_dict(transformer).items()}
+    assert len(layers) == 2 * (5 * 8 + 20 * 2)
+    file = kohya.flux2_state_dict(layers, torch.float32)
+    assert file["lora_unet_double_blocks_4_img_attn_qkv.lora_up.weight"].shape == (3 * 3072, 3 * 4)
+    assert file["lora_unet_single_blocks_19_linear1.lora_up.weight"].shape == (3 * 3072 + 2 * 9216, 4)
+    assert file["lora_unet_single_blocks_19_linear2.lora_down.weight"].shape == (4, 3072 + 9216)
+    assert len({key.split(".")[0] for key in file}) == 5 * 4 + 20 * 2
+    back = _convert_kohya_flux2_lora_to_diffusers(dict(file))
+    assert back.keys() == {f"transformer.{key}" for key in layers}
+    assert all(torch.equal(back[f"transformer.{key}"], value) for key, value in layers.items())
+
+
+def test_the_t4_plan_needs_nf4_for_the_ram_and_states_the_recipe():
+    """`plan --base klein4b --gpu t4`: the real transformer (3,875,544,576 parameters from the
+    published config) traced on meta; fp16 weights fit the GPU but not a free Colab's RAM beside
+    Qwen3-4B, so auto chooses NF4 and says so; an A100 (no RAM limit) keeps fp16. Estimates,
+    never measured here."""
+    from portraitkit.plan.estimate import plan_run
+
+    t4 = plan_run("klein4b", gpu="t4")
+    assert t4.family == "flux2" and t4.parameters["transformer"] == 3_875_544_576 and t4.config.quantize == "nf4"
+    assert t4.fits and t4.peak_gpu_mem_gb <= 14.75 and t4.config.gradient_checkpointing
+    assert "4-bit NF4" in t4.summary() and "estimates, not measurements" in t4.summary()
+    fp16 = plan_run("klein4b", gpu="t4", quantize="none")
+    assert fp16.fits_gpu and fp16.fits_host is False and "--quantize nf4" in fp16.advice
+    assert fp16.breakdown_gb["transformer"] > 3.5 * t4.breakdown_gb["transformer"]
+    assert plan_run("klein4b", gpu="a100").config.quantize == "none"
+
+
+def test_the_trainer_follows_the_plans_recipe_and_stops_on_nan(tmp_path):
+    """Which recipe `train` picks (no GPU needed: the device is given): NF4 only for FLUX.2 on a
+    GPU, by --quantize or by the planner; never on a CPU. And the NaN guard stops in one sentence."""
+    from portraitkit.plan.devices import DEVICES
+    from portraitkit.train.loop import quantize_transformer
+    from portraitkit.train.objective import step_loss, training_scheduler
+
+    config = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="klein4b")
+    assert quantize_transformer(config, "flux2", gpu=True, device=DEVICES["t4"]) is True
+    assert quantize_transformer(config, "flux2", gpu=True, device=DEVICES["a100"]) is False
+    assert quantize_transformer(config, "flux2", gpu=False) is False
+    assert quantize_transformer(config, "sdxl", gpu=True, device=DEVICES["t4"]) is False
+    forced = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="klein4b", quantize="none")
+    assert quantize_transformer(forced, "flux2", gpu=True, device=DEVICES["t4"]) is False
+    pipe = _base()
+    latents = torch.full((1, 16, 4, 4), float("nan"))
+    with pytest.raises(PortraitkitError, match="NaN or infinite"):
+        step_loss(pipe, training_scheduler(pipe), latents, torch.zeros_like(latents), torch.tensor([10]),
+                  {"embeds": torch.zeros(1, 512, 48)}, 64, None)
+
+
+def test_the_cache_and_the_masked_loss_work_on_the_patch_grid(portrait_path):
+    """The cache encodes klein latents (16 x 4 x 4 for 64 px), Qwen3 captions and their bare
+    trigger phrases once, and brings face masks to the patch grid; the masked loss then counts
+    only the masked patches. A mask at the VAE's 8x8 grid, or an unweighted loss, fail."""
+    from PIL import Image
+
+    from portraitkit.train.cache import encode_examples
+    from portraitkit.train.objective import step_loss, training_scheduler
+
+    pipe = _base()
+    photo = Image.open(portrait_path).convert("RGB").resize((64, 64))
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (0, 0, 8, 8))  # inside the first 16 px patch; dilated by one patch: the top-left 2 x 2 patches
+    examples = [{"image": photo, "text": "a photo of sks person, smiling", "mask": mask}]
+    cache = encode_examples(pipe, examples, 64, with_text=True, bare=True, masks=True)
+    assert cache["latents"].shape == (1, 16, 4, 4) and cache["embeds"].shape == (1, 512, 48)
+    assert not torch.equal(cache["embeds"], cache["bare_embeds"])
+    weights = cache["masks"]
+    assert weights.shape == (1, 1, 4, 4) and weights.sum() == 4  # the patch with the face, dilated by one patch
+    noise = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        masked = step_loss(pipe, training_scheduler(pipe), cache["latents"], noise, t, {"embeds": cache["embeds"]}, 64, None,
+                           mask=weights)
+        plain = step_loss(pipe, training_scheduler(pipe), cache["latents"], noise, t, {"embeds": cache["embeds"]}, 64, None)
+        sigma = klein.shifted_sigmas(torch.tensor([0.501]))
+        prediction, target = klein.velocity_prediction(pipe.transformer, cache["latents"], noise, sigma, cache["embeds"],
+                                                       torch.float32)
+    error = (prediction - target) ** 2
+    assert torch.allclose(masked, error[..., :2, :2].mean().view(1), atol=1e-6)
+    assert torch.allclose(plain, error.mean().view(1), atol=1e-6) and not torch.allclose(masked, plain)
+
+
+def test_placement_leaves_a_quantised_transformer_where_bitsandbytes_put_it():
+    """An NF4 transformer is loaded onto the GPU and cannot move (bitsandbytes): every phase keeps
+    it there, even `keep()` after a failure. Here the meta device stands in for the GPU (a meta
+    tensor cannot be copied out either), so moving it would raise."""
+    from portraitkit.train.placement import Placement
+
+    pipe = load_pipeline("tiny-klein")
+    pipe.transformer.to("meta")
+    pipe.transformer.is_quantized = True
+    placement = Placement(pipe, torch.device("meta"))
+    assert placement.here == {"transformer"}
+    with placement.on():  # a phase without it (caching): it stays
+        assert placement.here == {"transformer"}
+    placement.keep()  # what `release` does after a failure
+    assert placement.here == {"transformer"} and pipe.transformer.device.type == "meta"
