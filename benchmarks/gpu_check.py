@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
               "gpu": bench.gpu_name(), "machine": bench.machine(), "versions": bench.versions(),
               "t4_memory_cap_gib": None if args.tiny else T4_GIB, "bases": {}}
     began = time.perf_counter()
+    from portraitkit.core.files import write_json
+
+    path = Path(args.out) / "gpu_check.json"
     for base in bases:
         folder = bench.prepare_base(base, args.cache or str(work / "bases"))
         resolution = bench.resolution_of(folder)
@@ -81,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
                 "work": str(work / base), "cap_gib": None if args.tiny else T4_GIB}
         result["bases"][base] = check_base(spec) if args.tiny else run_child(spec)
         print(f"{base}: {result['bases'][base]['status']}", flush=True)
-    result["seconds"] = round(time.perf_counter() - began, 1)
-    from portraitkit.core.files import write_json
-
-    path = write_json(Path(args.out) / "gpu_check.json", result)
+        # written after every base: a borrowed machine's time limit that cuts the last base short
+        # (klein4b builds and loads 16 GB) still leaves the figures of the ones before
+        result["seconds"] = round(time.perf_counter() - began, 1)
+        result["complete"] = base == bases[-1]
+        write_json(path, result)
     print(f"Wrote {path}")
     return 0 if all(r["status"] == "ok" for r in result["bases"].values()) else 1
 

@@ -19,6 +19,7 @@ def test_the_tiny_check_trains_samples_and_writes_one_json_with_the_t4_estimates
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["tiny"] is True and result["gpu"] is None and result["versions"]["diffusers"]
+    assert result["complete"] is True  # every base asked for was checked (the file is rewritten after each)
     check = result["bases"]["tiny-sdxl"]
     assert check["status"] == "ok"
     assert len(check["train"]["losses"]) == 2 and all(math.isfinite(loss) for loss in check["train"]["losses"])

@@ -244,3 +244,11 @@ def test_a_planner_failure_never_blocks_training(monkeypatch, capsys):
     monkeypatch.setattr(portraitkit.plan.estimate, "plan_for_training", broken)
     check_training_fits(TrainConfig(dataset_dir="d", out_dir="o"))
     assert "could not estimate memory" in capsys.readouterr().out
+
+
+def test_validation_longer_than_training_says_how_to_shorten_it():
+    long = plan_run("sdxl", gpu="t4", advise=False)  # 10 x 8 renders at 30 steps against 1000 steps
+    short = plan_run("sdxl", gpu="t4", validations=1, validation_renders=2, advise=False)
+    assert long.validation_seconds > long.total_seconds and short.validation_seconds < short.total_seconds
+    assert "fewer with --validate-every" in long.summary() and "fewer with" not in short.summary()
+    assert "validation" not in plan_run("sdxl", gpu="t4", validations=0, advise=False).summary()

@@ -219,7 +219,9 @@ class Plan:
                      + (" with output preservation" if self.config.output_preservation else ""))
         if self.config.validations:
             lines.append(f"  validation  {_duration(self.validation_seconds)} more: {self.config.validations} x "
-                         f"{self.config.validation_renders} images at {self.config.validation_steps} steps")
+                         f"{self.config.validation_renders} images at {self.config.validation_steps} steps"
+                         + (" (longer than the training itself: fewer with --validate-every or --validation-seeds, "
+                            "none with --no-validate)" if self.validation_seconds > self.total_seconds else ""))
         lines.append("  fits" if self.fits else f"  does NOT fit: {self.advice}")
         if self.faster:
             lines.append(f"  faster: {self.faster}")
