@@ -300,3 +300,18 @@ def test_placement_leaves_a_quantised_transformer_where_bitsandbytes_put_it():
         assert placement.here == {"transformer"}
     placement.keep()  # what `release` does after a failure
     assert placement.here == {"transformer"} and pipe.transformer.device.type == "meta"
+
+
+def test_libraries_older_than_klein_are_named_with_the_upgrade(monkeypatch, capsys):
+    """The floors (diffusers 0.33, transformers 4.45) train SD but have no FLUX.2 [klein] classes:
+    asking for klein there says which versions it needs, in one sentence, before anything loads."""
+    import diffusers
+
+    from portraitkit.cli import main
+
+    monkeypatch.setattr(diffusers, "__version__", "0.36.0")  # the last release without Flux2KleinPipeline
+    for argv in (["plan", "--base", "klein4b", "--gpu", "t4"], ["plan", "--base", "tiny-klein"]):
+        assert main(argv) == 2
+        said = capsys.readouterr().err.strip()
+        assert "FLUX.2 [klein] needs diffusers 0.37 or newer" in said and "diffusers 0.36.0" in said and len(said.splitlines()) == 1
+    assert main(["plan", "--base", "sd15", "--gpu", "t4"]) == 0  # Stable Diffusion is unaffected

@@ -88,6 +88,10 @@ def architecture(base: str) -> dict:
     """The component configurations of a base: the published ones for the presets, the base's own
     config.json files for folders and hub ids (small downloads), the family's preset otherwise."""
     if base in ARCHITECTURES:
+        if ARCHITECTURES[base]["family"] == "flux2":
+            from portraitkit.models.klein import require_libraries
+
+            require_libraries()  # its classes are not in the floors' diffusers and transformers
         return ARCHITECTURES[base]
     from portraitkit.models.bases import resolve_base
 

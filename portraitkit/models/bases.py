@@ -23,7 +23,7 @@ from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import shareable
-from portraitkit.models.klein import KLEIN_REPO
+from portraitkit.models.klein import KLEIN_REPO, require_libraries
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -45,9 +45,13 @@ class BaseSpec:
         from portraitkit.core.quiet import quiet
 
         with quiet():  # import-time notices: image processors without torchvision, optional kernels
-            from diffusers import Flux2KleinPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+            if self.family == "flux2":  # not in the diffusers of the floors (require_libraries)
+                from diffusers import Flux2KleinPipeline
 
-        return {"sdxl": StableDiffusionXLPipeline, "flux2": Flux2KleinPipeline}.get(self.family, StableDiffusionPipeline)
+                return Flux2KleinPipeline
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
 
 
 PRESETS = {"sd15": (SD15_REPO, "sd"), "sdxl": (SDXL_REPO, "sdxl"), "klein4b": (KLEIN_REPO, "flux2")}
@@ -69,6 +73,8 @@ def resolve_base(name: str) -> BaseSpec:
     For hub ids this reads only the small `model_index.json`, so a typo, a missing network or
     a gated model fails here in a second with a clear message, not after minutes of loading.
     """
+    if "flux2" in (TINY_PRESETS.get(name), PRESETS.get(name, ("", ""))[1]):
+        require_libraries()  # before building or reading anything
     if name in TINY_PRESETS:
         return BaseSpec(name, str(tiny_base_folder(name)), TINY_PRESETS[name], offline=True)
     if name in PRESETS:
@@ -118,6 +124,7 @@ def hub_model_index(repo: str) -> dict:
 def _family(model_index: dict) -> str:
     class_name = model_index.get("_class_name", "")
     if class_name == "Flux2KleinPipeline":
+        require_libraries()
         return "flux2"
     if "XL" in class_name:
         return "sdxl"

@@ -43,6 +43,22 @@ MAX_TOKENS = 512  # the pipeline's default padding length
 SHIFT = 3.0
 
 
+def require_libraries() -> None:
+    """One sentence naming the upgrade where the installed libraries predate FLUX.2 [klein]:
+    diffusers gained Flux2KleinPipeline in 0.37 (0.36 lacks it), transformers Qwen3 in 4.51;
+    portraitkit's floors for Stable Diffusion are older."""
+    import diffusers
+    import transformers
+    from packaging.version import Version
+
+    if Version(diffusers.__version__).release < (0, 37) or Version(transformers.__version__).release < (4, 51):
+        from portraitkit.core.errors import PortraitkitError
+
+        raise PortraitkitError(f"FLUX.2 [klein] needs diffusers 0.37 or newer and transformers 4.51 or newer (here: diffusers "
+                               f"{diffusers.__version__}, transformers {transformers.__version__}): "
+                               "`pip install -U diffusers transformers`, then restart the runtime")
+
+
 def lora_targets(transformer) -> list[str]:
     """The full names of the transformer's attention projections that get a LoRA."""
     names = []
