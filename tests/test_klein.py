@@ -315,3 +315,17 @@ def test_libraries_older_than_klein_are_named_with_the_upgrade(monkeypatch, caps
         said = capsys.readouterr().err.strip()
         assert "FLUX.2 [klein] needs diffusers 0.37 or newer" in said and "diffusers 0.36.0" in said and len(said.splitlines()) == 1
     assert main(["plan", "--base", "sd15", "--gpu", "t4"]) == 0  # Stable Diffusion is unaffected
+
+
+def test_the_memory_figure_of_notebook_04_counts_klein_transformers_lora():
+    """Notebook 04's memory figure with BASE = "klein4b": the transformer's LoRA counted from its
+    Linear shapes equals what peft adds to the real architecture on meta (the traced step's)."""
+    from portraitkit.models.architectures import arch_key, architecture
+    from portraitkit.plan import figures
+    from portraitkit.plan.estimate import lora_parameter_count
+    from portraitkit.plan.tracing import transformer_training_step
+
+    counted = lora_parameter_count("klein4b", 16)
+    step = transformer_training_step(arch_key(architecture("klein4b")), 256, 1, 16, True, 2, True)
+    assert counted == sum(step["lora_numels"]) == 18_677_760
+    assert "klein4b transformer (3876M parameters; LoRA 18.7M)" in figures.memory_figure("klein4b", rank=16).axes[0].get_title()

@@ -539,14 +539,23 @@ def parameter_counts(base: str = "sd15") -> dict:
 
 
 def lora_parameter_count(base: str = "sd15", rank: int = 4, dora: bool = False) -> int:
-    """Trainable parameters of the UNet LoRA that `train` adds: every Linear named to_q, to_k, to_v
-    or to_out.0 gets A (rank x in) and B (out x rank), and with DoRA a magnitude (out)."""
+    """Trainable parameters of the denoiser's LoRA that `train` adds: in SD's UNet every Linear named
+    to_q, to_k, to_v or to_out.0, in FLUX.2's transformer the attention projections
+    (`klein.lora_targets`); each gets A (rank x in) and B (out x rank), and with DoRA a magnitude (out)."""
     import torch
 
-    unet = meta_component(arch_key(architecture(base)), "unet", 2)
-    return sum(rank * (m.in_features + m.out_features) + dora * m.out_features for name, m in unet.named_modules()
-               if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in lora.UNET_TARGETS))
+    from portraitkit.models import klein
 
+    arch = architecture(base)
+    if arch["family"] == "flux2":
+        transformer = meta_component(arch_key(arch), "transformer", 2)
+        targets = set(klein.lora_targets(transformer))
+        adapted = [m for name, m in transformer.named_modules() if name in targets]
+    else:
+        unet = meta_component(arch_key(arch), "unet", 2)
+        adapted = [m for name, m in unet.named_modules()
+                   if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in lora.UNET_TARGETS)]
+    return sum(rank * (m.in_features + m.out_features) + dora * m.out_features for m in adapted)
 
 
 def cpu_checkpointing(config) -> bool:

@@ -70,7 +70,9 @@ def memory_figure(base: str = "sd15", rank: int = 16, gpu: str = "t4"):
 
     from portraitkit.plan import estimate
 
-    unet = estimate.parameter_counts(base)["unet"]
+    counts = estimate.parameter_counts(base)
+    name = "UNet" if "unet" in counts else "transformer"  # SD's UNet, FLUX.2's transformer
+    unet = counts["unet" if name == "UNet" else "transformer"]
     lora = estimate.lora_parameter_count(base, rank)
     budget = estimate.DEVICES[gpu].gpu_memory_gb
     bars = {}
@@ -78,8 +80,8 @@ def memory_figure(base: str = "sd15", rank: int = 16, gpu: str = "t4"):
         bars[f"full fine-tune\n{label}"] = training_state_gib(unet, state)
     frozen = unet / GIB * FP16
     for label, state in ADAM_STATE.items():
-        bars[f"LoRA rank {rank}\n{label}"] = {"frozen UNet (fp16)": frozen, **training_state_gib(lora, state)}
-    colours = {"frozen UNet (fp16)": "#b8c0cc", "trained weights + gradients (fp32)": "#e0702d", "optimizer state": "#2d7fe0"}
+        bars[f"LoRA rank {rank}\n{label}"] = {f"frozen {name} (fp16)": frozen, **training_state_gib(lora, state)}
+    colours = {f"frozen {name} (fp16)": "#b8c0cc", "trained weights + gradients (fp32)": "#e0702d", "optimizer state": "#2d7fe0"}
 
     figure = Figure(figsize=(9, 4), dpi=100)
     axes = figure.subplots()
@@ -95,7 +97,7 @@ def memory_figure(base: str = "sd15", rank: int = 16, gpu: str = "t4"):
     axes.text(-0.45, budget + 0.2, f"free {gpu.upper()}: {budget:g} GiB", ha="left", va="bottom", color="#cf222e", fontsize=9)
     axes.set_xticks(range(len(bars)), list(bars), fontsize=9)
     axes.set_ylabel("GiB (activations not included)")
-    axes.set_title(f"{base} UNet ({unet / 1e6:.0f}M parameters; LoRA {lora / 1e6:.1f}M): memory of what is trained", fontsize=11)
+    axes.set_title(f"{base} {name} ({unet / 1e6:.0f}M parameters; LoRA {lora / 1e6:.1f}M): memory of what is trained", fontsize=11)
     handles, labels = axes.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     axes.legend(unique.values(), unique.keys(), fontsize=8, loc="center right")

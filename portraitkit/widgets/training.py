@@ -11,6 +11,7 @@ from portraitkit.widgets.panel import Panel
 BASE_CHOICES = [
     ("SD 1.5 · 512 px · GPU", "sd15"),
     ("SDXL · 1024 px · GPU", "sdxl"),
+    ("FLUX.2 [klein] 4B · 1024 px · GPU (new; unmeasured)", "klein4b"),
     ("tiny-sd · offline toy (noise, not portraits) · CPU", "tiny-sd"),
     ("tiny-sdxl · offline toy (noise, not portraits) · CPU", "tiny-sdxl"),
 ]
