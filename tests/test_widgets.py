@@ -257,6 +257,8 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     panel = TrainPanel(prepared, run, base="tiny-sd", steps=4, rank=4, resolution=64)
     assert "estimated" in panel.estimate.value and "fits" in panel.estimate.value and "GiB" in panel.estimate.value
     assert "Estimates, not measurements" in panel.estimate.value and "noise, not portraits" in panel.estimate.value
+    # a 4-step run validates once, at its end (train's own rule): the cost shown is of that one validation
+    assert "validation about" in panel.estimate.value and "(1 x 8 images)" in panel.estimate.value
     assert "training starts a new run" in panel.resume.value
 
     panel.rank.value = 8

@@ -88,7 +88,7 @@ class TrainPanel(Panel):
         settings = self.settings()
         return plan_run(base=settings["base"], resolution=settings["resolution"], rank=settings["rank"],
                         train_text_encoder=settings["train_text_encoder"], optimizer=settings["optimizer"],
-                        steps=settings["steps"], gpu=self.gpu)
+                        steps=settings["steps"], gpu=self.gpu, validations=len(self.config().validated_steps()))
 
     def _estimate_html(self) -> str:
         import html
@@ -107,8 +107,10 @@ class TrainPanel(Panel):
             f"GPU memory {plan.peak_gpu_mem_gb:.1f} of {plan.device.gpu_memory_gb} GiB · "
             f"RAM {plan.peak_host_ram_gb:.1f} of {plan.device.host_ram_gb:.1f} GiB · "
             f"{plan.seconds_per_step:.2f} s/step, about {total:.0f} min for {plan.config.steps} steps "
-            "(plus loading, caching and validation) · one portrait at 25 steps: "
-            f"{plan.inference['seconds_per_image']:.1f} s",
+            "(plus loading and caching)"
+            + (f", validation about {plan.validation_seconds / 60:.0f} min more ({plan.config.validations} x "
+               f"{plan.config.validation_renders} images)" if plan.config.validations else "")
+            + f" · one portrait at 25 steps: {plan.inference['seconds_per_image']:.1f} s",
             f"<small>Estimates, not measurements: {html.escape(info['method'])}. Based on: "
             f"{html.escape(plan.device.source)}. GPU measurements of portraitkit: "
             f"{html.escape(info['calibration']['gpu_measurements_of_portraitkit'])}.</small>",
