@@ -699,6 +699,11 @@ def build_random_base(base: str, folder: Path) -> None:
     else:
         pipe = StableDiffusionPipeline(**parts, tokenizer=tiny_tokenizer(), scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
+    save_atomically(pipe, folder)
+
+
+def save_atomically(pipe, folder: Path) -> None:
+    """The pipeline as a diffusers folder, appearing whole or not at all (a build cut short leaves none)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
@@ -706,7 +711,6 @@ def build_random_base(base: str, folder: Path) -> None:
         build.rename(folder)
     finally:
         shutil.rmtree(build, ignore_errors=True)
-
 
 
 def _build_random_klein(arch: dict, folder: Path, device: str) -> None:
@@ -725,13 +729,7 @@ def _build_random_klein(arch: dict, folder: Path, device: str) -> None:
     torch.set_default_dtype(torch.float32)
     pipe = Flux2KleinPipeline(**parts, tokenizer=klein.tiny_tokenizer(),
                               scheduler=FlowMatchEulerDiscreteScheduler(**klein.SCHEDULER), is_distilled=False)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        pipe.save_pretrained(build, safe_serialization=True)
-        build.rename(folder)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
+    save_atomically(pipe, folder)
 
 
 if __name__ == "__main__":

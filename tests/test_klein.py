@@ -117,27 +117,13 @@ def test_both_lora_files_render_what_the_in_memory_adapter_renders(tmp_path):
     assert meta["ss_base_model_version"] == "flux2_klein_4b_base" and meta["ss_network_dim"] == "4"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, portrait_path):
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("dataset")
-    photo = Image.open(portrait_path).convert("RGB")
-    rows = []
-    for index, (left, top, size) in enumerate([(100, 40, 300), (120, 60, 280), (80, 30, 340)]):
-        photo.crop((left, top, left + size, top + size)).resize((64, 64), Image.LANCZOS).save(folder / f"face_{index}.png")
-        rows.append({"file_name": f"face_{index}.png", "text": "a photo of sks person" + (", smiling" if index else "")})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return folder
-
-
 def _config(dataset, out, **changes) -> TrainConfig:
     settings = dict(dataset_dir=str(dataset), out_dir=str(out), base="tiny-klein", steps=6, rank=4, lr=1e-3, optimizer="adamw",
                     checkpoint_every=3, caption_dropout=0.3, validate=False)
     return TrainConfig(**{**settings, **changes})
 
 
-def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, dataset):
+def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, face_dataset):
     """Mechanics only (toy weights): the loop trains the transformer's LoRA (it moves off its
     zero start), a run killed after its step-3 checkpoint and resumed ends with exactly the
     uninterrupted run's weights, validation renders and scores, and `sample` draws with the
@@ -147,7 +133,7 @@ def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, da
     from portraitkit.sample.infotext import read_parameters
     from portraitkit.sample.render import SampleConfig, sample
 
-    straight = train(_config(dataset, tmp_path / "straight", validate=True, validation_seeds=(0,),
+    straight = train(_config(face_dataset, tmp_path / "straight", validate=True, validation_seeds=(0,),
                              validation_styles=("studio",), validation_steps=2))
 
     def disconnect(row):
@@ -155,8 +141,8 @@ def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, da
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_config(dataset, tmp_path / "resumed"), on_step=disconnect)
-    resumed = train(_config(dataset, tmp_path / "resumed", resume=True))
+        train(_config(face_dataset, tmp_path / "resumed"), on_step=disconnect)
+    resumed = train(_config(face_dataset, tmp_path / "resumed", resume=True))
     expected, got = load_file(straight / lora.LORA_FILE), load_file(resumed / lora.LORA_FILE)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
     assert all(value.abs().max() > 0 for key, value in expected.items() if "lora_B" in key)  # B starts at zero
@@ -171,14 +157,14 @@ def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, da
     assert (parameters["Sampler"], parameters["Schedule type"], parameters["CFG scale"]) == ("Euler", "Simple", "4.0")
 
 
-def test_what_klein_does_not_do_is_refused_in_one_sentence(tmp_path, dataset):
+def test_what_klein_does_not_do_is_refused_in_one_sentence(tmp_path, face_dataset):
     """Text-encoder training, DoRA and preservation are refused before loading; SD samplers are
     refused for FLUX.2 and its sampler for SD."""
     from portraitkit.sample.recipe import family_sampler
 
     for change in ({"train_text_encoder": True}, {"dora": True}, {"output_preservation": True}):
         with pytest.raises(PortraitkitError, match="not available for FLUX.2"):
-            train(_config(dataset, tmp_path / "refused", **change))
+            train(_config(face_dataset, tmp_path / "refused", **change))
     assert family_sampler("flux2") == "flow_euler" and family_sampler("sdxl") == "dpmpp_2m_karras"
     with pytest.raises(PortraitkitError, match="cannot draw with a FLUX.2"):
         family_sampler("flux2", "euler_a")
