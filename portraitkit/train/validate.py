@@ -311,12 +311,12 @@ def denoising_loss(base: str, dataset_dir: str, lora_dir: str | None = None, res
     import torch
     from diffusers import DDPMScheduler
 
-    from portraitkit.models.bases import load_pipeline
+    from portraitkit.models.bases import load_pipeline, resolve_base
 
-    pipe = load_pipeline(base)
-    if lora.family(pipe) == "flux2":
+    if resolve_base(base).family == "flux2":  # refused before minutes of loading
         raise PortraitkitError("denoising_loss measures Stable Diffusion's noise prediction; for a FLUX.2 base, train with "
                                "--holdout N and read the held-out photos' validation_loss in train_log.jsonl")
+    pipe = load_pipeline(base)
     if lora_dir is not None:
         lora.load(pipe, lora_dir)
     examples = load_examples(dataset_dir)
