@@ -14,22 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_tiny_check_trains_samples_and_writes_one_json_with_the_t4_estimates(tmp_path):
-    done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--tiny", "--bases", "tiny-sdxl"],
+    """Both families in one run, as on a GPU (where klein4b comes last): SDXL's UNet and FLUX.2 [klein]'s
+    transformer each train, sample and record the recipe the planner chose for a T4 (the toy klein:
+    fp16; the real klein4b on a GPU: NF4, which this cannot run)."""
+    done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--tiny", "--bases", "tiny-sdxl,tiny-klein"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["tiny"] is True and result["gpu"] is None and result["versions"]["diffusers"]
     assert result["complete"] is True  # every base asked for was checked (the file is rewritten after each)
-    check = result["bases"]["tiny-sdxl"]
-    assert check["status"] == "ok"
-    assert len(check["train"]["losses"]) == 2 and all(math.isfinite(loss) for loss in check["train"]["losses"])
-    assert {"load", "cache", "steps", "checkpoints", "save"} <= set(check["train"]["seconds_by_phase"])
-    # the portrait was rendered and passed sample's NaN/black guard
-    assert check["sample"]["decode"]["problem"] is None and check["sample"]["decode"]["size"] == [64, 64]
-    assert "peak_gpu_allocated_gb" not in check  # no GPU: no GPU figure is invented
-    estimate = check["estimate_t4"]  # the planner's answer for a T4, beside
-    assert estimate["peak_gpu_mem_gb"] > 0 and isinstance(estimate["gradient_checkpointing"], bool)
-    assert check["train"]["gradient_checkpointing"] == estimate["gradient_checkpointing"]
+    assert list(result["bases"]) == ["tiny-sdxl", "tiny-klein"]
+    for name, check in result["bases"].items():
+        assert check["status"] == "ok", name
+        assert len(check["train"]["losses"]) == 2 and all(math.isfinite(loss) for loss in check["train"]["losses"])
+        assert {"load", "cache", "steps", "checkpoints", "save"} <= set(check["train"]["seconds_by_phase"])
+        # the portrait was rendered and passed sample's NaN/black guard
+        assert check["sample"]["decode"]["problem"] is None and check["sample"]["decode"]["size"] == [64, 64]
+        assert "peak_gpu_allocated_gb" not in check  # no GPU: no GPU figure is invented
+        estimate = check["estimate_t4"]  # the planner's answer for a T4, beside
+        assert estimate["peak_gpu_mem_gb"] > 0 and isinstance(estimate["gradient_checkpointing"], bool)
+        assert check["train"]["gradient_checkpointing"] == estimate["gradient_checkpointing"]
+    klein = result["bases"]["tiny-klein"]
+    assert klein["train"]["quantize"] == klein["estimate_t4"]["quantize"] == "none"
 
 
 def test_a_gpu_without_bf16_trains_in_fp16(monkeypatch, tmp_path):
@@ -54,15 +60,3 @@ def test_the_carried_wheels_fit_a_device_call():
     assert {"diffusers", "bitsandbytes", "datasets", "dill", "multiprocess"} <= set(wheels)
     assert all("==" in name for name, _ in rows)  # exact versions: the list is what was measured
     assert sum(wheels.values()) < 60 * 2**20
-
-
-def test_the_tiny_check_covers_the_klein_family_and_records_its_recipe(tmp_path):
-    """tiny-klein through the same check on the CPU: trains with the recipe the planner chose for
-    a T4 (recorded: fp16 for the toy, NF4 for the real klein4b on a GPU, which this cannot run)."""
-    done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--tiny", "--bases", "tiny-klein"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    check = json.loads((tmp_path / "gpu_check.json").read_text())["bases"]["tiny-klein"]
-    assert check["status"] == "ok" and all(math.isfinite(loss) for loss in check["train"]["losses"])
-    assert check["train"]["quantize"] == check["estimate_t4"]["quantize"] == "none"
-    assert check["sample"]["decode"]["problem"] is None and "peak_gpu_allocated_gb" not in check

@@ -106,12 +106,13 @@ def test_8bit_adamw_keeps_a_quarter_of_the_state_except_for_small_tensors():
 
 
 def test_memory_grows_with_resolution_rank_batch_and_text_encoder_training():
-    base = plan_run("sd15", resolution=384, advise=False)
+    # the panel's choices (shipped traces) and a batch of two (traced)
+    base = plan_run("sd15", resolution=512, advise=False)
     variants = {
-        "resolution": plan_run("sd15", resolution=512, advise=False),
-        "rank": plan_run("sd15", resolution=384, rank=64, advise=False),
-        "batch": plan_run("sd15", resolution=384, batch_size=2, advise=False),
-        "text encoder": plan_run("sd15", resolution=384, train_text_encoder=True, advise=False),
+        "resolution": plan_run("sd15", resolution=768, advise=False),
+        "rank": plan_run("sd15", resolution=512, rank=64, advise=False),
+        "batch": plan_run("sd15", resolution=512, batch_size=2, advise=False),
+        "text encoder": plan_run("sd15", resolution=512, train_text_encoder=True, advise=False),
     }
     for name, plan in variants.items():
         assert plan.phases_gb["train_step"] > base.phases_gb["train_step"], name

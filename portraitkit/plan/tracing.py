@@ -161,7 +161,6 @@ class _Tracer:
 
         import torch
         from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
         from torch.utils.flop_counter import FlopCounterMode
         from torch.utils.weak import WeakIdKeyDictionary
 
@@ -173,26 +172,35 @@ class _Tracer:
         def free(nbytes):
             state["live"] -= nbytes
 
+        def tensors(values):
+            """The tensors among an op's arguments or results: each value, or the items of a list or
+            tuple (aten's Tensor[] and multiple returns nest no deeper). A plain loop: pytree's general
+            flattening took a sixth of a trace's time."""
+            for value in values:
+                if isinstance(value, torch.Tensor):
+                    yield value
+                elif isinstance(value, (list, tuple)):
+                    yield from (item for item in value if isinstance(item, torch.Tensor))
+
         class LiveBytes(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
-                for t in tree_flatten((args, kwargs))[0]:
-                    if isinstance(t, torch.Tensor) and t.untyped_storage() not in seen:
+                for t in (*tensors(args), *tensors(kwargs.values())):
+                    if t.untyped_storage() not in seen:
                         seen[t.untyped_storage()] = 0  # weights and inputs: not the graph's to count
                 out = func(*args, **kwargs)
                 count = registry.get(func._overloadpacket)
                 if count is not None:
                     state["flops"] += count(*args, **kwargs, out_val=out)
-                for t in tree_flatten(out)[0]:
-                    if isinstance(t, torch.Tensor):
-                        storage = t.untyped_storage()
-                        if storage in seen:
-                            continue
-                        nbytes = -(-storage.nbytes() // 512) * 512  # the CUDA allocator's 512-byte blocks
-                        seen[storage] = nbytes
-                        finalizers.append(weakref.ref(storage, lambda _, n=nbytes: free(n)))
-                        state["live"] += nbytes
-                        state["peak"] = max(state["peak"], state["live"])
+                for t in tensors((out,)):
+                    storage = t.untyped_storage()
+                    if storage in seen:
+                        continue
+                    nbytes = -(-storage.nbytes() // 512) * 512  # the CUDA allocator's 512-byte blocks
+                    seen[storage] = nbytes
+                    finalizers.append(weakref.ref(storage, lambda _, n=nbytes: free(n)))
+                    state["live"] += nbytes
+                    state["peak"] = max(state["peak"], state["live"])
                 return out
 
         with LiveBytes(), _trace_mode(self.autocast):
