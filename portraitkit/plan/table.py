@@ -1,8 +1,8 @@
-"""The shipped traces: which settings of SD1.5 and SDXL are traced ahead, and their rebuild.
+"""The shipped traces: which settings of SD1.5, SDXL and FLUX.2 [klein] 4B are traced ahead, and their rebuild.
 
 `plan`, `train` and notebook 04's panel ask the planner about the same few settings again and
 again, and tracing SDXL's real-size graphs on the meta device takes about 20 s on a 2-core CPU
-(Colab's). So the traces that the plans of `COMMON` need ship in `assets/traced_presets.json`,
+(Colab's), klein's transformer about 5 s. So the traces that the plans of `COMMON` need ship in `assets/traced_presets.json`,
 and `tracing` answers from it; any other base or setting is traced as before.
 
 The table is what this machine's torch and diffusers trace: rebuild it after upgrading either
@@ -28,6 +28,11 @@ def common_plans() -> list[dict]:
     plans += [dict(base=base, rank=rank, resolution=resolution, train_text_encoder=encoder, optimizer=optimizer, gpu="t4")
               for base, rank, encoder, resolution, optimizer in itertools.product(
                   ("sd15", "sdxl"), (16, 4, 8, 32, 64), (False, True), (None, 512, 768, 1024), ("adamw8bit", "adamw"))]
+    # FLUX.2 [klein] 4B: its defaults on each machine, then the panel's ranks and sizes on a T4 (the
+    # text encoder is not trained for klein; the optimizer changes no trace)
+    plans += [dict(base="klein4b", gpu=gpu) for gpu in ("t4", "l4", "a100", "cpu")]
+    plans += [dict(base="klein4b", rank=rank, resolution=resolution, gpu="t4")
+              for rank, resolution in itertools.product((16, 4, 8, 32, 64), (None, 512, 768, 1024))]
     return plans
 
 
@@ -38,10 +43,11 @@ def rebuild(plans: list[dict] | None = None) -> dict:
 
     from portraitkit.plan.estimate import plan_run
 
-    for cached in (tracing.component_parameters, tracing.training_step, tracing.text_encoder_step, tracing.trace_pass):
+    for cached in (tracing.component_parameters, tracing.training_step, tracing.text_encoder_step, tracing.trace_pass,
+                   tracing.transformer_training_step):
         cached.cache_clear()
     table = {
-        "about": "the planner's meta-device traces of SD1.5 and SDXL at the settings of plan/table.py's common_plans; "
+        "about": "the planner's meta-device traces of SD1.5, SDXL and FLUX.2 [klein] 4B at the settings of plan/table.py's common_plans; "
                  "rebuild with `python -m portraitkit.plan.table`",
         "versions": {package: metadata.version(package) for package in ("torch", "diffusers", "transformers", "peft")},
         "traces": {},
