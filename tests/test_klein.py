@@ -123,12 +123,14 @@ def _config(dataset, out, **changes) -> TrainConfig:
     return TrainConfig(**{**settings, **changes})
 
 
-def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, face_dataset):
+def test_a_klein_run_trains_resumes_bit_equal_validates_samples_and_picks(tmp_path, face_dataset):
     """Mechanics only (toy weights): the loop trains the transformer's LoRA (it moves off its
     zero start), a run killed after its step-3 checkpoint and resumed ends with exactly the
-    uninterrupted run's weights, validation renders and scores, and `sample` draws with the
-    family's own sampler and records it in the PNG."""
+    uninterrupted run's weights, validation renders and scores, `sample` draws with the
+    family's own sampler and records it in the PNG, and `pick` ranks what it drew."""
     from safetensors.torch import load_file
+
+    from portraitkit.pick.likeness import rank_images
 
     from portraitkit.sample.infotext import read_parameters
     from portraitkit.sample.render import SampleConfig, sample
@@ -155,6 +157,11 @@ def test_a_klein_run_trains_resumes_bit_equal_validates_and_samples(tmp_path, fa
                                    steps=2), progress=False)
     parameters = read_parameters(tmp_path / "images" / manifest[0]["file"])
     assert (parameters["Sampler"], parameters["Schedule type"], parameters["CFG scale"]) == ("Euler", "Simple", "4.0")
+
+    # pick ranks klein's portraits as it ranks SD's (the toy draws no face: listed, with the reason)
+    ranking = rank_images(tmp_path / "images", face_dataset, top=1)
+    assert [row["file"] for row in ranking] == [manifest[0]["file"]] and ranking[0]["reasons"] == ["no face found"]
+    assert (tmp_path / "images" / "picks.png").is_file()
 
 
 def test_what_klein_does_not_do_is_refused_in_one_sentence(tmp_path, face_dataset):
