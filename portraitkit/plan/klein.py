@@ -20,7 +20,7 @@ has calibrated it (`benchmarks/gpu_check.py` measures it on the first GPU run).
 from __future__ import annotations
 
 from portraitkit.models.architectures import arch_key
-from portraitkit.plan.tracing import component_parameters, meta_component, transformer_training_step
+from portraitkit.plan.tracing import component_parameters, linear_parameters, transformer_training_step
 
 NF4_BYTES = 0.5 + 4 / 64  # a 4-bit code per weight and an fp32 absmax per block of 64 (no double quantisation)
 CAPTIONS_ENCODED_AT_ONCE = 20
@@ -30,15 +30,6 @@ ASSUMPTIONS = [
     "NF4: every Linear of the transformer quantised (bitsandbytes' default), one dequantised fp16 copy of the largest "
     "alive at a time; norms, embeddings and biases in fp16",
 ]
-
-
-def linear_parameters(key: str) -> tuple[int, int]:
-    """(parameters in the transformer's Linear layers, parameters of its largest Linear)."""
-    import torch
-
-    transformer = meta_component(key, "transformer", 2)
-    sizes = [m.weight.numel() for m in transformer.modules() if isinstance(m, torch.nn.Linear)]
-    return sum(sizes), max(sizes)
 
 
 def measures(config, device, arch: dict) -> dict:
@@ -55,18 +46,18 @@ def measures(config, device, arch: dict) -> dict:
     weight_bytes = 2 if on_gpu else 4
     checkpointing = config.gradient_checkpointing is not False  # a 3.9B transformer: on unless turned off
     params = component_parameters(key)
-    linear, largest = linear_parameters(key)
+    linear = linear_parameters(key)
     nf4 = config.quantize == "nf4"
     step = transformer_training_step(key, resolution, config.batch_size, config.rank, checkpointing, weight_bytes, on_gpu)
     text = arch["text_encoder"]
     return {
         "resolution": resolution, "checkpointing": checkpointing, "parameters": params, "step": step,
-        "transformer": linear * NF4_BYTES + (params["transformer"] - linear) * 2 if nf4 else params["transformer"] * weight_bytes,
+        "transformer": linear["linear"] * NF4_BYTES + (params["transformer"] - linear["linear"]) * 2 if nf4 else params["transformer"] * weight_bytes,
         "text_encoder": params["text_encoder"] * weight_bytes,
         "vae": params["vae"] * 4,  # the cache encodes with the VAE in fp32
         "vae_in_ram": params["vae"] * 2,
         # the fp16 trace's activations, plus one dequantised copy of the largest layer in forward and backward
-        "activations": step["peak"] + (2 * largest * 2 if nf4 else 0),
+        "activations": step["peak"] + (2 * linear["largest"] * 2 if nf4 else 0),
         "caption_encoding": CAPTIONS_ENCODED_AT_ONCE * 512 * (text["hidden_size"] + 3 * text["intermediate_size"]) * 2,
     }
 

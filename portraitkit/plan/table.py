@@ -44,7 +44,7 @@ def rebuild(plans: list[dict] | None = None) -> dict:
     from portraitkit.plan.estimate import plan_run
 
     for cached in (tracing.component_parameters, tracing.training_step, tracing.text_encoder_step, tracing.trace_pass,
-                   tracing.transformer_training_step):
+                   tracing.transformer_training_step, tracing.linear_parameters):
         cached.cache_clear()
     table = {
         "about": "the planner's meta-device traces of SD1.5, SDXL and FLUX.2 [klein] 4B at the settings of plan/table.py's common_plans; "

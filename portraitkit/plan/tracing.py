@@ -104,6 +104,18 @@ def component_parameters(key: str) -> dict:
     return {name: sum(p.numel() for p in meta_component(key, name, 2).parameters()) for name in COMPONENTS if name in arch}
 
 
+@functools.lru_cache(maxsize=8)
+@_table_first
+def linear_parameters(key: str) -> dict:
+    """A FLUX.2 transformer's parameters in Linear layers (what NF4 quantises) and in its largest one
+    (the dequantised copy a quantised step holds)."""
+    import torch
+
+    transformer = meta_component(key, "transformer", 2)
+    sizes = [m.weight.numel() for m in transformer.modules() if isinstance(m, torch.nn.Linear)]
+    return {"linear": sum(sizes), "largest": max(sizes)}
+
+
 def _trace_mode(autocast: bool):
     """A TorchFunctionMode for tracing: attention as on a GPU, and optionally CUDA autocast's casts.
 
