@@ -11,16 +11,18 @@ from portraitkit.plan.estimate import plan_run
 from portraitkit.plan.table import common_plans
 
 
+CACHED = (tracing.component_parameters, tracing.training_step, tracing.text_encoder_step, tracing.trace_pass,
+          tracing.transformer_training_step, tracing.linear_parameters)
+
+
 @pytest.fixture
 def traces(monkeypatch):
     """Empty trace caches and a record of every trace that runs (a table hit records nothing)."""
-    cached = (tracing.component_parameters, tracing.training_step, tracing.text_encoder_step, tracing.trace_pass,
-              tracing.transformer_training_step, tracing.linear_parameters)
-    for function in cached:
+    for function in CACHED:
         function.cache_clear()
     monkeypatch.setattr(tracing, "recorded", {})
     yield tracing
-    for function in cached:  # what the test traced stays out of the other tests' caches
+    for function in CACHED:  # what the test traced stays out of the other tests' caches
         function.cache_clear()
 
 
@@ -43,8 +45,7 @@ def test_the_shipped_table_equals_a_fresh_trace(traces, monkeypatch, base, setti
     assert traces.recorded  # it did trace
     shipped = tracing.shipped_table()
     assert {name: shipped.get(name) for name in traces.recorded} == traces.recorded
-    for function in (tracing.component_parameters, tracing.training_step, tracing.text_encoder_step, tracing.trace_pass,
-                     tracing.transformer_training_step, tracing.linear_parameters):
+    for function in CACHED:
         function.cache_clear()
     monkeypatch.setattr(tracing, "use_shipped", True)
     assert plan_run(base, gpu="t4", advise=False, **settings).to_dict() == fresh.to_dict()  # the table, unpacked: the same plan
