@@ -656,8 +656,12 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
     if spec["task"] == "inference":
         figures = {**plan.inference, "seconds_per_step": plan.inference["seconds_per_image"] / plan.inference["steps"]}
     elif spec["task"] == "load":
-        loading = plan.to_dict()["breakdown_gb"]["host_ram_loading"]
-        figures = {"peak_host_ram_gb": loading, "peak_host_anon_gb": loading}
+        breakdown = plan.breakdown_gb  # unrounded: a tiny base's weights are a few MB
+        loading = round(breakdown["host_ram_loading"], 2)
+        # the weights it counts (the base's components and the LoRA layers), beside the tensors loaded
+        weights = sum(value for key, value in breakdown.items() if key.startswith("weights_")) + breakdown["lora_params"]
+        figures = {"peak_host_ram_gb": loading, "peak_host_anon_gb": loading, "weights_gb": round(weights, 3),
+                   "gpu": plan.to_dict()["gpu"]}
     else:
         figures = {key: value for key, value in plan.to_dict().items()
                    if key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb",
@@ -665,7 +669,7 @@ def estimate(spec: dict, result: dict) -> tuple[dict | None, dict | None]:
     figures["calibrated_on"] = plan.to_dict()["calibration"]["source"]
     differences = {}
     for key in ("peak_gpu_mem_gb", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb", "peak_host_ram_gb", "peak_host_anon_gb",
-                "seconds_per_step"):
+                "seconds_per_step", "weights_gb"):
         measured, estimated = result.get(key), figures.get(key)
         if measured and estimated is not None:
             differences[key] = round(100 * (estimated - measured) / measured, 1)

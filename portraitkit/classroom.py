@@ -21,15 +21,13 @@ statistics are switched off and no dashboard is started.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import html
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from portraitkit.demo import STAGES, DemoConfig, plan, run_stage
+from portraitkit.demo import STAGES, DemoConfig, fingerprint, plan, run_stage
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import check_writable, read_json, write_json, write_text
 from portraitkit.faces.photos import PHOTO_SUFFIXES
@@ -87,7 +85,7 @@ def run_class(config: ClassConfig) -> dict:
             learner = DemoConfig(out_dir=str(out / name), base=config.base, photos_dir=str(photos), train_steps=config.train_steps,
                                  styles=config.styles, per_style=config.per_style, sample_steps=config.sample_steps, seed=config.seed,
                                  allow_same_photograph=config.allow_same_photograph)
-            key = _fingerprint(photos, learner)
+            key = fingerprint(photos, dataclasses.asdict(learner))  # the finished stages were made from these
             done = previous.get(name, {}).get("done", []) if previous.get(name, {}).get("fingerprint") == key else []
             state = {"name": name, "fingerprint": key, "done": list(done), "seconds": dict(previous.get(name, {}).get("seconds", {})),
                      "status": "running", "reason": None}
@@ -150,16 +148,6 @@ def _start_ray(address: str | None):
         raise PortraitkitError(f"could not join the Ray cluster at {address} ({error}): start it with `ray start --head`, "
                                "or leave out --address to run on this machine") from None
     return ray, True
-
-
-def _fingerprint(photos: Path, learner: DemoConfig) -> str:
-    """Which photos (names, sizes, times) and settings a learner's finished stages were made from."""
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(learner), sort_keys=True).encode())
-    for path in sorted(photos.iterdir()):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 def class_page(out: Path, record: dict) -> str:

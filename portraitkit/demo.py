@@ -8,13 +8,15 @@ On the default `tiny-sd` base it runs on a laptop CPU in a minute or two. That b
 weights: its "portraits" are noise, and the report says so. The same stages on `--base sd15`
 (or `sdxl`) with a GPU and network are the real thing, at full-size settings.
 
-Running it again into the same folder continues where it stopped: prep is redone (seconds),
+Running it again into the same folder continues where it stopped: the dataset is kept when it was
+made from the same photos (names, sizes, times) and prep settings (`demo.json` records which),
 training resumes from its last checkpoint, and finished portraits are kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
 import json
 import shutil
@@ -27,6 +29,7 @@ from portraitkit.core.files import check_writable, write_json, write_text
 from portraitkit.core.settings import check_at_least, setting
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+DEMO_FILE = "demo.json"
 # Photos ranked in the tiny demo's "scorer on real photos" section: the person, the person
 # blurred, someone else, no face.
 SCORER_PHOTOS = ("hopper.jpg", "hopper_blurry.jpg", "astronaut.jpg", "coffee.jpg")
@@ -84,7 +87,7 @@ def plan(config: DemoConfig) -> Plan:
 
 def demo(config: DemoConfig) -> Path:
     """Run prep, train, sample and pick; write report.html; return its path."""
-    from portraitkit.pick.likeness import rank_images
+    from portraitkit.pick.likeness import RANKING_FILE, rank_images
 
     out = Path(config.out_dir)
     photos = Path(config.photos_dir) if config.photos_dir else SAMPLES
@@ -95,6 +98,14 @@ def demo(config: DemoConfig) -> Path:
         )
     settings = plan(config)
     seconds: dict[str, float] = {}
+    # What the dataset is made from; the scorer check ranks its four photos against the dataset.
+    made_from = fingerprint(photos, {"resolution": settings.prep_resolution, "allow_same_photograph": _allow_same(config, photos)})
+    record = out / DEMO_FILE
+    kept = _prepared_from(record) == made_from and (out / "dataset" / "report.json").is_file()
+
+    def save_record() -> None:
+        write_json(record, {"config": dataclasses.asdict(config), "plan": dataclasses.asdict(settings), "seconds": seconds,
+                            "prepared_from": made_from})
 
     def timed(stage: str, work) -> None:
         # A heading per stage: between progress bars (and while training validates or saves a
@@ -105,18 +116,55 @@ def demo(config: DemoConfig) -> Path:
         seconds[stage] = round(time.perf_counter() - began, 1)
         print(f"   {stage}: {seconds[stage]:.1f} s", flush=True)
 
-    for stage in STAGES:
-        timed(stage, lambda: run_stage(stage, photos, out, config, settings))
+    def keep(stage: str) -> None:
+        print(f"== {stage} ==\n   {stage}: kept, made from the same photos and settings by the last run", flush=True)
+        seconds[stage] = 0.0
 
-    if settings.tiny and all((photos / name).is_file() for name in SCORER_PHOTOS):
-        check = out / "scorer_check"
+    for stage in STAGES:
+        if stage == "prep" and kept:
+            keep(stage)
+            continue
+        if stage == "prep":
+            record.unlink(missing_ok=True)  # the dataset it names is about to be replaced: an interrupted prep is redone
+        timed(stage, lambda: run_stage(stage, photos, out, config, settings))
+        if stage == "prep":
+            save_record()
+
+    check = out / "scorer_check"
+    if settings.tiny and kept and (check / RANKING_FILE).is_file():
+        keep("scorer check")
+    elif settings.tiny and all((photos / name).is_file() for name in SCORER_PHOTOS):
         check.mkdir(parents=True, exist_ok=True)
         for name in SCORER_PHOTOS:
             shutil.copy2(photos / name, check / name)
         timed("scorer check", lambda: rank_images(check, out / "dataset", top=len(SCORER_PHOTOS)))
 
-    write_json(out / "demo.json", {"config": dataclasses.asdict(config), "plan": dataclasses.asdict(settings), "seconds": seconds})
+    save_record()
     return write_report(out, config, settings, seconds)
+
+
+def fingerprint(photos: Path, settings: dict) -> str:
+    """Which photos (names, sizes, times) and settings a stage's output was made from."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in sorted(photos.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _prepared_from(record: Path) -> str | None:
+    """The fingerprint of the photos and settings the last run's dataset was made from (None: unknown)."""
+    try:
+        return json.loads(record.read_text(encoding="utf-8")).get("prepared_from")
+    except (OSError, ValueError, AttributeError):  # no record, or one cut short: prep runs again
+        return None
+
+
+def _allow_same(config: DemoConfig, photos: Path) -> bool:
+    if config.allow_same_photograph is not None:
+        return config.allow_same_photograph
+    return photos.resolve() == SAMPLES.resolve()
 
 
 # --- the stages, one person's photos into `out` ------------------------------------------------
@@ -136,11 +184,8 @@ def run_stage(stage: str, photos: Path, out: Path, config: DemoConfig, settings:
 def _prep(photos: Path, out: Path, config: DemoConfig, settings: Plan) -> None:
     from portraitkit.prep import PrepConfig, prepare
 
-    allow = config.allow_same_photograph
-    if allow is None:
-        allow = photos.resolve() == SAMPLES.resolve()
     prepared = prepare(photos, out / "dataset", PrepConfig(resolution=settings.prep_resolution, token="sks", class_word="person",
-                                                           one_per_photograph=not allow))
+                                                           one_per_photograph=not _allow_same(config, photos)))
     if not prepared.enough:
         raise PortraitkitError(prepared.message)
 

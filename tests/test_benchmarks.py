@@ -82,17 +82,13 @@ def test_gpu_style_fresh_interpreter_launch_works_within_a_ram_cap(tmp_path):
     if CGROUPS:
         assert load["ram_cap_gb"] == 4 and load["peak_host_ram_gb"] < 4
 
-    # load: RAM only, the T4 recipe's fp16 loading, set against the planner's loading figure for a T4
-    # (estimated in the child itself); its weights are what the planner counts for them
-    from portraitkit.plan.estimate import plan_run
-
+    # load: RAM only, the T4 recipe's fp16 loading, set against the planner's figures for a T4 (estimated
+    # in the child itself): the tensors it loaded are the weights the planner counts for them
     assert load["status"] == "ok" and load["seconds_per_step"] is None and load["peak_gpu_mem_gb"] is None
     assert 0 < load["weights_gb"] < load["peak_host_anon_gb"] <= load["peak_host_ram_gb"]
-    plan = plan_run("tiny-sd", gpu="t4", rank=16, advise=False).breakdown_gb
-    counted = sum(value for key, value in plan.items() if key.startswith("weights_")) + plan["lora_params"]
-    assert load["weights_gb"] == pytest.approx(counted, abs=0.0005)  # recorded to 3 decimals (fp32 would be twice)
-    assert load["estimate"]["peak_host_anon_gb"] == round(plan["host_ram_loading"], 2)
-    assert set(load["difference_pct"]) == {"peak_host_ram_gb", "peak_host_anon_gb"}
+    assert load["estimate"]["gpu"] == "t4"
+    assert load["weights_gb"] == pytest.approx(load["estimate"]["weights_gb"], abs=0.0005)  # to 3 decimals (fp32 would be twice)
+    assert set(load["difference_pct"]) == {"peak_host_ram_gb", "peak_host_anon_gb", "weights_gb"}
 
 
 @pytest.mark.skipif(not CGROUPS, reason="needs permission to create memory cgroups (root on Linux)")

@@ -14,7 +14,7 @@ from portraitkit.cli import main
 TOY_LINE = "is an offline toy base with random weights: its images are noise, not portraits"
 
 
-def test_demo_runs_every_stage_and_reports_them(tmp_path, umask_022, private_paths):
+def test_demo_runs_every_stage_and_reports_them(tmp_path, umask_022, private_paths, capsys):
     """Every stage (prep, train with validation, sample from the run, pick) in one fresh process, so
     the libraries' import-time and loading notices (torchvision, optional kernels, fp32 casts, LoRA
     without text-encoder keys) are seen as a user sees them: stderr stays empty."""
@@ -63,7 +63,36 @@ def test_demo_runs_every_stage_and_reports_them(tmp_path, umask_022, private_pat
     assert set(seconds) == {"prep", "train", "sample", "pick", "scorer check"}
     assert private_paths(out) == []  # every output readable by others under umask 022
 
-    # Run again into the same folder (here in this process): the finished run and portraits are kept, not redone.
-    kept = {path: path.stat().st_mtime_ns for path in [run / "pytorch_lora_weights.safetensors", out / "portraits" / manifest[0]["file"]]}
+    # Run again into the same folder (here in this process): the dataset (the same photos and settings),
+    # the finished run, the portraits and the scorer check are kept, not redone.
+    kept = {path: path.stat().st_mtime_ns for path in [
+        out / "dataset" / "report.json", out / "dataset" / "hopper.png", out / "dataset" / "contact_sheet.png",
+        run / "pytorch_lora_weights.safetensors", out / "portraits" / manifest[0]["file"], out / "scorer_check" / "ranking.json"]}
     assert main(args) == 0
     assert {path: path.stat().st_mtime_ns for path in kept} == kept
+    assert "prep: kept, made from the same photos and settings" in capsys.readouterr().out
+
+
+def test_what_a_dataset_was_made_from_changes_with_any_photo_or_setting(tmp_path):
+    """The demo keeps its dataset, and the class a learner's finished stages, only for the same photos and settings."""
+    import os
+
+    from portraitkit.demo import fingerprint
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"one")
+    (photos / "nested").mkdir()  # folders are not photos: prep reads the files
+    settings = {"resolution": 256, "allow_same_photograph": True}
+    before = fingerprint(photos, settings)
+    assert fingerprint(photos, dict(reversed(settings.items()))) == before  # the order settings are given in aside
+    assert fingerprint(photos, {**settings, "resolution": 512}) != before
+    stat = (photos / "a.jpg").stat()
+    os.utime(photos / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # edited in place
+    assert fingerprint(photos, settings) != before
+    touched = fingerprint(photos, settings)
+    (photos / "a.jpg").write_bytes(b"three")
+    os.utime(photos / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # the same time, another size
+    assert fingerprint(photos, settings) != touched
+    (photos / "b.jpg").write_bytes(b"")
+    assert fingerprint(photos, settings) not in (before, touched)

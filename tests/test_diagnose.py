@@ -10,7 +10,7 @@ from PIL import Image
 
 from portraitkit.teach import degrade
 from portraitkit.faces.quality import FaceLimits
-from portraitkit.teach.diagnose import MEASURES, diagnose_image, face_region
+from portraitkit.teach.diagnose import MEASURES, diagnose_image, face_region, measure_image
 from portraitkit.faces.detect import detect_faces
 
 
@@ -28,7 +28,7 @@ def portraits(portrait_path) -> dict[str, tuple[Image.Image, object]]:
 
 
 def scores(images, measure, face=None) -> list[float]:
-    return [diagnose_image(image, face).measures[measure].score for image in images]
+    return [measure_image(image, measure, face).score for image in images]
 
 
 def assert_increasing(values, name):
@@ -49,7 +49,7 @@ def test_color_cast_grows_with_cast_strength(portraits, name, light):
 def test_color_cast_direction_names_the_tint(portraits):
     image, _ = portraits["astronaut"]
     directions = {
-        light: diagnose_image(degrade.add_color_cast(image, 0.8, light)).measures["color_cast"].detail["direction"]
+        light: measure_image(degrade.add_color_cast(image, 0.8, light), "color_cast").detail["direction"]
         for light in ("tungsten", "shade", "fluorescent")
     }
     assert directions["tungsten"].startswith("warm")
@@ -105,9 +105,9 @@ def test_shadow_harshness_grows_with_overhead_light(portraits, name):
 
 def test_exposure_separates_under_from_over(portraits):
     image, face = portraits["hopper"]
-    dark = diagnose_image(degrade.change_exposure(image, -3), face).measures["exposure"]
-    bright = diagnose_image(degrade.change_exposure(image, 2), face).measures["exposure"]
-    normal = diagnose_image(image, face).measures["exposure"]
+    dark = measure_image(degrade.change_exposure(image, -3), "exposure", face)
+    bright = measure_image(degrade.change_exposure(image, 2), "exposure", face)
+    normal = measure_image(image, "exposure", face)
     assert dark.detail["dark_clipped_frac"] > normal.detail["dark_clipped_frac"]
     assert bright.detail["bright_clipped_frac"] > normal.detail["bright_clipped_frac"]
     assert dark.detail["mean_luma"] < normal.detail["mean_luma"] < bright.detail["mean_luma"]
@@ -177,9 +177,21 @@ def test_face_region_is_what_is_measured(portraits):
     background_blurred = degrade.blur(image, 4.0)
     inner = (left + 20, top + 20, right - 20, bottom - 20)  # well inside the face
     background_blurred.paste(image.crop(inner), inner[:2])
-    sharp_face = diagnose_image(image, face).measures["blur"].score
-    assert diagnose_image(background_blurred).measures["blur"].score > sharp_face + 0.1
-    assert diagnose_image(background_blurred, face).measures["blur"].score < diagnose_image(degrade.blur(image, 4.0), face).measures["blur"].score
+    sharp_face = measure_image(image, "blur", face).score
+    assert measure_image(background_blurred, "blur").score > sharp_face + 0.1
+    assert measure_image(background_blurred, "blur", face).score < measure_image(degrade.blur(image, 4.0), "blur", face).score
+
+
+def test_one_measure_alone_is_that_measure_of_the_whole_diagnosis(portraits):
+    """measure_image (what the problem strips and these tests use) is diagnose_image's number, region and
+    detail, measure by measure, with a face and without."""
+    image, face = portraits["hopper"]
+    damaged = degrade.add_noise(degrade.add_color_cast(image, 0.6), 6.0)
+    for found in (face, None):
+        whole = diagnose_image(damaged, found).measures
+        assert {name: measure_image(damaged, name, found) for name in MEASURES} == whole
+    with pytest.raises(ValueError, match="choose one of exposure"):
+        measure_image(image, "sharpness")
 
 
 def test_tiny_and_flat_images_do_not_crash():

@@ -172,7 +172,7 @@ class IdentityScorer:
 
     def score(self, image, penalties: Penalties = Penalties()) -> dict:
         """identity_distance, score, faces, blur, exposure, mean_luma and reasons of one image."""
-        from portraitkit.teach.diagnose import diagnose_image
+        from portraitkit.teach.diagnose import measure_image
         from portraitkit.faces.detect import detect_faces, face_embedding
         from portraitkit.faces.quality import FaceLimits
 
@@ -185,8 +185,7 @@ class IdentityScorer:
         # Other detections count only when dlib is sure, as in prep (a badge can look like a face).
         others = [f for f in found[1:] if f.score >= FaceLimits.other_face_min_score]
         distance = self.distance(face_embedding(image, face))
-        measures = diagnose_image(image, face).measures
-        blur, exposure = measures["blur"], measures["exposure"]
+        blur, exposure = measure_image(image, "blur", face), measure_image(image, "exposure", face)  # what a pick weighs
         # The limits prep judges the training photos by: exposure by lost detail, so that a
         # well-exposed portrait of very dark skin is never marked down as "too dark".
         limits = FaceLimits()

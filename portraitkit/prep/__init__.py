@@ -128,7 +128,9 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words),
                                                     "mask_file_name": f"{MASKS_DIR}/{p.output}", **size_conditioning(p, config)}
                                                    for p in accepted])
-    files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary), optimize=True)
+    # PNG's default compression: `optimize` took three times as long (0.47 s against 0.16 s for the
+    # samples' sheet) to save 1% of its 1.2 MB
+    files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary))
     files.write_json(
         out_dir / "report.json",
         report.jsonable({"summary": summary, "variety": variety, "photos": entries, "config": vars(config)}),

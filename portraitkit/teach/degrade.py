@@ -236,7 +236,7 @@ def plot_problem_strip(image: Image.Image, problem: str, amounts=(0.0, 0.25, 0.5
     """
     import matplotlib.pyplot as plt
 
-    from portraitkit.teach.diagnose import diagnose_image, face_region
+    from portraitkit.teach.diagnose import face_region, measure_image
 
     measure = PROBLEM_MEASURES[problem]
     if face is None and problem == "overhead light":
@@ -251,7 +251,7 @@ def plot_problem_strip(image: Image.Image, problem: str, amounts=(0.0, 0.25, 0.5
             out = add_overhead_light(image, amount, face) if amount > 0 else image.convert("RGB")
         else:
             out = simulate(image, problem, amount)
-        score = diagnose_image(out, face).measures[measure].score
+        score = measure_image(out, measure, face).score
         scores.append(score)
         shown = out.crop(face_region(out.size, face)) if face is not None else out
         ax.imshow(shown)

@@ -4,6 +4,7 @@
 `score` grows with the problem (None where it cannot be measured), plus `flags`, the problems
 worth telling a learner about, in plain words. The preparation stage uses the same function for
 its warnings and its blur/exposure decisions, so there is one implementation of each measure.
+`measure_image(image, name, face=None)` takes one of them alone, on the same region.
 
 What is measured where (a face's region is its box grown by `FACE_MARGIN` on every side):
 - exposure, shadow_harshness, blur: on the face when one is given, because a dark or soft
@@ -22,6 +23,7 @@ quality limits live: what diagnose flags here and what prep rejects).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -404,6 +406,47 @@ def _flags(measures: dict[str, Measure], on_face: bool, t: FaceLimits) -> list[s
     return flags
 
 
+class _Photo:
+    """The views of one photo the measures read, each made when a measure first asks for it."""
+
+    def __init__(self, image: Image.Image, face: Face | None):
+        self.image = image.convert("RGB")
+        self.face = face
+        self.region = face_region(self.image.size, face) if face is not None else (0, 0, *self.image.size)
+        self.native = self.region if face is not None else _central_crop(self.image.size)
+
+    @functools.cached_property
+    def region_rgb(self) -> np.ndarray:
+        return to_array(self.image.crop(self.region))
+
+    @functools.cached_property
+    def native_gray(self) -> np.ndarray:
+        return _gray(self.image.crop(self.native))
+
+    def measure(self, name: str) -> Measure:
+        if name == "exposure":
+            found, region = measure_exposure(self.region_rgb), self.region
+        elif name == "color_cast":
+            small = self.image.copy()
+            small.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.BOX)  # the light's colour needs no fine detail
+            found, region = measure_color_cast(to_array(small)), (0, 0, *self.image.size)
+        elif name == "shadow_harshness":
+            landmarks = None if self.face is None else np.asarray(self.face.landmarks, dtype=np.float64) - self.region[:2]
+            found, region = measure_shadow_harshness(self.region_rgb, landmarks), self.region
+        elif name in ("oversharpening", "jpeg_blockiness", "noise"):
+            pixel_scale = {"oversharpening": measure_oversharpening, "jpeg_blockiness": measure_jpeg_blockiness,
+                           "noise": measure_noise}
+            found, region = pixel_scale[name](self.native_gray), self.native
+        elif name == "blur":
+            blur_image = self.image.crop(self.region)
+            blur_image.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.LANCZOS)  # downscale only
+            found, region = measure_blur(_gray(blur_image)), self.region
+        else:
+            raise ValueError(f"unknown measure {name!r}: choose one of {', '.join(MEASURES)}")
+        found.detail["region"] = list(region)  # (left, top, right, bottom) measured
+        return found
+
+
 def diagnose_image(image: Image.Image, face: Face | None = None, limits: FaceLimits = FaceLimits()) -> Diagnosis:
     """Measure light, colour and processing problems of a photo, on the face region when given.
 
@@ -411,33 +454,15 @@ def diagnose_image(image: Image.Image, face: Face | None = None, limits: FaceLim
     `landmarks` (68, 2) in image pixels). Without a face, shadow_harshness is None. `flags` are
     the measures past `limits`' flag levels.
     """
-    image = image.convert("RGB")
-    region = face_region(image.size, face) if face is not None else (0, 0, *image.size)
-    native = region if face is not None else _central_crop(image.size)
-
-    region_image = image.crop(region)
-    region_rgb = to_array(region_image)
-    native_gray = _gray(image.crop(native))
-    blur_image = region_image.copy()
-    blur_image.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.LANCZOS)  # downscale only
-    landmarks = None if face is None else np.asarray(face.landmarks, dtype=np.float64) - region[:2]
-    small = image.copy()
-    small.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.BOX)  # the light's colour needs no fine detail
-
-    measures = {
-        "exposure": measure_exposure(region_rgb),
-        "color_cast": measure_color_cast(to_array(small)),
-        "shadow_harshness": measure_shadow_harshness(region_rgb, landmarks),
-        "oversharpening": measure_oversharpening(native_gray),
-        "jpeg_blockiness": measure_jpeg_blockiness(native_gray),
-        "noise": measure_noise(native_gray),
-        "blur": measure_blur(_gray(blur_image)),
-    }
-    regions = {"color_cast": (0, 0, *image.size)}
-    regions.update(dict.fromkeys(("oversharpening", "jpeg_blockiness", "noise"), native))
-    for name, measure in measures.items():
-        measure.detail["region"] = list(regions.get(name, region))  # (left, top, right, bottom) measured
+    photo = _Photo(image, face)
+    measures = {name: photo.measure(name) for name in MEASURES}
     return Diagnosis(measures=measures, flags=_flags(measures, face is not None, limits))
+
+
+def measure_image(image: Image.Image, name: str, face: Face | None = None) -> Measure:
+    """One of `diagnose_image`'s measures alone (the same region, the same number): what a row of
+    one problem at growing strength needs, for a seventh of the work or less."""
+    return _Photo(image, face).measure(name)
 
 
 def plot_scores(ax, diagnoses: dict[str, Diagnosis], limits: FaceLimits = FaceLimits()):
