@@ -16,6 +16,10 @@ from PIL import Image
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.photo import Photo
 
+# How the training squares are saved: PNG's fastest compression. At 512 px it encodes in a quarter
+# of the default's time (19 against 76 ms for a sample crop) for a file 7% larger; still lossless.
+CROP_PNG = {"compress_level": 1}
+
 
 def face_geometry(landmarks: np.ndarray) -> dict[str, float]:
     """Size and pose of a face from its 68 landmarks (iBUG order), in photo pixels and degrees."""

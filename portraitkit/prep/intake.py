@@ -18,7 +18,7 @@ from portraitkit.faces.photos import PHOTO_SUFFIXES
 from portraitkit.prep import distance
 from portraitkit.prep.checks import hash_hex, judge_quality, perceptual_hash
 from portraitkit.prep.config import PrepConfig
-from portraitkit.prep.crops import caption_words, crop_face, face_geometry, measure_look
+from portraitkit.prep.crops import CROP_PNG, caption_words, crop_face, face_geometry, measure_look
 from portraitkit.prep.masks import MASKS_DIR, coverage, crop_mask
 from portraitkit.prep.photo import THUMBNAIL, Photo
 from portraitkit.prep.shots import shot
@@ -178,7 +178,7 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     photo.measurements["look"] = measure_look(crop, face.landmarks, geometry)
     photo.caption_words = caption_words(photo, diagnosis)
     if not photo.reasons:  # only photos that may be accepted are worth writing
-        files.save_image(staged, crop)
+        files.save_image(staged, crop, **CROP_PNG)
         photo.staged = staged
         photo.mask = crop_mask(face.landmarks, corners, config.resolution)
         photo.measurements["mask"] = {"coverage": coverage(photo.mask)}

@@ -117,6 +117,7 @@ def _crop_into(dataset_dir: Path, name: str, source: str, photos_dir, settings: 
     from portraitkit.faces.detect import detect_faces
     from portraitkit.faces.photos import open_photo
     from portraitkit.prep import PrepConfig, crop_face, crop_mask, face_geometry
+    from portraitkit.prep.crops import CROP_PNG
 
     if photos_dir is None:
         raise PortraitkitError(f"to use {source}, give the photos folder prep read (photos_dir) so it can be cropped")
@@ -128,7 +129,7 @@ def _crop_into(dataset_dir: Path, name: str, source: str, photos_dir, settings: 
     face = found[0]  # largest first: with several faces, the learner means the main one
     crop, corners, _ = crop_face(image, face, face_geometry(face.landmarks), config)
     save_image(dataset_dir / MASKS_DIR / name, crop_mask(face.landmarks, corners, config.resolution))
-    save_image(dataset_dir / name, crop)
+    save_image(dataset_dir / name, crop, **CROP_PNG)
 
 
 def _free_name(dataset_dir: Path, source: str) -> str:
