@@ -737,4 +737,7 @@ def _build_random_klein(arch: dict, folder: Path, device: str) -> None:
 
 
 if __name__ == "__main__":
+    from portraitkit.core.process import as_a_command
+
+    as_a_command()  # as the command line it measures
     sys.exit(main())

@@ -216,4 +216,7 @@ class Peaks(bench.GpuPeaks):
 
 
 if __name__ == "__main__":
+    from portraitkit.core.process import as_a_command
+
+    as_a_command()  # as the command line it measures
     sys.exit(main())
