@@ -144,12 +144,13 @@ def demo(config: DemoConfig) -> Path:
 
 
 def fingerprint(photos: Path, settings: dict) -> str:
-    """Which photos (names, sizes, times) and settings a stage's output was made from."""
+    """Which photos (names, sizes, times, in sub-folders too, as prep reads them) and settings a
+    stage's output was made from."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for path in sorted(photos.iterdir()):
+    for path in sorted(photos.rglob("*")):
         if path.is_file():
             stat = path.stat()
-            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            digest.update(f"{path.relative_to(photos).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 

@@ -82,9 +82,10 @@ def test_what_a_dataset_was_made_from_changes_with_any_photo_or_setting(tmp_path
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.jpg").write_bytes(b"one")
-    (photos / "nested").mkdir()  # folders are not photos: prep reads the files
     settings = {"resolution": 256, "allow_same_photograph": True}
     before = fingerprint(photos, settings)
+    (photos / "trip").mkdir()
+    assert fingerprint(photos, settings) == before  # an empty folder adds no photo
     assert fingerprint(photos, dict(reversed(settings.items()))) == before  # the order settings are given in aside
     assert fingerprint(photos, {**settings, "resolution": 512}) != before
     stat = (photos / "a.jpg").stat()
@@ -94,5 +95,6 @@ def test_what_a_dataset_was_made_from_changes_with_any_photo_or_setting(tmp_path
     (photos / "a.jpg").write_bytes(b"three")
     os.utime(photos / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # the same time, another size
     assert fingerprint(photos, settings) != touched
-    (photos / "b.jpg").write_bytes(b"")
-    assert fingerprint(photos, settings) not in (before, touched)
+    resized = fingerprint(photos, settings)
+    (photos / "trip" / "b.jpg").write_bytes(b"")  # prep reads sub-folders too
+    assert fingerprint(photos, settings) not in (before, touched, resized)
