@@ -15,7 +15,10 @@ keeping finished portraits). `class.json` records each learner's status, seconds
 reason; `class.html` shows the teacher every learner's picks.
 
 Privacy: the photos never leave the machines of the cluster the teacher chose; Ray's usage
-statistics are switched off and no dashboard is started.
+statistics are switched off and its dashboard's web page is not started. On one machine, Ray's own
+services still open ports on every network interface (Ray 2.60 here; `_node_ip_address` does not
+bind them), guarded by the token authentication Ray now turns on by default: on a shared network,
+keep the class behind the machine's firewall.
 """
 
 from __future__ import annotations
@@ -139,8 +142,8 @@ def _start_ray(address: str | None):
         return ray, False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address is None:
-        # A one-machine cluster listens on loopback only: the photos and Ray's services stay on
-        # this machine. The pipeline passes small dicts between tasks: a small object store will do.
+        # The node's address for its own processes: loopback (it does not bind their ports; see the
+        # module's note). The pipeline passes small dicts between tasks: a small object store will do.
         kwargs.update(_node_ip_address="127.0.0.1", object_store_memory=100 * 2**20)
     try:
         ray.init(address=address, **kwargs)
