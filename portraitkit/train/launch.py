@@ -11,8 +11,6 @@ recognises that one process, and `run_as_processes()` starts the N from it with 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from portraitkit.core.errors import PortraitkitError
 
@@ -43,13 +41,21 @@ def cpu_processes_asked(environ=None, launcher_argv=None) -> int:
     return count
 
 
-def run_as_processes(count: int, argv: list[str], environ=None) -> int:
-    """Run `python -m portraitkit ARGV` as `count` processes with torchrun; its exit status."""
-    environ = dict(os.environ if environ is None else environ)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(count),
-               "--master_addr", environ.get("MASTER_ADDR", "127.0.0.1"), "--master_port", environ["MASTER_PORT"],
-               "-m", "portraitkit", *argv]
-    return subprocess.run(command, env=environ).returncode
+def run_as_processes(count: int, argv: list[str]) -> int:
+    """Run `python -m portraitkit ARGV` as `count` processes under torchrun's launcher, in this
+    process (as accelerate's --multi_gpu launcher runs it: no interpreter started to import torch
+    again); the exit status of the first process to fail, or 0."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(["--nnodes", "1", "--nproc_per_node", str(count), "--master_addr",
+                                os.environ.get("MASTER_ADDR", "127.0.0.1"), "--master_port", os.environ["MASTER_PORT"],
+                                "-m", "portraitkit", *argv])
+    try:
+        torchrun.run(args)
+    except ChildFailedError as error:  # each process has said why on its own stderr
+        return error.get_first_failure()[1].exitcode or 1
+    return 0
 
 
 def _parent_argv() -> list[str]:
