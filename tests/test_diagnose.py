@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.teach import degrade
 from portraitkit.faces.quality import FaceLimits
 from portraitkit.teach.diagnose import MEASURES, diagnose_image, face_region, measure_image
@@ -190,7 +191,7 @@ def test_one_measure_alone_is_that_measure_of_the_whole_diagnosis(portraits):
     for found in (face, None):
         whole = diagnose_image(damaged, found).measures
         assert {name: measure_image(damaged, name, found) for name in MEASURES} == whole
-    with pytest.raises(ValueError, match="choose one of exposure"):
+    with pytest.raises(PortraitkitError, match="choose one of exposure"):
         measure_image(image, "sharpness")
 
 

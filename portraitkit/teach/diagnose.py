@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from portraitkit.core.errors import PortraitkitError
 from portraitkit.faces.quality import FaceLimits
 
 if TYPE_CHECKING:
@@ -442,7 +443,7 @@ class _Photo:
             blur_image.thumbnail((BLUR_SCALE, BLUR_SCALE), Image.Resampling.LANCZOS)  # downscale only
             found, region = measure_blur(_gray(blur_image)), self.region
         else:
-            raise ValueError(f"unknown measure {name!r}: choose one of {', '.join(MEASURES)}")
+            raise PortraitkitError(f"Unknown measure {name!r}: choose one of {', '.join(MEASURES)}.")
         found.detail["region"] = list(region)  # (left, top, right, bottom) measured
         return found
 
@@ -460,8 +461,8 @@ def diagnose_image(image: Image.Image, face: Face | None = None, limits: FaceLim
 
 
 def measure_image(image: Image.Image, name: str, face: Face | None = None) -> Measure:
-    """One of `diagnose_image`'s measures alone (the same region, the same number): what a row of
-    one problem at growing strength needs, for a seventh of the work or less."""
+    """One of `diagnose_image`'s measures alone (the same region, the same number), without computing
+    the other six: what a row of one problem at growing strength needs."""
     return _Photo(image, face).measure(name)
 
 
