@@ -121,13 +121,13 @@ def demo(config: DemoConfig) -> Path:
         seconds[stage] = 0.0
 
     for stage in STAGES:
-        if stage == "prep" and kept:
+        if stage != "prep":
+            timed(stage, lambda: run_stage(stage, photos, out, config, settings))
+        elif kept:
             keep(stage)
-            continue
-        if stage == "prep":
+        else:
             record.unlink(missing_ok=True)  # the dataset it names is about to be replaced: an interrupted prep is redone
-        timed(stage, lambda: run_stage(stage, photos, out, config, settings))
-        if stage == "prep":
+            timed(stage, lambda: run_stage(stage, photos, out, config, settings))
             save_record()
 
     check = out / "scorer_check"

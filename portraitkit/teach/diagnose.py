@@ -411,7 +411,7 @@ class _Photo:
     """The views of one photo the measures read, each made when a measure first asks for it."""
 
     def __init__(self, image: Image.Image, face: Face | None):
-        self.image = image.convert("RGB")
+        self.image = image if image.mode == "RGB" else image.convert("RGB")  # read, never changed: no copy
         self.face = face
         self.region = face_region(self.image.size, face) if face is not None else (0, 0, *self.image.size)
         self.native = self.region if face is not None else _central_crop(self.image.size)
