@@ -111,7 +111,7 @@ def run_train(args) -> int:
     run_dir = train(config)
     print("\n".join(where_the_files_go(run_dir)))
     if line := best_line(run_dir):
-        print(line)  # "likeness 0.41 at step 800; your own photos are 0.38 apart ..."
+        print(line)  # "best/: step 800: 6 of 8 portraits look like you, likeness 0.41; your own new photos land within ..."
     return 0
 
 
@@ -315,13 +315,15 @@ def add_pick(subparsers) -> None:
 def run_pick(args) -> int:
     from pathlib import Path
 
-    from portraitkit.pick.likeness import PICKS_SHEET, RANKING_FILE, rank_images, ranking_lines
+    from portraitkit.pick.likeness import PICKS_SHEET, RANKING_FILE, IdentityScorer, band_line, rank_images, ranking_lines
 
     check_writable(args.images_dir, "IMAGES_DIR (where ranking.json and picks.png go)")
-    ranked = rank_images(args.images_dir, args.reference, top=args.top)
+    scorer = IdentityScorer.from_folder(args.reference)
+    ranked = rank_images(args.images_dir, args.reference, top=args.top, scorer=scorer)
     print("\n".join(ranking_lines(ranked, args.top)))
     folder = Path(args.images_dir)
     print(f"Ranking of {len(ranked)} images in {folder / RANKING_FILE}; picks sheet {folder / PICKS_SHEET}")
+    print(band_line(ranked, scorer.band))
     return 0
 
 

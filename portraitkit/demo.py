@@ -303,13 +303,18 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
     for grid in sorted((run_dir / "validation").glob("step_*.png")):
         parts.append(f"<p>{_e(grid.stem.replace('_', ' '))}</p>" + _img(f"run/validation/{grid.name}", grid.stem, settings.tiny))
     if identity is not None:
-        rows = [[str(r["step"]), f"{r['faces']} of {r['renders']}", _distance(r["likeness"]), _e(r["reason"] or "-")]
-                for r in identity["steps"]]
-        best = (f"Step {identity['best_step']} looks most like the person; its LoRA is kept in <code>run/{_e(identity['best_lora'])}</code>."
-                if identity["best_step"] is not None else _e(identity["reason"][:1].upper() + identity["reason"][1:]) + ".")
-        parts += [f"<p>Each validation step scored against the training photos (identity distance to their centre, 0.6 or "
-                  f"less is the same person). {best} The final output is <code>run/{_e(identity['final_lora'])}</code>.</p>",
-                  _table(["step", "faces found", "likeness (identity distance)", "note"], rows)]
+        rows = [[str(r["step"]), f"{r['faces']} of {r['renders']}", f"{r.get('in_band', 0)} of {r['renders']}",
+                 _distance(r["likeness"]), _e(r["reason"] or "-")] for r in identity["steps"]]
+        best = (f"Step {identity['best_step']} has the most portraits in the person's band; its LoRA is kept in "
+                f"<code>run/{_e(identity['best_lora'])}</code>." if identity["best_step"] is not None
+                else _e(identity["reason"][:1].upper() + identity["reason"][1:]) + ".")
+        band = identity.get("band")
+        where = (f" The person's own new photos land within {band['you_within']:.2f} of the centre of their photos, other "
+                 f"people beyond {band['someone_else_beyond']:.2f}." if band else "")
+        parts += [f"<p>Each validation step's portraits placed on the likeness scale (distance to the centre of the training "
+                  f"faces, lower is more alike).{where} {best} The final output is <code>run/{_e(identity['final_lora'])}</code>.</p>",
+                  _img("run/likeness.png", "likeness curve"),
+                  _table(["step", "faces found", "in your band", "likeness", "note"], rows)]
 
     # 3. sample
     parts += ["<h2>3. Styled portraits</h2>",
@@ -324,8 +329,9 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
 
     # 4. pick
     parts += ["<h2>4. Ranking and picks</h2>",
-              "<p>Every portrait scored by likeness to the training photos (dlib's face embedding) and picture quality "
-              "(one face, sharpness, exposure); a portrait with no face found ranks last. "
+              "<p>Every portrait scored by likeness to the training photos (distance of its dlib face embedding to the centre "
+              "of theirs, the same scale as in training) and picture quality (one face, sharpness, exposure); a portrait "
+              "that copies a training photo ranks below every one that does not, and one with no face found ranks last. "
               "<a href=portraits/ranking.json>ranking.json</a>, and the picks sheet of the top ones:</p>",
               _img("portraits/picks.png", "picks sheet"), _ranking_table(portraits, "portraits", settings.tiny)]
     if (out / "scorer_check" / "ranking.json").is_file():

@@ -1,6 +1,6 @@
-"""The likeness curve: validation drawn with sample's recipe, each step's likeness beside the
-ceiling (how alike the person's own photos are), and best/ chosen by likeness among steps that
-copy nothing. The tiny base draws noise, not faces: its run proves the mechanics only."""
+"""The likeness curve: validation drawn with sample's recipe, each step's renders placed in the
+person's band, and best/ chosen by the band among steps that copy nothing (on real photos:
+tests/test_judge.py). The tiny base draws noise, not faces: its run proves the mechanics only."""
 
 from __future__ import annotations
 
@@ -12,47 +12,60 @@ import pytest
 from PIL import Image
 
 from portraitkit.cli import main
-from portraitkit.pick.likeness import centroid_distances, leave_one_out_distance, nearest_distances
+from portraitkit.faces.likeness import leave_one_out_spread, likeness_band, likeness_distances, nearest_distances
 from portraitkit.train import validate
 from portraitkit.train.config import TrainConfig
 
 
-def test_ceiling_is_each_photo_against_the_centre_of_the_others():
+def test_the_spread_is_each_photo_against_the_centre_of_the_others():
     faces = np.zeros((3, 128))
     faces[1, 0] = faces[2, 1] = 2.0  # (0, 0), (2, 0), (0, 2)
     # (0,0) against (1,1): sqrt 2; (2,0) against (0,1) and (0,2) against (1,0): sqrt 5
-    assert leave_one_out_distance(faces) == pytest.approx((math.sqrt(2) + 2 * math.sqrt(5)) / 3)
-    assert leave_one_out_distance(faces[:1]) is None  # one photo has nothing to be compared with
+    assert leave_one_out_spread(faces) == pytest.approx((math.sqrt(2) + 2 * math.sqrt(5)) / 3)
+    assert leave_one_out_spread(faces[:1]) is None  # one photo has nothing to be compared with
     render = np.zeros((1, 128))
     render[0, 0] = 2.0  # a copy of the second photo
     assert nearest_distances(render, faces)[0] == 0
-    assert centroid_distances(render, faces)[0] == pytest.approx(math.hypot(2 - 2 / 3, 2 / 3))
+    assert likeness_distances(render, faces)[0] == pytest.approx(math.hypot(2 - 2 / 3, 2 / 3))
+    band = likeness_band(faces / 6)  # a real person's spread: about 0.3
+    assert band.copying_below < band.you_within < band.someone_else_beyond
+    assert [band.zone(d) for d in (0.0, band.you_within, band.someone_else_beyond, band.someone_else_beyond + 0.01)] == [
+        "copying", "you", "unsure", "someone else"]
+    wide = likeness_band(faces)  # photos further apart than other people begin: no "unsure" left between
+    assert wide.someone_else_beyond == wide.you_within
 
 
-def row(step, likeness, faces=8, copies=0):
-    return {"step": step, "renders": 8, "faces": faces, "likeness": likeness, "copies": copies}
+def row(step, in_band, scored=8, copies=0, variety=1.0, likeness=0.4):
+    return {"step": step, "renders": 8, "faces": scored, "scored": scored, "likeness": likeness, "in_band": in_band,
+            "copies": copies, "variety": variety}
 
 
-def test_best_is_the_likeliest_step_that_copies_nothing_ties_to_the_earlier():
-    rows = [row(100, 0.50), row(200, 0.40), row(300, 0.30, copies=1),  # the likeliest, but it gives back a photo
-            row(400, 0.40),  # as alike as step 200: the earlier step wins
-            row(500, 0.20, faces=3),  # faces in fewer than half its renders: cannot be judged
-            row(600, None, faces=0)]
+def test_best_is_the_earliest_step_with_the_most_renders_in_the_band_copying_nothing():
+    rows = [row(100, 2), row(200, 6), row(300, 8, copies=1),  # the most in the band, but it gives back a photo
+            row(400, 7),  # one render more than step 200: near-equal, the earlier step wins
+            row(500, 8, scored=3),  # faces judged in fewer than half its renders: cannot be judged
+            row(600, 8, variety=0.3),  # all eight in the band, but one look every time: counts half
+            row(700, 0, scored=0, likeness=None)]
     assert validate.best_step(rows) == 200
     assert validate.best_step(rows[:1]) == 100
-    assert validate.best_step([row(300, 0.30, copies=1), row(600, None, faces=0)]) is None
+    assert validate.best_step([row(300, 8, copies=1), row(700, 0, scored=0, likeness=None)]) is None
+    # nothing in the band: the likeliest step that is not yet someone else; someone else everywhere: none
+    early, later = row(100, 0, likeness=0.52), row(200, 0, likeness=0.5)
+    assert validate.best_step([{**early, "unsure": 3}, {**later, "unsure": 2}]) == 200
+    assert validate.best_step([early, later]) is None
 
 
 def test_scored_steps_keep_best_and_the_curve(tmp_path, monkeypatch):
-    """A scripted likeness sequence through score_validation_step: best/ follows the rule, and
-    identity.json and likeness.png carry the curve with its ceiling."""
-    script = {100: {"faces": 8, "likeness": 0.50, "nearest": 0.45, "copies": 0},
-              200: {"faces": 8, "likeness": 0.41, "nearest": 0.35, "copies": 0},
-              300: {"faces": 8, "likeness": 0.30, "nearest": 0.05, "copies": 2, "copied": ["training image 1"],
+    """A scripted sequence through score_validation_step: best/ follows the rule, and identity.json
+    and likeness.png carry the curve with the person's band."""
+    script = {100: {"faces": 8, "scored": 8, "likeness": 0.50, "nearest": 0.45, "in_band": 3, "copies": 0, "variety": 1.1},
+              200: {"faces": 8, "scored": 8, "likeness": 0.41, "nearest": 0.35, "in_band": 7, "copies": 0, "variety": 0.9},
+              300: {"faces": 8, "scored": 8, "likeness": 0.30, "nearest": 0.05, "in_band": 8, "copies": 2,
+                    "copied": ["training image 1"],
                     "reason": "copies_training_photo: 2 of 8 validation images reproduce a training photo"},
-              400: {"faces": 8, "likeness": 0.41, "nearest": 0.36, "copies": 0}}
+              400: {"faces": 8, "scored": 8, "likeness": 0.40, "nearest": 0.36, "in_band": 8, "copies": 0, "variety": 0.8}}
     faces = np.zeros((3, 128))
-    faces[1, 0] = faces[2, 1] = 0.6
+    faces[1, 0] = faces[2, 1] = 0.35
     current = {}
     monkeypatch.setattr(validate, "reference_embeddings", lambda images: faces)
     monkeypatch.setattr(validate, "_identity_of_step", lambda *args: {"reason": None, **script[current["step"]]})
@@ -66,20 +79,24 @@ def test_scored_steps_keep_best_and_the_curve(tmp_path, monkeypatch):
     for step in script:
         current["step"] = step
         record = validate.score_validation_step(tmp_path, step, images, images[:3], 400, save_best)
-    assert saved == [100, 200]  # 300 copies, 400 only ties with 200
+    assert saved == [100, 200]  # 300 copies, 400 is only one render better than 200
     assert record["best_step"] == 200 and record["recommended"] == "best"
-    assert record["ceiling"] == pytest.approx(leave_one_out_distance(faces), abs=1e-4)
-    assert [(r["step"], r["renders"], r["likeness"], r["copies"]) for r in record["steps"]] == [
-        (100, 8, 0.50, 0), (200, 8, 0.41, 0), (300, 8, 0.30, 2), (400, 8, 0.41, 0)]
+    assert record["band"] == likeness_band(faces).to_dict()
+    assert [(r["step"], r["renders"], r["in_band"], r["copies"]) for r in record["steps"]] == [
+        (100, 8, 3, 0), (200, 8, 7, 0), (300, 8, 8, 2), (400, 8, 8, 0)]
     line = validate.best_line(tmp_path)
-    assert line.startswith(f"likeness 0.41 at step 200; your own photos are {record['ceiling']:.2f} apart")
+    assert line.startswith("best/: step 200: 7 of 8 portraits look like you, likeness 0.41; your own new photos land within "
+                           f"{record['band']['you_within']:.2f}")
 
-    from portraitkit.train.run_folder import plot_likeness
+    from portraitkit.train.run_folder import ZONE_COLOURS, plot_likeness
 
     picture = np.asarray(Image.open(plot_likeness(tmp_path)).convert("RGB")).astype(int)
     red, green = picture[..., 0], picture[..., 1]
     # the copying step is crossed out in red and the best step ringed in green
     assert ((red > 180) & (green < 80)).sum() > 20 and ((green > 100) & (red < 80)).sum() > 20
+    for colour in ZONE_COLOURS.values():  # each zone of the band shaded
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(picture[..., :3] - rgb).sum(axis=2) <= 3).sum() > 500, colour
 
 
 def test_validation_is_spread_over_the_run():
@@ -110,7 +127,7 @@ def test_a_tiny_run_validates_as_sample_draws(tmp_path, face_dataset, capsys):
     first = used["renders"][0]
     assert (first["style"], first["prompt"], first["negative_prompt"], first["guidance_scale"]) == (
         "studio", studio.render("sks", "person")[0], studio.negative_prompt, studio.guidance_scale)
-    assert record["ceiling"] is not None and 0 < record["ceiling"] < 0.6  # four crops of one photograph
+    assert record["band"]["photos"] >= 2 and 0 < record["band"]["spread"] < 0.3  # crops of one photograph: little spread
     assert record["best_step"] is None and record["steps"][0]["faces"] == 0 and record["steps"][0]["renders"] == 8
     assert (run / "likeness.png").read_bytes()[:4] == b"\x89PNG"
     assert "best/: none (no validation step could be judged: no face was found in the 8 validation images)" in capsys.readouterr().out

@@ -97,7 +97,8 @@ def test_duplicate_keeps_the_larger_original(samples_run):
     _, _, report = samples_run
     duplicate = next(e for e in report["photos"] if e["source"] == "hopper_duplicate.jpg")
     assert duplicate["measurements"]["duplicate_of"] == "hopper.jpg"
-    assert duplicate["measurements"]["hash_distance"] <= PrepConfig().max_hash_distance
+    evidence = duplicate["measurements"]["same_photograph"]  # the whole frame lined up, as re-saved
+    assert duplicate["reasons"] == ["duplicate"] and not evidence["mirrored"] and abs(evidence["scale"] - 1) < 0.03
 
 
 def test_tiny_face_is_not_silently_enlarged(samples_run):

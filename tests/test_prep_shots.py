@@ -1,8 +1,7 @@
 """prep counts one photograph once, never reads its own datasets, and tells backgrounds apart.
 
-The only licence-clean photos that ship are one portrait of Grace Hopper and one of Eileen
-Collins: two different people. No two real photos of one person exist here, so "different shots
-of one person are not flagged" is checked with different people's portraits only.
+Here on the samples (edits of one photograph of Grace Hopper, and Eileen Collins); that distinct
+shots of one real person are never merged is tested on real people's photos in tests/test_judge.py.
 """
 
 from __future__ import annotations
@@ -57,15 +56,19 @@ def test_the_learner_can_use_a_same_photograph_rejection(one_shot, tmp_path):
     assert entry["output"] in {row["file_name"] for row in rows} and (dataset / entry["output"]).is_file()
 
 
-def test_a_different_shot_is_not_the_same_photograph(samples_dir):
+def test_a_mirrored_crop_lines_up_and_another_portrait_does_not(samples_dir):
+    """The mechanics on one photograph (distinct shots of one real person: tests/test_judge.py)."""
+    from portraitkit.faces.photograph import MIN_CORRELATION, MIN_INLIERS, compare, fingerprint
+
     hopper = Image.open(samples_dir / "hopper.jpg").convert("RGB")
     astronaut = Image.open(samples_dir / "astronaut.jpg").convert("RGB")
-    mine, theirs = (shot(image, detect_faces(image)[0].landmarks) for image in (hopper, astronaut))
     crop = hopper.crop((40, 60, 480, 560)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    mirrored_crop = shot(crop, detect_faces(crop)[0].landmarks)
-    threshold = PrepConfig().same_photograph_likeness
-    assert mine.likeness(mirrored_crop) > threshold + 0.1  # a wide margin on both sides
-    assert mine.likeness(theirs) < threshold - 0.1
+    mirrored_crop = compare(fingerprint(hopper), fingerprint(crop))
+    assert mirrored_crop.same and mirrored_crop.mirrored
+    assert mirrored_crop.inliers > 2 * MIN_INLIERS and mirrored_crop.correlation > (1 + MIN_CORRELATION) / 2  # a wide margin
+    assert mirrored_crop.scale == pytest.approx(hopper.width / 440, rel=0.05)  # the crop's pixels are the photo's, enlarged
+    other = compare(fingerprint(hopper), fingerprint(astronaut))
+    assert other is None or (other.inliers < MIN_INLIERS and not other.same)
 
 
 def test_prep_never_reads_a_dataset_it_wrote(samples_dir, tmp_path):

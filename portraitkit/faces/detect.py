@@ -92,8 +92,9 @@ class Face:
 
     def roll_degrees(self) -> float:
         """Angle of the eye line against horizontal; positive when the right-hand eye is lower."""
-        left, right = self.eye_centers()
-        return float(np.degrees(np.arctan2(right[1] - left[1], right[0] - left[0])))
+        from portraitkit.faces.pose import roll_degrees
+
+        return roll_degrees(self.landmarks)
 
 
 def models_dir() -> Path:

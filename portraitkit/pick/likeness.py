@@ -1,20 +1,21 @@
 """Ranking portraits: does it look like the person, and is it a good picture?
 
 Each image gets:
-- an identity distance: the mean dlib embedding distance between its face and every face of the
-  reference set (the prepared dataset, i.e. photos of the person). The mean of pairwise
-  distances keeps dlib's calibration: 0.6 or less means the same person (99.38% on LFW,
-  ageitgey/face_recognition README);
+- its likeness (`identity_distance`): the distance of its face's dlib embedding to the centre of
+  the person's faces (the reference set: the prepared dataset), the one likeness scale
+  (`faces.likeness`) that training's validation and every page also show, and the person's
+  band on it: `copying`, `you`, `unsure`, `someone else` (its words are the first reason);
 - technical quality from `portraitkit.teach.diagnose` on the face region: sharpness and exposure,
   plus whether exactly one face is in the picture.
 
 score = 1 - identity distance - penalties (below), so a higher score is better and likeness
-counts most; images without a usable face score 0 and are ranked last with the reason. A
-portrait that reproduces a training photo (`copies`: the whole picture, not just the face) has
-the reason `copies_training_photo: ...` naming the photo, and `copies` in its row names it too.
+counts most. A face turned beyond the judged range (`faces.pose`) is not judged, whoever it
+shows ("turned too far to judge"), and, like an image without a face, ranks last. A portrait that
+is a training photo given back (`copies`: the same photograph, found by the detector prep uses)
+says so, names the photo, and ranks below every portrait that is not a copy: it is no new portrait.
 
-Training's validation (`portraitkit.train.validate`) uses the same scorer to tell which step's images
-look most like the person; this module knows nothing of training.
+Training's validation (`portraitkit.train.validate`) uses the same scale and band to tell which
+step's images look most like the person; this module knows nothing of training.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from portraitkit.pick.copies import CopyDetector
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.faces.detect import SAME_PERSON_THRESHOLD
 from portraitkit.core.files import save_image, write_json
+from portraitkit.faces.likeness import LikenessBand, likeness_band, likeness_distances
+from portraitkit.pick.copies import TrainingPhotos
 
 RANKING_FILE = "ranking.json"
 PICKS_SHEET = "picks.png"
@@ -38,8 +39,8 @@ PICKS_SHEET = "picks.png"
 class Penalties:
     """What each problem costs in score (identity differences are 0.1-0.4 between good images)."""
 
-    # The distance threshold itself is crossed: the picture shows someone else. Costs more than
-    # any quality problem, since a sharp stranger is worth less than a soft likeness.
+    # Past the person's band, where other people begin: the picture shows someone else. Costs
+    # more than any quality problem, since a sharp stranger is worth less than a soft likeness.
     different_person: float = 0.25
     # A second face: a portrait of the person should show only them (generated crowds, mirrors).
     several_faces: float = 0.1
@@ -47,13 +48,14 @@ class Penalties:
     blurry: float = 0.15
     # Face too dark or too bright, or large parts of it clipped to black or white.
     badly_exposed: float = 0.1
-    # A training photo given back (`copies`): the person, but no new portrait. Ranked below the
-    # person in new scenes (a copy's likeness is as high as it gets), above someone else.
+    # A training photo given back (`copies`): the person, but no new portrait. Whatever its
+    # score, `order` puts it below every portrait that is not a copy.
     copies_training_photo: float = 0.3
 
 
-def rank_images(images_dir: str | Path, reference_dir: str | Path, top: int = 8, penalties: Penalties = Penalties()) -> list[dict]:
-    """Score and rank every image in `images_dir` against the person in `reference_dir`.
+def rank_images(images_dir: str | Path, reference_dir: str | Path, top: int = 8, penalties: Penalties = Penalties(),
+                scorer: IdentityScorer | None = None) -> list[dict]:
+    """Score and rank every image in `images_dir` against the person in `reference_dir` (or `scorer`, made from it).
 
     Writes `images_dir/ranking.json` (best first) and `images_dir/picks.png` (the top `top`).
     Uses `images_dir/manifest.json` when present (its files, and their style and seed).
@@ -66,7 +68,7 @@ def rank_images(images_dir: str | Path, reference_dir: str | Path, top: int = 8,
     if top < 1:
         raise PortraitkitError("--top must be at least 1")
     listed = image_files(images_dir)
-    scorer = IdentityScorer.from_folder(reference_dir)
+    scorer = scorer or IdentityScorer.from_folder(reference_dir)
     rows = []
     for name, extra in tqdm(listed, desc="ranking portraits", unit="img"):
         try:
@@ -110,33 +112,37 @@ def image_files(images_dir: Path) -> list[tuple[str, dict]]:
 
 
 def order(rows: list[dict]) -> list[dict]:
-    """Usable faces by score (best first), then the rest; `rank` 1 is the best."""
-    ranked = sorted(rows, key=lambda r: (r["identity_distance"] is None, -r["score"], r["identity_distance"] or 0, r["file"]))
+    """Judged faces by score (best first), then copies of training photos, then the rest; `rank` 1 is the best."""
+    ranked = sorted(rows, key=lambda r: (r["identity_distance"] is None, r.get("copies") is not None, -r["score"],
+                                         r["identity_distance"] or 0, r["file"]))
     return [{"file": r["file"], "rank": i, **{k: v for k, v in r.items() if k != "file"}} for i, r in enumerate(ranked, 1)]
 
 
-def unscored(reason: str) -> dict:
-    return {"identity_distance": None, "score": 0.0, "faces": 0, "blur": None, "exposure": None, "mean_luma": None,
-            "reasons": [reason], "copies": None}
+def unscored(reason: str, faces: int = 0) -> dict:
+    return {"identity_distance": None, "likeness": None, "score": 0.0, "faces": faces, "blur": None, "exposure": None,
+            "mean_luma": None, "reasons": [reason], "copies": None}
 
 
 # --- the scorer -------------------------------------------------------------------------------
 
 
 class IdentityScorer:
-    """Scores images against embeddings of the person's reference faces."""
+    """Scores images against embeddings of the person's reference faces, on the one likeness scale."""
 
-    def __init__(self, reference: np.ndarray, copies: CopyDetector | None = None):
+    def __init__(self, reference: np.ndarray, copies: TrainingPhotos | None = None):
         self.reference = np.asarray(reference, dtype=np.float64).reshape(-1, 128)
+        self.band: LikenessBand = likeness_band(self.reference)
         self.copies = copies  # the training crops a portrait may copy (`from_folder` gives them)
 
     @classmethod
-    def from_images(cls, images: list) -> IdentityScorer:
-        """From PIL images of the person; raises PortraitkitError when none shows a face."""
+    def from_images(cls, images: list, names: list[str] | None = None) -> IdentityScorer:
+        """From PIL images of the person (`names`: theirs, to name a copied one); raises
+        PortraitkitError when none shows a face."""
         embeddings = reference_embeddings(images)
         if len(embeddings) == 0:
             raise PortraitkitError("no face was found in any reference image: use the dataset made by `portraitkit prep`")
-        return cls(embeddings)
+        names = names if names is not None else [f"training image {n}" for n in range(1, len(images) + 1)]
+        return cls(embeddings, TrainingPhotos(names, images))
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> IdentityScorer:
@@ -160,38 +166,39 @@ class IdentityScorer:
             except PortraitkitError:
                 continue  # an unreadable reference is one fewer, not a failed ranking
         try:
-            scorer = cls.from_images(images)
+            return cls.from_images(images, names)
         except PortraitkitError:
             raise PortraitkitError(f"no face was found in the reference images in {folder}: pass the dataset made by `portraitkit prep`") from None
-        scorer.copies = CopyDetector(names, images)
-        return scorer
 
     def distance(self, embedding: np.ndarray) -> float:
-        """Mean distance to the reference faces (same calibration as one pair: <= 0.6 same person)."""
-        return float(np.linalg.norm(self.reference - embedding, axis=1).mean())
+        """The likeness scale: distance to the centre of the reference faces (lower is more alike)."""
+        return float(likeness_distances(embedding, self.reference)[0])
 
     def score(self, image, penalties: Penalties = Penalties()) -> dict:
-        """identity_distance, score, faces, blur, exposure, mean_luma and reasons of one image."""
-        from portraitkit.teach.diagnose import measure_image
+        """identity_distance, likeness (the band's zone), score, faces, blur, exposure, mean_luma,
+        reasons and copies of one image."""
         from portraitkit.faces.detect import detect_faces, face_embedding
+        from portraitkit.faces.pose import turned_too_far
         from portraitkit.faces.quality import FaceLimits
+        from portraitkit.teach.diagnose import measure_image
 
         found = detect_faces(image)
         if not found:
             return unscored("no face found")
         face = found[0]  # the largest: the subject of a portrait
-        if not face.landmarks_fit:  # a head turned towards profile: its embedding would be read from misplaced points
-            return unscored("face turned too far to the side to judge its likeness")
         # Other detections count only when dlib is sure, as in prep (a badge can look like a face).
         others = [f for f in found[1:] if f.score >= FaceLimits.other_face_min_score]
+        turned = turned_too_far(face)
+        if turned:  # beyond where the embedding tells people apart: not judged, for anyone
+            return unscored(turned, faces=1 + len(others))
         distance = self.distance(face_embedding(image, face))
+        zone = self.band.zone(distance)
         blur, exposure = measure_image(image, "blur", face), measure_image(image, "exposure", face)  # what a pick weighs
         # The limits prep judges the training photos by: exposure by lost detail, so that a
         # well-exposed portrait of very dark skin is never marked down as "too dark".
         limits = FaceLimits()
-        reasons, score = [], 1.0 - distance
-        if distance > SAME_PERSON_THRESHOLD:
-            reasons.append(f"looks like someone else (identity distance {distance:.2f}, the same person is at most {SAME_PERSON_THRESHOLD})")
+        reasons, score = [self.band.words(distance)], 1.0 - distance
+        if zone == "someone else":
             score -= penalties.different_person
         if others:
             reasons.append(f"{1 + len(others)} faces in the picture")
@@ -203,38 +210,14 @@ class IdentityScorer:
         if problems:
             reasons.append(problems[0][1])  # one sentence is enough: brightness before clipping
             score -= penalties.badly_exposed
-        copied = self.copies.copies(image, face) if self.copies is not None else None
+        copied = self.copies.copies(image) if self.copies is not None else None
         if copied is not None:
             reasons.append(copied.reason())
             score -= penalties.copies_training_photo
-        return {"identity_distance": round(distance, 4), "score": round(max(0.0, score), 4), "faces": 1 + len(others),
-                "blur": _rounded(blur.score), "exposure": _rounded(exposure.score),
+        return {"identity_distance": round(distance, 4), "likeness": zone, "score": round(max(0.0, score), 4),
+                "faces": 1 + len(others), "blur": _rounded(blur.score), "exposure": _rounded(exposure.score),
                 "mean_luma": _rounded(exposure.detail.get("mean_luma")), "reasons": reasons,
                 "copies": copied.photo if copied is not None else None}
-
-
-def centroid_distances(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Each embedding's distance to the centre of the reference faces: how like the person as a
-    whole, rather than like one photo (the centre of several photos is no photo at all)."""
-    return np.linalg.norm(np.reshape(embeddings, (-1, 128)) - np.mean(reference, axis=0), axis=1)
-
-
-def nearest_distances(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Each embedding's distance to the nearest reference face."""
-    pairs = np.reshape(embeddings, (-1, 1, 128)) - np.reshape(reference, (1, -1, 128))
-    return np.linalg.norm(pairs, axis=2).min(axis=1)
-
-
-def leave_one_out_distance(reference: np.ndarray) -> float | None:
-    """How alike the person's own photos are: each face's distance to the centre of the others,
-    averaged (None with fewer than two faces). Two real photos of one person are never at 0, so
-    this is the likeness a portrait can honestly reach: far below it is copying, not likeness."""
-    reference = np.reshape(reference, (-1, 128))
-    count = len(reference)
-    if count < 2:
-        return None
-    others = (reference.sum(axis=0) - reference) / (count - 1)
-    return float(np.linalg.norm(reference - others, axis=1).mean())
 
 
 def _rounded(value: float | None) -> float | None:
@@ -262,6 +245,23 @@ def reference_embeddings(images: list) -> np.ndarray:
                 rows.append(face_embedding(image.convert("RGB"), found[0]))
         _EMBEDDINGS[key.hexdigest()] = np.array(rows, dtype=np.float64).reshape(-1, 128)
     return _EMBEDDINGS[key.hexdigest()]
+
+
+def band_line(ranking: list[dict], band: LikenessBand) -> str:
+    """The last line of `portraitkit pick`: how many portraits land where, in words a learner reads."""
+    zones = [row.get("likeness") for row in ranking if row.get("copies") is None]  # a copy is said as a copy
+    copies = len(ranking) - len(zones)
+    said = [f"{zones.count('you')} of {len(ranking)} look like you", f"{zones.count('unsure')} unsure",
+            f"{zones.count('someone else')} like someone else"]
+    if zones.count("copying"):
+        said.append(f"{zones.count('copying')} closer to your photos than your own new photos come")
+    if copies:
+        said.append(f"{copies} copy a training photo")
+    unjudged = sum(row.get("likeness") is None for row in ranking)
+    if unjudged:
+        said.append(f"{unjudged} not judged (no face, or turned too far)")
+    return (", ".join(said) + f". Your own new photos land within {band.you_within:.2f} of the centre of your photos "
+            f"(closer than {band.copying_below:.2f} is copying), other people beyond {band.someone_else_beyond:.2f}.")
 
 
 def ranking_lines(ranking: list[dict], top: int) -> list[str]:

@@ -12,8 +12,8 @@ photo is checked, and every decision is written down with the measurements behin
 3. measure it (`diagnose.diagnose_image` on the face): blur and bad exposure are rejections;
    colour cast, harsh shadows, compression, noise and sharpening halos are warnings;
 4. compare the set: the same shot twice is `duplicate` (a re-saved copy) or `same_photograph`
-   (a crop, colour edit or mirror image, compared in the face's own frame: `shots`), naming the
-   one kept; a face that is not the person most of the set shows is `different_person` (the
+   (a crop, colour edit or mirror image: the whole pictures line up, `faces.photograph`), naming
+   the one kept; a face that is not the person most of the set shows is `different_person` (the
    set's consensus decides, not the first file);
 5. crop a square around the face with head-and-shoulders margins, straightened by the eye line,
    resized with LANCZOS, and caption it "a photo of <token> <class word>" plus measured words;
@@ -23,13 +23,14 @@ photo is checked, and every decision is written down with the measurements behin
 7. mask the person's face and hair in the crop, from the landmarks (`masks`), for the masked loss.
 
 Outputs in the dataset folder (see `prepare`): the prepared PNGs and `metadata.jsonl` (a Hugging
-Face `imagefolder`), `report.json` and `contact_sheet.png`. A file that cannot be read, or any
+Face `imagefolder`), `report.json` (with the person's `likeness_band`, `faces.likeness`) and
+`contact_sheet.png`. A file that cannot be read, or any
 other failure on one photo, is recorded against that photo and the run goes on.
 
 The stage, one module per concept: `config` (PrepConfig), `photo` (what is learned about one
 input, the reason codes), `intake` (finding, examining, staging and publishing the photos),
-`checks` (quality, duplicates, identity, variety), `shots` (the face's surroundings in its own
-frame: one photograph counted once, backgrounds told apart), `crops` (face geometry, the crop, its look,
+`checks` (quality, duplicates, identity, variety), `shots` (backgrounds told apart, in the face's
+own frame), `crops` (face geometry, the crop, its look,
 the caption), `distance` (camera distance and its correction), `masks` (the face-and-hair mask of each crop), `report` (summary, report entries, contact sheet).
 """
 
@@ -124,6 +125,7 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     variety["advice"] += distance_advice
     summary = report.summary(photos, ignored, config)
     summary["camera_distance"] = distances
+    band = _likeness_band(accepted)
     entries = [report.entry(p, config) for p in photos]
     files.write_jsonl(out_dir / "metadata.jsonl", [{"file_name": p.output, "text": caption(config, p.caption_words),
                                                     "mask_file_name": f"{MASKS_DIR}/{p.output}", **size_conditioning(p, config)}
@@ -133,7 +135,22 @@ def prepare(photos_dir: str | Path, out_dir: str | Path, config: PrepConfig | No
     files.save_image(out_dir / "contact_sheet.png", report.contact_sheet(photos, summary))
     files.write_json(
         out_dir / "report.json",
-        report.jsonable({"summary": summary, "variety": variety, "photos": entries, "config": vars(config)}),
+        report.jsonable({"summary": summary, "variety": variety, "likeness_band": band, "photos": entries,
+                         "config": vars(config)}),
     )
     shutil.rmtree(staging, ignore_errors=True)
     return PrepResult(out_dir=out_dir, entries=entries, summary=summary, variety=variety)
+
+
+def _likeness_band(accepted: list) -> dict | None:
+    """Where the person's own new photos would land on the likeness scale, from the accepted faces
+    (`faces.likeness`): what pick and training's validation judge portraits against."""
+    import numpy as np
+
+    from portraitkit.faces.likeness import likeness_band
+
+    faces = [p.embedding for p in accepted if p.embedding is not None]
+    if not faces:
+        return None
+    return {**likeness_band(np.array(faces)).to_dict(),
+            "scale": "distance to the centre of these photos' faces (dlib embeddings); lower is more alike"}

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.photo import Photo
@@ -54,31 +53,16 @@ def judge_quality(photo: Photo, diagnosis, config: PrepConfig) -> None:
 # --- the set ----------------------------------------------------------------------------------------
 
 
-def perceptual_hash(image: Image.Image) -> np.ndarray:
-    """pHash: signs of the 8x8 lowest DCT frequencies (without DC) of a 32x32 grey thumbnail.
-
-    Low frequencies describe the layout of light and dark, which resizing, recompression and
-    small colour edits leave alone, while a different framing or pose changes it.
-    """
-    from scipy.fft import dctn
-
-    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
-    low = dctn(grey, norm="ortho")[:8, :8].ravel()[1:]
-    return low > np.median(low)
-
-
-def hash_hex(bits: np.ndarray) -> str:
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
-
-
 def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
     """Group the copies of one shot; keep the best of each group, reject the rest naming it.
 
-    Two photos are one shot when their whole frames hash alike (a re-saved or resized copy:
-    `duplicate`) or when the face and its surroundings match in the face's own frame (a crop,
-    a colour edit, a mirror image: `same_photograph`, `prep.shots`). Groups join through any
-    member, so a crop of a mirrored copy is still the original.
+    Two photos are one shot when `faces.photograph` lines them up as one picture: over the whole
+    frame, unmirrored, a re-saved or resized copy (`duplicate`); otherwise a crop, an edit, a
+    slight rotation or a mirror image (`same_photograph`, only with `config.one_per_photograph`).
+    Groups join through any member, so a crop of a mirrored copy is still the original.
     """
+    from portraitkit.faces.photograph import same_photograph
+
     parent = list(range(len(photos)))
 
     def root(i: int) -> int:
@@ -87,45 +71,41 @@ def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
             i = parent[i]
         return i
 
+    matches = {}
     for i, a in enumerate(photos):
         for j in range(i + 1, len(photos)):
             b = photos[j]
-            if _same_frame(a, b, config) or (config.one_per_photograph and a.shot is not None and b.shot is not None
-                                             and a.shot.likeness(b.shot) >= config.same_photograph_likeness):
+            if a.fingerprint is None or b.fingerprint is None:
+                continue
+            match = same_photograph(a.fingerprint, b.fingerprint)
+            if match is not None and (config.one_per_photograph or match.whole_frame):
+                matches[i, j] = matches[j, i] = match
                 parent[root(j)] = root(i)
 
-    groups: dict[int, list[Photo]] = {}
-    for i, photo in enumerate(photos):
-        groups.setdefault(root(i), []).append(photo)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(photos)):
+        groups.setdefault(root(i), []).append(i)
     for group in groups.values():
         if len(group) < 2:
             continue
-        keeper = _keeper(group)
-        for photo in group:
+        keeper = _keeper([photos[i] for i in group])
+        k = photos.index(keeper)
+        for i in group:
+            photo = photos[i]
             if photo is keeper:
                 continue
             photo.duplicate_of = keeper.source
             photo.measurements["duplicate_of"] = keeper.source
-            if _same_frame(photo, keeper, config):
+            match = matches.get((i, k))
+            if match is not None:  # the evidence, when the two were compared directly (not only through a third)
+                photo.measurements["same_photograph"] = {"inliers": match.inliers, "correlation": match.correlation,
+                                                         "mirrored": match.mirrored, "scale": match.scale}
+            if match is not None and match.whole_frame:
                 photo.add("duplicate")
-                photo.measurements["hash_distance"] = int(np.count_nonzero(photo.phash != keeper.phash))
                 continue
             photo.add("same_photograph")
-            if photo.shot is not None and keeper.shot is not None:
-                photo.measurements["same_photograph_likeness"] = photo.shot.likeness(keeper.shot)
             photo.message = (f"the same photograph as {keeper.source} (a crop, edit or mirror image of it), "
                              "which is kept: one shot counted twice teaches the LoRA that shot, not the face")
-
-
-def _same_frame(a: Photo, b: Photo, config: PrepConfig) -> bool:
-    """The whole frames hash alike and the faces match: a re-saved, resized or re-encoded copy."""
-    from portraitkit.faces.detect import identity_distance
-
-    if a.phash is None or b.phash is None or int(np.count_nonzero(a.phash != b.phash)) > config.max_hash_distance:
-        return False
-    if a.embedding is not None and b.embedding is not None:
-        return identity_distance(a.embedding, b.embedding) <= config.max_duplicate_identity_distance
-    return True
 
 
 def _keeper(group: list[Photo]) -> Photo:

@@ -61,25 +61,12 @@ class PrepConfig:
 
     # --- the set -----------------------------------------------------------------------------------
     same_person_threshold: float = SAME_PERSON_THRESHOLD  # dlib's 0.6: 99.38% on LFW
-    # Near-duplicates: 64-bit perceptual hashes (DCT of a 32x32 grey thumbnail) differing in at
-    # most 6 bits. Re-saving and resizing change 0-4 (the sample duplicate, a 15% downscale at
-    # JPEG quality 70: 2); a different framing of the same scene changed 10 or more.
-    max_hash_distance: int = 6
-    # ...and faces this close in identity: the same shot re-saved measures about 0.1, two
-    # different photos of one person about 0.3-0.5. Guards against two shots in the same pose
-    # against the same plain wall.
-    max_duplicate_identity_distance: float = 0.3
-
-    # One photograph counted once: crops, resizes, re-encodes, colour edits and mirror images of
-    # one shot are rejected as `same_photograph`, naming the one kept. Off only for a set made
-    # on purpose from one photograph: data/samples, edited fifteen ways to show every check.
+    # One photograph counted once: a re-saved or resized copy is a `duplicate`; a crop, colour
+    # edit, re-encode, slight rotation or mirror image of one shot is a `same_photograph`; both
+    # rejected naming the one kept, both found by `faces.photograph` (calibrated on real people's
+    # photos there). Off (duplicates are still caught) only for a set made on purpose from one
+    # photograph: data/samples, edited fifteen ways to show every check.
     one_per_photograph: bool = True
-    # Edits of one shot correlate 0.60-0.97 around the face in the face's own frame
-    # (`prep.shots`; median 0.86 over the data/samples variants of one photo), two people's
-    # portraits 0.38-0.51. Groups join through any member, so an edit past the threshold still
-    # joins through a milder one. Not measured: two real photos of one person in the same pose
-    # against the same wall (no such pair ships in a licence-clean package).
-    same_photograph_likeness: float = 0.7
 
     max_pixels: int = DEFAULT_MAX_PIXELS  # photos above this are downscaled when opened
 

@@ -23,26 +23,18 @@ CROP_PNG = {"compress_level": 1}
 
 def face_geometry(landmarks: np.ndarray) -> dict[str, float]:
     """Size and pose of a face from its 68 landmarks (iBUG order), in photo pixels and degrees."""
+    from portraitkit.faces.pose import roll_degrees, upright, yaw_degrees
+
     left_eye, right_eye = landmarks[36:42].mean(axis=0), landmarks[42:48].mean(axis=0)
-    roll = math.degrees(math.atan2(right_eye[1] - left_eye[1], right_eye[0] - left_eye[0]))
-    # Work in the face's own upright frame so a tilted head does not read as a turned one.
-    c, s = math.cos(math.radians(roll)), math.sin(math.radians(roll))
-    upright = (landmarks - landmarks.mean(axis=0)) @ np.array([[c, -s], [s, c]])
-    jaw_left, jaw_right, nose_tip = upright[0], upright[16], upright[30]
-    width = float(np.linalg.norm(landmarks[16] - landmarks[0]))
-    # Yaw from a cylinder model of the head: the nose tip stands about one head-radius in front
-    # of the axis, so its offset from the midpoint of the jaw ends, over half the jaw width, is
-    # sin(yaw). Rough (faces are not cylinders), but enough to tell frontal from three-quarter views.
-    offset = (nose_tip[0] - (jaw_left[0] + jaw_right[0]) / 2) / max(width / 2, 1.0)
-    yaw = math.degrees(math.asin(float(np.clip(offset, -1.0, 1.0))))
+    points = upright(landmarks)  # the face's own upright frame: a tilted head does not read as a turned one
     # Pitch index: where the nose tip sits between the eye line and the chin (about 0.4 when
     # level; larger looking down, smaller looking up). An index, not degrees.
-    eye_y = (upright[36:48, 1]).mean()
-    pitch_index = (nose_tip[1] - eye_y) / max(upright[8, 1] - eye_y, 1.0)
+    eye_y = (points[36:48, 1]).mean()
+    pitch_index = (points[30, 1] - eye_y) / max(points[8, 1] - eye_y, 1.0)
     return {
-        "width_px": width,
-        "roll_degrees": roll,
-        "yaw_degrees": yaw,
+        "width_px": float(np.linalg.norm(landmarks[16] - landmarks[0])),
+        "roll_degrees": roll_degrees(landmarks),
+        "yaw_degrees": yaw_degrees(landmarks),
         "pitch_index": float(pitch_index),
         "eye_distance_px": float(np.linalg.norm(right_eye - left_eye)),
     }

@@ -16,7 +16,7 @@ from portraitkit.core import files
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.faces.photos import PHOTO_SUFFIXES
 from portraitkit.prep import distance
-from portraitkit.prep.checks import hash_hex, judge_quality, perceptual_hash
+from portraitkit.prep.checks import judge_quality
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import CROP_PNG, caption_words, crop_face, face_geometry, measure_look
 from portraitkit.prep.masks import MASKS_DIR, coverage, crop_mask
@@ -119,6 +119,7 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     """
     from portraitkit.teach.diagnose import diagnose_image
     from portraitkit.faces.detect import detect_faces, face_embedding
+    from portraitkit.faces.photograph import fingerprint
     from portraitkit.faces.photos import open_photo
 
     try:
@@ -131,8 +132,8 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     photo.thumbnail = image.copy()
     photo.thumbnail.thumbnail((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
     photo.thumb_scale = photo.thumbnail.width / image.width
-    photo.phash = perceptual_hash(photo.thumbnail)
-    photo.measurements["perceptual_hash"] = hash_hex(photo.phash)
+    # As taken, before any correction: edits of one shot are compared as they were made.
+    photo.fingerprint = fingerprint(image)
 
     found = detect_faces(image)
     photo.measurements["faces_found"] = len(found)
@@ -142,7 +143,7 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     face = found[0]
     if not face.landmarks_fit:  # found, but the 68 points missed it: crop, identity, pose would be guesses
         photo.add("turned_away")
-    else:  # as taken, before any correction: edits of one shot are compared as they were made
+    else:  # the background, for variety: before any correction too
         photo.shot = shot(image, face.landmarks)
     distance.measure(photo, path, image, face, config)
     image, face = distance.correct(photo, image, face, config)  # before the crop: the warp needs the whole face

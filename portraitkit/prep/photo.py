@@ -58,8 +58,8 @@ class Photo:
     mask: Image.Image | None = None  # the crop's face-and-hair mask (`masks`), for accepted photos
     staged_mask: Path | None = None
     embedding: np.ndarray | None = None
-    phash: np.ndarray | None = None
-    shot: Any = None  # prep.shots.Shot: the face's surroundings in its own frame
+    fingerprint: Any = None  # faces.photograph.Fingerprint: the photo as taken, for "is this the same photograph"
+    shot: Any = None  # prep.shots.Shot: the background around the face, in the face's own frame
     caption_words: list[str] = field(default_factory=list)
     duplicate_of: str | None = None
     output: str | None = None

@@ -139,10 +139,14 @@ def plot_loss(run_dir: Path) -> Path | None:
     return run_dir / "loss.png"
 
 
+# The band's zones as likeness.png shades them, bottom to top (faces.likeness.LikenessBand).
+ZONE_COLOURS = {"copying": "#f4cccc", "you": "#d9ead3", "unsure": "#fff2cc", "someone else": "#eeeeee"}
+
+
 def plot_likeness(run_dir: Path) -> Path | None:
-    """likeness.png: each validated step's identity distance to the person (lower is more alike)
-    with the ceiling, how far the person's own photos are from each other, as a line; the best
-    step ringed, steps whose renders copy a training photo crossed out."""
+    """likeness.png: each validated step's likeness (distance to the centre of the person's photos;
+    lower is more alike) over the person's band, shaded: copying, you, unsure, someone else; the
+    best step ringed, steps whose renders copy a training photo crossed out."""
     from matplotlib.figure import Figure
 
     path = run_dir / "identity.json"
@@ -150,17 +154,24 @@ def plot_likeness(run_dir: Path) -> Path | None:
         return None
     record = read_json(path, "train the run again to measure its likeness", keys=("steps",))
     rows = record["steps"]
-    figure = Figure(figsize=(6, 3.5), dpi=100)
+    figure = Figure(figsize=(6.4, 3.8), dpi=100)
     axes = figure.subplots()
+    band = record.get("band")
+    measured = [r[key] for r in rows for key in ("likeness", "holdout") if r.get(key) is not None]
+    if band:
+        top = max([band["someone_else_beyond"] * 1.3, *measured])
+        edges = [0.0, band["copying_below"], band["you_within"], band["someone_else_beyond"], top]
+        for (low, high), (zone, colour) in zip(zip(edges, edges[1:]), ZONE_COLOURS.items()):
+            if high > low:
+                axes.axhspan(low, high, color=colour, zorder=0)
+                axes.text(1.01, (low + high) / 2, zone, transform=axes.get_yaxis_transform(), va="center", fontsize="small")
+        axes.set_ylim(0, top)
+    # (identity.json's `nearest`, the distance to the nearest photo, is another scale: not drawn on this one)
     for key, style, colour, label in [("likeness", "o-", "tab:blue", "to the centre of your photos"),
-                                      ("nearest", ".--", "tab:orange", "to the nearest photo"),
-                                      ("holdout", "s:", "tab:purple", "to the held-out photos")]:
+                                      ("holdout", "s:", "tab:purple", "to the centre of the held-out photos")]:
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if points:
             axes.plot(*zip(*points), style, color=colour, label=label)
-    if record.get("ceiling") is not None:
-        axes.axhline(record["ceiling"], color="black", linestyle="--", linewidth=1,
-                     label=f"ceiling: your photos {record['ceiling']:.2f} apart")
     best = next((r for r in rows if r["step"] == record.get("best_step")), None)
     if best is not None:
         axes.plot([best["step"]], [best["likeness"]], "o", markersize=14, fillstyle="none", color="tab:green",
@@ -170,9 +181,9 @@ def plot_likeness(run_dir: Path) -> Path | None:
         axes.plot(*zip(*copying), "x", markersize=12, color="tab:red", label="copies a training photo")
     if rows:  # the validated steps on the axis, also when none of them has a face to measure
         axes.set_xlim(0, max(r["step"] for r in rows) * 1.05)
-    if not any(r.get("likeness") is not None for r in rows):
-        axes.text(0.5, 0.5, "no face found in the validation renders", transform=axes.transAxes, ha="center", va="center")
-    axes.set(xlabel="step", ylabel="identity distance (lower = more alike)", title="Likeness over training")
+    if not measured:
+        axes.text(0.5, 0.5, "no face judged in the validation renders", transform=axes.transAxes, ha="center", va="center")
+    axes.set(xlabel="step", ylabel="likeness (lower = more alike)", title="Likeness over training, in your band")
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small")
     figure.tight_layout()

@@ -1,16 +1,20 @@
-"""Validation during training: portraits drawn as the user will draw them, and how much each
-step's portraits look like the person beside how alike the person's own photos are.
+"""Validation during training: portraits drawn as the user will draw them, and where each step's
+portraits land in the person's likeness band.
 
 At each validated step (by default every tenth of the run: `TrainConfig.validated_steps`) the LoRA draws a couple of
 `sample`'s styles at a few seeds with `sample`'s own recipe (`sample.recipe`: DPM++ 2M Karras,
 the style's guidance and negative prompt), so `best/` is chosen from what the user will see.
-Each step is scored against the training photos (`pick.likeness`): the renders' identity
-distance to the centre of the person's photos (`likeness`) and to the nearest photo, how many
-renders show a face and how many copy a training photo. The *ceiling* is how far each training
-photo is from the centre of the others: two real photos of one person are never at 0. All of it
-goes into identity.json and likeness.png; best/ keeps the LoRA of the likeliest step that copies
-nothing. With held-out photos (`train --holdout N`) the likeness is also measured against them,
-and `validation_loss` is the denoising loss on them with fixed noise and timesteps.
+Each render is judged as pick judges a portrait, on the one likeness scale (`faces.likeness`: the
+distance to the centre of the training faces) against the person's band (where their own new
+photos land, where copying begins, where other people begin), skipping faces turned beyond the
+judged range or whose landmarks missed (`faces.pose`), and checking each for a training photo
+given back (`faces.photograph`, as prep and pick do). Per step `identity.json` records the
+evidence: faces found and `scored`, `in_band` (renders that look like the person as their own new
+photos do), `copying` (closer than those), `copies`, and `variety` (how varied the renders' faces
+are against the person's own photos: a LoRA that draws one look every time has learned a photo,
+not a face). `best/` keeps the step a person would choose (`best_step`). With held-out photos
+(`train --holdout N`) the likeness is also measured against them, and `validation_loss` is the
+denoising loss on them with fixed noise and timesteps.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import numpy as np
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import save_image, write_json
-from portraitkit.faces.detect import SAME_PERSON_THRESHOLD
+from portraitkit.faces.likeness import LikenessBand, likeness_band, likeness_distances, nearest_distances, spread_of
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem
 from portraitkit.models.conditioning import unet_conditioning
-from portraitkit.pick.likeness import centroid_distances, leave_one_out_distance, nearest_distances, reference_embeddings
+from portraitkit.pick.likeness import reference_embeddings
 from portraitkit.sample import recipe
 from portraitkit.train.cache import batch_inputs, encode_examples, load_examples
 
@@ -147,32 +151,46 @@ def prompt_embeddings(pipe, prompt: str, negative_prompt: str, device) -> dict:
 # --- scoring ------------------------------------------------------------------------------------
 
 
+# Renders whose faces vary less than this share of the person's own photos' spread have
+# collapsed to one look. Edits of one photograph (data/samples) measure 0.2-0.3 of a real set's
+# spread, distinct photos of one person about 1 (docs/judge.md).
+MIN_VARIETY = 0.5
+# Steps whose share of renders in the band differs by no more than one render of eight are
+# near-equal: the earlier is kept (it has learned less of the photos' accidents).
+NEAR_EQUAL = 0.125
+
+
 def score_validation_step(run_dir: Path, step: int, images: list, reference_images: list, final_step: int,
                           save_best: Callable[[Path], object], broken: str | None = None, held_out_images: list = (),
                           recipe: dict | None = None) -> dict:
-    """Record how much `step`'s validation images look like the person, in run_dir/identity.json.
+    """Record where `step`'s validation images land in the person's band, in run_dir/identity.json.
 
-    Each step's row: `renders`, `faces` (renders with a face), `likeness` (their mean identity
-    distance to the centre of the training faces; lower is more alike), `nearest` (to the nearest
-    training face), `holdout` (to the centre of the held-out faces, if any), `copies` (renders that
-    give back a training photo, named in `copied`) and `reason` when the step cannot be the best.
-    The record's `ceiling` is the training faces' own leave-one-out distance. When `step` becomes
-    the best (`best_step`), `save_best` is called with run_dir/best to keep its LoRA. Nothing is
-    ever guessed: without faces the distances are null and `reason` says why; `broken` says why
-    the images themselves are unusable (a failed decode), and the step is then not scored.
+    Each step's row: `renders`, `faces` (renders with a face), `scored` (faces judged: not turned
+    too far, landmarks landed), `likeness` (their mean distance on the likeness scale; lower is
+    more alike), `nearest` (to the nearest training face), `holdout` (to the centre of the
+    held-out faces, if any), `in_band`, `unsure` and `copying` (scored renders in the band's `you`,
+    `unsure` and `copying` zones), `variety` (the scored faces' spread over the person's), `copies` (renders
+    that give back a training photo, named in `copied`) and `reason` when the step cannot be the
+    best. The record's `band` is the person's (`faces.likeness.LikenessBand`). When `step`
+    becomes the best (`best_step`), `save_best` is called with run_dir/best to keep its LoRA.
+    Nothing is ever guessed: without faces the distances are null and `reason` says why;
+    `broken` says why the images themselves are unusable (a failed decode), and the step is then
+    not scored.
     """
     run_dir = Path(run_dir)
     path = run_dir / IDENTITY_FILE
     record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     steps = {row["step"]: row for row in record.get("steps", []) if row["step"] != step}
 
-    row = {"step": step, "renders": len(images), "faces": 0, "likeness": None, "nearest": None, "holdout": None,
-           "copies": 0, "copied": [], "reason": None}
+    row = {"step": step, "renders": len(images), "faces": 0, "scored": 0, "likeness": None, "nearest": None,
+           "holdout": None, "in_band": 0, "unsure": 0, "copying": 0, "variety": None, "copies": 0, "copied": [], "reason": None}
     embeddings = held_out = np.zeros((0, 128))
+    band = None
     try:
         embeddings = reference_embeddings(reference_images)
         held_out = reference_embeddings(list(held_out_images)) if len(held_out_images) else held_out
-        row.update(_identity_of_step(images, embeddings, held_out, reference_images) if not broken else {"reason": broken})
+        band = likeness_band(embeddings) if len(embeddings) else None
+        row.update(_identity_of_step(images, embeddings, held_out, reference_images, band) if not broken else {"reason": broken})
     except PortraitkitError as error:  # the face models are missing: training goes on, unscored
         row["reason"] = f"identity not scored: {error}"
     steps[step] = row
@@ -181,21 +199,20 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
     if best == step and record.get("best_step") != step:
         (run_dir / BEST_DIR).mkdir(exist_ok=True)
         save_best(run_dir / BEST_DIR)  # before identity.json names it, so it never points at nothing
-    ceiling = leave_one_out_distance(embeddings)
     record = {
         "reference_images": len(reference_images),
         "reference_faces": len(embeddings),
         "held_out_faces": len(held_out),
-        "ceiling": None if ceiling is None else round(ceiling, 4),
+        "scale": "distance to the centre of the training faces (dlib embeddings); lower is more alike",
+        "band": band.to_dict() if band is not None else record.get("band"),
         "steps": [steps[s] for s in sorted(steps)],
         "best_step": best,
         "best_lora": f"{BEST_DIR}/{lora.LORA_FILE}" if best is not None else None,
         "final_step": final_step,
         "final_lora": lora.LORA_FILE,  # what the run writes when it finishes step `final_step`
-        # What `portraitkit sample` should use: the likeliest step, else the last one.
+        # What `portraitkit sample` should use: the step a person would choose, else the last one.
         "recommended": "best" if best is not None and best != final_step else "final",
         "reason": None if best is not None else _why_no_best(list(steps.values())),
-        "same_person_threshold": SAME_PERSON_THRESHOLD,
         "recipe": recipe if recipe is not None else record.get("recipe"),
     }
     write_json(path, record)
@@ -203,17 +220,32 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
 
 
 def best_step(rows: list[dict]) -> int | None:
-    """The step whose renders look most like the person (lowest `likeness`) among those that can be
-    judged (a face in at least half of the renders) and copy no training photo; ties go to the
-    earlier step. A step that copies is never the best, however alike: its LoRA memorises the
-    photos instead of learning the person."""
-    judged = [r for r in rows if r["likeness"] is not None and r["copies"] == 0 and 2 * r["faces"] >= r["renders"]]
-    return min(judged, key=lambda r: (r["likeness"], r["step"]))["step"] if judged else None
+    """The step a person would choose: the most renders in the person's band, among the steps that
+    can be judged (faces scored in at least half of the renders) and copy no training photo. A
+    step whose renders collapse to one look (`variety` under MIN_VARIETY) counts half its band.
+    Of near-equal steps (within NEAR_EQUAL) the earliest wins: later steps only memorise more.
+    A step that copies is never the best, however alike: its LoRA memorises the photos. When no
+    render lands in the band, the likeliest step with an "unsure" render is kept; when every judged
+    render is someone else, none is."""
+    judged = [r for r in rows if r.get("likeness") is not None and r["copies"] == 0 and 2 * r.get("scored", 0) >= r["renders"]]
+    if not judged:
+        return None
+
+    def value(row: dict) -> float:
+        share = row["in_band"] / row["renders"]
+        collapsed = row.get("variety") is not None and row["variety"] < MIN_VARIETY
+        return share / 2 if collapsed else share
+
+    top = max(value(r) for r in judged)
+    if top == 0:  # nothing lands in the band: the likeliest step with a render that is not yet someone else
+        unsure = [r for r in judged if r.get("unsure")]
+        return min(unsure, key=lambda r: (r["likeness"], r["step"]))["step"] if unsure else None
+    return min(r["step"] for r in judged if value(r) >= top - NEAR_EQUAL)
 
 
 def best_line(run_dir: Path) -> str | None:
-    """One sentence for people: the best step's likeness beside the ceiling, or why there is none
-    (what `portraitkit train` prints at the end); None for a run that was not validated."""
+    """One sentence for people: where the best step's portraits land in the person's band, or why
+    there is none (what `portraitkit train` prints at the end); None for a run that was not validated."""
     path = Path(run_dir) / IDENTITY_FILE
     if not path.is_file():
         return None
@@ -221,9 +253,11 @@ def best_line(run_dir: Path) -> str | None:
     if record.get("best_step") is None:
         return f"best/: none ({record.get('reason') or 'no validation step was scored'})"
     row = next(r for r in record["steps"] if r["step"] == record["best_step"])
-    ceiling = f"; your own photos are {record['ceiling']:.2f} apart" if record.get("ceiling") is not None else ""
-    return (f"likeness {row['likeness']:.2f} at step {row['step']}{ceiling} (identity distance, lower is more alike); "
-            f"its LoRA is in {BEST_DIR}/")
+    band = record.get("band") or {}
+    where = (f"; your own new photos land within {band['you_within']:.2f} of the centre of your photos, other people beyond "
+             f"{band['someone_else_beyond']:.2f}") if band else ""
+    return (f"best/: step {row['step']}: {row['in_band']} of {row['renders']} portraits look like you, "
+            f"likeness {row['likeness']:.2f}{where} (lower is more alike); none copies a photo")
 
 
 def _why_no_best(rows: list[dict]) -> str:
@@ -231,32 +265,44 @@ def _why_no_best(rows: list[dict]) -> str:
     return "no validation step could be judged: " + "; ".join(sorted(reasons)) if reasons else "no validation step was scored"
 
 
-def _identity_of_step(images: list, embeddings: np.ndarray, held_out: np.ndarray, reference_images: list) -> dict:
-    """faces, likeness, nearest, holdout, copies and, where the step cannot be the best, the reason."""
-    if len(embeddings) == 0:
+def _identity_of_step(images: list, embeddings: np.ndarray, held_out: np.ndarray, reference_images: list,
+                      band: LikenessBand | None) -> dict:
+    """faces, scored, likeness, nearest, holdout, in_band, copying, variety, copies and, where the
+    step cannot be the best, the reason."""
+    if len(embeddings) == 0 or band is None:
         return {"reason": f"no face was found in the {len(reference_images)} training images, so there is nothing to compare with"}
     from portraitkit.faces.detect import detect_faces, face_embedding
-    from portraitkit.pick.copies import CopyDetector
+    from portraitkit.faces.pose import turned_too_far
+    from portraitkit.pick.copies import TrainingPhotos
 
-    detector = CopyDetector([f"training image {n}" for n in range(1, len(reference_images) + 1)], reference_images)
-    found, copied = [], []
+    photos = TrainingPhotos([f"training image {n}" for n in range(1, len(reference_images) + 1)], reference_images)
+    faces, scored, copied = 0, [], []
     for image in images:
-        faces = detect_faces(image)
-        if faces:
-            found.append(face_embedding(image, faces[0]))
-            copy = detector.copies(image, faces[0])
-            if copy is not None:
-                copied.append(copy.photo)
-    if not found:
+        found = detect_faces(image)
+        if not found:
+            continue
+        faces += 1
+        copy = photos.copies(image)
+        if copy is not None:
+            copied.append(copy.photo)
+        if turned_too_far(found[0]) is None:  # as pick: a face turned beyond the judged range is not judged
+            scored.append(face_embedding(image, found[0]))
+    if not faces:
         return {"reason": f"no face was found in the {len(images)} validation images"}
-    found = np.array(found)
-    row = {"faces": len(found), "likeness": _mean(centroid_distances(found, embeddings)),
-           "nearest": _mean(nearest_distances(found, embeddings)),
-           "holdout": _mean(centroid_distances(found, held_out)) if len(held_out) else None,
-           "copies": len(copied), "copied": sorted(set(copied)), "reason": None}
-    if len(found) * 2 < len(images):
-        row["reason"] = (f"faces found in only {len(found)} of {len(images)} validation images "
-                         "(at least half are needed to judge a step)")
+    row = {"faces": faces, "scored": len(scored), "copies": len(copied), "copied": sorted(set(copied)), "reason": None}
+    if scored:
+        scored = np.array(scored)
+        distances = likeness_distances(scored, embeddings)
+        zones = [band.zone(float(d)) for d in distances]
+        variety = spread_of(scored)
+        person = band.spread
+        row.update(likeness=_mean(distances), nearest=_mean(nearest_distances(scored, embeddings)),
+                   holdout=_mean(likeness_distances(scored, held_out)) if len(held_out) else None,
+                   in_band=zones.count("you"), unsure=zones.count("unsure"), copying=zones.count("copying"),
+                   variety=None if variety is None or not person else round(variety / person, 4))
+    if len(scored) * 2 < len(images):
+        row["reason"] = (f"faces judged in only {len(scored)} of {len(images)} validation images "
+                         f"({faces} found; at least half must be judged to judge a step)")
     elif copied:
         row["reason"] = (f"copies_training_photo: {len(copied)} of {len(images)} validation images reproduce a training photo "
                          f"({', '.join(row['copied'])}), so this step's LoRA memorises rather than learns")
