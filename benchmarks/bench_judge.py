@@ -111,7 +111,7 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
 
 
 def same_photograph_figures(people: dict, groups: list[set[str]], rng: np.random.Generator) -> None:
-    from portraitkit.faces.photograph import compare, same_photograph
+    from portraitkit.faces.photograph import MIN_CORRELATION, MIN_INLIERS, compare, same_photograph
 
     def one_photo(person: str, a: str, b: str) -> bool:
         return any({f"{person}/{a}", f"{person}/{b}"} <= group for group in groups)
@@ -133,9 +133,10 @@ def same_photograph_figures(people: dict, groups: list[set[str]], rng: np.random
         print("   ", line)
     if correlations:
         inliers, corr = np.array(correlations).T
+        lined_up = corr[np.isfinite(corr)]  # correlated only where enough points agree (MIN_INLIERS)
         print(f"   distinct shots that line up at all: inliers median {np.median(inliers):.0f}, 99th percentile "
-              f"{np.percentile(inliers, 99):.0f}, max {inliers.max():.0f}; aligned correlation median {np.median(corr):.2f}, "
-              f"max {corr.max():.2f}")
+              f"{np.percentile(inliers, 99):.0f}, max {inliers.max():.0f}; of the {len(lined_up)} with {MIN_INLIERS} or more, "
+              f"aligned correlation median {np.median(lined_up):.2f}, max {lined_up.max():.3f} (same photograph from {MIN_CORRELATION})")
     names = [(person, photo) for person, photos in people.items() for photo in photos]
     pairs = [tuple(rng.choice(len(names), 2, replace=False)) for _ in range(min(600, len(names) ** 2))]
     across = [(names[i], names[j]) for i, j in pairs if names[i][0] != names[j][0]]
@@ -143,7 +144,7 @@ def same_photograph_figures(people: dict, groups: list[set[str]], rng: np.random
                 for (p, a), (q, b) in across)
     print(f"   different people merged: {wrong} of {len(across)} random pairs")
     if groups:
-        found, total = 0, 0
+        found, total, missed = 0, 0, []
         for group in groups:
             members = sorted(group)
             for a, b in itertools.combinations(members, 2):
@@ -153,7 +154,11 @@ def same_photograph_figures(people: dict, groups: list[set[str]], rng: np.random
                     total += 1
                     match = compare(people[pa][fa]["fingerprint"], people[pb][fb]["fingerprint"])
                     found += bool(match and match.same)
+                    if not (match and match.same):
+                        missed.append((a, b))
         print(f"   listed same-photograph pairs found (real re-crops, resizes, mirrors): {found} of {total}")
+        for a, b in missed[:6]:
+            print(f"     missed: {a} ~ {b}")
 
 
 def copy_figures(people: dict) -> None:
@@ -208,17 +213,18 @@ def auc_figures(people: dict) -> None:
             key = pose_bin(photo)
             mine = float(likeness_distances(photo["embedding"], reference)[0])
             theirs = [float(likeness_distances(o["embedding"], reference)[0]) for p, others in people.items() if p != person
-                      for o in others.values() if o["embedding"] is not None and pose_bin(o) == key]
+                      for o in others.values() if o["embedding"] is not None]
             pos.setdefault(key, []).append(mine)
             neg.setdefault(key, []).extend(theirs)
             pairs.setdefault(key, []).append(auc([mine], theirs) or 0.0)
-    print("\n3. likeness AUC by the scored photo's head turn (each photo against the centre of its person's other judged photos):")
+    print("\n3. likeness AUC by the scored photo's head turn (each photo against the centre of its person's other judged "
+          "photos, every other person's photos the negatives):")
     print(f"   {'turn (degrees)':<18}{'photos':>7}{'AUC':>8}{'person median':>15}{'others 5th pct':>16}")
     for key in ("0-15", "15-30", "30-45", "over 45", "landmarks missed", "no face"):
         if key == "no face":
             print(f"   {key:<18}{counts.get(key, 0):>7}")
             continue
-        if key in pairs:
+        if pairs.get(key) and neg.get(key):
             print(f"   {key:<18}{counts.get(key, 0):>7}{np.mean(pairs[key]):>8.3f}{np.median(pos[key]):>15.3f}"
                   f"{np.percentile(neg[key], 5):>16.3f}")
 

@@ -8,9 +8,8 @@ so `import portraitkit` and `portraitkit --help` stay fast.
 
 __version__ = "0.1.0"
 
-import logging as _logging
+from portraitkit.core.offline import keep_bitsandbytes_local as _keep_bitsandbytes_local
 
-# bitsandbytes warns on CPUs with AVX512-BF16 that its optional 4-bit CPU kernel (fetched from a
-# model hub by the `kernels` package) is missing. portraitkit never runs 4-bit layers, and the
-# advice would send offline users to a download, so that one logger is kept quiet.
-_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+# Before anything imports diffusers (which imports bitsandbytes): no kernel fetched from the Hub
+# at import, no look-up of huggingface.co (`core.offline`).
+_keep_bitsandbytes_local()

@@ -336,8 +336,10 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
               _img("portraits/picks.png", "picks sheet"), _ranking_table(portraits, "portraits", settings.tiny)]
     if (out / "scorer_check" / "ranking.json").is_file():
         parts += ["<h3>The same scorer on real photos</h3>",
-                  "<p>Since the tiny base draws no faces, here is what the scorer does with faces: the sample photos of the "
-                  "person rank first (the blurry one lower), another person next, and a photo without a face last.</p>",
+                  "<p>Since the tiny base draws no faces, here is what the scorer does with faces. The sample photos of the "
+                  "person are edits of her one training photograph, so each is caught as a training photo given back "
+                  "(<code>copies_training_photo</code>, naming it): the person, but no new portrait, ranked below any "
+                  "new portrait of her and above another person; a photo without a face comes last.</p>",
                   _img("scorer_check/picks.png", "scorer on real photos"), _ranking_table(out / "scorer_check", "scorer_check", False)]
 
     parts += ["<h2>Files</h2><ul>",

@@ -9,21 +9,90 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from portraitkit.cli import main
 
 TOY_LINE = "is an offline toy base with random weights: its images are noise, not portraits"
+
+# A fresh process as a Zen 4 or Sapphire Rapids laptop runs it, on any CPU: bitsandbytes' native
+# check for AVX512-BF16 answers yes (so its import reaches for the `kernels` package, as there), a
+# `kernels` stand-in records any request for a kernel from the Hub, and an audit hook records every
+# host looked up. What it saw is written to the JSON file named by $SEEN at exit. (`kernels` is the
+# package bitsandbytes would fetch the kernel with; transformers 5 requires it, so it is installed.)
+AS_ON_ZEN4 = """
+import atexit, importlib.abc, importlib.util, json, os, runpy, sys
+
+seen = {"hosts": [], "kernels": []}
+sys.addaudithook(lambda event, args: seen["hosts"].append(str(args[0])) if event == "socket.getaddrinfo" else None)
+atexit.register(lambda: open(os.environ["SEEN"], "w").write(json.dumps(seen)))
+try:
+    import kernels  # the real package (transformers 5 requires it), its one way to the Hub recorded instead
+    kernels.get_kernel = lambda *args, **kwargs: seen["kernels"].append(args[0]) or (_ for _ in ()).throw(RuntimeError("Hub"))
+except ImportError:  # older transformers: without `kernels`, bitsandbytes has no way to the Hub to take
+    pass
+
+
+class Bf16(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name != "bitsandbytes.functional" or getattr(self, "finding", False):
+            return None
+        self.finding = True
+        try:
+            self.spec = importlib.util.find_spec(name)
+        finally:
+            self.finding = False
+        self.loader = self.spec.loader
+        self.spec.loader = self
+        return self.spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.has_avx512bf16 = lambda: True
+
+
+sys.meta_path.insert(0, Bf16())
+if sys.argv[1:2] == ["-c"]:
+    exec(sys.argv[2])
+else:
+    runpy.run_module("portraitkit", run_name="__main__")
+"""
+
+
+def run_as_on_zen4(args: list[str], tmp_path, **env) -> tuple[subprocess.CompletedProcess, dict]:
+    seen = tmp_path / "seen.json"
+    environment = {**os.environ, "TQDM_DISABLE": "1", "SEEN": str(seen), **env}  # progress bars aside, stderr stays empty
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):  # as a user's machine: not told to stay offline
+        environment.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", AS_ON_ZEN4, *args], env=environment, capture_output=True, text=True, timeout=300)
+    return done, json.loads(seen.read_text()) if seen.is_file() else {}
+
+
+def test_the_hub_kernel_path_is_reached_here_and_taken_only_when_asked(tmp_path):
+    """The forcing works on this CPU, whatever it is (so the demo's test below sees what a Zen 4
+    sees), and bitsandbytes asks for its Hub kernel only with PORTRAITKIT_HUB_KERNELS=1."""
+    pytest.importorskip("kernels")
+    code = "import portraitkit, diffusers, bitsandbytes"
+    _, asked = run_as_on_zen4(["-c", code], tmp_path, PORTRAITKIT_HUB_KERNELS="1")
+    assert asked["kernels"] == ["kernels-community/quantization-bitsandbytes"]
+    done, kept = run_as_on_zen4(["-c", code], tmp_path)
+    assert done.returncode == 0 and kept == {"hosts": [], "kernels": []} and done.stderr.strip() == "", done.stderr
 
 
 def test_demo_runs_every_stage_and_reports_them(tmp_path, umask_022, private_paths, capsys):
     """Every stage (prep, train with validation, sample from the run, pick) in one fresh process, so
     the libraries' import-time and loading notices (torchvision, optional kernels, fp32 casts, LoRA
-    without text-encoder keys) are seen as a user sees them: stderr stays empty."""
+    without text-encoder keys) are seen as a user sees them: stderr stays empty; and, on a CPU with
+    AVX512-BF16 as on any other, no host is looked up."""
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--train-steps", "2", "--styles", "studio,outdoor", "--per-style", "1", "--sample-steps", "2"]
-    env = {**os.environ, "TQDM_DISABLE": "1"}  # progress bars aside, stderr stays empty
-    done = subprocess.run([sys.executable, "-m", "portraitkit", *args], env=env, capture_output=True, text=True, timeout=300)
+    done, seen = run_as_on_zen4(args, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", f"portraitkit demo wrote to stderr: {done.stderr}"
+    assert seen == {"hosts": [], "kernels": []}  # no host looked up, no kernel asked for: the offline demo is offline
     printed = done.stdout
     assert "report.html" in printed
     assert printed.count(TOY_LINE) == 1  # the toy base says so once, not once per stage

@@ -6,3 +6,8 @@ class PortraitkitError(Exception):
 
     The command line prints it without a traceback; notebooks show it as it is.
     """
+
+
+class DiskFull(PortraitkitError):
+    """A write met a full disk or a quota (Colab's Drive, a small SD card): said once, with where
+    and how much, and nothing half-written left behind (`core.files.writing`)."""

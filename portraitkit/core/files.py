@@ -13,30 +13,89 @@ plain `open()` or `mkdir()` would have given it (0644 / 0755 under umask 022): `
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, needs: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step.
 
     `suffix` defaults to the target's own, so writers that choose a format by extension
-    (PIL, matplotlib, safetensors) still do the right thing.
+    (PIL, matplotlib, safetensors) still do the right thing. A full disk is one sentence
+    (`writing`; `needs`: the file's size in bytes, where the caller knows it).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    with writing(path.parent, path.name, needs, lambda: tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            os.replace(shareable(tmp), path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+# What a full disk or an exhausted quota looks like from each writer: an OSError's errno (Python,
+# PIL, matplotlib), the OS's words in a library's own error (safetensors: "No space left on
+# device (os error 28)"), or neither (torch.save: "PytorchStreamWriter failed writing file"),
+# where the disk itself is then all but full.
+FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL_WORDS = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+NEARLY_FULL = 16 << 20  # bytes free after a failed write that mean the disk filled up
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
     try:
-        yield tmp
-        os.replace(shareable(tmp), path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        return shutil.disk_usage(existing).free if existing is not None else None
+    except OSError:
+        return None
+
+
+def is_disk_full(error: BaseException, folder: str | os.PathLike) -> bool:
+    if isinstance(error, OSError) and error.errno in FULL:
+        return True
+    if any(words in str(error) for words in FULL_WORDS):
+        return True
+    free = free_bytes(folder)
+    return isinstance(error, (OSError, RuntimeError)) and free is not None and free < NEARLY_FULL
+
+
+@contextlib.contextmanager
+def writing(folder: str | os.PathLike, what: str, needs: int | None = None, written=None) -> Iterator[None]:
+    """Turn a full disk met inside the block into `DiskFull`: one sentence naming the folder, the
+    free space and the space needed (`needs` bytes, else at least what `written()` had reached)."""
+    from portraitkit.core.errors import DiskFull, PortraitkitError
+
+    try:
+        yield
+    except PortraitkitError:
+        raise
+    except Exception as error:
+        if not is_disk_full(error, folder):
+            raise
+        so_far = None
+        with contextlib.suppress(Exception):
+            so_far = Path(written()).stat().st_size if written is not None else None
+        needed = f"{_size(needs)}" if needs else f"more than the {_size(so_far)} it had written" if so_far else "more"
+        free = free_bytes(folder)
+        raise DiskFull(f"The disk holding {Path(folder)} is full ({_size(free) if free is not None else 'no space'} free) "
+                       f"while writing {what}, which needs {needed}: free some space there, or choose another folder, "
+                       "and run the same command again; nothing half-written was left, and everything saved before is intact.") from None
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "an unknown amount"
+    return f"{count / (1 << 20):.1f} MB" if count >= 1 << 20 else f"{count / 1024:.0f} KB"
 
 
 def shareable(path: str | os.PathLike) -> Path:

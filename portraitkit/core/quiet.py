@@ -17,8 +17,6 @@ HARMLESS = {
     # diffusers warns on every dtype cast of a model, also when no module needs to stay in fp32;
     # and on loading a LoRA without text-encoder layers (portraitkit's default) into the pipeline.
     "diffusers": ("that should be kept in float32: [].", "No LoRA keys associated to"),
-    # Imported by diffusers on CPUs with AVX512-BF16: an optional kernel for 4-bit layers, never used here.
-    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
 }
 # The libraries whose own logging module gives their root logger a handler.
 CONFIGURED = {"diffusers", "transformers"}

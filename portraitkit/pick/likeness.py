@@ -12,7 +12,8 @@ score = 1 - identity distance - penalties (below), so a higher score is better a
 counts most. A face turned beyond the judged range (`faces.pose`) is not judged, whoever it
 shows ("turned too far to judge"), and, like an image without a face, ranks last. A portrait that
 is a training photo given back (`copies`: the same photograph, found by the detector prep uses)
-says so, names the photo, and ranks below every portrait that is not a copy: it is no new portrait.
+says so, names the photo, and ranks below every portrait of the person that is not a copy: it is
+no new portrait (and above someone else, who is not the person at all).
 
 Training's validation (`portraitkit.train.validate`) uses the same scale and band to tell which
 step's images look most like the person; this module knows nothing of training.
@@ -112,9 +113,17 @@ def image_files(images_dir: Path) -> list[tuple[str, dict]]:
 
 
 def order(rows: list[dict]) -> list[dict]:
-    """Judged faces by score (best first), then copies of training photos, then the rest; `rank` 1 is the best."""
-    ranked = sorted(rows, key=lambda r: (r["identity_distance"] is None, r.get("copies") is not None, -r["score"],
-                                         r["identity_distance"] or 0, r["file"]))
+    """Judged faces of the person by score (best first), then copies of training photos (the
+    person, but no new portrait), then someone else, then the unjudged; `rank` 1 is the best."""
+
+    def tier(row: dict) -> int:
+        if row["identity_distance"] is None:
+            return 3
+        if row.get("copies") is not None:
+            return 1
+        return 2 if row.get("likeness") == "someone else" else 0
+
+    ranked = sorted(rows, key=lambda r: (tier(r), -r["score"], r["identity_distance"] or 0, r["file"]))
     return [{"file": r["file"], "rank": i, **{k: v for k, v in r.items() if k != "file"}} for i, r in enumerate(ranked, 1)]
 
 

@@ -49,6 +49,8 @@ def load_examples(dataset_dir: str) -> list[dict]:
     folder = check_dataset(dataset_dir)
     from datasets import load_dataset
 
+    from portraitkit.core.offline import local_datasets
+
     # The images metadata.jsonl names, and it, as the data files: datasets before 3.4 refuse a
     # folder holding any other image (prep's contact_sheet.png) that has no row there.
     names = [str(row.get("file_name", "")) for row in read_jsonl(folder / "metadata.jsonl")]
@@ -64,7 +66,8 @@ def load_examples(dataset_dir: str) -> list[dict]:
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        dataset = load_dataset("imagefolder", data_files={"train": files}, split="train")
+        with local_datasets():  # a local folder: no download counter's request to s3.amazonaws.com
+            dataset = load_dataset("imagefolder", data_files={"train": files}, split="train")
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from portraitkit.core.files import shareable
+from portraitkit.core.files import shareable, writing
 
 STEP_FOLDER = re.compile(r"^step_(\d{6,})$")
 
@@ -79,12 +79,22 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state: dict, keep: int = 3) -> Path:
-    """Write a checkpoint atomically and keep only the newest `keep` (Drive space is finite)."""
+    """Write a checkpoint atomically and keep only the newest `keep` (Drive space is finite); a
+    full disk is one sentence (`core.files.writing`), the checkpoints before intact."""
+    root = Path(run_dir) / "checkpoints"
+    tensors = sum(t.numel() * t.element_size() for t in trainable.values())
+    with writing(root, f"the checkpoint of step {step}", needs=3 * tensors):  # the LoRA, and AdamW's two moments at most
+        root.mkdir(parents=True, exist_ok=True)
+        final = _write_checkpoint(root, run_dir, step, trainable, optimizer, state)
+    for _, old in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(root: Path, run_dir: Path, step: int, trainable: dict, optimizer, state: dict) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
     try:
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in trainable.items()}, tmp / "lora.safetensors")
@@ -98,8 +108,6 @@ def save_checkpoint(run_dir: Path, step: int, trainable: dict, optimizer, state:
         shareable(tmp).rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for _, old in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from portraitkit.plan import estimate as planner
-from portraitkit.core.errors import PortraitkitError
+from portraitkit.core.errors import DiskFull, PortraitkitError
 from portraitkit.models import lora
 from portraitkit.models.conditioning import unet_conditioning
 from portraitkit.train import checkpoints, objective, parallel, validate
@@ -50,6 +50,10 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     held = {}  # the run's placement of the models, once there is one
     try:
         return _train(config, on_step, held)
+    except DiskFull as error:  # the sentence, with how to go on from the checkpoint that was kept
+        release(held.pop("placement", None), error)
+        raise DiskFull(f"{error} Training goes on from its last checkpoint with `portraitkit train {config.dataset_dir} "
+                       f"--out {config.out_dir} --resume`.") from None
     except BaseException as error:
         release(held.pop("placement", None), error)
         raise
