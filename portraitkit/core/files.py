@@ -183,6 +183,32 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def inside(folder: str | os.PathLike, name: str) -> Path | None:
+    """`folder / name` when it lies inside `folder` once links and `..` are resolved, else None:
+    a name a learner typed (or a link in a shared folder) must not reach any file the account can read."""
+    root = Path(folder).resolve()
+    if not name or Path(name).is_absolute():
+        return None
+    path = (root / name).resolve()
+    return root / name if path == root or root in path.parents else None
+
+
+def dataset_rows(folder: str | os.PathLike) -> list[dict]:
+    """A dataset's metadata.jsonl rows, each image and mask it names checked to lie inside the
+    dataset folder (learners edit captions there by hand; a class server reads many)."""
+    from portraitkit.core.errors import PortraitkitError
+
+    folder = Path(folder)
+    rows = read_jsonl(folder / "metadata.jsonl")
+    for number, row in enumerate(rows, 1):
+        for key in ("file_name", "mask_file_name"):
+            name = row.get(key)
+            if name is not None and inside(folder, str(name)) is None:
+                raise PortraitkitError(f"{folder / 'metadata.jsonl'} line {number} names {key} {str(name)!r}, outside the "
+                                       "dataset folder: a dataset's images lie inside it, so correct that line or prepare the photos again")
+    return rows
+
+
 def save_image(path: str | os.PathLike, image, **save_kwargs) -> Path:
     """Save a PIL image atomically; format from the extension, PNG text chunks via `pnginfo`."""
     with atomic_path(path) as tmp:

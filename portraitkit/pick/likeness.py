@@ -162,9 +162,9 @@ class IdentityScorer:
         if not folder.is_dir():
             raise PortraitkitError(f"reference {folder} is not a folder: pass the dataset made by `portraitkit prep`")
         if (folder / "metadata.jsonl").is_file():
-            from portraitkit.core.files import read_jsonl
+            from portraitkit.core.files import dataset_rows
 
-            paths = [folder / row["file_name"] for row in read_jsonl(folder / "metadata.jsonl") if row.get("file_name")]
+            paths = [folder / row["file_name"] for row in dataset_rows(folder) if row.get("file_name")]
         else:
             paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith("."))
         images, names = [], []

@@ -81,6 +81,9 @@ def find_inputs(photos_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]
             continue
         if not path.is_file() or datasets.intersection(path.resolve().parents):
             continue
+        if files.inside(photos_dir, relative.as_posix()) is None:  # a link that leads out of the folder: never read
+            ignored.append(printable(relative.as_posix()) + " (a link to a file outside the photos folder: not read)")
+            continue
         if path.suffix.lower() in PHOTO_SUFFIXES:
             inputs.append(path)
         else:

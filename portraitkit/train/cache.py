@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import read_jsonl, save_image
+from portraitkit.core.files import dataset_rows, save_image
 
 
 def check_dataset(dataset_dir: str) -> Path:
@@ -32,6 +32,7 @@ def check_dataset(dataset_dir: str) -> Path:
                                    "first, then train on that folder")
         raise PortraitkitError(f"{folder} is not a prepared dataset (it has no metadata.jsonl): prepare your photos first "
                                f"with `portraitkit prep PHOTOS --out {folder}`")
+    dataset_rows(folder)  # every image it names inside it, before anything reads them
     report = folder / "report.json"
     if report.is_file():
         summary = json.loads(report.read_text(encoding="utf-8")).get("summary", {})
@@ -53,7 +54,7 @@ def load_examples(dataset_dir: str) -> list[dict]:
 
     # The images metadata.jsonl names, and it, as the data files: datasets before 3.4 refuse a
     # folder holding any other image (prep's contact_sheet.png) that has no row there.
-    names = [str(row.get("file_name", "")) for row in read_jsonl(folder / "metadata.jsonl")]
+    names = [str(row.get("file_name", "")) for row in dataset_rows(folder)]
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise PortraitkitError(f"{folder}/metadata.jsonl names {len(missing)} image(s) that are not there, e.g. {missing[0]}; "

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import atomic_path, read_json, read_jsonl, write_json, write_jsonl
+from portraitkit.core.files import atomic_path, dataset_rows, read_json, read_jsonl, write_json, write_jsonl
 from portraitkit.models import lora
 from portraitkit.train import checkpoints
 from portraitkit.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -92,7 +92,7 @@ def dataset_fingerprint(dataset_dir: str) -> dict:
 
     folder = Path(dataset_dir)
     total = hashlib.sha256((folder / "metadata.jsonl").read_bytes())
-    rows = read_jsonl(folder / "metadata.jsonl")
+    rows = dataset_rows(folder)
     names = sorted({str(row[key]) for row in rows for key in ("file_name", "mask_file_name") if row.get(key)})
     for name in names:
         data = (folder / name).read_bytes() if (folder / name).is_file() else b""
