@@ -482,7 +482,7 @@ def measure_portraitkit(spec: dict) -> dict:
     config = TrainConfig(
         dataset_dir=spec["dataset"], out_dir=spec["work"], base=spec["folder"], steps=total, rank=spec["rank"],
         resolution=spec["resolution"], mixed_precision="fp16" if torch.cuda.is_available() else "no",
-        optimizer="adamw8bit", gradient_checkpointing=spec["task"] == PORTRAITKIT, checkpoint_every=0, validate_every=0,
+        optimizer="adamw8bit", gradient_checkpointing=spec["task"] == PORTRAITKIT, checkpoint_every=0, validate_every=total,  # once, at the end
         validation_styles=("studio",), validation_seeds=(0,), validation_steps=2)
     train(config, on_step=on_step)
     peaks.close_phase("save_and_validate")

@@ -105,7 +105,8 @@ def test_validation_is_spread_over_the_run():
 
     assert steps(steps=1000) == list(range(100, 1001, 100))  # every tenth
     assert steps(steps=200) == [50, 100, 150, 200]  # at least 50 steps apart
-    assert steps(steps=8) == [8] and steps(steps=100, validate_every=0) == [100]
+    assert steps(steps=8) == [8] and steps(steps=100, validate_every=100) == [100]
+    assert steps(steps=100, validate_every=0) == []  # 0 means never, as --checkpoint-every 0 does
     assert steps(steps=10, validate_every=4) == [4, 8, 10] and steps(steps=10, validate=False) == []
 
 

@@ -124,6 +124,28 @@ def test_a_run_killed_while_saving_its_outputs_finishes_on_resume(tmp_path, face
         train(tiny_config(face_dataset, tmp_path / "other", keep_checkpoints=0))
 
 
+@pytest.mark.parametrize("checkpoint_every", [4, 0])
+def test_a_finished_run_is_never_trained_again(tmp_path, face_dataset, capsys, checkpoint_every):
+    """6 steps, checkpoints every 4 (not a multiple) or never: --resume finds the run finished and
+    trains nothing; with checkpoints the last step is one, so more steps continue from step 6."""
+    from portraitkit.train.checkpoints import latest_checkpoint
+
+    run = tmp_path / "run"
+    settings = dict(steps=6, checkpoint_every=checkpoint_every, validate=False)
+    train(tiny_config(face_dataset, run, **settings))
+    weights = (run / LORA_FILE).read_bytes()
+    log = (run / "train_log.jsonl").read_text()
+    capsys.readouterr()
+    train(tiny_config(face_dataset, run, resume=True, **settings))
+    assert "already finished 6 steps" in capsys.readouterr().out
+    assert (run / LORA_FILE).read_bytes() == weights and (run / "train_log.jsonl").read_text() == log  # nothing retrained
+    if checkpoint_every:
+        assert latest_checkpoint(run)[0] == 6
+        train(tiny_config(face_dataset, run, resume=True, **{**settings, "steps": 7}))
+        rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in rows] == list(range(1, 8))  # step 7 only was added
+
+
 def test_lora_alpha_reaches_both_files(tmp_path, face_dataset):
     import torch
     from safetensors.torch import load_file

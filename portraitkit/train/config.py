@@ -63,8 +63,8 @@ class TrainConfig:
     checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)
     keep_checkpoints: int = setting("how many recent checkpoints to keep", 3)
     validate: bool = setting("render and score validation images (identity.json, best/); --no-validate trains only", True)
-    validate_every: int | None = setting("render validation images every N steps (0 = only at the end); default: every tenth "
-                                         "of the run, at least 50 steps apart", None)
+    validate_every: int | None = setting("render validation images every N steps, and at the end (0 = never, as "
+                                         "--no-validate); default: every tenth of the run, at least 50 steps apart", None)
     validation_styles: tuple[str, ...] = setting("sample's styles the validation draws, with sample's recipe (DPM++ 2M Karras, "
                                                  "the style's guidance and negative prompt)", ("studio", "outdoor"))
     validation_seeds: tuple[int, ...] = setting("seeds for validation images: styles x seeds renders per validated step", (0, 1, 2, 3))
@@ -79,16 +79,22 @@ class TrainConfig:
     vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's, e.g. madebyollin/sdxl-vae-fp16-fix "
                               "(SDXL's own VAE gives NaN/black images in fp16)", None)
 
+    @property
+    def validating(self) -> bool:
+        """Whether the run validates at all (not with --no-validate, nor with --validate-every 0)."""
+        return self.validate and self.validate_every != 0
+
     def validated_steps(self) -> list[int]:
         """The steps whose LoRA is validated: every --validate-every steps (default: every tenth of
         the run, at least MIN_STEPS_APART apart, since each validation costs as many renders as a
-        short run's training), and always the last; none with --no-validate."""
-        if not self.validate:
+        short run's training), and always the last; none with --no-validate or --validate-every 0
+        (0 means never, as --checkpoint-every 0 does)."""
+        if not self.validating:
             return []
         gap = self.validate_every
         if gap is None:
             gap = max(MIN_STEPS_APART, math.ceil(self.steps / VALIDATIONS_PER_RUN))
-        return sorted({*range(gap, self.steps, gap), self.steps} if gap else {self.steps})
+        return sorted({*range(gap, self.steps, gap), self.steps})
 
 
 VALIDATIONS_PER_RUN = 10

@@ -37,7 +37,7 @@ from portraitkit.train.config import TrainConfig, check_config
 from portraitkit.train.draws import draw
 from portraitkit.train.phases import PhaseClock
 from portraitkit.train.placement import Placement, release
-from portraitkit.train.run_folder import finished, plot_loss, prepare_run_folder, record_in_config, record_phases
+from portraitkit.train.run_folder import finished, finished_steps, plot_loss, prepare_run_folder, record_in_config, record_phases
 
 
 def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) -> Path:
@@ -87,9 +87,10 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
         prepare_run_folder(config, run_dir, accelerator.num_processes)
     accelerator.wait_for_everyone()
     start_step, resume_from = checkpoints.latest_checkpoint(run_dir) or (0, None)
-    if start_step >= config.steps and finished(run_dir, config.steps, config.validate):
+    done = max(start_step, finished_steps(run_dir) or 0)
+    if done >= config.steps and finished(run_dir, config.steps, config.validating):
         if main:
-            print(f"{run_dir} already finished {start_step} steps; raise --steps to train further.")
+            print(f"{run_dir} already finished {done} steps; raise --steps to train further.")
         return run_dir
     device = accelerator.device
     share = (accelerator.process_index, accelerator.num_processes)
@@ -107,7 +108,7 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
         from portraitkit.models.bases import resolve_base
         family = resolve_base(config.base).family
         check_family_settings(config, family)
-        if config.validate:  # an unknown style or unreadable token fails now, not at the first validation
+        if config.validating:  # an unknown style or unreadable token fails now, not at the first validation
             validate.validation_recipe(config, family)
         resolution = training_resolution(config, examples)
         pipe, lora_modules = load_for_training(config, weight_dtype, quantize_transformer(config, family, gpu))
@@ -229,7 +230,8 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
             with clock.pause("steps"):
                 validate.run_validation(pipe, placement, config, examples, resolution, run_dir, step, clock, held_out)
             progress.set_description("training LoRA")
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
+        # the last step too, whatever the interval: a finished run can be continued with more steps
+        if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == config.steps):
             progress.set_description("saving a checkpoint")
             with clock.pause("steps"), clock("checkpoints"):
                 scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
@@ -244,11 +246,12 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
     if main:
         with clock("save"):
             lora.save(pipe, run_dir, config.rank, config.alpha, config.train_text_encoder)
-        if config.validate:
+        if config.validating:
             validate.run_validation(pipe, placement, config, examples, resolution, run_dir, config.steps, clock, held_out)
         with clock("plots"):
             plot_loss(run_dir)
         record_phases(run_dir, clock.seconds)
+        record_in_config(run_dir, finished_steps=config.steps)  # last: every final output is written
     accelerator.wait_for_everyone()
     return run_dir
 

@@ -22,6 +22,18 @@ def finished(run_dir: Path, steps: int, validated: bool = True) -> bool:
     return all(path.is_file() for path in outputs)
 
 
+def finished_steps(run_dir: Path) -> int | None:
+    """How many steps the run's final LoRA holds (config.json records it once the final outputs
+    are written), or None: a finished run is never trained again, with or without a checkpoint
+    at its last step."""
+    if not (Path(run_dir) / lora.LORA_FILE).is_file():
+        return None
+    try:
+        return read_run_config(run_dir).get("finished_steps")
+    except PortraitkitError:
+        return None
+
+
 def prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -> tuple[int, Path | None]:
     """Check the folder against --resume, write config.json, return (start step, checkpoint)."""
     if config.resume and not run_dir.is_dir():  # a mistyped path must not cost a whole run from step 0
@@ -48,6 +60,9 @@ def prepare_run_folder(config: TrainConfig, run_dir: Path, processes: int = 1) -
         if changed:
             raise PortraitkitError(f"cannot resume {run_dir}: these settings differ from the saved run: {', '.join(changed)}")
         check_same_photos(record, config, run_dir)
+        done = finished_steps(run_dir)
+        if done is not None and done >= config.steps and finished(run_dir, config.steps, config.validating):
+            return done, None  # finished: nothing to trim, nothing to rewrite (train says so and stops)
     step, folder = latest if latest is not None else (0, None)
     if folder is None:
         print(f"No complete checkpoint in {run_dir}; starting from step 0.")

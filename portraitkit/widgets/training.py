@@ -129,7 +129,7 @@ class TrainPanel(Panel):
         if not saved.is_file():
             return f"No run in {self.run_dir} yet: training starts a new run there."
         from portraitkit.train.config import RESUMABLE_CHANGES
-        from portraitkit.train.run_folder import read_run_config
+        from portraitkit.train.run_folder import finished_steps, read_run_config
 
         try:
             previous = read_run_config(self.run_dir)["settings"]
@@ -142,8 +142,9 @@ class TrainPanel(Panel):
                     f"{html.escape(', '.join(changed))}: it cannot continue with these settings. Go back to them, "
                     "or set RUN_DIR to another folder for a new run.</span>")
         latest = latest_checkpoint(self.run_dir)
-        if (self.run_dir / LORA_FILE).is_file() and latest is not None and latest[0] >= self.steps.value:
-            return f"{self.run_dir} holds a finished run of {latest[0]} steps: it will not train again (raise the steps to train further)."
+        done = max(latest[0] if latest else 0, finished_steps(self.run_dir) or 0)
+        if (self.run_dir / LORA_FILE).is_file() and done >= self.steps.value:
+            return f"{self.run_dir} holds a finished run of {done} steps: it will not train again (raise the steps to train further)."
         where = f"its checkpoint at step {latest[0]}" if latest else "step 0 (no complete checkpoint yet)"
         return (f"{self.run_dir} already holds a run: training continues from {where}. "
                 "Keep the other settings as they were; to start afresh, choose another run folder.")
