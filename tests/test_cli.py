@@ -70,6 +70,8 @@ def test_train_refuses_steps_below_one_and_saves_nothing(tmp_path, capsys, datas
     (["--lr", "0"], "--lr must be above 0"),
     (["--grad-accum", "0"], "--grad-accum must be at least 1"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints must be at least 1"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),  # nan passes every comparison
+    (["--noise-offset", "inf"], "--noise-offset must be a finite number, got inf"),
 ])
 def test_train_checks_its_numbers_before_any_folder_is_written(tmp_path, capsys, dataset, argv, expected):
     fails(capsys, ["train", str(dataset), "--out", str(tmp_path / "run"), *argv], expected)
@@ -90,10 +92,19 @@ def test_one_resolution_rule_for_every_stage(tmp_path, capsys, dataset, trained,
     (["--steps", "-5"], "--steps must be at least 1"),
     (["--per-style", "0"], "--per-style must be at least 1"),
     (["--guidance-scale", "-1"], "--guidance-scale must be at least 0"),
+    (["--guidance-scale", "nan"], "--guidance-scale must be a finite number, got nan"),
+    (["--lora-scale", "nan"], "--lora-scale must be a finite number, got nan"),  # not "SDXL's VAE overflows" after loading
+    (["--lora-scale=-inf"], "--lora-scale must be a finite number, got -inf"),
 ])
 def test_sample_checks_its_numbers_before_loading_anything(tmp_path, capsys, trained, argv, expected):
     fails(capsys, ["sample", str(trained), "--out", str(tmp_path / "images"), *argv], expected)
     assert not (tmp_path / "images").exists()
+
+
+def test_sample_into_the_run_folder_itself_is_refused_with_a_folder_to_use(tmp_path, capsys, trained):
+    before = sorted(p.name for p in trained.iterdir())
+    fails(capsys, ["sample", str(trained), "--out", str(trained)], f"choose another folder, e.g. --out {trained / 'portraits'}")
+    assert sorted(p.name for p in trained.iterdir()) == before
 
 
 def test_run_stores_absolute_paths_and_samples_from_any_folder(trained, tmp_path, monkeypatch):

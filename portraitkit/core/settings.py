@@ -38,15 +38,29 @@ def check_at_least(values: dict[str, float | int | None], minimum: float | int) 
     """Raise for the first setting below `minimum` (None = left to the stage, allowed), named as its flag."""
     from portraitkit.core.errors import PortraitkitError
 
+    check_finite(values)
     for name, value in values.items():
         if value is not None and value < minimum:
             raise PortraitkitError(f"--{name.replace('_', '-')} must be at least {minimum:g}, got {value:g}")
+
+
+def check_finite(values: dict[str, float | int | None]) -> None:
+    """Raise for the first setting that is not a number (nan) or is infinite, named as its flag:
+    nan passes every comparison, and would reach the model as a NaN image blamed on something else."""
+    import math
+
+    from portraitkit.core.errors import PortraitkitError
+
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise PortraitkitError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
 def check_positive(values: dict[str, float | int | None]) -> None:
     """Raise for the first setting that is zero or negative (None = left to the stage, allowed)."""
     from portraitkit.core.errors import PortraitkitError
 
+    check_finite(values)
     for name, value in values.items():
         if value is not None and not value > 0:
             raise PortraitkitError(f"--{name.replace('_', '-')} must be above 0, got {value:g}")

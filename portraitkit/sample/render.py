@@ -33,7 +33,7 @@ from portraitkit.core.files import save_image, write_json
 # read_parameters is re-exported: notebook 05 reads a PNG's recipe from here.
 from portraitkit.sample.infotext import lora_hash, model_identity, png_parameters, read_parameters  # noqa: F401
 from portraitkit.core.quiet import quiet
-from portraitkit.core.settings import check_at_least, check_resolution, setting
+from portraitkit.core.settings import check_at_least, check_finite, check_resolution, setting
 from portraitkit.sample.recipe import DEFAULT_SAMPLER, SAMPLERS, family_sampler, make_scheduler
 from portraitkit.sample.styles import Style, load_styles, select_styles
 
@@ -207,7 +207,11 @@ def check_config(config: SampleConfig) -> None:
     """The settings' mistakes, each in one sentence, before the run is read or a model loaded."""
     check_at_least({"per_style": config.per_style, "steps": config.steps}, 1)
     check_at_least({"guidance_scale": config.guidance_scale, "seed": config.seed}, 0)
+    check_finite({"lora_scale": config.lora_scale})
     check_resolution(config.resolution)
+    if Path(config.out_dir).resolve() == Path(config.run_dir).resolve():
+        raise PortraitkitError(f"--out {config.out_dir} is the run folder itself: the portraits would mix with the run's files "
+                               f"(and pick would rank its loss curve); choose another folder, e.g. --out {Path(config.run_dir) / 'portraits'}")
 
 
 def style_library(config: SampleConfig, family: str | None = None) -> dict[str, Style]:
