@@ -152,8 +152,8 @@ def prompt_embeddings(pipe, prompt: str, negative_prompt: str, device) -> dict:
 
 
 # Renders whose faces vary less than this share of the person's own photos' spread have
-# collapsed to one look. Edits of one photograph (data/samples) measure 0.2-0.3 of a real set's
-# spread, distinct photos of one person about 1 (docs/judge.md).
+# collapsed to one look: nine edits of one photograph measure 0.32 of the person's own photos'
+# spread (median over 26 real people, 0.22-0.53; bench_judge), distinct photos about 1 (docs/judge.md).
 MIN_VARIETY = 0.5
 # Steps whose share of renders in the band differs by no more than one render of eight are
 # near-equal: the earlier is kept (it has learned less of the photos' accidents).
