@@ -296,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"{folder} is not there: no licence-clean set of several real people ships yet (docs/judge.md says why); "
+              "pass a FOLDER of PERSON/PHOTO sub-folders", file=sys.stderr)
+        return 2
     people = read_people(folder)
     count = sum(len(p) for p in people.values())
     print(f"{folder}: {len(people)} people, {count} photos")

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +19,8 @@ def test_the_tiny_check_trains_samples_and_writes_one_json_with_the_t4_estimates
     transformer each train, sample and record the recipe the planner chose for a T4 (the toy klein:
     fp16; the real klein4b on a GPU: NF4, which this cannot run)."""
     done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--tiny", "--bases", "tiny-sdxl,tiny-klein"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TQDM_DISABLE": "1", "PYTHON": sys.executable})  # this interpreter, activated or not
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["tiny"] is True and result["gpu"] is None and result["versions"]["diffusers"]
