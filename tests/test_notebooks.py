@@ -94,11 +94,33 @@ def execute(name: str, folder):
         timeout=settings.get("timeout", DEFAULT_TIMEOUT),
         resources={"metadata": {"path": str(folder)}},
     )
-    client.execute()
+    with client.setup_kernel():  # as client.execute(), then the exercises again, on the same kernel
+        for index, cell in enumerate(notebook.cells):
+            client.execute_cell(cell, index)
+        problems = output_problems(notebook)
+        check_exercises(client, notebook, name)
     _EXECUTED.add(name)
-    problems = output_problems(notebook)
     assert not problems, f"{name}: " + "; ".join(problems)
     return notebook
+
+
+def check_exercises(client, notebook, name: str) -> None:
+    """Each exercise that asks for a prediction shows the measured answer when none is given, and
+    run again with a wrong prediction fails saying what was measured (`teach.exercises.check`)."""
+    from nbclient.exceptions import CellExecutionError
+
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code" or not cell.source.startswith("prediction = None"):
+            continue
+        assert "exercises.check(prediction," in cell.source, f"{name} cell {index} asks for a prediction it never checks"
+        said = "".join(output.get("text", "") for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+        found = re.search(r"The answer: (.+?)\. Set prediction = one of (.+?) before", said)
+        assert found, f"{name} cell {index} did not show its answer: {said[-300:]}"
+        answer, choices = found.group(1), re.findall(r"'([^']*)'", found.group(2))
+        wrong = next(choice for choice in choices if choice != answer)
+        retry = nbformat.v4.new_code_cell(cell.source.replace("prediction = None", f"prediction = {wrong!r}", 1))
+        with pytest.raises(CellExecutionError, match=f"you predicted '{re.escape(wrong)}'; it measured '{re.escape(answer)}'"):
+            client.execute_cell(retry, index)
 
 
 def output_problems(notebook) -> list[str]:

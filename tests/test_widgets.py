@@ -287,6 +287,24 @@ def test_train_panel_shows_the_cost_and_builds_the_config(prepared, tmp_path):
     assert "does not fit" in cramped.estimate.value
 
 
+def test_train_panel_plans_the_validation_the_train_cell_runs(prepared, tmp_path):
+    """Notebook 04 gives the panel its VALIDATE_EVERY: the estimate counts those validations, and
+    the config the train cell runs is the one estimated."""
+    default = TrainPanel(prepared, tmp_path / "a", base="tiny-sd", steps=100, rank=4, resolution=64)
+    assert "(2 x 8 images)" in default.estimate.value  # train's own rule: every tenth, at least 50 apart
+    given = TrainPanel(prepared, tmp_path / "b", base="tiny-sd", steps=100, rank=4, resolution=64,
+                       validate_every=25, validation_steps=2, checkpoint_every=40)
+    assert "(4 x 8 images)" in given.estimate.value
+    config = given.config()
+    assert (config.validate_every, config.validation_steps, config.checkpoint_every) == (25, 2, 40)
+    assert len(config.validated_steps()) == 4
+    never = TrainPanel(prepared, tmp_path / "c", base="tiny-sd", steps=100, rank=4, resolution=64, validate_every=0)
+    assert "validation about" not in never.estimate.value
+    given.estimate.value = "stale"
+    given.masked_loss.value = True  # watched like every other control: the estimate is made again
+    assert "estimated" in given.estimate.value and given.config().masked_loss
+
+
 def test_teaching_figures_draw_the_arithmetic():
     from portraitkit.plan import figures
 

@@ -274,10 +274,10 @@ def band_line(ranking: list[dict], band: LikenessBand) -> str:
 
 
 def ranking_lines(ranking: list[dict], top: int) -> list[str]:
-    """The first `top` rows of a ranking as lines of text: rank, score, identity distance, file, why."""
+    """The first `top` rows of a ranking as lines of text: rank, score, likeness, file, why."""
     lines = []
     for row in ranking[:top]:
-        distance = "no face found" if row["identity_distance"] is None else f"distance {row['identity_distance']:.2f}"
+        distance = "not judged" if row["identity_distance"] is None else f"likeness {row['identity_distance']:.2f}"
         why = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
         lines.append(f"#{row['rank']:<3} {row['score']:.2f}  {distance:<14} {row['file']}{why}")
     return lines
@@ -290,7 +290,7 @@ CAPTION = 46
 
 
 def picks_sheet(images_dir: Path, rows: list[dict]):
-    """The top images with their rank, score and identity distance written under each."""
+    """The top images with their rank, score and likeness (with its zone) written under each."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     from portraitkit.core.grids import image_grid
@@ -307,7 +307,8 @@ def picks_sheet(images_dir: Path, rows: list[dict]):
             tile.paste(ImageOps.pad(image, (CELL, CELL - CAPTION), method=method, color="white"))
         except PortraitkitError:
             pass  # unreadable: its reason is in ranking.json, the caption still shows its place
-        identity = "no face found" if row["identity_distance"] is None else f"identity distance {row['identity_distance']:.2f}"
+        identity = ("not judged" if row["identity_distance"] is None
+                    else f"likeness {row['identity_distance']:.2f} ({row.get('likeness') or '?'})")
         name = row["file"] if len(row["file"]) <= 34 else row["file"][:16] + "..." + row["file"][-15:]
         draw = ImageDraw.Draw(tile)
         draw.text((6, CELL - CAPTION + 5), f"#{row['rank']}  score {row['score']:.2f}  {identity}", fill="black", font=font)

@@ -574,10 +574,10 @@ def cpu_checkpointing(config) -> bool:
         return True
 
 
-def plan_for_training(config, device: Device | None = None) -> Plan:
-    """The plan of a `TrainConfig` on `device` (default: this machine's GPU), with train's mixed
-    precision on a GPU (fp16 or bf16 weights: the same bytes)."""
-    device = device or local_cuda_device()
+def plan_for_training(config, device: str | Device | None = None) -> Plan:
+    """The plan of a `TrainConfig` on `device` (a Device or a name, "t4"; default: this machine's
+    GPU), with train's mixed precision on a GPU (fp16 or bf16 weights: the same bytes)."""
+    device = _device(device) if device is not None else local_cuda_device()
     # prior preservation puts a class image beside each training image in the UNet's batch
     batch = config.batch_size * (2 if config.class_dir else 1)
     plan = plan_run(base=config.base, resolution=config.resolution, rank=config.rank, batch_size=batch,

@@ -12,6 +12,7 @@ from pathlib import Path
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import check_writable
 from portraitkit.core.settings import check_at_least, check_positive, check_resolution, setting
+from portraitkit.models.bases import PRESETS, TINY_PRESETS
 
 
 @dataclass
@@ -20,8 +21,8 @@ class TrainConfig:
 
     dataset_dir: str = setting("prepared dataset: images plus metadata.jsonl with file_name and text")
     out_dir: str = setting("run folder: LoRA, config, log, checkpoints, validation images")
-    base: str = setting("base model: sd15, sdxl, a Hugging Face id or a diffusers folder; tiny-sd and tiny-sdxl are offline "
-                        "toys for a CPU whose images are noise", "sd15")
+    base: str = setting(f"base model: {', '.join(PRESETS)}, a Hugging Face id or a diffusers folder; {', '.join(TINY_PRESETS)} "
+                        "are offline toys for a CPU whose images are noise", "sd15")
     steps: int = setting("optimizer steps; person LoRAs usually need 500-1500 (about 100 per photo)", 1000)
     rank: int = setting("LoRA rank, 1-256; 16 keeps a face's detail while the file stays ~6.4 MB for SD1.5 (fp16; file, "
                         "memory and time grow with the rank; person LoRAs use 4-32)", 16)

@@ -78,8 +78,8 @@ def _score_html(row: dict) -> str:
     import html
 
     distance = row.get("identity_distance")
-    likeness = "no face found" if distance is None else f"distance {distance:.2f}"
-    reasons = ", ".join(reason for reason in row.get("reasons") or [] if reason != likeness)  # said once
+    likeness = "not judged" if distance is None else f"likeness {distance:.2f} ({row.get('likeness') or '?'})"
+    reasons = ", ".join(row.get("reasons") or [])
     text = f"{file_name_html(row['file'])}<b>#{row.get('rank')}</b> · score {row.get('score', 0):.2f}<br>{likeness}"
     if reasons:
         text += f"<br><small>{html.escape(reasons)}</small>"

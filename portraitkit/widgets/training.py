@@ -28,10 +28,13 @@ class TrainPanel(Panel):
 
     def __init__(self, dataset_dir: str | Path, run_dir: str | Path, base: str = "sd15", steps: int = 1000,
                  rank: int = 16, resolution: int | None = None, train_text_encoder: bool = False,
-                 optimizer: str = "adamw8bit", masked_loss: bool = False, gpu: str = "t4"):
+                 optimizer: str = "adamw8bit", masked_loss: bool = False, gpu: str = "t4", **run_settings):
         import ipywidgets as w
 
         self.dataset_dir, self.run_dir, self.gpu = Path(dataset_dir), Path(run_dir), gpu
+        # The notebook's other TrainConfig fields (checkpoint_every, validate_every, validation_steps...):
+        # what the train cell will run, so the estimate counts the validation it will do.
+        self.run_settings = run_settings
         wide = {"style": {"description_width": "120px"}, "layout": w.Layout(width="420px")}
         bases = BASE_CHOICES if base in {value for _, value in BASE_CHOICES} else [*BASE_CHOICES, (base, base)]
         self.base = w.Dropdown(options=bases, value=base, description="base model", **wide)
@@ -50,7 +53,7 @@ class TrainPanel(Panel):
                                       description="masked loss: learn the face and hair, not the background")
         self.estimate = w.HTML()
         self.resume = w.HTML()
-        for control in (self.base, self.steps, self.rank, self.resolution, self.text_encoder, self.optimizer):
+        for control in (self.base, self.steps, self.rank, self.resolution, self.text_encoder, self.optimizer, self.masked_loss):
             control.observe(lambda change: self.update(), names="value")
         self.widget = w.VBox([self.base, self.steps, self.rank, self.resolution, self.text_encoder, self.optimizer,
                               self.masked_loss, self.estimate, self.resume])
@@ -63,12 +66,13 @@ class TrainPanel(Panel):
                 "optimizer": self.optimizer.value, "masked_loss": self.masked_loss.value}
 
     def config(self, **settings):
-        """The TrainConfig to run; `settings` sets any other field (checkpoint_every, lr...)."""
+        """The TrainConfig to run: the panel's choices, the notebook's other fields given to the panel,
+        and `settings` (any other field: lr...)."""
         from portraitkit.train.config import TrainConfig
 
         resume = (self.run_dir / "config.json").is_file()  # a run is there: continue it
         return TrainConfig(dataset_dir=str(self.dataset_dir), out_dir=str(self.run_dir), resume=resume,
-                           **{**self.settings(), **settings})
+                           **{**self.settings(), **self.run_settings, **settings})
 
     def update(self) -> None:
         """Estimate the cost again and say what the run folder holds (call it after training, too)."""
@@ -82,13 +86,11 @@ class TrainPanel(Panel):
         self.resume.value = self._resume_html()
 
     def plan(self):
-        """The planner's estimate for the current choice on `self.gpu` (a `portraitkit.plan.estimate.Plan`)."""
-        from portraitkit.plan.estimate import plan_run
+        """The planner's estimate of the run the train cell will start (`config()`), on `self.gpu`:
+        the same validated steps, renders and denoising steps (a `portraitkit.plan.estimate.Plan`)."""
+        from portraitkit.plan.estimate import plan_for_training
 
-        settings = self.settings()
-        return plan_run(base=settings["base"], resolution=settings["resolution"], rank=settings["rank"],
-                        train_text_encoder=settings["train_text_encoder"], optimizer=settings["optimizer"],
-                        steps=settings["steps"], gpu=self.gpu, validations=len(self.config().validated_steps()))
+        return plan_for_training(self.config(), self.gpu)
 
     def _estimate_html(self) -> str:
         import html
