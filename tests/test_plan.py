@@ -158,8 +158,14 @@ def test_checkpointing_is_left_off_only_with_room_to_spare(capsys, monkeypatch):
     # train asks the same question before loading, and a user's own choice stands
     t4 = Device("Tesla T4", gpu_memory_gb=14.75, host_ram_gb=12.7, sd15_its=6.9)
     monkeypatch.setattr(portraitkit.plan.estimate, "local_cuda_device", lambda *where: t4)
-    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15")) is False
-    assert "gradient checkpointing off" in capsys.readouterr().out
+    sd15_run = TrainConfig(dataset_dir="d", out_dir="r", base="sd15", steps=600, validate_every=200)
+    assert check_training_fits(sd15_run) is False
+    said = capsys.readouterr().out
+    assert "gradient checkpointing off" in said
+    # the time it is about to take, beside the memory, as the planner counts it: 3 validations
+    plan = portraitkit.plan.estimate.plan_for_training(sd15_run, t4)
+    assert (f"Estimated time: about {plan.total_seconds / 60:.0f} min for 600 steps, plus about "
+            f"{plan.validation_seconds / 60:.0f} min for 3 validations") in said
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", gradient_checkpointing=True)) is True
     assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sdxl")) is True
     # fp32 weights on a GPU are not what the planner estimates: no guess, checkpointing stays on

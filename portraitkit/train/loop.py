@@ -317,6 +317,10 @@ def check_training_fits(config, device_index: int = 0, processes_here: int = 1) 
             "; gradient checkpointing on, as it would not fit with room to spare without" if estimate.config.gradient_checkpointing
             else "; gradient checkpointing off: it fits with room to spare without, and steps are faster")
         print(f"Estimated peak: {where}{estimate.peak_host_ram_gb:.1f} GiB of RAM; it fits this {estimate.device.name}{chosen}.")
+        validating = (f", plus about {estimate.validation_seconds / 60:.0f} min for {estimate.config.validations} validations"
+                      if estimate.config.validations else "")
+        print(f"Estimated time: about {estimate.total_seconds / 60:.0f} min for {config.steps} steps{validating} "
+              "(an estimate, before loading and caching; measured figures replace it when a GPU run records them).")
         return estimate.config.gradient_checkpointing
     needs = (f"about {estimate.peak_gpu_mem_gb:.1f} GiB of GPU memory and this {estimate.device.name} has {estimate.device.gpu_memory_gb} GiB"
              if estimate.fits_gpu is False else
