@@ -127,7 +127,7 @@ def _line_up(a: Fingerprint, b: Fingerprint, mirrored: bool) -> Match | None:
     if len(keys_a) < 3 or len(keys_b) < 3:
         return None
     pairs = match_descriptors(a.descriptors[0], b.descriptors[view], cross_check=True, max_ratio=0.85)
-    if len(pairs) < 3:
+    if len(pairs) < max(3, MIN_INLIERS):  # too few matches to be one photograph: not worth a fit
         return None
     # (x, y) points: a's keypoint -> b's (in b's mirrored frame when mirrored)
     source, target = keys_a[pairs[:, 0]][:, ::-1], keys_b[pairs[:, 1]][:, ::-1]

@@ -127,6 +127,14 @@ def order(rows: list[dict]) -> list[dict]:
     return [{"file": r["file"], "rank": i, **{k: v for k, v in r.items() if k != "file"}} for i, r in enumerate(ranked, 1)]
 
 
+def with_copy(row: dict, copied) -> dict:
+    """An unjudged row that is nonetheless a training photo given back says so."""
+    if copied is not None:
+        row["reasons"].append(copied.reason())
+        row["copies"] = copied.photo
+    return row
+
+
 def unscored(reason: str, faces: int = 0) -> dict:
     return {"identity_distance": None, "likeness": None, "score": 0.0, "faces": faces, "blur": None, "exposure": None,
             "mean_luma": None, "reasons": [reason], "copies": None}
@@ -191,15 +199,17 @@ class IdentityScorer:
         from portraitkit.faces.quality import FaceLimits
         from portraitkit.teach.diagnose import measure_image
 
+        # A training photo given back is a copy whether or not its face can be judged.
+        copied = self.copies.copies(image) if self.copies is not None else None
         found = detect_faces(image)
         if not found:
-            return unscored("no face found")
+            return with_copy(unscored("no face found"), copied)
         face = found[0]  # the largest: the subject of a portrait
         # Other detections count only when dlib is sure, as in prep (a badge can look like a face).
         others = [f for f in found[1:] if f.score >= FaceLimits.other_face_min_score]
         turned = turned_too_far(face)
         if turned:  # beyond where the embedding tells people apart: not judged, for anyone
-            return unscored(turned, faces=1 + len(others))
+            return with_copy(unscored(turned, faces=1 + len(others)), copied)
         distance = self.distance(face_embedding(image, face))
         zone = self.band.zone(distance)
         blur, exposure = measure_image(image, "blur", face), measure_image(image, "exposure", face)  # what a pick weighs
@@ -219,7 +229,6 @@ class IdentityScorer:
         if problems:
             reasons.append(problems[0][1])  # one sentence is enough: brightness before clipping
             score -= penalties.badly_exposed
-        copied = self.copies.copies(image) if self.copies is not None else None
         if copied is not None:
             reasons.append(copied.reason())
             score -= penalties.copies_training_photo

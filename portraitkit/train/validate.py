@@ -278,17 +278,18 @@ def _identity_of_step(images: list, embeddings: np.ndarray, held_out: np.ndarray
     photos = TrainingPhotos([f"training image {n}" for n in range(1, len(reference_images) + 1)], reference_images)
     faces, scored, copied = 0, [], []
     for image in images:
+        copy = photos.copies(image)  # with a face found or not: a training photo given back is a copy either way
+        if copy is not None:
+            copied.append(copy.photo)
         found = detect_faces(image)
         if not found:
             continue
         faces += 1
-        copy = photos.copies(image)
-        if copy is not None:
-            copied.append(copy.photo)
         if turned_too_far(found[0]) is None:  # as pick: a face turned beyond the judged range is not judged
             scored.append(face_embedding(image, found[0]))
     if not faces:
-        return {"reason": f"no face was found in the {len(images)} validation images"}
+        return {"copies": len(copied), "copied": sorted(set(copied)),
+                "reason": f"no face was found in the {len(images)} validation images"}
     row = {"faces": faces, "scored": len(scored), "copies": len(copied), "copied": sorted(set(copied)), "reason": None}
     if scored:
         scored = np.array(scored)
