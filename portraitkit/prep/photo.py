@@ -37,6 +37,13 @@ WARNINGS = {
     "oversharpened": "over-sharpened",
     "close_camera": "arm's-length selfie",
 }
+# What a warning means, said once under the contact sheet's title for the warnings it shows.
+MEANINGS = {
+    "low_resolution": "the face had fewer pixels than the training square, so it was enlarged (softer detail)",
+    "tight_crop": "the photo ends close to the face, so the square holds less head and shoulders than intended",
+    "off_centre": "the face is near the photo's edge, so the square could not centre it",
+    "close_camera": "taken from arm's length: the nose looks wider against the face than from further away",
+}
 
 THUMBNAIL = 220  # longest side of the thumbnail kept for the contact sheet (one cell of it)
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import caption
 from portraitkit.prep.masks import mask_on_photo
-from portraitkit.prep.photo import REJECTIONS, THUMBNAIL, WARNINGS, Photo
+from portraitkit.prep.photo import MEANINGS, REJECTIONS, THUMBNAIL, WARNINGS, Photo
 
 
 # --- report.json ----------------------------------------------------------------------------------
@@ -119,12 +119,16 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
     pad, text_height = 10, _LINES * _LINE + 8
     width = columns * (_CELL + pad) + pad
     title_lines = textwrap.wrap(summary["message"], max(30, width // 12))
-    header = 16 + 28 * len(title_lines)
+    shown = [code for code in MEANINGS if any(code in photo.warnings for photo in photos)]
+    legend = [part for code in shown for part in textwrap.wrap(f"{WARNINGS[code]}: {MEANINGS[code]}", max(40, width // 9))]
+    header = 16 + 28 * len(title_lines) + 22 * len(legend) + (8 if legend else 0)
     sheet = Image.new("RGB", (width, header + rows * (_CELL + text_height + pad) + pad), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
     title, small = _font(22), _font(17)
     for n, line in enumerate(title_lines):
         draw.text((pad, 8 + 28 * n), line, fill=(20, 20, 20), font=title)
+    for n, line in enumerate(legend):
+        draw.text((pad, 12 + 28 * len(title_lines) + 22 * n), line, fill=_GREY, font=small)
     for index, photo in enumerate(photos):
         x = pad + (index % columns) * (_CELL + pad)
         y = header + (index // columns) * (_CELL + text_height + pad)
@@ -170,6 +174,11 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
             warned = "warnings: " + ", ".join(WARNINGS[c] for c in WARNINGS if c in photo.warnings)
             lines.append((warned, (30, 30, 30)))
         wrapped = [(part, fill) for line, fill in lines for part in _fit(line, small, _CELL + pad // 2)]  # never into the next cell
+        if len(wrapped) > _LINES:  # what does not fit is said to be missing, not cut off silently (report.json has it all)
+            last, fill = wrapped[_LINES - 1]
+            while last and small.getlength(last + " ...") > _CELL + pad // 2:
+                last = last[:-1]
+            wrapped[_LINES - 1] = (last.rstrip(" ,") + " ...", fill)
         for n, (line, fill) in enumerate(wrapped[:_LINES]):
             draw.text((x, y + _CELL + 6 + _LINE * n), line, fill=fill, font=small)
     return sheet
