@@ -323,7 +323,7 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
               "<a href=portraits/manifest.json>manifest.json</a> lists them all.</p>"]
     for style in dict.fromkeys(entry["style"] for entry in manifest):
         entry = next(e for e in manifest if e["style"] == style)
-        parts += [f"<h3>{_e(style)}</h3>", _img(f"portraits/grids/{style}.png", style, settings.tiny),
+        parts += [f"<h3>{_e(style)}</h3>", _img(f"portraits/{entry['grid']}", style, settings.tiny),
                   f"<p><small><b>prompt</b> {_e(entry['prompt'])}<br><b>negative</b> {_e(entry['negative_prompt'])}<br>"
                   f"guidance {entry['guidance_scale']}, {entry['steps']} steps, {_e(entry['sampler'])}, LoRA scale {entry['lora_scale']}</small></p>"]
 

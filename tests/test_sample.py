@@ -60,7 +60,11 @@ def test_manifest_lists_every_image_with_its_recipe(sampled):
         assert "zwx woman" in entry["prompt"] and entry["steps"] == STEPS and entry["lora_scale"] == 1.0
     assert "sepia" in manifest[2]["negative_prompt"]  # the style's own negative words
     for style in ("studio", "black_and_white"):
-        assert Image.open(sampled / "grids" / f"{style}.png").size == (128, 64)  # 2 images side by side
+        [grid] = {entry["grid"] for entry in manifest if entry["style"] == style}
+        assert grid == f"grids/{style}_steps{STEPS}.png"  # named like its images: another batch gets its own
+        # 2 images side by side, enlarged to a captioned cell (128 px), each tile's seed and strength under it
+        picture = np.asarray(Image.open(sampled / grid).convert("L"))
+        assert picture.shape == (128 + 18, 256) and (picture[128:] < 100).sum() > 50  # the captions are written
 
 
 # AUTOMATIC1111's infotext format, as its modules/infotext_utils.py reads it (written anew here,

@@ -12,17 +12,30 @@ from __future__ import annotations
 import math
 
 
-def image_grid(images: list, columns: int | None = None, cell: int | None = None, background=(255, 255, 255)):
-    """Lay images out row by row; each is fitted into a square cell (default: the largest side)."""
-    from PIL import Image, ImageOps
+CAPTION = 18  # the strip under each cell when a grid is captioned
+MIN_CAPTIONED_CELL = 128  # a caption needs room: a toy base's 64 px images are enlarged to it
+
+
+def image_grid(images: list, columns: int | None = None, cell: int | None = None, background=(255, 255, 255),
+               captions: list[str] | None = None):
+    """Lay images out row by row; each is fitted into a square cell (default: the largest side),
+    with its caption (say, its seed and strength) in a strip below when `captions` are given."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
 
     if not images:
         raise ValueError("image_grid needs at least one image")
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     cell = cell or max(max(image.size) for image in images)
-    grid = Image.new("RGB", (columns * cell, rows * cell), background)
+    strip = CAPTION if captions else 0
+    if captions:
+        cell = max(cell, MIN_CAPTIONED_CELL)
+    grid = Image.new("RGB", (columns * cell, rows * (cell + strip)), background)
+    draw, font = ImageDraw.Draw(grid), ImageFont.load_default(size=12)
     for index, image in enumerate(images):
         fitted = ImageOps.pad(image.convert("RGB"), (cell, cell), color=background)
-        grid.paste(fitted, ((index % columns) * cell, (index // columns) * cell))
+        x, y = (index % columns) * cell, (index // columns) * (cell + strip)
+        grid.paste(fitted, (x, y))
+        if captions:
+            draw.text((x + 4, y + cell + 2), captions[index], fill=(40, 40, 40), font=font)
     return grid

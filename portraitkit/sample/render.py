@@ -6,7 +6,8 @@ The story of `sample`:
 2. load the base in fp16 on a GPU (fp32 on a CPU), add the LoRA at the chosen strength;
 3. for each style and seed render one image, saving it with its full recipe in a PNG text chunk
    and in `manifest.json` (rewritten after every image, so a disconnect loses at most one);
-4. lay each style's images out in `grids/<style>.png`.
+4. lay each style's images out in `grids/<style>.png` (with the settings that differ in the name, as the
+   images have them, and each tile's seed and strength under it).
 
 Every image starts from noise drawn by a CPU generator seeded with its seed, so the same seed and
 settings give the same image again, on any machine that runs the same software in the same
@@ -114,6 +115,8 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         for seed in range(config.seed, config.seed + config.per_style):
             planned.append({
                 "file": "_".join([style.name, f"seed{seed}", *differs]) + ".png", "style": style.name, "seed": seed, "prompt": prompt,
+                # the style's grid, named like its images: a batch with other settings gets its own
+                "grid": "grids/" + "_".join([style.name, *differs]) + ".png",
                 # `is None`, not `or`: guidance 0 is a legal choice (no classifier-free guidance)
                 "negative_prompt": negative, "steps": style.steps if config.steps is None else config.steps,
                 "guidance_scale": style.guidance_scale if config.guidance_scale is None else config.guidance_scale, **shared,
@@ -158,9 +161,10 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     from PIL import Image
 
     for style in chosen:
-        files = [e["file"] for e in planned if e["style"] == style.name]
-        with_images = [Image.open(out_dir / name).convert("RGB") for name in files]
-        save_image(out_dir / "grids" / f"{style.name}.png", image_grid(with_images, columns=min(4, len(with_images))))
+        entries = [e for e in planned if e["style"] == style.name]
+        with_images = [Image.open(out_dir / e["file"]).convert("RGB") for e in entries]
+        captions = [f"seed {e['seed']} · LoRA {e['lora_scale']:g}" for e in entries]
+        save_image(out_dir / entries[0]["grid"], image_grid(with_images, columns=min(4, len(with_images)), captions=captions))
     return planned
 
 
