@@ -12,6 +12,7 @@ and the CPU demo run offline in seconds. Their pictures are noise-like, never po
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -166,7 +167,8 @@ def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None, tr
     tries = [{"variant": "fp16"}, {}] if dtype == torch.float16 and not spec.offline else [{}]
     for attempt, extra in enumerate(tries):
         try:
-            with warnings.catch_warnings():
+            # a toy base loads in a moment from this machine: its "Loading weights" bars say nothing
+            with warnings.catch_warnings(), no_loading_bars() if spec.offline else contextlib.nullcontext():
                 # diffusers >= 0.40 renamed torch_dtype to dtype; Colab's 0.39 knows only torch_dtype
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*")
                 pipeline = spec.pipeline_class.from_pretrained(spec.source, **kwargs, **extra)
@@ -235,6 +237,23 @@ def library_versions() -> str:
     return "-".join(f"{package}{'.'.join(metadata.version(package).split('.')[:2])}" for package in ("diffusers", "transformers"))
 
 
+@contextlib.contextmanager
+def no_loading_bars():
+    """diffusers' and transformers' loading and saving bars off for the block, then as they were."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    were_on = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
+    for module, _ in were_on:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, on in were_on:
+            if on:
+                module.enable_progress_bar()
+
+
 def tiny_base_folder(preset: str) -> Path:
     """The diffusers folder of a tiny preset, built once (atomically) per version of the libraries
     that write it, then reused."""
@@ -243,7 +262,8 @@ def tiny_base_folder(preset: str) -> Path:
         folder.parent.mkdir(parents=True, exist_ok=True)
         build = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=folder.parent))
         try:
-            build_tiny_pipeline(TINY_PRESETS[preset]).save_pretrained(build, safe_serialization=True)
+            with no_loading_bars():  # a toy built in a second: no "Writing model shards" bars in a notebook
+                build_tiny_pipeline(TINY_PRESETS[preset]).save_pretrained(build, safe_serialization=True)
             try:
                 shareable(build).rename(folder)
             except OSError:  # another process finished the same build first: use theirs

@@ -28,6 +28,7 @@ from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem, native_resolution
 from portraitkit.models.conditioning import prompt_arguments, sampling_sizes
 # read_run and person_words are re-exported: notebook 05's panel reads the run through here.
+from portraitkit.models.bases import no_loading_bars
 from portraitkit.models.runs import person_words, read_run  # noqa: F401
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import save_image, write_json
@@ -131,7 +132,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         key = (str(lora_dir.resolve()), shared["lora_hash"], sampler, shared["vae"])
         if loaded.get("key") != key:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            with contextlib.nullcontext() if progress else _no_loading_bars():
+            with contextlib.nullcontext() if progress else no_loading_bars():
                 loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, sampler, vae=shared["vae"]))
             with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
                 lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
@@ -166,23 +167,6 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         captions = [f"seed {e['seed']} · LoRA {e['lora_scale']:g}" for e in entries]
         save_image(out_dir / entries[0]["grid"], image_grid(with_images, columns=min(4, len(with_images)), captions=captions))
     return planned
-
-
-@contextlib.contextmanager
-def _no_loading_bars():
-    """diffusers' and transformers' loading bars off for the block, then as they were."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    were_on = [(module, module.is_progress_bar_enabled()) for module in (diffusers_logging, transformers_logging)]
-    for module, _ in were_on:
-        module.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for module, on in were_on:
-            if on:
-                module.enable_progress_bar()
 
 
 def what_differs(config: SampleConfig, style: Style, resolution: int, trained: int, run_vae: str | None) -> list[str]:
