@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 
+import math
+
 import pytest
 import torch
 
@@ -66,8 +68,8 @@ def test_latents_and_text_are_the_pipelines_own():
 
 def test_the_step_loss_is_the_flow_matching_loss_done_by_hand():
     """The loop's loss on FLUX.2 is mean((v_pred - (noise - x0))^2) at the shifted sigma of the
-    drawn timestep, with the pipeline's own packing and position ids. Wrong ids, a wrong target
-    (e.g. the noise), no shift or a wrong timestep scale fail."""
+    drawn timestep (shifted for the resolution), with the pipeline's own packing and position ids.
+    Wrong ids, a wrong target (e.g. the noise), no shift or another, or a wrong timestep scale fail."""
     from portraitkit.train.objective import step_loss, training_scheduler
 
     pipe = _base()
@@ -76,9 +78,10 @@ def test_the_step_loss_is_the_flow_matching_loss_done_by_hand():
     embeds = torch.randn(2, 512, 48, generator=generator)
     timesteps = torch.tensor([99, 799])
     with torch.no_grad():
-        ours = step_loss(pipe, training_scheduler(pipe), latents, noise, timesteps, {"embeds": embeds}, 64, 5.0)
+        ours = step_loss(pipe, training_scheduler(pipe), latents, noise, timesteps, {"embeds": embeds}, 512, 5.0)
         u = (timesteps + 1) / 1000
-        sigma = 3 * u / (1 + 2 * u)
+        shift = math.exp(0.5 + (1.15 - 0.5) * (32 * 32 - 256) / (4096 - 256))  # 512 px: 32 x 32 image tokens
+        sigma = shift * u / (1 + (shift - 1) * u)
         noisy = (1 - sigma.view(-1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1) * noise
         velocity = pipe.transformer(hidden_states=pipe._pack_latents(noisy), encoder_hidden_states=embeds, timestep=sigma,
                                     img_ids=pipe._prepare_latent_ids(noisy), txt_ids=pipe._prepare_text_ids(embeds),
@@ -270,7 +273,7 @@ def test_the_cache_and_the_masked_loss_work_on_the_patch_grid(portrait_path):
         masked = step_loss(pipe, training_scheduler(pipe), cache["latents"], noise, t, {"embeds": cache["embeds"]}, 64, None,
                            mask=weights)
         plain = step_loss(pipe, training_scheduler(pipe), cache["latents"], noise, t, {"embeds": cache["embeds"]}, 64, None)
-        sigma = klein.shifted_sigmas(torch.tensor([0.501]))
+        sigma = klein.shifted_sigmas(torch.tensor([0.501]), 64)
         prediction, target = klein.velocity_prediction(pipe.transformer, cache["latents"], noise, sigma, cache["embeds"],
                                                        torch.float32)
     error = (prediction - target) ** 2
@@ -322,3 +325,16 @@ def test_the_memory_figure_of_notebook_04_counts_klein_transformers_lora():
     step = transformer_training_step(arch_key(architecture("klein4b")), 256, 1, 16, True, 2, True)
     assert counted == sum(step["lora_numels"]) == 18_677_760
     assert "klein4b transformer (3876M parameters; LoRA 18.7M)" in figures.memory_figure("klein4b", rank=16).axes[0].get_title()
+
+
+def test_the_training_shift_rises_with_resolution_as_musubi_tuner_recommends():
+    """exp(mu), mu linear in image tokens from 0.5 at 256 to 1.15 at 4096: ~1.9 at 512 px, ~3.2 at 1024 px."""
+    import math
+
+    from portraitkit.models import klein
+
+    assert klein.training_shift(512) == pytest.approx(math.exp(0.5 + 0.65 * (1024 - 256) / 3840), rel=1e-9)
+    assert 1.85 < klein.training_shift(512) < 1.95 and 3.1 < klein.training_shift(1024) < 3.2
+    assert klein.training_shift(64) == pytest.approx(math.exp(0.5)) and klein.training_shift(2048) == pytest.approx(math.exp(1.15))
+    half = klein.shifted_sigmas(torch.tensor([0.5]), 512)
+    assert float(half) == pytest.approx(klein.training_shift(512) / (1 + klein.training_shift(512)), rel=1e-6)

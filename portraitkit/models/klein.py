@@ -38,9 +38,27 @@ SINGLE_TARGETS = ("to_qkv_mlp_proj", "to_out")
 TEXT_LAYERS = (9, 18, 27)
 MAX_TOKENS = 512  # the pipeline's default padding length
 # The shift of the flow-matching schedule, sigma -> shift*sigma / (1 + (shift - 1)*sigma): it moves
-# the training timesteps towards the noisy end, where a 1024 px picture's composition is decided.
-# 3.0 is the `shift` of FLUX's FlowMatchEulerDiscreteScheduler config and ai-toolkit's default.
-SHIFT = 3.0
+# the training noise levels towards the noisy end, where a picture's composition is decided, and
+# more so the more image tokens there are. The trainers differ (FACTS.md, 2026-12-07): diffusers'
+# klein script trains unshifted, ai-toolkit draws a logit-normal level unshifted, musubi-tuner
+# recommends a shift that rises with resolution, exp(mu) with mu linear in the image tokens from 0.5
+# at 256 to 1.15 at 4096 (FLUX's own `base_shift`/`max_shift`, in SCHEDULER below): about 1.9 at
+# 512 px, 3.2 at 1024 px. portraitkit takes musubi-tuner's rule, so a 512 px run (the T4's) is not
+# trained as noisily as a 1024 px one, and a 1024 px run keeps the 3 it had. Not yet compared on a
+# GPU: no klein run of this project has been measured.
+BASE_SHIFT, MAX_SHIFT = 0.5, 1.15  # mu at BASE_TOKENS and MAX_TOKENS_SHIFT image tokens
+BASE_TOKENS, MAX_TOKENS_SHIFT = 256, 4096
+SHIFT = 3.0  # the scheduler config's static shift (unused while dynamic shifting is on)
+
+
+def training_shift(resolution: int) -> float:
+    """The flow-matching shift for training at `resolution` px: exp(mu), mu linear in the image
+    tokens (the latent's 2x2 patches at 1/16 of the picture's side), held at its ends."""
+    import math
+
+    tokens = (resolution // 16) ** 2
+    share = min(max((tokens - BASE_TOKENS) / (MAX_TOKENS_SHIFT - BASE_TOKENS), 0.0), 1.0)
+    return math.exp(BASE_SHIFT + share * (MAX_SHIFT - BASE_SHIFT))
 
 
 def require_libraries() -> None:
@@ -134,8 +152,8 @@ def build_tiny():
 
 # The scheduler configuration of the FLUX family's FlowMatchEulerDiscreteScheduler (shift 3 with
 # resolution-dependent dynamic shifting; the klein pipeline computes its own mu at sampling).
-SCHEDULER = {"num_train_timesteps": 1000, "shift": SHIFT, "use_dynamic_shifting": True, "base_shift": 0.5,
-             "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+SCHEDULER = {"num_train_timesteps": 1000, "shift": SHIFT, "use_dynamic_shifting": True, "base_shift": BASE_SHIFT,
+             "max_shift": MAX_SHIFT, "base_image_seq_len": BASE_TOKENS, "max_image_seq_len": MAX_TOKENS_SHIFT}
 
 
 # --- latents, text, the objective ---------------------------------------------------------------
@@ -188,8 +206,9 @@ def text_ids(embeds):
     return torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(length)).to(embeds.device)
 
 
-def shifted_sigmas(uniform, shift: float = SHIFT):
-    """Uniform draws in (0, 1) -> the shifted noise levels training uses."""
+def shifted_sigmas(uniform, resolution: int):
+    """Uniform draws in (0, 1) -> the shifted noise levels training uses at `resolution` px."""
+    shift = training_shift(resolution)
     return shift * uniform / (1 + (shift - 1) * uniform)
 
 

@@ -155,15 +155,15 @@ def step_loss(pipe, noise_scheduler, latents, noise, timesteps, cond: dict, reso
     """The per-sample loss of one draw for the pipeline's family; `timesteps` are the draw's
     integers below the schedule's length (`draws.draw`).
 
-    FLUX.2: the integer t becomes the uniform u = (t + 1) / 1000 and then the shifted noise level
-    (`klein.shifted_sigmas`), the flow's velocity is scored by the same masked MSE, with no
+    FLUX.2: the integer t becomes the uniform u = (t + 1) / 1000 and then the noise level shifted
+    for the resolution (`klein.shifted_sigmas`), the flow's velocity is scored by the same masked MSE, with no
     min-SNR weighting (an epsilon-prediction remedy; flow-matching trainers weigh every level alike)."""
     from portraitkit.models import klein
     from portraitkit.models.conditioning import unet_conditioning
     from portraitkit.models.lora import family
 
     if family(pipe) == "flux2":
-        sigmas = klein.shifted_sigmas((timesteps.float() + 1) / noise_scheduler.config.num_train_timesteps)
+        sigmas = klein.shifted_sigmas((timesteps.float() + 1) / noise_scheduler.config.num_train_timesteps, resolution)
         prediction, target = klein.velocity_prediction(pipe.transformer, latents, noise, sigmas, cond["embeds"], dtype or latents.dtype)
         loss = masked_loss(prediction, target, mask, background_weight)
         klein.finite_or_stop(loss)  # fp16 on a T4: stop at the first overflow, never train on NaN
