@@ -237,15 +237,24 @@ def detect_faces(image: Image.Image | np.ndarray) -> list[Face]:
     return faces
 
 
-def face_embedding(image: Image.Image | np.ndarray, face: Face) -> np.ndarray:
-    """The 128-d identity embedding of `face` in `image` (the image it was detected in)."""
+def face_embedding(image: Image.Image | np.ndarray, face: Face, alignment: str = "68") -> np.ndarray:
+    """The 128-d identity embedding of `face` in `image` (the image it was detected in).
+
+    The network aligns its 150x150 chip from the face's landmarks: the 68 points (default), or with
+    `alignment="5"` dlib's 5-point model alone (CC0, which commercial use allows; the 68-point model
+    does not): the same separation of people on real photos (docs/judge.md, bench_judge section 6).
+    """
     dlib = _dlib()
+    pixels = _rgb_array(image)
     left, top, right, bottom = face.box
-    points = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in face.landmarks])
-    shape = dlib.full_object_detection(dlib.rectangle(left, top, right, bottom), points)
-    # The model aligns a 150x150 chip from the landmarks itself; no jitter, it is 100x slower
-    # for a fraction of a percent in accuracy.
-    descriptor = _recognizer().compute_face_descriptor(_rgb_array(image), shape, 0)
+    box = dlib.rectangle(left, top, right, bottom)
+    if alignment == "5":
+        shape = _five_point_predictor()(pixels, box)
+    else:
+        points = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in face.landmarks])
+        shape = dlib.full_object_detection(box, points)
+    # No jitter: it is 100x slower for a fraction of a percent in accuracy.
+    descriptor = _recognizer().compute_face_descriptor(pixels, shape, 0)
     return np.array(descriptor, dtype=np.float64)
 
 
