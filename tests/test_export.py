@@ -27,7 +27,7 @@ def make_portraits(folder, names=("studio_0.png", "studio_1.png", "outdoor_0.png
         manifest.append({"file": name, "style": style, "seed": index, "prompt": f"a {style} photo of sks person",
                          "negative_prompt": "blurry", "lora_scale": 0.8, "steps": 25, "guidance_scale": 6.5})
         ranking.append({"file": name, "rank": index + 1, "identity_distance": None if index == 2 else 0.3 + index / 10,
-                        "score": 0.9 - index / 10, "reasons": ["no_face"] if index == 2 else []})
+                        "score": 0.9 - index / 10, "reasons": ["no face found"] if index == 2 else []})  # as pick writes it
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "ranking.json").write_text(json.dumps(ranking))
     return folder
