@@ -281,6 +281,10 @@ def test_03_override_panel_changes_the_count(page, lab):
 def test_04_train_panel_and_loss_curve(page, lab):
     found = run_and_check(page, lab, "04_train_lora.ipynb", 420)
     assert found["pictures"] >= 4 and found["panels"] >= 2  # the two teaching figures, the loss curve, validation
+    # the panel plans the validation the train cell runs: STEPS 4, VALIDATE_EVERY 2 (tests' parameters) -> steps 2 and 4
+    params = OVERRIDES["04_train_lora.ipynb"]["params"]
+    validations = len(range(params["VALIDATE_EVERY"], params["STEPS"] + 1, params["VALIDATE_EVERY"]))
+    wait_for_text(html_output(page, "estimated"), rf"\({validations} x 8 images\)")
     resume = page.locator(".jp-OutputArea-output .widget-html", has_text="run").filter(has_text=re.compile("holds|new run")).first
     base = page.locator(".jp-OutputArea-output .widget-dropdown", has_text="base model").locator("select").first
     base.scroll_into_view_if_needed()
@@ -288,6 +292,10 @@ def test_04_train_panel_and_loss_curve(page, lab):
     base.select_option(label=label)  # the run in the folder was trained on tiny-sd: it must not be offered
     wait_for_text(resume, r"base tiny-sd \(now tiny-sdxl\)")
     screenshots(page, "04_train_lora.ipynb")
+    # the learner runs everything again (after a disconnect, say): the finished run is not trained again
+    run_all(page, lab, "04_train_lora.ipynb", 420)
+    said = page.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts()
+    assert any(f"already finished {params['STEPS']} steps" in text for text in said), said[-5:]
 
 
 def test_05_style_panel_counts_the_images(page, lab):
