@@ -168,11 +168,12 @@ def check_06(notebook, work) -> None:
     judge ranks real faces: the samples' photograph a copy, another person beyond the band, a turned
     head not judged, no face last."""
     real = printed(notebook, "06-realc")
-    lines = {name: line for line in real.splitlines() for name in ("grace_hopper", "eileen_collins", "camera_operator", "coffee")
-             if name in line}
+    entries = re.split(r"\n(?=#)", real)  # one per portrait, wrapped over lines
+    lines = {name: entry for entry in entries for name in ("grace_hopper", "eileen_collins", "camera_operator", "coffee")
+             if name in entry.splitlines()[0]}
     assert "copies_training_photo" in lines["grace_hopper"] and "looks like someone else" in lines["eileen_collins"]
     assert "turned too far to judge" in lines["camera_operator"] and "no face found" in lines["coffee"]
-    assert "Your own new photos land within" in real
+    assert "Your own new photos land within" in real and max(map(len, real.splitlines())) <= 100  # wrapped at words
     said = printed(notebook, "06-ex1c")
     name = said.split(" and its mirror image")[0]
     trained = {row["file_name"] for row in map(json.loads, (work / "dataset" / "metadata.jsonl").read_text().splitlines())}

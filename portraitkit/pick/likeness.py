@@ -278,17 +278,27 @@ def band_line(ranking: list[dict], band: LikenessBand) -> str:
     unjudged = sum(row.get("likeness") is None for row in ranking)
     if unjudged:
         said.append(f"{unjudged} not judged (no face, or turned too far)")
-    return (", ".join(said) + f". Your own new photos land within {band.you_within:.2f} of the centre of your photos "
-            f"(closer than {band.copying_below:.2f} is copying), other people beyond {band.someone_else_beyond:.2f}.")
+    import textwrap
+
+    return textwrap.fill(", ".join(said) + f". Your own new photos land within {band.you_within:.2f} of the centre of your "
+                         f"photos (closer than {band.copying_below:.2f} is copying), other people beyond "
+                         f"{band.someone_else_beyond:.2f}.", WIDTH)
+
+
+WIDTH = 100  # printed text wraps at words here: a notebook's output area breaks a longer line anywhere, mid-word too
 
 
 def ranking_lines(ranking: list[dict], top: int) -> list[str]:
-    """The first `top` rows of a ranking as lines of text: rank, score, likeness, file, why."""
+    """The first `top` rows of a ranking as text, one entry per portrait: rank, score, likeness,
+    file, why (wrapped at words, continued indented)."""
+    import textwrap
+
     lines = []
     for row in ranking[:top]:
         distance = "not judged" if row["identity_distance"] is None else f"likeness {row['identity_distance']:.2f}"
         why = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
-        lines.append(f"#{row['rank']:<3} {row['score']:.2f}  {distance:<14} {row['file']}{why}")
+        lines.append(textwrap.fill(f"#{row['rank']:<3} {row['score']:.2f}  {distance:<14} {row['file']}{why}", WIDTH,
+                                   subsequent_indent=" " * 6, break_long_words=False, break_on_hyphens=False))
     return lines
 
 
