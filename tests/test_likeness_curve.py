@@ -163,3 +163,12 @@ def test_a_dataset_without_the_person_s_words_is_refused_before_loading(tmp_path
     with pytest.raises(PortraitkitError, match="unknown style"):
         train(TrainConfig(dataset_dir=str(face_dataset), out_dir=str(tmp_path / "other"), base="tiny-sd", steps=1,
                           validation_styles=("nope",)))
+
+
+def test_best_moves_only_to_the_newest_step_whose_lora_is_at_hand():
+    """Validations arrive in order and best/ can only save the step just validated: a later step
+    that lifts the top never makes an earlier, unsaved step the best."""
+    rows = [row(100, 4), row(200, 5), row(300, 6)]  # 200 is within one render of 300, but was never saved
+    chosen = [validate.best_step(rows[:n]) for n in (1, 2, 3)]
+    assert chosen == [100, 100, 300]
+    assert all(best in (chosen[n - 1], rows[n]["step"]) for n, best in enumerate(chosen[1:], 1))

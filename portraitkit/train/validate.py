@@ -223,24 +223,29 @@ def best_step(rows: list[dict]) -> int | None:
     """The step a person would choose: the most renders in the person's band, among the steps that
     can be judged (faces scored in at least half of the renders) and copy no training photo. A
     step whose renders collapse to one look (`variety` under MIN_VARIETY) counts half its band.
-    Of near-equal steps (within NEAR_EQUAL) the earliest wins: later steps only memorise more.
-    A step that copies is never the best, however alike: its LoRA memorises the photos. When no
-    render lands in the band, the likeliest step with an "unsure" render is kept; when every judged
-    render is someone else, none is."""
-    judged = [r for r in rows if r.get("likeness") is not None and r["copies"] == 0 and 2 * r.get("scored", 0) >= r["renders"]]
-    if not judged:
-        return None
-
+    Steps are weighed in order, and a later one replaces the choice only when clearly better (by
+    more than NEAR_EQUAL): of near-equal steps the earliest wins, since later ones only memorise
+    more; and the choice only ever moves to the newest step, whose LoRA is the one at hand to keep.
+    A step that copies is never the best, however alike. While no render lands in the band, the
+    likeliest step with an "unsure" render is kept; when every judged render is someone else, none is."""
     def value(row: dict) -> float:
         share = row["in_band"] / row["renders"]
         collapsed = row.get("variety") is not None and row["variety"] < MIN_VARIETY
         return share / 2 if collapsed else share
 
-    top = max(value(r) for r in judged)
-    if top == 0:  # nothing lands in the band: the likeliest step with a render that is not yet someone else
-        unsure = [r for r in judged if r.get("unsure")]
-        return min(unsure, key=lambda r: (r["likeness"], r["step"]))["step"] if unsure else None
-    return min(r["step"] for r in judged if value(r) >= top - NEAR_EQUAL)
+    def better(new: dict, old: dict) -> bool:
+        if value(new) > value(old) + NEAR_EQUAL:
+            return True
+        return value(new) == value(old) == 0 and new["likeness"] < old["likeness"]
+
+    best = None
+    for row in sorted(rows, key=lambda r: r["step"]):
+        judged = row.get("likeness") is not None and row["copies"] == 0 and 2 * row.get("scored", 0) >= row["renders"]
+        if not judged or (value(row) == 0 and not row.get("unsure")):  # someone else in every judged render
+            continue
+        if best is None or better(row, best):
+            best = row
+    return best["step"] if best is not None else None
 
 
 def best_line(run_dir: Path) -> str | None:
