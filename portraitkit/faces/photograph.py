@@ -25,6 +25,7 @@ is in docs/judge.md and printed by `python benchmarks/bench_judge.py`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,7 @@ MIN_OVERLAP = 0.15
 class Fingerprint:
     """A photo as the comparison needs it: grey at `SIDE`, and keypoints of it and of its mirror image."""
 
-    grey: np.ndarray  # (height, width) float 0-1
+    grey: np.ndarray  # (height, width) float 0-1, SIDE on the long side (a smaller photo: its own size)
     keypoints: tuple[np.ndarray, np.ndarray]  # (n, 2) row, column: as taken, mirrored
     descriptors: tuple[np.ndarray, np.ndarray]  # (n, 256) bool: as taken, mirrored
 
@@ -80,11 +81,14 @@ class Match:
 
 
 def fingerprint(image) -> Fingerprint:
-    """`image` (PIL) in grey at `SIDE` on its long side, with ORB features as taken and mirrored."""
+    """`image` (PIL) in grey at `SIDE` on its long side (or its own size, if smaller), with ORB
+    features as taken and mirrored."""
     from PIL import Image
 
     grey = image.convert("L")
-    scale = SIDE / max(grey.size)
+    # Never enlarged: it adds no corner a copy could share, and a small picture (a toy base's 64 px
+    # of noise) enlarged is all corners, ten times the work to describe.
+    scale = min(1.0, SIDE / max(grey.size))
     size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
     pixels = np.asarray(grey.resize(size, Image.Resampling.BOX), dtype=np.float64) / 255.0
     views = [_features(pixels), _features(pixels[:, ::-1])]
@@ -112,7 +116,9 @@ def _features(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     # fast_threshold 0.05 finds corners in a soft or low-contrast photo too; too few keypoints
     # (a tiny or featureless image) means nothing can be verified, never a match.
-    orb = ORB(n_keypoints=KEYPOINTS, fast_threshold=0.05, downscale=1.2, n_scales=8)
+    # 8 scales 1.2 apart at SIDE; a smaller picture gets those of them that stay 48 px or more
+    scales = max(1, min(8, 1 + int(math.log(max(min(pixels.shape), 48) / 48) / math.log(1.2))))
+    orb = ORB(n_keypoints=KEYPOINTS, fast_threshold=0.05, downscale=1.2, n_scales=scales)
     try:
         orb.detect_and_extract(pixels)
     except (RuntimeError, ValueError, IndexError):  # too small, or no corner at all
