@@ -95,19 +95,23 @@ def fingerprint(image) -> Fingerprint:
     return Fingerprint(grey=pixels, keypoints=(views[0][0], views[1][0]), descriptors=(views[0][1], views[1][1]))
 
 
-def compare(a: Fingerprint, b: Fingerprint) -> Match | None:
-    """The best way `b` lines up with `a`, as taken or mirrored; None when no transform fits at all."""
+def compare(a: Fingerprint, b: Fingerprint, mirrored: bool = True) -> Match | None:
+    """The best way `b` lines up with `a`, as taken or (with `mirrored`) mirrored; None when no
+    transform fits at all. The mirror image is not tried when `b` as taken already is the same."""
     best = None
-    for mirrored in (False, True):
-        found = _line_up(a, b, mirrored)
+    for flip in (False, True) if mirrored else (False,):
+        if best is not None and best.same:
+            break
+        found = _line_up(a, b, flip)
         if found is not None and (best is None or (found.same, found.inliers) > (best.same, best.inliers)):
             best = found
     return best
 
 
-def same_photograph(a: Fingerprint, b: Fingerprint) -> Match | None:
-    """The match when `b` is the same photograph as `a` (an edit, crop or mirror image of it), else None."""
-    found = compare(a, b)
+def same_photograph(a: Fingerprint, b: Fingerprint, mirrored: bool = True) -> Match | None:
+    """The match when `b` is the same photograph as `a` (an edit, crop or, with `mirrored`, a mirror
+    image of it), else None."""
+    found = compare(a, b, mirrored)
     return found if found is not None and found.same else None
 
 

@@ -71,15 +71,23 @@ def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
             i = parent[i]
         return i
 
-    matches = {}
+    def worth_comparing(a: Photo, b: Photo) -> bool:
+        if a.fingerprint is None or b.fingerprint is None:
+            return False
+        if config.one_per_photograph:
+            return True
+        # Only re-saved copies count here: the same frame, so the same shape (within rounding)
+        shape_a, shape_b = a.fingerprint.grey.shape, b.fingerprint.grey.shape
+        return abs(shape_a[0] / shape_a[1] - shape_b[0] / shape_b[1]) <= 0.02 * shape_a[0] / shape_a[1]
+
+    # Each pair once, except two photos already in one group (through a third): nothing to learn.
     for i, a in enumerate(photos):
         for j in range(i + 1, len(photos)):
             b = photos[j]
-            if a.fingerprint is None or b.fingerprint is None:
+            if root(i) == root(j) or not worth_comparing(a, b):
                 continue
-            match = same_photograph(a.fingerprint, b.fingerprint)
+            match = same_photograph(a.fingerprint, b.fingerprint, mirrored=config.one_per_photograph)
             if match is not None and (config.one_per_photograph or match.whole_frame):
-                matches[i, j] = matches[j, i] = match
                 parent[root(j)] = root(i)
 
     groups: dict[int, list[int]] = {}
@@ -89,15 +97,15 @@ def check_duplicates(photos: list[Photo], config: PrepConfig) -> None:
         if len(group) < 2:
             continue
         keeper = _keeper([photos[i] for i in group])
-        k = photos.index(keeper)
         for i in group:
             photo = photos[i]
             if photo is keeper:
                 continue
             photo.duplicate_of = keeper.source
             photo.measurements["duplicate_of"] = keeper.source
-            match = matches.get((i, k))
-            if match is not None:  # the evidence, when the two were compared directly (not only through a third)
+            # the evidence against the one kept (None when the two meet only through a third)
+            match = same_photograph(keeper.fingerprint, photo.fingerprint, mirrored=config.one_per_photograph)
+            if match is not None:
                 photo.measurements["same_photograph"] = {"inliers": match.inliers, "correlation": match.correlation,
                                                          "mirrored": match.mirrored, "scale": match.scale}
             if match is not None and match.whole_frame:
