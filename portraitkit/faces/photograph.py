@@ -44,6 +44,7 @@ RESIDUAL = 2.0  # pixels at SIDE: a re-encode or resize moves a corner by a pixe
 # real re-crops and resizes.
 MIN_INLIERS = 6
 MIN_CORRELATION = 0.9
+MIN_ENLARGED = 96  # px on the short side: a smaller picture is compared at its own size
 # Below this share of common pixels the correlation says too little to count.
 MIN_OVERLAP = 0.15
 
@@ -52,7 +53,7 @@ MIN_OVERLAP = 0.15
 class Fingerprint:
     """A photo as the comparison needs it: grey at `SIDE`, and keypoints of it and of its mirror image."""
 
-    grey: np.ndarray  # (height, width) float 0-1, SIDE on the long side (a smaller photo: its own size)
+    grey: np.ndarray  # (height, width) float 0-1, SIDE on the long side (a tiny picture: its own size)
     keypoints: tuple[np.ndarray, np.ndarray]  # (n, 2) row, column: as taken, mirrored
     descriptors: tuple[np.ndarray, np.ndarray]  # (n, 256) bool: as taken, mirrored
 
@@ -81,14 +82,16 @@ class Match:
 
 
 def fingerprint(image) -> Fingerprint:
-    """`image` (PIL) in grey at `SIDE` on its long side (or its own size, if smaller), with ORB
-    features as taken and mirrored."""
+    """`image` (PIL) in grey at `SIDE` on its long side (one under MIN_ENLARGED px: its own size),
+    with ORB features as taken and mirrored."""
     from PIL import Image
 
     grey = image.convert("L")
-    # Never enlarged: it adds no corner a copy could share, and a small picture (a toy base's 64 px
-    # of noise) enlarged is all corners, ten times the work to describe.
-    scale = min(1.0, SIDE / max(grey.size))
+    # A smaller photo is enlarged to SIDE, where the pyramid finds enough corners on it (a 128 px
+    # training crop has too few of its own to tell its copy from another edit); a picture under
+    # MIN_ENLARGED px (a toy base's 64 px of noise) is not: it holds too little to verify, and its
+    # noise enlarged is all corners, ten times the work (0.6 s a view, against 13 ms as it is).
+    scale = SIDE / max(grey.size) if min(grey.size) >= MIN_ENLARGED else min(1.0, SIDE / max(grey.size))
     size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
     pixels = np.asarray(grey.resize(size, Image.Resampling.BOX), dtype=np.float64) / 255.0
     views = [_features(pixels), _features(pixels[:, ::-1])]
