@@ -44,7 +44,7 @@ RESIDUAL = 2.0  # pixels at SIDE: a re-encode or resize moves a corner by a pixe
 # real re-crops and resizes.
 MIN_INLIERS = 6
 MIN_CORRELATION = 0.9
-MIN_ENLARGED = 96  # px on the short side: a smaller picture is compared at its own size
+MIN_ENLARGED = 72  # px on the short side: a smaller picture (a toy render, 64 px) is compared at its own size
 # Below this share of common pixels the correlation says too little to count.
 MIN_OVERLAP = 0.15
 
