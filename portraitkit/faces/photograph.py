@@ -26,7 +26,7 @@ is in docs/judge.md and printed by `python benchmarks/bench_judge.py`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,11 +51,17 @@ MIN_OVERLAP = 0.15
 
 @dataclass
 class Fingerprint:
-    """A photo as the comparison needs it: grey at `SIDE`, and keypoints of it and of its mirror image."""
+    """A photo as the comparison needs it: grey at `SIDE`, and its keypoints as taken and, the first
+    time a comparison asks, of its mirror image (prep's re-saved copies and the training photos a
+    portrait is compared with never need that view: half the work)."""
 
     grey: np.ndarray  # (height, width) float 0-1, SIDE on the long side (a tiny picture: its own size)
-    keypoints: tuple[np.ndarray, np.ndarray]  # (n, 2) row, column: as taken, mirrored
-    descriptors: tuple[np.ndarray, np.ndarray]  # (n, 256) bool: as taken, mirrored
+    views: dict = field(default_factory=dict)  # mirrored (bool) -> (keypoints (n, 2) row, column; descriptors (n, 256) bool)
+
+    def view(self, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
+        if mirrored not in self.views:
+            self.views[mirrored] = _features(self.grey[:, ::-1] if mirrored else self.grey)
+        return self.views[mirrored]
 
 
 @dataclass
@@ -83,7 +89,7 @@ class Match:
 
 def fingerprint(image) -> Fingerprint:
     """`image` (PIL) in grey at `SIDE` on its long side (one under MIN_ENLARGED px: its own size),
-    with ORB features as taken and mirrored."""
+    with its ORB features as taken (those of its mirror image follow when a comparison asks)."""
     from PIL import Image
 
     grey = image.convert("L")
@@ -94,8 +100,9 @@ def fingerprint(image) -> Fingerprint:
     scale = SIDE / max(grey.size) if min(grey.size) >= MIN_ENLARGED else min(1.0, SIDE / max(grey.size))
     size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
     pixels = np.asarray(grey.resize(size, Image.Resampling.BOX), dtype=np.float64) / 255.0
-    views = [_features(pixels), _features(pixels[:, ::-1])]
-    return Fingerprint(grey=pixels, keypoints=(views[0][0], views[1][0]), descriptors=(views[0][1], views[1][1]))
+    found = Fingerprint(grey=pixels)
+    found.view(False)  # the view every comparison needs, made now; the mirror image's when one asks
+    return found
 
 
 def compare(a: Fingerprint, b: Fingerprint, mirrored: bool = True) -> Match | None:
@@ -140,11 +147,10 @@ def _line_up(a: Fingerprint, b: Fingerprint, mirrored: bool) -> Match | None:
     from skimage.measure import ransac
     from skimage.transform import SimilarityTransform
 
-    view = 1 if mirrored else 0
-    keys_a, keys_b = a.keypoints[0], b.keypoints[view]
+    (keys_a, descriptors_a), (keys_b, descriptors_b) = a.view(False), b.view(mirrored)
     if len(keys_a) < 3 or len(keys_b) < 3:
         return None
-    pairs = match_descriptors(a.descriptors[0], b.descriptors[view], cross_check=True, max_ratio=0.85)
+    pairs = match_descriptors(descriptors_a, descriptors_b, cross_check=True, max_ratio=0.85)
     if len(pairs) < max(3, MIN_INLIERS):  # too few matches to be one photograph: not worth a fit
         return None
     # (x, y) points: a's keypoint -> b's (in b's mirrored frame when mirrored)
