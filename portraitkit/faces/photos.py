@@ -99,6 +99,18 @@ def open_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return image
 
 
+def pixels_key(*images: Image.Image) -> str:
+    """A key for what `images` show (their sizes and RGB pixels): work on the same pictures in one
+    process (embeddings, fingerprints of the training crops each validation meets again) is done once."""
+    import hashlib
+
+    key = hashlib.sha1()
+    for image in images:
+        key.update(repr(image.size).encode())
+        key.update(image.convert("RGB").tobytes())
+    return key.hexdigest()
+
+
 @contextlib.contextmanager
 def _canvas_limit(pixels: int):
     previous = Image.MAX_IMAGE_PIXELS

@@ -32,11 +32,10 @@ _FINGERPRINTS: dict[str, object] = {}
 
 
 def _fingerprint_once(image):
-    import hashlib
-
     from portraitkit.faces.photograph import fingerprint
+    from portraitkit.faces.photos import pixels_key
 
-    key = hashlib.sha1(repr(image.size).encode() + image.convert("RGB").tobytes()).hexdigest()
+    key = pixels_key(image)
     if key not in _FINGERPRINTS:
         if len(_FINGERPRINTS) >= 256:  # a long notebook session: the oldest go first
             _FINGERPRINTS.pop(next(iter(_FINGERPRINTS)))

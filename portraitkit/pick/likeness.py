@@ -21,7 +21,6 @@ step's images look most like the person; this module knows nothing of training.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,19 +249,17 @@ _EMBEDDINGS: dict[str, np.ndarray] = {}
 def reference_embeddings(images: list) -> np.ndarray:
     """dlib embeddings of the largest face in each image that has one, shape (faces, 128)."""
     from portraitkit.faces.detect import detect_faces, face_embedding
+    from portraitkit.faces.photos import pixels_key
 
-    key = hashlib.sha1()
-    for image in images:
-        key.update(repr(image.size).encode())
-        key.update(image.convert("RGB").tobytes())
-    if key.hexdigest() not in _EMBEDDINGS:
+    key = pixels_key(*images)
+    if key not in _EMBEDDINGS:
         rows = []
         for image in images:
             found = detect_faces(image.convert("RGB"))
             if found:
                 rows.append(face_embedding(image.convert("RGB"), found[0]))
-        _EMBEDDINGS[key.hexdigest()] = np.array(rows, dtype=np.float64).reshape(-1, 128)
-    return _EMBEDDINGS[key.hexdigest()]
+        _EMBEDDINGS[key] = np.array(rows, dtype=np.float64).reshape(-1, 128)
+    return _EMBEDDINGS[key]
 
 
 def band_line(ranking: list[dict], band: LikenessBand) -> str:
