@@ -159,17 +159,17 @@ def test_checkpointing_is_left_off_only_with_room_to_spare(capsys, monkeypatch):
     t4 = Device("Tesla T4", gpu_memory_gb=14.75, host_ram_gb=12.7, sd15_its=6.9)
     monkeypatch.setattr(portraitkit.plan.estimate, "local_cuda_device", lambda *where: t4)
     sd15_run = TrainConfig(dataset_dir="d", out_dir="r", base="sd15", steps=600, validate_every=200)
-    assert check_training_fits(sd15_run) is False
+    assert check_training_fits(sd15_run)[0] is False
     said = capsys.readouterr().out
     assert "gradient checkpointing off" in said
     # the time it is about to take, beside the memory, as the planner counts it: 3 validations
     plan = portraitkit.plan.estimate.plan_for_training(sd15_run, t4)
     assert (f"Estimated time: about {plan.total_seconds / 60:.0f} min for 600 steps, plus about "
             f"{plan.validation_seconds / 60:.0f} min for 3 validations") in said
-    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", gradient_checkpointing=True)) is True
-    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sdxl")) is True
+    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", gradient_checkpointing=True))[0] is True
+    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sdxl"))[0] is True
     # fp32 weights on a GPU are not what the planner estimates: no guess, checkpointing stays on
-    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", mixed_precision="no")) is True
+    assert check_training_fits(TrainConfig(dataset_dir="d", out_dir="r", base="sd15", mixed_precision="no"))[0] is True
     assert "not --mixed-precision no" in capsys.readouterr().out
 
 
@@ -199,7 +199,7 @@ def test_plan_json_from_the_command_line(capsys):
     assert plan["total_seconds"] == pytest.approx(800 * plan["seconds_per_step"], rel=0.01)
     assert plan["fits"] is True and plan["advice"] is None
     assert "diffusers docs" in plan["calibration"]["source"] and plan["assumptions"]
-    assert plan["inference"]["steps"] == 25 and plan["inference"]["seconds_per_image"] > 0
+    assert plan["inference"]["steps"] == 30 and plan["inference"]["seconds_per_image"] > 0  # the styles' 30
 
 
 def test_plan_command_rejects_an_impossible_resolution(capsys):

@@ -181,7 +181,7 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
     from diffusers import DiffusionPipeline
 
     from portraitkit.models.bases import load_pipeline
-    from portraitkit.train.validate import prompt_embeddings, without_text_encoders
+    from portraitkit.models.conditioning import prompt_embeddings, without_text_encoders
 
     def first_model(self):
         names, _ = self._get_signature_keys(self)

@@ -1,6 +1,7 @@
 """What the UNet is conditioned on besides the noisy latents: the text embeddings, and for SDXL
 its pooled text embedding and the size/crop ids. Training, validation, sampling and the planner's
-tracer build these the same way.
+tracer build these the same way; validation and sampling both encode their prompts first and then
+denoise with a pipeline that has no text encoders (`without_text_encoders`).
 
 SDXL's six size ids are (original height, width, crop top, left, target height, width). For a
 face crop portraitkit uses the convention for a picture that is shown whole: the original size
@@ -38,14 +39,34 @@ def unet_conditioning(cond: dict, resolution: int, dtype) -> dict:
     return kwargs
 
 
-def prompt_arguments(pipe, prompt: str, negative_prompt: str) -> dict:
-    """The pipeline call's prompt arguments. FLUX.2 [klein]'s pipeline takes no negative prompt
-    text (it guides against the empty prompt), so a style's negative prompt goes in as its
-    embeddings, encoded the way the prompt is; an empty one is left to the pipeline."""
-    if hasattr(pipe, "transformer"):
+def without_text_encoders(pipe, scheduler=None):
+    """The same pipeline (shared modules, nothing copied) without its text encoders, for a call
+    given prompt embeddings, with `scheduler` in place of the base's. Diffusers releases before
+    late 2026 take a pipeline's device from its alphabetically first model, the text encoder:
+    left on the CPU, it would pull the whole call there. Without it, that is the UNet's device."""
+    drop = {name: None for name in ("text_encoder", "text_encoder_2") if name in pipe.components}
+    if "safety_checker" in pipe.components:  # SD1.x: portraits of the user, as load_pipeline says
+        drop["requires_safety_checker"] = False
+    if scheduler is not None:
+        drop["scheduler"] = scheduler
+    denoiser = type(pipe)(**{**pipe.components, **drop})
+    denoiser.set_progress_bar_config(disable=True)
+    return denoiser
+
+
+def prompt_embeddings(pipe, prompt: str, negative_prompt: str, device) -> dict:
+    """A prompt and its negative prompt as the embeddings the pipeline's call takes, so the
+    text encoders need not stay on the GPU while it denoises and decodes."""
+    if hasattr(pipe, "transformer"):  # FLUX.2 [klein]
         from portraitkit.models import klein
 
-        if not negative_prompt:
-            return {"prompt": prompt}
-        return {"prompt": prompt, "negative_prompt_embeds": klein.encode_prompts(pipe, [negative_prompt])}
-    return {"prompt": prompt, "negative_prompt": negative_prompt}
+        # klein's pipeline guides against the empty prompt when it is given no negative embeddings
+        return {"prompt_embeds": klein.encode_prompts(pipe, [prompt], device),
+                "negative_prompt_embeds": klein.encode_prompts(pipe, [negative_prompt], device)}
+    if hasattr(pipe, "text_encoder_2"):
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negative_prompt)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+    embeds, negative = pipe.encode_prompt(prompt, device, 1, True, negative_prompt=negative_prompt)
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}

@@ -26,6 +26,9 @@ How the pieces differ from Stable Diffusion, and so what this module does for th
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 KLEIN_REPO = "black-forest-labs/FLUX.2-klein-base-4B"
 # The attention projections of both kinds of block: the double-stream blocks' image (to_*) and
 # text (add_*) projections, and the single-stream blocks' fused projection (q, k, v and the MLP's
@@ -37,6 +40,11 @@ SINGLE_TARGETS = ("to_qkv_mlp_proj", "to_out")
 # 36-layer encoder is used with); the toy encoder has 27 layers so that the same indices exist.
 TEXT_LAYERS = (9, 18, 27)
 MAX_TOKENS = 512  # the pipeline's default padding length
+# The pipeline's prompt encoding keeps every one of Qwen3's 37 hidden states and computes its
+# logits over a 151,936-word vocabulary for all 512 tokens: 0.235 GiB per caption in fp16 (traced,
+# `plan.tracing.trace_pass`), 4.7 GiB for 20 captions at once, beside Qwen3's own 7.5 GiB on a T4.
+# So captions are encoded a few at a time.
+PROMPTS_AT_ONCE = 4
 # The shift of the flow-matching schedule, sigma -> shift*sigma / (1 + (shift - 1)*sigma): it moves
 # the training noise levels towards the noisy end, where a picture's composition is decided, and
 # more so the more image tokens there are. The trainers differ (FACTS.md, 2026-12-07): diffusers'
@@ -174,17 +182,55 @@ def encode_images(vae, pixels):
 
 
 def encode_prompts(pipe, captions: list[str], device=None):
-    """Caption -> (B, 512, 3 x hidden) embeddings, as the pipeline makes them when it samples."""
+    """Caption -> (B, 512, 3 x hidden) embeddings, as the pipeline makes them when it samples,
+    PROMPTS_AT_ONCE captions per call of Qwen3. Where Qwen3 in fp16 overflows (an LLM's
+    activations can pass fp16's 65504), the captions are encoded again with its activations in
+    fp32 (`fp32_activations`), so a T4 never has to load it in fp32."""
     import torch
 
     from portraitkit.core.errors import PortraitkitError
 
-    embeds, _ = pipe.encode_prompt(captions, device=device or pipe.text_encoder.device, max_sequence_length=MAX_TOKENS,
-                                   text_encoder_out_layers=TEXT_LAYERS)
-    if not torch.isfinite(embeds).all():  # an LLM's activations can pass fp16's 65504: never cache NaN captions
-        raise PortraitkitError("Qwen3 encoded the captions to NaN or infinity (an fp16 overflow): train with "
-                               "--mixed-precision no, or on a GPU with bf16")
+    device = device or pipe.text_encoder.device
+
+    def encode():
+        return torch.cat([pipe.encode_prompt(captions[i:i + PROMPTS_AT_ONCE], device=device, max_sequence_length=MAX_TOKENS,
+                                             text_encoder_out_layers=TEXT_LAYERS)[0]
+                          for i in range(0, len(captions), PROMPTS_AT_ONCE)])
+
+    embeds = encode()
+    if not torch.isfinite(embeds).all() and pipe.text_encoder.dtype == torch.float16:
+        with fp32_activations(pipe.text_encoder):
+            # back in fp16 for the transformer, clamped to its range as diffusers' FLUX.2 blocks clamp their text stream
+            embeds = encode().clamp(-65504, 65504).to(torch.float16)
+    if not torch.isfinite(embeds).all():  # never cache NaN captions
+        raise PortraitkitError("Qwen3 encoded the captions to NaN or infinity even with its activations in fp32: check "
+                               "metadata.jsonl's captions for unusual text, and train with --mixed-precision bf16 on a GPU that has it")
     return embeds
+
+
+@contextlib.contextmanager
+def fp32_activations(encoder):
+    """Inside the block, `encoder` keeps its 16-bit weights but computes in fp32: its token
+    embeddings come out in fp32 and each Linear casts its weight to its input's dtype (ComfyUI runs
+    fp16 text encoders so: weights stored in 16 bits, activations in 32). The norms and attention
+    follow their inputs' dtype. Memory: one layer's fp32 weight copy at a time."""
+    import torch
+    import torch.nn.functional as F
+
+    def fp32_linear(module, inputs):
+        return F.linear(inputs, module.weight.to(inputs.dtype), None if module.bias is None else module.bias.to(inputs.dtype))
+
+    linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
+    handles = [encoder.get_input_embeddings().register_forward_hook(lambda module, args, output: output.float())]
+    for linear in linears:
+        linear.forward = functools.partial(fp32_linear, linear)
+    try:
+        yield encoder
+    finally:
+        for handle in handles:
+            handle.remove()
+        for linear in linears:
+            del linear.forward  # the class's own forward again
 
 
 def pack(latents):
@@ -231,16 +277,34 @@ def finite_or_stop(loss) -> None:
     from portraitkit.core.errors import PortraitkitError
 
     if not torch.isfinite(loss).all():
-        raise PortraitkitError("the loss became NaN or infinite (an fp16 overflow in the transformer, or too high a "
-                               "learning rate): lower --lr, or train with --mixed-precision no")
+        # Not --mixed-precision no: on a T4 that loads Qwen3 in fp32 (16 GB, more than a free Colab's RAM).
+        raise PortraitkitError("the loss became NaN or infinite (too high a learning rate, or an fp16 overflow in the "
+                               "transformer): train again into a new --out folder with half the --lr, or on a GPU with bf16 "
+                               "(L4, A100: --mixed-precision bf16)")
+
+
+# Kept out of 4-bit: the layers where the image and text enter the transformer and the one where
+# its prediction leaves it, plus the timestep embedding. diffusers' klein training script keeps its
+# output layer out of low-precision conversion (`module_filter_fn`, for fp8) and QLoRA's recipe
+# keeps a model's input embeddings and output head in 16 bits: each is used once per step, so 4-bit
+# saves little there (about 34M weights, 60 MiB) while its rounding reaches every token.
+NF4_KEPT = ("x_embedder", "context_embedder", "proj_out", "time_guidance_embed")
+
+
+def nf4_compute_dtype():
+    """bf16 where the GPU has it natively (Ampere and newer: fp16's range overflows in a 3.9B
+    transformer where bf16's does not), else fp16 (a T4 reports bf16 only through emulation)."""
+    import torch
+
+    native_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float16
 
 
 def load_transformer_nf4(source: str):
-    """The frozen transformer in bitsandbytes' 4-bit NormalFloat (QLoRA's recipe), computing in
-    fp16 (a T4 has no bf16), quantised on the GPU while it loads: it never sits in RAM whole.
-    Unmeasured here (this machine has no GPU): benchmarks/gpu_check.py measures it."""
-    import torch
-
+    """The frozen transformer in bitsandbytes' 4-bit NormalFloat (QLoRA's recipe), quantised on the
+    GPU while it loads (it never sits in RAM whole), computing in `nf4_compute_dtype()`, with the
+    layers of NF4_KEPT in 16 bits. Unmeasured here (this machine has no GPU):
+    benchmarks/gpu_check.py measures it."""
     from portraitkit.core.errors import PortraitkitError
     from portraitkit.core.quiet import quiet
 
@@ -251,8 +315,17 @@ def load_transformer_nf4(source: str):
                                f"{error}): `pip install -U bitsandbytes` (then restart the runtime in Colab), or --quantize none "
                                "on a GPU with room for the fp16 transformer") from None
     with quiet():
-        from diffusers import BitsAndBytesConfig, Flux2Transformer2DModel
+        from diffusers import Flux2Transformer2DModel
 
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
-    return Flux2Transformer2DModel.from_pretrained(source, subfolder="transformer", quantization_config=config,
-                                                   torch_dtype=torch.float16, use_safetensors=True)
+    return Flux2Transformer2DModel.from_pretrained(source, subfolder="transformer", quantization_config=nf4_config(),
+                                                   torch_dtype=nf4_compute_dtype(), use_safetensors=True)
+
+
+def nf4_config():
+    """diffusers' bitsandbytes config of the 4-bit transformer: NF4, computing in
+    `nf4_compute_dtype()`, the layers of NF4_KEPT left in 16 bits (diffusers reads
+    `llm_int8_skip_modules` for 4-bit loads too)."""
+    from diffusers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=nf4_compute_dtype(),
+                              llm_int8_skip_modules=list(NF4_KEPT))

@@ -25,6 +25,7 @@ class Device:
     sd15_its: float | None = None  # published SD1.5 512 px fp16 inference speed, iterations/s (CFG batch 2)
     tflops: float | None = None  # achieved throughput when known directly (not derived from sd15_its)
     source: str = ""
+    bf16: bool = False  # native bf16 (Ampere and newer): FLUX.2's NF4 layers compute in it
 
     def achieved_tflops(self) -> float:
         """Achieved dense throughput: a published SD1.5 inference speed times the FLOPs of one step."""
@@ -40,16 +41,33 @@ DEVICES = {
                "(Colab) of which ~0.9-1.4 GB is taken by the VM itself (linux-blog.anracom.com, 2023); "
                "6.9 it/s for SD1.5 at 512 px, fp16, SDPA, batch 1 (M, diffusers docs optimization/torch2.0)"),
     "l4": Device(
-        "l4", gpu_memory_gb=22.0, host_ram_gb=None, sd15_its=6.9 * 121 / 65,
+        "l4", gpu_memory_gb=22.0, host_ram_gb=None, sd15_its=6.9 * 121 / 65, bf16=True,
         source="E: 24 GB card (NVIDIA L4 datasheet) less the share the T4 loses to the driver; speed = the T4's "
                "measured 6.9 it/s scaled by peak fp16 tensor throughput, 121 vs 65 TFLOP/s (NVIDIA datasheets); "
                "not measured"),
     "a100": Device(
-        "a100", gpu_memory_gb=39.4, host_ram_gb=None, sd15_its=31.19,
+        "a100", gpu_memory_gb=39.4, host_ram_gb=None, sd15_its=31.19, bf16=True,
         source="40 GB A100 as on Colab (E: 39.4 GiB usable); 31.19 it/s for SD1.5, diffusers with torch 2.1 SDPA "
                "on an A100 80GB SXM (M, fal-ai/stable-diffusion-benchmarks README)"),
     "cpu": Device("cpu", gpu_memory_gb=None, host_ram_gb=None, source="this machine's CPU and RAM, measured when planning"),
 }
+
+# The throughput above is calibrated on inference; training runs slower than its FLOPs say
+# (optimizer steps, casts, the allocator, smaller kernels in the backward pass). Two published T4
+# training figures state their settings well enough to plan the same run (FACTS.md); the planner's
+# raw estimate was below both, by 1.50x and 1.56x (`estimate.training_calibration` prints them).
+# The larger applies to every GPU's training steps until a GPU run of portraitkit measures its own.
+# Left out: kohya-colab's SD1.5 figure (~0.8 s/step, batch 2, dim 32, Prodigy), which states no
+# resolution.
+TRAINING_SLOWDOWN = 1.56
+T4_TRAINING_FIGURES = [
+    {"what": "SDXL DreamBooth-LoRA, 1024 px, rank 4, batch 1, 8-bit AdamW, gradient checkpointing, fp16",
+     "published_s_per_step": 2.65, "source": "huggingface/notebooks diffusers/SDXL_DreamBooth_LoRA_.ipynb: 500 steps in 68 min",
+     "settings": {"base": "sdxl", "rank": 4, "gradient_checkpointing": True}},
+    {"what": "kohya LoRA on SD1.5, dim 16 with the text encoder, batch 6, 512 px, fp16, cached latents",
+     "published_s_per_step": 1.53, "source": "Linaqruf/kohya-trainer notebook outputs: 1.53 s/it",
+     "settings": {"base": "sd15", "rank": 16, "batch_size": 6, "train_text_encoder": True, "gradient_checkpointing": False}},
+]
 
 # A CPU's throughput: SD1.5's training steps and inference at 512 px reached 0.137-0.152 TFLOP/s
 # (traced FLOPs / measured time) where a 1024x1024 fp32 matrix product reaches 0.19-0.20 on the
@@ -96,6 +114,7 @@ def local_cuda_device(index: int = 0, processes_here: int = 1) -> Device:
     known = next((DEVICES[k] for k in ("t4", "l4", "a100") if k in words), None)
     return Device(
         properties.name, gpu_memory_gb=round(properties.total_memory / GIB, 2),
+        bf16=torch.cuda.is_bf16_supported(including_emulation=False),
         host_ram_gb=psutil.virtual_memory().total / GIB / processes_here,
         sd15_its=known.sd15_its if known else DEVICES["t4"].sd15_its,
         source=(known.source if known else "speed assumed equal to a T4's (unknown GPU)") + "; memory: this GPU and machine"

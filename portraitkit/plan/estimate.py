@@ -100,9 +100,11 @@ class PlanConfig:
                         choices=("portraitkit", "plain"))
     output_preservation: bool = setting("output preservation: the class caption through the UNet with the LoRA (with "
                                         "gradients) and without it, every step", False)
-    validations: int = setting("validated steps in the run (train's default: every tenth of the run, at least 50 steps apart)", 10)
+    validations: int | None = setting("validated steps in the run; default: train's (every tenth of the run, at least 50 steps "
+                                      "apart), fewer on a GPU where training and validation would not fit one session", None)
     validation_renders: int = setting("images per validated step (train's default: 2 styles x 4 seeds)", 8)
-    validation_steps: int = setting("denoising steps per validation image (train's default: the style's 30)", 30)
+    validation_steps: int | None = setting("denoising steps per validation image; default: the styles' own (30 for SD, 50 for "
+                                           "FLUX.2 [klein]), as train draws them", None)
     quantize: str = setting("FLUX.2 bases on a GPU: the frozen transformer in fp16 (none), in 4-bit NF4 (nf4), or auto: "
                             "fp16 where it fits the GPU and the RAM, else NF4", "auto", choices=("auto", "none", "nf4"))
 
@@ -147,7 +149,7 @@ class Plan:
     breakdown_gb: dict  # weights, LoRA, optimizer state, activations
     parameters: dict  # exact parameter counts
     flops_per_step: float
-    inference: dict  # one image at 25 steps on the same machine
+    inference: dict  # `sample`'s load and one image at the validation's steps, on the same machine
     validation_seconds: float  # every validated step's renders, on top of the steps' time
     fits_gpu: bool | None
     fits_host: bool | None
@@ -181,6 +183,8 @@ class Plan:
             "seconds_per_step": round(self.seconds_per_step, 3),
             "validation_seconds": round(self.validation_seconds),
             "total_seconds": round(self.total_seconds),
+            "total_includes_validation": False,
+            "session": self.session(),
             "fits": self.fits,
             "fits_gpu": self.fits_gpu,
             "fits_host": self.fits_host,
@@ -197,10 +201,32 @@ class Plan:
                 "device": device.name,
                 "achieved_tflops": round(device.achieved_tflops(), 2),
                 "source": device.source,
-                "gpu_measurements_of_portraitkit": "none yet: run benchmarks/bench_training.py on a GPU",
+                "gpu_measurements_of_portraitkit": "none yet: run benchmarks/gpu_check.sh on a GPU",
+                "training": self.training_calibration(),
             },
             "assumptions": self.assumptions,
         }
+
+    def session(self) -> dict | None:
+        """On a GPU: the run's steps and validation against one Colab session's budget."""
+        if self.device.gpu_memory_gb is None:
+            return None
+        whole = self.total_seconds + self.validation_seconds
+        return {"budget_seconds": SESSION_SECONDS, "seconds": round(whole), "within": whole <= SESSION_SECONDS,
+                "rule": f"defaults left open are sized so that a run fits {SESSION_SECONDS // 3600} h: FLUX.2's size is the "
+                        f"largest of {', '.join(map(str, SESSION_SIZES))} px whose steps take at most {TRAINING_SHARE:.0%} of it, "
+                        "and validations are as many as fit beside the steps (at least the last)"}
+
+    def training_calibration(self) -> dict:
+        """How the time per step is calibrated: the slowdown applied and the published training figures."""
+        from portraitkit.plan.devices import TRAINING_SLOWDOWN
+
+        if self.device.gpu_memory_gb is None:
+            return {"slowdown": 1.0, "why": "a CPU's throughput is measured on this machine and calibrated on real training steps"}
+        return {"slowdown": TRAINING_SLOWDOWN,
+                "why": "seconds per step = traced FLOPs / inference-calibrated throughput x this slowdown, the largest "
+                       "ratio of a published T4 training figure to that raw estimate (until a GPU run measures portraitkit's own)",
+                "t4_figures": training_calibration()}
 
     def summary(self) -> str:
         """A few lines for people: the estimate, whether it fits, and what to change if not."""
@@ -210,7 +236,7 @@ class Plan:
         if self.family == "flux2" and self.peak_gpu_mem_gb is not None:
             from portraitkit.plan.klein import recipe_line
 
-            lines.append(f"  recipe      {recipe_line(self.config)}")
+            lines.append(f"  recipe      {recipe_line(self.config, self.device.bf16)}")
         if self.peak_gpu_mem_gb is not None:
             lines.append(f"  GPU memory  {self.peak_gpu_mem_gb:5.1f} GiB of {self.device.gpu_memory_gb} GiB")
         budget = f" of {self.device.host_ram_gb:.1f} GiB" if self.device.host_ram_gb else ""
@@ -222,6 +248,12 @@ class Plan:
                          f"{self.config.validation_renders} images at {self.config.validation_steps} steps"
                          + (" (longer than the training itself: fewer with --validate-every or --validation-seeds, "
                             "none with --no-validate)" if self.validation_seconds > self.total_seconds else ""))
+        if session := self.session():
+            lines.append(f"  session     {_duration(session['seconds'])} in all, "
+                         + ("within" if session["within"] else "MORE than") + f" a {SESSION_SECONDS // 3600} h Colab session")
+        if self.inference.get("peak_gpu_mem_gb") is not None:
+            lines.append(f"  sampling    {self.inference['peak_gpu_mem_gb']:.1f} GiB, {self.inference['seconds_per_image']:.0f} s "
+                         f"per image at {self.inference['steps']} steps ({self.inference['recipe']})")
         lines.append("  fits" if self.fits else f"  does NOT fit: {self.advice}")
         if self.faster:
             lines.append(f"  faster: {self.faster}")
@@ -252,8 +284,8 @@ def _room_to_spare(plan: Plan, device: Device) -> bool:
 def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, batch_size: int = 1,
              train_text_encoder: bool = False, gpu: str | Device = "t4", steps: int = 1000, optimizer: str = "adamw8bit",
              gradient_checkpointing: bool | None = None, recipe: str = "portraitkit", advise: bool = True,
-             dora: bool = False, output_preservation: bool = False, validations: int = 10, validation_renders: int = 8,
-             validation_steps: int = 30, quantize: str = "auto") -> Plan:
+             dora: bool = False, output_preservation: bool = False, validations: int | None = None, validation_renders: int = 8,
+             validation_steps: int | None = None, quantize: str = "auto") -> Plan:
     """Estimate a run's peak GPU memory, RAM and time; when it does not fit, say the cheapest change
     that does, and when it fits with checkpointing, whether it would also fit (faster) without.
 
@@ -273,7 +305,10 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     check_resolution(config.resolution)
     arch = architecture(base)
     if arch["family"] == "flux2":  # a transformer, not a UNet: its own measures (`plan.klein`)
-        return _flux2_plan(config, device, arch)
+        if config.resolution is None and device.gpu_memory_gb is not None:
+            config = dataclasses.replace(config, resolution=session_resolution(config, device, arch))
+        return _sized_validations(_flux2_plan(config, device, arch))
+    config = dataclasses.replace(config, validation_steps=config.validation_steps or SD_SAMPLING_STEPS)
     plan = None
     if recipe == "plain":  # the plain loop never checkpoints
         config = dataclasses.replace(config, gradient_checkpointing=False)
@@ -282,7 +317,7 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
         if not _room_to_spare(plan, device):
             plan = None
         config = dataclasses.replace(config, gradient_checkpointing=plan is None)
-    plan = plan or _estimate(config, device, arch)
+    plan = _sized_validations(plan or _estimate(config, device, arch))
     if advise and not plan.fits:
         plan.advice = _advice(config, device, plan)
     elif advise and config.gradient_checkpointing and recipe == "portraitkit":
@@ -366,7 +401,7 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
                                  max([step["peak"]] + [g["peak"] for g in per_step]))}
 
     tflops = device.achieved_tflops()
-    seconds = flops / (tflops * 1e12)
+    seconds = flops / (tflops * 1e12) * training_slowdown(device)
     if on_gpu:
         phases = {name: on_device + trainer + peak for name, (on_device, trainer, peak) in phases.items()}
         allocated = max(phases.values()) / GIB
@@ -402,9 +437,10 @@ def _estimate(config: PlanConfig, device: Device, arch: dict) -> Plan:
         peak_gpu_mem_gb=gpu_total, peak_gpu_allocated_gb=allocated, peak_gpu_reserved_gb=reserved, peak_host_ram_gb=host,
         seconds_per_step=seconds, phases_gb={k: v / GIB for k, v in phases.items()}, breakdown_gb=breakdown,
         parameters={**params, "lora": sum(lora_numels)}, flops_per_step=flops,
-        inference=_inference(key, arch, resolution, device, recipe), fits_gpu=fits_gpu, fits_host=fits_host,
-        validation_seconds=config.validations * config.validation_renders
-        * _inference(key, arch, resolution, device, recipe, steps=config.validation_steps)["seconds_per_image"],
+        inference=_inference(key, arch, resolution, device, recipe, steps=config.validation_steps or SD_SAMPLING_STEPS),
+        fits_gpu=fits_gpu, fits_host=fits_host,
+        validation_seconds=_validations(config) * config.validation_renders
+        * _inference(key, arch, resolution, device, recipe, steps=config.validation_steps or SD_SAMPLING_STEPS)["seconds_per_image"],
     )
 
 
@@ -421,31 +457,39 @@ def _flux2_plan(config: PlanConfig, device: Device, arch: dict) -> Plan:
     m = klein.measures(config, device, arch)
     step, nf4 = m["step"], config.quantize == "nf4"
     lora_bytes = 4 * sum(step["lora_numels"])
-    trainer = lora_bytes + optimizer_state_bytes(step["lora_numels"], config.optimizer)
+    # from the training loop on, the transformer, the LoRA, its optimizer state and the cached captions stay
+    looping = m["transformer"] + lora_bytes + optimizer_state_bytes(step["lora_numels"], config.optimizer) + m["cached_captions"]
     phases = {  # what `train` has on the device in each phase (placement); an NF4 transformer loads onto the GPU
-        "load_and_cache": m["text_encoder"] + m["vae"] + m["caption_encoding"] + (m["transformer"] if nf4 else 0),
-        "train_step": m["transformer"] + trainer + m["activations"],
-        "validation": m["transformer"] + trainer + m["vae"] + m["activations"] / 2,  # no gradients: about half the graph
+        "load_and_cache": m["text_encoder"] + m["vae_fp32"] + (m["transformer"] if nf4 else 0)
+        + max(m["caption_encoding"], m["vae_encoding"]),
+        "train_step": looping + m["activations"],
+        "held_out_loss": looping + m["held_out_loss"],
+        "validation_prompts": looping + m["text_encoder"] + m["prompt_encoding"],
+        "validation": looping + m["vae"] + max(m["denoise"], m["decode"]),
     }
     if on_gpu:
         allocated = max(phases.values()) / GIB
         reserved = allocated * (1 + ALLOCATOR_OVERHEAD)
         gpu_total = reserved + CUDA_CONTEXT_GB
-        in_ram = m["text_encoder"] + m["vae_in_ram"] + (0 if nf4 else m["transformer"])  # diffusers loads into RAM first
+        in_ram = m["text_encoder"] + m["vae"] + (0 if nf4 else m["transformer"])  # diffusers loads into RAM first
         host = HOST_BASELINE_GB + HOST_CUDA_GB + (in_ram + lora_bytes) / GIB
     else:
         allocated = reserved = gpu_total = None
-        host = HOST_BASELINE_GB + (m["transformer"] + m["text_encoder"] + m["vae"] + trainer + m["activations"]) / GIB
-    seconds_per_image = 2 * config.validation_steps * step["flops"] / 3 / (device.achieved_tflops() * 1e12)  # CFG: 2 forwards
+        host = HOST_BASELINE_GB + (m["transformer"] + m["text_encoder"] + m["vae_fp32"] + looping - m["transformer"]
+                                   + max(m["activations"], m["caption_encoding"])) / GIB
+    tflops = device.achieved_tflops()
+    validation_steps = config.validation_steps or klein.SAMPLING_STEPS
+    seconds_per_image = klein.render_seconds(m, validation_steps, tflops)
     plan = Plan(
-        config=dataclasses.replace(config, gradient_checkpointing=m["checkpointing"]), family="flux2",
-        architecture_source=arch["source"], resolution=m["resolution"], device=device, peak_gpu_mem_gb=gpu_total,
+        config=dataclasses.replace(config, gradient_checkpointing=m["checkpointing"], validation_steps=validation_steps),
+        family="flux2", architecture_source=arch["source"], resolution=m["resolution"], device=device, peak_gpu_mem_gb=gpu_total,
         peak_gpu_allocated_gb=allocated, peak_gpu_reserved_gb=reserved, peak_host_ram_gb=host,
-        seconds_per_step=step["flops"] / (device.achieved_tflops() * 1e12), phases_gb={k: v / GIB for k, v in phases.items()},
-        breakdown_gb={name: m[name] / GIB for name in ("transformer", "text_encoder", "vae", "activations", "caption_encoding")}
+        seconds_per_step=step["flops"] / (tflops * 1e12) * training_slowdown(device), phases_gb={k: v / GIB for k, v in phases.items()},
+        breakdown_gb={name: m[name] / GIB for name in ("transformer", "text_encoder", "vae", "activations", "caption_encoding",
+                                                        "cached_captions", "prompt_encoding", "held_out_loss", "denoise", "decode")}
         | {"lora_params": lora_bytes / GIB}, parameters={**m["parameters"], "lora": sum(step["lora_numels"])},
-        flops_per_step=step["flops"], inference={"steps": config.validation_steps, "seconds_per_image": round(seconds_per_image, 2)},
-        validation_seconds=config.validations * config.validation_renders * seconds_per_image,
+        flops_per_step=step["flops"], inference=_flux2_inference(m, config, device, validation_steps),
+        validation_seconds=_validations(config) * config.validation_renders * seconds_per_image,
         fits_gpu=None if gpu_total is None else gpu_total <= device.gpu_memory_gb,
         fits_host=None if device.host_ram_gb is None else host <= device.host_ram_gb, assumptions=[*ASSUMPTIONS, *klein.ASSUMPTIONS])
     if not plan.fits:
@@ -453,23 +497,137 @@ def _flux2_plan(config: PlanConfig, device: Device, arch: dict) -> Plan:
     return plan
 
 
+def _flux2_inference(m: dict, config: PlanConfig, device: Device, steps: int) -> dict:
+    """`sample`'s load with the same transformer recipe as this plan's training: its peak on the
+    GPU (phases of `klein.sampling_phases`) and in RAM, and one image's time."""
+    from portraitkit.plan import klein
+
+    on_gpu = device.gpu_memory_gb is not None
+    phases = klein.sampling_phases(m)
+    allocated = max(phases.values()) / GIB
+    in_ram = m["text_encoder"] + m["vae"] + (0 if config.quantize == "nf4" else m["transformer"])
+    return {
+        "recipe": "transformer in 4-bit NF4, Qwen3 on the GPU only to encode the prompts" if config.quantize == "nf4"
+        else ("transformer in fp16, Qwen3 on the GPU only to encode the prompts" if on_gpu else "fp32 on the CPU"),
+        "quantize": config.quantize, "steps": steps,
+        "seconds_per_image": round(klein.render_seconds(m, steps, device.achieved_tflops()), 2),
+        "phases_gb": {name: _round(value / GIB) for name, value in phases.items()} if on_gpu else None,
+        "peak_gpu_allocated_gb": _round(allocated) if on_gpu else None,
+        "peak_gpu_mem_gb": _round(allocated * (1 + ALLOCATOR_OVERHEAD) + CUDA_CONTEXT_GB) if on_gpu else None,
+        "peak_host_ram_gb": _round(HOST_BASELINE_GB + (HOST_CUDA_GB + in_ram / GIB if on_gpu
+                                                       else (m["transformer"] + m["text_encoder"] + m["vae"]) / GIB)),
+    }
+
+
+# --- a session's budget ---------------------------------------------------------------------------
+
+# A run should finish in one free Colab session: Colab states no fixed limit for free sessions
+# (they "can last up to 12 hours" and end sooner when idle or busy), and learners report
+# disconnects after 1.5-3 hours of a busy notebook, so 2 h is the budget. The defaults that a
+# user leaves open are sized to it on a GPU: FLUX.2's training size (the largest of SESSION_SIZES
+# whose steps take at most TRAINING_SHARE of the budget) and, for every base, how many steps are
+# validated (as many as fit in what the steps leave, at least one: the last).
+SESSION_SECONDS = 2 * 3600
+TRAINING_SHARE = 0.75
+SESSION_SIZES = (1024, 768, 512)
+DEFAULT_VALIDATIONS = 10  # train's default: every tenth of the run
+SD_SAMPLING_STEPS = 30  # the SD and SDXL styles' steps (assets/styles.yaml); klein's are plan.klein.SAMPLING_STEPS
+
+
+def session_resolution(config: PlanConfig, device: Device, arch: dict) -> int:
+    """FLUX.2's default training size on `device`: the largest of SESSION_SIZES at which the run's
+    steps take at most TRAINING_SHARE of a session (512 px when none does)."""
+    for size in SESSION_SIZES:
+        trial = dataclasses.replace(config, resolution=size, validations=0)
+        if _flux2_plan(trial, device, arch).total_seconds <= TRAINING_SHARE * SESSION_SECONDS:
+            return size
+    return SESSION_SIZES[-1]
+
+
+def _validations(config: PlanConfig) -> int:
+    return DEFAULT_VALIDATIONS if config.validations is None else config.validations
+
+
+def _sized_validations(plan: Plan) -> Plan:
+    """A plan whose validations were left open gets train's default count, or on a GPU as many as
+    fit in the session beside the steps (at least one), with the time they take."""
+    if plan.config.validations is not None:
+        return plan
+    per_validation = plan.validation_seconds / DEFAULT_VALIDATIONS  # computed at the default count
+    count = DEFAULT_VALIDATIONS
+    if plan.device.gpu_memory_gb is not None and per_validation > 0:
+        room = SESSION_SECONDS - plan.total_seconds
+        count = max(1, min(DEFAULT_VALIDATIONS, math.floor(room / per_validation)))
+    plan.config = dataclasses.replace(plan.config, validations=count)
+    plan.validation_seconds = per_validation * count
+    return plan
+
+
+def training_slowdown(device: Device) -> float:
+    """How much slower a GPU trains than its inference-calibrated throughput says (1 on a CPU,
+    whose throughput was measured on training steps): `devices.TRAINING_SLOWDOWN`."""
+    from portraitkit.plan.devices import TRAINING_SLOWDOWN
+
+    return 1.0 if device.gpu_memory_gb is None else TRAINING_SLOWDOWN
+
+
+def training_calibration() -> list[dict]:
+    """Each published T4 training figure (`devices.T4_TRAINING_FIGURES`) beside this planner's
+    estimate of the same settings, with the estimate's error."""
+    from portraitkit.plan.devices import T4_TRAINING_FIGURES
+
+    rows = []
+    for figure in T4_TRAINING_FIGURES:
+        estimate = plan_run(gpu="t4", advise=False, validations=0, **figure["settings"]).seconds_per_step
+        rows.append({**{k: v for k, v in figure.items() if k != "settings"}, "estimated_s_per_step": round(estimate, 2),
+                     "error": f"{estimate / figure['published_s_per_step'] - 1:+.0%}"})
+    return rows
+
+
+def plan_sampling(base: str, gpu: str | Device = "t4", resolution: int | None = None, steps: int | None = None,
+                  quantize: str = "auto") -> dict:
+    """`sample`'s load on `gpu`: the recipe (FLUX.2: the fp16 transformer where it fits the GPU and
+    the RAM, else NF4), its peak GPU memory and RAM, one image's time, and `fits`."""
+    device = _device(gpu)
+    arch = architecture(base)
+    if arch["family"] == "flux2":
+        plan = _flux2_plan(PlanConfig(base=base, resolution=resolution, gpu=device.name, validations=0, validation_steps=steps,
+                                      quantize=quantize), device, arch)
+        if quantize == "auto" and device.gpu_memory_gb is not None and not _sampling_fits(plan.inference, device):
+            plan = _flux2_plan(dataclasses.replace(plan.config, quantize="nf4"), device, arch)
+        inference = dict(plan.inference)
+    else:
+        inference = dict(_estimate(PlanConfig(base=base, resolution=resolution, gpu=device.name, validations=0,
+                                              validation_steps=steps), device, arch).inference)
+    inference.update(device=device.name, gpu_budget_gb=device.gpu_memory_gb, host_budget_gb=_round(device.host_ram_gb),
+                     fits=_sampling_fits(inference, device))
+    return inference
+
+
+def _sampling_fits(inference: dict, device: Device) -> bool:
+    return ((inference["peak_gpu_mem_gb"] is None or inference["peak_gpu_mem_gb"] <= device.gpu_memory_gb)
+            and (device.host_ram_gb is None or inference["peak_host_ram_gb"] <= device.host_ram_gb))
+
+
 def _vae_upcasts(arch: dict, recipe: Recipe) -> bool:
     # StableDiffusionXLPipeline decodes in fp32 when the VAE asks for it (SDXL's overflows in fp16)
     return arch["family"] == "sdxl" and recipe.weight_bytes == 2 and arch["vae"].get("force_upcast", True)
 
 
-def _inference(key: str, arch: dict, resolution: int, device: Device, recipe: Recipe, steps: int = 25) -> dict:
+def _inference(key: str, arch: dict, resolution: int, device: Device, recipe: Recipe, steps: int = SD_SAMPLING_STEPS) -> dict:
     """One image, `steps` denoising steps with classifier-free guidance, then the VAE decode: the
-    pipeline in fp16 on a GPU (fp32 on a CPU), no autocast."""
-    weight_bytes = 2 if device.gpu_memory_gb is not None else 4
+    pipeline in fp16 on a GPU (fp32 on a CPU), no autocast. Its peak counts every model on the
+    GPU at once (the text encoders leave before denoising: an upper bound by their few hundred MB)."""
+    on_gpu = device.gpu_memory_gb is not None
+    weight_bytes = 2 if on_gpu else 4
     params = component_parameters(key)
     upcast = _vae_upcasts(arch, Recipe(weight_bytes, False, False, "adamw", True))
     unet = trace_pass(key, "unet", "infer", 2, resolution, weight_bytes, False)
     decode = trace_pass(key, "vae", "decode", 1, resolution, 4 if upcast else weight_bytes, False)
     peak = sum(params.values()) * weight_bytes + params["vae"] * 4 * upcast + max(unet["peak"], decode["peak"])
     flops = steps * unet["flops"] + decode["flops"]
-    on_gpu = device.gpu_memory_gb is not None
     return {
+        "recipe": "fp16 pipeline, text encoders on the GPU only to encode the prompts" if on_gpu else "fp32 on the CPU",
         "steps": steps,
         "seconds_per_image": round(flops / (device.achieved_tflops() * 1e12), 2),
         "peak_gpu_allocated_gb": _round(peak / GIB) if on_gpu else None,
@@ -585,9 +743,11 @@ def plan_for_training(config, device: str | Device | None = None) -> Plan:
                     optimizer=config.optimizer, gradient_checkpointing=config.gradient_checkpointing, advise=False,
                     dora=getattr(config, "dora", False), output_preservation=getattr(config, "output_preservation", False),
                     # the trainer decides which steps it validates and what it draws there; the planner counts them
-                    validations=len(config.validated_steps()) if hasattr(config, "validated_steps") else 0,
+                    # left open (--validate-every unset), the plan sizes them to the session as train then does
+                    validations=(None if getattr(config, "validate_every", 0) is None and config.validating
+                                 else len(config.validated_steps())) if hasattr(config, "validated_steps") else 0,
                     validation_renders=len(getattr(config, "validation_styles", ())) * len(getattr(config, "validation_seeds", ())),
-                    validation_steps=getattr(config, "validation_steps", None) or 30, quantize=getattr(config, "quantize", "auto"))
+                    validation_steps=getattr(config, "validation_steps", None), quantize=getattr(config, "quantize", "auto"))
     if not plan.fits:
         plan.advice = _advice(plan.config, device, plan)
     return plan

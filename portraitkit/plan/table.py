@@ -18,6 +18,7 @@ from importlib import resources
 
 from portraitkit.core.files import write_json
 from portraitkit.plan import tracing
+from portraitkit.plan.devices import T4_TRAINING_FIGURES
 
 
 def common_plans() -> list[dict]:
@@ -33,6 +34,8 @@ def common_plans() -> list[dict]:
     plans += [dict(base="klein4b", gpu=gpu) for gpu in ("t4", "l4", "a100", "cpu")]
     plans += [dict(base="klein4b", rank=rank, resolution=resolution, gpu="t4")
               for rank, resolution in itertools.product((16, 4, 8, 32, 64), (None, 512, 768, 1024))]
+    # the published T4 training figures every GPU plan is calibrated against (devices.T4_TRAINING_FIGURES)
+    plans += [dict(gpu="t4", validations=0, **figure["settings"]) for figure in T4_TRAINING_FIGURES]
     return plans
 
 

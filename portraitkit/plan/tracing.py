@@ -107,12 +107,15 @@ def component_parameters(key: str) -> dict:
 @functools.lru_cache(maxsize=8)
 @_table_first
 def linear_parameters(key: str) -> dict:
-    """A FLUX.2 transformer's parameters in Linear layers (what NF4 quantises) and in its largest one
-    (the dequantised copy a quantised step holds)."""
+    """A FLUX.2 transformer's weights in the Linear layers NF4 quantises (all but `klein.NF4_KEPT`)
+    and in its largest one (the dequantised copy a quantised step holds)."""
     import torch
 
+    from portraitkit.models import klein
+
     transformer = meta_component(key, "transformer", 2)
-    sizes = [m.weight.numel() for m in transformer.modules() if isinstance(m, torch.nn.Linear)]
+    sizes = [m.weight.numel() for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)
+             and not any(name == kept or name.startswith(kept + ".") for kept in klein.NF4_KEPT)]
     return {"linear": sum(sizes), "largest": max(sizes)}
 
 
@@ -350,7 +353,8 @@ def text_encoder_step(key: str, name: str, batch: int, rank: int, weight_bytes: 
 @functools.lru_cache(maxsize=64)
 @_table_first
 def trace_pass(key: str, name: str, mode: str, batch: int, resolution: int, weight_bytes: int, autocast: bool) -> dict:
-    """Peak activation bytes and FLOPs of one no-grad pass: VAE encode/decode, text encoding, UNet step."""
+    """Peak activation bytes and FLOPs of one no-grad pass: VAE encode/decode, text encoding, one
+    UNet or FLUX.2 transformer step."""
     import torch
 
     arch = json.loads(key)
@@ -363,6 +367,24 @@ def trace_pass(key: str, name: str, mode: str, batch: int, resolution: int, weig
             if name == "unet":
                 latents, timesteps, cond = _unet_inputs(arch, batch, resolution, dtype)
                 module(latents.to(dtype), timesteps, **cond)
+            elif name == "transformer":  # one FLUX.2 denoising pass: image tokens beside 512 text tokens
+                from portraitkit.models import klein
+
+                side = resolution // 16
+                latents = torch.randn(batch, arch["transformer"]["in_channels"], side, side, device="meta")
+                embeds = torch.randn(batch, klein.MAX_TOKENS, arch["transformer"]["joint_attention_dim"], device="meta")
+                klein.velocity_prediction(module, latents, torch.randn_like(latents), torch.full((batch,), 0.5, device="meta"),
+                                          embeds, dtype)
+            elif arch["family"] == "flux2" and name == "text_encoder":
+                # the pipeline's prompt encoding: 512 tokens, every layer's hidden state kept, and the
+                # language model's logits over its vocabulary, which the call computes too
+                from portraitkit.models import klein
+
+                tokens = torch.zeros(batch, klein.MAX_TOKENS, dtype=torch.long, device="meta")
+                # the causal padding mask as the 4-D additive mask the real call builds from the
+                # padding (building it here would need data, which meta tensors have none of)
+                mask = torch.zeros(batch, 1, klein.MAX_TOKENS, klein.MAX_TOKENS, dtype=dtype, device="meta")
+                module(tokens, attention_mask=mask, output_hidden_states=True, use_cache=False)
             elif mode == "encode" and name == "vae":
                 module.encode(torch.empty(batch, 3, resolution, resolution, device="meta", dtype=dtype)).latent_dist.mean
             elif mode == "decode":

@@ -3,8 +3,10 @@
 The story of `sample`:
 1. read the run folder's config.json: which base model, which resolution, and (from the
    dataset it trained on) the token and class word the LoRA answers to;
-2. load the base in fp16 on a GPU (fp32 on a CPU), add the LoRA at the chosen strength;
-3. for each style and seed render one image, saving it with its full recipe in a PNG text chunk
+2. load the base in fp16 on a GPU (fp32 on a CPU; FLUX.2's transformer in 4-bit NF4 where the
+   planner finds fp16 too big, as on a free T4), add the LoRA at the chosen strength;
+3. encode every prompt once, the text encoders on the GPU only for that, then for each style and
+   seed render one image, saving it with its full recipe in a PNG text chunk
    and in `manifest.json` (rewritten after every image, so a disconnect loses at most one);
 4. lay each style's images out in `grids/<style>.png` (with the settings that differ in the name, as the
    images have them, and each tile's seed and strength under it).
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit.models import lora
-from portraitkit.models.bases import decode_problem, native_resolution
-from portraitkit.models.conditioning import prompt_arguments, sampling_sizes
+from portraitkit.models.bases import decode_problem, native_resolution, resolve_base
+from portraitkit.models.conditioning import prompt_embeddings, sampling_sizes, without_text_encoders
 # read_run and person_words are re-exported: notebook 05's panel reads the run through here.
 from portraitkit.models.bases import no_loading_bars
 from portraitkit.models.runs import person_words, read_run  # noqa: F401
@@ -65,6 +67,8 @@ class SampleConfig:
     styles_file: str | None = setting("YAML or JSON file with your own styles, added to the built-in ones", None)
     vae: str | None = setting("a diffusers VAE folder or hub id replacing the base's (madebyollin/sdxl-vae-fp16-fix: SDXL in fp16 "
                               "without NaN images); default: the one the run trained with", None)
+    quantize: str = setting("FLUX.2 bases on a GPU: the transformer in fp16 (none), in 4-bit NF4 (nf4), or auto: fp16 where it "
+                            "fits the GPU and the RAM, else NF4 (a free Colab T4)", "auto", choices=("auto", "none", "nf4"))
 
 
 def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded: dict | None = None,
@@ -132,28 +136,35 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         key = (str(lora_dir.resolve()), shared["lora_hash"], sampler, shared["vae"])
         if loaded.get("key") != key:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+            quantize = sampling_recipe(run["base"]["name"], resolution, missing[0]["steps"], config.quantize, device)
             with contextlib.nullcontext() if progress else no_loading_bars():
-                loaded.update(key=key, pipe=load_for_sampling(run["base"]["name"], family, device, sampler, vae=shared["vae"]))
+                loaded.update(key=key, device=device, pipe=load_for_sampling(run["base"]["name"], family, device, sampler,
+                                                                             vae=shared["vae"], quantize=quantize))
             with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
                 lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
         pipe = loaded["pipe"]
         # Strength as A1111 and ComfyUI read `<lora:NAME:S>`: 0 the base exactly, 1 the trained model, for DoRA too.
         lora.set_strength(pipe, ADAPTER, config.lora_scale)
+        # Every prompt is encoded once, before any image: the text encoders (FLUX.2's 7.5 GiB Qwen3)
+        # then go back to RAM, and the denoiser has the GPU to itself.
+        with torch.inference_mode():
+            embeddings = encode_once(pipe, [(e["prompt"], e["negative_prompt"]) for e in missing], loaded["device"])
+        denoiser = without_text_encoders(pipe)
         # One bar counts the portraits; each image's own bar of denoising steps closes when done.
         # The pipeline's config replaces the whole dict (load_pipeline's disable=True with it), and a
         # `disable` given explicitly overrides TQDM_DISABLE: so both are decided here.
         quiet_bars = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-        pipe.set_progress_bar_config(leave=False, disable=quiet_bars)
+        denoiser.set_progress_bar_config(leave=False, disable=quiet_bars)
     # `disable` passed only to switch the bar off: passed at all, it would override TQDM_DISABLE
     for entry in tqdm(missing, desc="sampling portraits", unit="img", **({} if progress else {"disable": True})):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
-            array = pipe(**prompt_arguments(pipe, entry["prompt"], entry["negative_prompt"]), num_inference_steps=entry["steps"],
-                         guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
-                         output_type="np", **(sampling_sizes(resolution) if family == "sdxl" else {})).images
+            array = denoiser(**embeddings[entry["prompt"], entry["negative_prompt"]], num_inference_steps=entry["steps"],
+                             guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
+                             output_type="np", **(sampling_sizes(resolution) if family == "sdxl" else {})).images
         if problem := decode_problem(array):  # never save a black square as a portrait
             raise PortraitkitError(f"{entry['file']}: {problem}")
-        image = pipe.numpy_to_pil(array)[0]
+        image = denoiser.numpy_to_pil(array)[0]
         save_image(out_dir / entry["file"], image, pnginfo=png_parameters(entry))
         manifest[entry["file"]] = entry
         write_json(out_dir / MANIFEST, list(manifest.values()))
@@ -277,13 +288,35 @@ def _previous_manifest(out_dir: Path) -> dict[str, dict]:
 # --- the pipeline -----------------------------------------------------------------------------
 
 
-def load_for_sampling(base: str, family: str, device: str, sampler: str = DEFAULT_SAMPLER, vae: str | None = None):
-    """The base pipeline, set up for a T4: fp16 weights, memory-light VAE decoding for SDXL."""
+def sampling_recipe(base: str, resolution: int, steps: int, quantize: str, device: str) -> bool:
+    """Whether the transformer loads in 4-bit NF4 (FLUX.2 on a GPU: --quantize nf4, or auto where
+    the planner finds the fp16 load too big for this GPU or its RAM); a load that would not fit
+    either way is refused here, before minutes of loading, with what would fit."""
+    if device != "cuda" or resolve_base(base).family != "flux2":  # SD and SDXL sample in fp16 on any GPU people use
+        return False
+    from portraitkit.plan.devices import local_cuda_device
+    from portraitkit.plan.estimate import plan_sampling
+
+    planned = plan_sampling(base, local_cuda_device(), resolution, steps, quantize)
+    if not planned["fits"]:
+        raise PortraitkitError(
+            f"sampling {base} would need about {planned['peak_gpu_mem_gb']:.1f} GiB of GPU memory and "
+            f"{planned['peak_host_ram_gb']:.1f} GiB of RAM ({planned['recipe']}) and this {planned['device']} has "
+            f"{planned['gpu_budget_gb']} GiB and {planned['host_budget_gb']} GiB: "
+            + ("use --quantize nf4 or auto" if quantize == "none" else "sample at a smaller --resolution, or on a larger GPU"))
+    return planned["quantize"] == "nf4"
+
+
+def load_for_sampling(base: str, family: str, device: str, sampler: str = DEFAULT_SAMPLER, vae: str | None = None,
+                      quantize: bool = False):
+    """The base pipeline, set up for a T4: fp16 weights (FLUX.2's transformer in 4-bit NF4 when
+    `quantize`), memory-light VAE decoding for SDXL; the denoiser and the VAE on `device`, the text
+    encoders in RAM until `encode_once` needs them."""
     import torch
 
     from portraitkit.models.bases import load_pipeline
 
-    pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32, vae=vae)
+    pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32, vae=vae, transformer_nf4=quantize)
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
     if family == "sdxl":
         # SDXL's VAE overflows in fp16, so diffusers decodes in fp32: several GB at 1024 px.
@@ -292,4 +325,25 @@ def load_for_sampling(base: str, family: str, device: str, sampler: str = DEFAUL
         # attention already avoids the quadratic memory (and slicing would slow it down).
         pipe.vae.enable_slicing()
         pipe.vae.enable_tiling()
-    return pipe.to(device)
+    for name in ("unet", "transformer", "vae"):
+        model = getattr(pipe, name, None)
+        if model is not None and not getattr(model, "is_quantized", False):  # bitsandbytes put it on the GPU already
+            model.to(device)
+    return pipe
+
+
+def encode_once(pipe, pairs: list[tuple[str, str]], device) -> dict:
+    """{(prompt, negative prompt): the pipeline call's embedding arguments}, each pair encoded once
+    with the text encoders on `device`, which go back to the CPU afterwards."""
+    import torch
+
+    encoders = [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
+    for encoder in encoders:
+        encoder.to(device)
+    try:
+        return {pair: prompt_embeddings(pipe, *pair, torch.device(device)) for pair in dict.fromkeys(pairs)}
+    finally:
+        if device != "cpu":
+            for encoder in encoders:
+                encoder.to("cpu")
+            torch.cuda.empty_cache()

@@ -20,6 +20,7 @@ averaged) lives in `parallel` and does nothing for one process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -71,8 +72,9 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
     gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
     if gpu:  # stop now, with advice, rather than out of memory after minutes of loading
         # Each process on this machine holds its own copy of the models in RAM and on its own GPU.
-        checkpointing = check_training_fits(config, device_index=int(os.environ.get("LOCAL_RANK", "0")),
-                                            processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        checkpointing, estimate = check_training_fits(config, device_index=int(os.environ.get("LOCAL_RANK", "0")),
+                                                      processes_here=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        config = session_defaults(config, estimate)
     else:
         checkpointing = config.gradient_checkpointing
         if checkpointing is None:
@@ -290,9 +292,34 @@ def training_resolution(config: TrainConfig, examples: list[dict]) -> int:
     return resolution
 
 
-def check_training_fits(config, device_index: int = 0, processes_here: int = 1) -> bool:
+def session_defaults(config: TrainConfig, estimate) -> TrainConfig:
+    """What the user left open, as the plan sized it for one Colab session (`estimate.SESSION_SECONDS`):
+    FLUX.2's training size, and how often validation renders. A resumed run keeps the size it had."""
+    import math
+
+    from portraitkit.train.run_folder import read_run_config
+
+    if estimate is None:
+        return config
+    changes = {}
+    saved = Path(config.out_dir) / "config.json"
+    if config.resolution is None and estimate.family == "flux2":
+        previous = read_run_config(Path(config.out_dir))["settings"].get("resolution") if config.resume and saved.is_file() else None
+        changes["resolution"] = previous or estimate.resolution
+    if config.validate_every is None and config.validating and estimate.config.validations < len(config.validated_steps()):
+        changes["validate_every"] = math.ceil(config.steps / max(1, estimate.config.validations))
+    if changes:
+        said = ([f"{changes['resolution']} px"] if "resolution" in changes else []) + (
+            [f"validation every {changes['validate_every']} steps"] if "validate_every" in changes else [])
+        print(f"On this {estimate.device.name}: {' and '.join(said)}, so that training and validation fit a "
+              f"{planner.SESSION_SECONDS // 3600} h session (--resolution and --validate-every choose otherwise).")
+    return dataclasses.replace(config, **changes)
+
+
+def check_training_fits(config, device_index: int = 0, processes_here: int = 1) -> tuple:
     """Stop a GPU run that will not fit, before minutes of loading end in an out-of-memory crash,
-    and return whether the run uses gradient checkpointing (decided here when it is left to us).
+    and return whether the run uses gradient checkpointing (decided here when it is left to us),
+    with the estimate (None when there is none).
 
     A planner failure never blocks training: it prints a warning and the run goes on, with
     checkpointing unless the user turned it off. Setting PORTRAITKIT_SKIP_PLAN=1 skips the check
@@ -300,17 +327,17 @@ def check_training_fits(config, device_index: int = 0, processes_here: int = 1) 
     """
     safe_choice = config.gradient_checkpointing is not False
     if os.environ.get("PORTRAITKIT_SKIP_PLAN") == "1":
-        return safe_choice
+        return safe_choice, None
     if config.mixed_precision == "no":  # the planner knows half-precision GPU runs only
         print("portraitkit: memory is estimated for fp16/bf16 runs, not --mixed-precision no; training without a check.")
-        return safe_choice
+        return safe_choice, None
     try:
         estimate = planner.plan_for_training(config, planner.local_cuda_device(device_index, processes_here))
     except PortraitkitError:
         raise
     except Exception as error:  # a bug or an unusual base must not stop a run that may well fit
         print(f"portraitkit: could not estimate memory ({type(error).__name__}: {error}); training anyway.")
-        return safe_choice
+        return safe_choice, None
     if estimate.fits:
         where = f"{estimate.peak_gpu_mem_gb:.1f} GiB of GPU memory, " if estimate.peak_gpu_mem_gb is not None else ""
         chosen = "" if config.gradient_checkpointing is not None else (
@@ -321,7 +348,7 @@ def check_training_fits(config, device_index: int = 0, processes_here: int = 1) 
                       if estimate.config.validations else "")
         print(f"Estimated time: about {estimate.total_seconds / 60:.0f} min for {config.steps} steps{validating} "
               "(an estimate, before loading and caching; measured figures replace it when a GPU run records them).")
-        return estimate.config.gradient_checkpointing
+        return estimate.config.gradient_checkpointing, estimate
     needs = (f"about {estimate.peak_gpu_mem_gb:.1f} GiB of GPU memory and this {estimate.device.name} has {estimate.device.gpu_memory_gb} GiB"
              if estimate.fits_gpu is False else
              f"about {estimate.peak_host_ram_gb:.1f} GiB of RAM and this machine has {estimate.device.host_ram_gb:.1f} GiB")

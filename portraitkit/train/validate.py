@@ -31,7 +31,7 @@ from portraitkit.core.files import save_image, write_json
 from portraitkit.faces.likeness import LikenessBand, likeness_band, likeness_distances, nearest_distances, spread_of
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem
-from portraitkit.models.conditioning import unet_conditioning
+from portraitkit.models.conditioning import prompt_embeddings, unet_conditioning, without_text_encoders
 from portraitkit.pick.likeness import reference_embeddings
 from portraitkit.sample import recipe
 from portraitkit.train.cache import batch_inputs, encode_examples, load_examples
@@ -113,39 +113,6 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
     for module in training:
         module.train()
     return grid
-
-
-def without_text_encoders(pipe, scheduler=None):
-    """The same pipeline (shared modules, nothing copied) without its text encoders, for a call
-    given prompt embeddings, with `scheduler` in place of the base's. Diffusers releases before
-    late 2026 take a pipeline's device from its alphabetically first model, the text encoder:
-    left on the CPU, it would pull the whole call there. Without it, that is the UNet's device."""
-    drop = {name: None for name in ("text_encoder", "text_encoder_2") if name in pipe.components}
-    if "safety_checker" in pipe.components:  # SD1.x: portraits of the user, as load_pipeline says
-        drop["requires_safety_checker"] = False
-    if scheduler is not None:
-        drop["scheduler"] = scheduler
-    denoiser = type(pipe)(**{**pipe.components, **drop})
-    denoiser.set_progress_bar_config(disable=True)
-    return denoiser
-
-
-def prompt_embeddings(pipe, prompt: str, negative_prompt: str, device) -> dict:
-    """A prompt and its negative prompt as the embeddings the pipeline's call takes, so the
-    text encoders need not stay on the GPU while it denoises and decodes."""
-    if lora.family(pipe) == "flux2":
-        from portraitkit.models import klein
-
-        # klein's pipeline guides against the empty prompt when it is given no negative embeddings
-        return {"prompt_embeds": klein.encode_prompts(pipe, [prompt], device),
-                "negative_prompt_embeds": klein.encode_prompts(pipe, [negative_prompt], device)}
-    if hasattr(pipe, "text_encoder_2"):
-        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-            prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negative_prompt)
-        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative,
-                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
-    embeds, negative = pipe.encode_prompt(prompt, device, 1, True, negative_prompt=negative_prompt)
-    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -343,11 +310,15 @@ def validation_loss(pipe, cache: dict, captions: list[str], noise_scheduler, res
     generator = torch.Generator().manual_seed(seed * 1_000_003 + HELD_OUT_SALT)
     noise = torch.randn((len(picks), *cache["latents"].shape[1:]), generator=generator)
     timesteps = torch.tensor([int((k + 0.5) * total / HELD_OUT_DRAWS) for _ in range(count) for k in range(HELD_OUT_DRAWS)])
+    losses = []
     with torch.no_grad():
-        latents, cond = batch_inputs(pipe, cache, picks, [captions[i] for i in picks], [False] * len(picks), device)
-        per_sample = step_loss(pipe, noise_scheduler, latents, noise.to(device), timesteps.to(device), cond, resolution,
-                               snr_gamma, dtype)
-    return round(float(per_sample.mean()), 6)
+        for start in range(0, len(picks), HELD_OUT_DRAWS):  # one photo's draws at a time: a batch the size of a step's
+            chunk = slice(start, start + HELD_OUT_DRAWS)
+            latents, cond = batch_inputs(pipe, cache, picks[chunk], [captions[i] for i in picks[chunk]],
+                                         [False] * HELD_OUT_DRAWS, device)
+            losses.append(step_loss(pipe, noise_scheduler, latents, noise[chunk].to(device), timesteps[chunk].to(device),
+                                    cond, resolution, snr_gamma, dtype))
+    return round(float(torch.cat(losses).mean()), 6)
 
 
 # --- what the LoRA learned --------------------------------------------------------------------
