@@ -182,7 +182,8 @@ def test_what_klein_does_not_do_is_refused_in_one_sentence(tmp_path, face_datase
         family_sampler("sd", "flow_euler")
 
 
-def test_real_size_kohya_keys_and_shapes_are_the_ones_diffusers_reads_back():
+@pytest.mark.parametrize("targets", ["attention", "attention+mlp"])
+def test_real_size_kohya_keys_and_shapes_are_the_ones_diffusers_reads_back(targets):
     """The real klein 4B transformer (meta device, published config) gets a LoRA on its 5 double
     blocks' 8 attention projections and its 20 single blocks' 2 fused ones; its kohya file has the
     BFL names with the fused shapes (qkv up 3 x 3072 by 3 x rank), and diffusers' own kohya
@@ -196,15 +197,19 @@ def test_real_size_kohya_keys_and_shapes_are_the_ones_diffusers_reads_back():
     from portraitkit.plan.tracing import meta_component
 
     transformer = meta_component(arch_key(architecture("klein4b")), "transformer", 2)
-    lora.add_adapters(transformer, 4, klein.lora_targets(transformer))
+    lora.add_adapters(transformer, 4, klein.lora_targets(transformer, targets))
     generator = torch.Generator().manual_seed(3)
     layers = {key: torch.randn(value.shape, generator=generator) for key, value in get_peft_model_state_dict(transformer).items()}
-    assert len(layers) == 2 * (5 * 8 + 20 * 2)
+    mlp = 4 if targets == "attention+mlp" else 0  # each double block's image and text MLP, in and out
+    assert len(layers) == 2 * (5 * (8 + mlp) + 20 * 2)
     file = kohya.flux2_state_dict(layers, torch.float32)
     assert file["lora_unet_double_blocks_4_img_attn_qkv.lora_up.weight"].shape == (3 * 3072, 3 * 4)
     assert file["lora_unet_single_blocks_19_linear1.lora_up.weight"].shape == (3 * 3072 + 2 * 9216, 4)
     assert file["lora_unet_single_blocks_19_linear2.lora_down.weight"].shape == (4, 3072 + 9216)
-    assert len({key.split(".")[0] for key in file}) == 5 * 4 + 20 * 2
+    assert len({key.split(".")[0] for key in file}) == 5 * (4 + mlp) + 20 * 2
+    if mlp:  # BFL's names, as ComfyUI maps double_blocks.N.img_mlp.0 (diffusers' ff.linear_in)
+        assert file["lora_unet_double_blocks_0_img_mlp_0.lora_down.weight"].shape == (4, 3072)
+        assert file["lora_unet_double_blocks_0_txt_mlp_2.lora_up.weight"].shape == (3072, 4)
     back = _convert_kohya_flux2_lora_to_diffusers(dict(file))
     assert back.keys() == {f"transformer.{key}" for key in layers}
     assert all(torch.equal(back[f"transformer.{key}"], value) for key, value in layers.items())
@@ -449,3 +454,22 @@ def test_qwen3_overflowing_in_fp16_is_encoded_again_with_fp32_activations():
     assert embeds.dtype == torch.float16 and torch.isfinite(embeds).all()
     assert torch.allclose(embeds.float(), reference.clamp(-65504, 65504), rtol=2e-2, atol=2e-2 * float(reference.abs().max()))
     assert pipe.text_encoder.dtype == torch.float16 and "forward" not in vars(pipe.text_encoder.lm_head)
+
+
+def test_targets_attention_and_mlp_is_klein_only_and_costs_what_the_plan_says(tmp_path):
+    """--targets attention+mlp adds the 5 double blocks' four MLP layers: 5,406,720 more LoRA
+    parameters at rank 16 on the real 4B (29% more file), a few MB more memory; SD refuses it in
+    one sentence, before loading."""
+    from portraitkit.plan.estimate import lora_parameter_count, plan_run
+    from portraitkit.train.loop import check_family_settings
+
+    both = lora_parameter_count("klein4b", 16, targets="attention+mlp")
+    # per double block and stream: linear_in 3072 -> 2 x 9216 (SwiGLU's gate and value), linear_out 9216 -> 3072
+    assert both - lora_parameter_count("klein4b", 16) == 5 * 2 * 16 * ((3072 + 2 * 9216) + (9216 + 3072)) == 5_406_720
+    wide = plan_run("klein4b", gpu="t4", targets="attention+mlp")
+    assert wide.parameters["lora"] == both and wide.phases_gb["train_step"] > plan_run("klein4b", gpu="t4").phases_gb["train_step"]
+    config = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="tiny-sd", targets="attention+mlp")
+    with pytest.raises(PortraitkitError, match="--targets attention\\+mlp is for FLUX.2"):
+        check_family_settings(config, "sd")
+    with pytest.raises(PortraitkitError, match="is for FLUX.2"):
+        plan_run("sd15", targets="attention+mlp")

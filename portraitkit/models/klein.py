@@ -32,10 +32,13 @@ import functools
 KLEIN_REPO = "black-forest-labs/FLUX.2-klein-base-4B"
 # The attention projections of both kinds of block: the double-stream blocks' image (to_*) and
 # text (add_*) projections, and the single-stream blocks' fused projection (q, k, v and the MLP's
-# input in one matrix: FLUX.2 fuses them) and its output. ai-toolkit and DiffSynth adapt the
-# feed-forward layers (`ff.linear_in`/`linear_out`) too; attention alone keeps the file small.
+# input in one matrix: FLUX.2 fuses them) and its output. `--targets attention+mlp` adds the
+# double blocks' feed-forward layers of both streams, as ai-toolkit and DiffSynth adapt them (the
+# single blocks' MLP is already inside their fused projections); attention alone keeps the file small.
 DOUBLE_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 SINGLE_TARGETS = ("to_qkv_mlp_proj", "to_out")
+MLP_TARGETS = ("ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out")
+TARGETS = ("attention", "attention+mlp")
 # The layers of Qwen3 whose hidden states the pipeline stacks (its default, and what the real
 # 36-layer encoder is used with); the toy encoder has 27 layers so that the same indices exist.
 TEXT_LAYERS = (9, 18, 27)
@@ -85,11 +88,14 @@ def require_libraries() -> None:
                                "`pip install -U diffusers transformers`, then restart the runtime")
 
 
-def lora_targets(transformer) -> list[str]:
-    """The full names of the transformer's attention projections that get a LoRA."""
+def lora_targets(transformer, targets: str = "attention") -> list[str]:
+    """The full names of the transformer's layers that get a LoRA: the attention projections, and
+    with `targets="attention+mlp"` the double blocks' feed-forward layers too."""
     names = []
+    mlp = MLP_TARGETS if targets == "attention+mlp" else ()
     for name, _ in transformer.named_modules():
-        if name.startswith("transformer_blocks.") and any(name.endswith(".attn." + t) for t in DOUBLE_TARGETS):
+        if name.startswith("transformer_blocks.") and (any(name.endswith(".attn." + t) for t in DOUBLE_TARGETS)
+                                                       or any(name.endswith("." + t) for t in mlp)):
             names.append(name)
         elif name.startswith("single_transformer_blocks.") and any(name.endswith(".attn." + t) for t in SINGLE_TARGETS):
             names.append(name)

@@ -64,7 +64,9 @@ def state_dict(layers: dict[str, dict], family: str, rank: int, modules: dict, d
 # stream's q, k and v into one `qkv` matrix, and the single blocks' fused projections are linear1/linear2.
 FLUX2_FUSED = {"to_q": ("img_attn_qkv", 0), "to_k": ("img_attn_qkv", 1), "to_v": ("img_attn_qkv", 2),
                "add_q_proj": ("txt_attn_qkv", 0), "add_k_proj": ("txt_attn_qkv", 1), "add_v_proj": ("txt_attn_qkv", 2)}
-FLUX2_SINGLE = {"to_out.0": "img_attn_proj", "to_add_out": "txt_attn_proj"}
+FLUX2_SINGLE = {"to_out.0": "img_attn_proj", "to_add_out": "txt_attn_proj",  # and the MLPs of --targets attention+mlp
+                "ff.linear_in": "img_mlp_0", "ff.linear_out": "img_mlp_2", "ff_context.linear_in": "txt_mlp_0",
+                "ff_context.linear_out": "txt_mlp_2"}
 FLUX2_SINGLE_BLOCK = {"to_qkv_mlp_proj": "linear1", "to_out": "linear2"}
 
 

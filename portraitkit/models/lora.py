@@ -93,9 +93,11 @@ def add_adapters(module, rank: int, targets: list[str], alpha: float | None = No
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool, use_dora: bool = False) -> dict:
+def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool, use_dora: bool = False,
+                    targets: str = "attention") -> dict:
     """Freeze the base and attach adapters to its UNet or transformer (and SD's text encoders);
-    return {name: module that trains}."""
+    return {name: module that trains}. `targets`: FLUX.2's "attention" or "attention+mlp"
+    (`klein.lora_targets`); SD's UNet is adapted on its attention projections."""
     for module in [denoiser(pipe), pipe.vae, *text_encoders(pipe)]:
         module.requires_grad_(False)
     if family(pipe) == "flux2":
@@ -106,8 +108,11 @@ def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bo
         if train_text_encoder:
             raise PortraitkitError("FLUX.2 [klein]'s Qwen3 text encoder is not trained (its embeddings are cached once): "
                                    "train without --train-text-encoder")
-        add_adapters(pipe.transformer, rank, klein.lora_targets(pipe.transformer), alpha, use_dora)
+        add_adapters(pipe.transformer, rank, klein.lora_targets(pipe.transformer, targets), alpha, use_dora)
         return {"transformer": pipe.transformer}
+    if targets != "attention":
+        raise PortraitkitError(f"--targets {targets} is for FLUX.2 [klein] bases; Stable Diffusion's LoRA adapts the UNet's "
+                               "attention: leave --targets out")
     add_adapters(pipe.unet, rank, UNET_TARGETS, alpha, use_dora)
     modules = {"unet": pipe.unet}
     if train_text_encoder:

@@ -105,6 +105,8 @@ class PlanConfig:
     validation_renders: int = setting("images per validated step (train's default: 2 styles x 4 seeds)", 8)
     validation_steps: int | None = setting("denoising steps per validation image; default: the styles' own (30 for SD, 50 for "
                                            "FLUX.2 [klein]), as train draws them", None)
+    targets: str = setting("FLUX.2 bases: the layers that learn, attention or attention+mlp", "attention",
+                           choices=("attention", "attention+mlp"))
     quantize: str = setting("FLUX.2 bases on a GPU: the frozen transformer in fp16 (none), in 4-bit NF4 (nf4), or auto: "
                             "fp16 where it fits the GPU and the RAM, else NF4", "auto", choices=("auto", "none", "nf4"))
 
@@ -285,7 +287,7 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
              train_text_encoder: bool = False, gpu: str | Device = "t4", steps: int = 1000, optimizer: str = "adamw8bit",
              gradient_checkpointing: bool | None = None, recipe: str = "portraitkit", advise: bool = True,
              dora: bool = False, output_preservation: bool = False, validations: int | None = None, validation_renders: int = 8,
-             validation_steps: int | None = None, quantize: str = "auto") -> Plan:
+             validation_steps: int | None = None, quantize: str = "auto", targets: str = "attention") -> Plan:
     """Estimate a run's peak GPU memory, RAM and time; when it does not fit, say the cheapest change
     that does, and when it fits with checkpointing, whether it would also fit (faster) without.
 
@@ -297,13 +299,17 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
                         train_text_encoder=train_text_encoder, gpu=device.name, steps=steps, optimizer=optimizer,
                         gradient_checkpointing=gradient_checkpointing, recipe=recipe, dora=dora,
                         output_preservation=output_preservation, validations=validations,
-                        validation_renders=validation_renders, validation_steps=validation_steps, quantize=quantize)
+                        validation_renders=validation_renders, validation_steps=validation_steps, quantize=quantize,
+                        targets=targets)
     # Mistakes in the numbers fail before the base is looked up (a hub id costs a request).
     check_at_least({"rank": config.rank, "batch_size": config.batch_size}, 1)
     check_at_least({"steps": config.steps, "validations": config.validations, "validation_renders": config.validation_renders}, 0)
     check_at_least({"validation_steps": config.validation_steps}, 1)
     check_resolution(config.resolution)
     arch = architecture(base)
+    if config.targets != "attention" and arch["family"] != "flux2":
+        raise PortraitkitError(f"--targets {config.targets} is for FLUX.2 [klein] bases; Stable Diffusion's LoRA adapts the "
+                               "UNet's attention: leave --targets out")
     if arch["family"] == "flux2":  # a transformer, not a UNet: its own measures (`plan.klein`)
         if config.resolution is None and device.gpu_memory_gb is not None:
             config = dataclasses.replace(config, resolution=session_resolution(config, device, arch))
@@ -696,7 +702,7 @@ def parameter_counts(base: str = "sd15") -> dict:
     return dict(component_parameters(arch_key(architecture(base))))
 
 
-def lora_parameter_count(base: str = "sd15", rank: int = 4, dora: bool = False) -> int:
+def lora_parameter_count(base: str = "sd15", rank: int = 4, dora: bool = False, targets: str = "attention") -> int:
     """Trainable parameters of the denoiser's LoRA that `train` adds: in SD's UNet every Linear named
     to_q, to_k, to_v or to_out.0, in FLUX.2's transformer the attention projections
     (`klein.lora_targets`); each gets A (rank x in) and B (out x rank), and with DoRA a magnitude (out)."""
@@ -707,8 +713,8 @@ def lora_parameter_count(base: str = "sd15", rank: int = 4, dora: bool = False) 
     arch = architecture(base)
     if arch["family"] == "flux2":
         transformer = meta_component(arch_key(arch), "transformer", 2)
-        targets = set(klein.lora_targets(transformer))
-        adapted = [m for name, m in transformer.named_modules() if name in targets]
+        names = set(klein.lora_targets(transformer, targets))
+        adapted = [m for name, m in transformer.named_modules() if name in names]
     else:
         unet = meta_component(arch_key(arch), "unet", 2)
         adapted = [m for name, m in unet.named_modules()
@@ -747,7 +753,8 @@ def plan_for_training(config, device: str | Device | None = None) -> Plan:
                     validations=(None if getattr(config, "validate_every", 0) is None and config.validating
                                  else len(config.validated_steps())) if hasattr(config, "validated_steps") else 0,
                     validation_renders=len(getattr(config, "validation_styles", ())) * len(getattr(config, "validation_seeds", ())),
-                    validation_steps=getattr(config, "validation_steps", None), quantize=getattr(config, "quantize", "auto"))
+                    validation_steps=getattr(config, "validation_steps", None), quantize=getattr(config, "quantize", "auto"),
+                    targets=getattr(config, "targets", "attention"))
     if not plan.fits:
         plan.advice = _advice(plan.config, device, plan)
     return plan

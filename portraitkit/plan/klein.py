@@ -63,7 +63,8 @@ def measures(config, device, arch: dict) -> dict:
         size = 0 if name == "text_encoder" else resolution  # captions are 512 tokens at any picture size
         return trace_pass(key, name, mode, batch, size, weights, False)
 
-    step = transformer_training_step(key, resolution, config.batch_size, config.rank, checkpointing, weight_bytes, on_gpu)
+    step = transformer_training_step(key, resolution, config.batch_size, config.rank, checkpointing, weight_bytes, on_gpu,
+                                     config.targets)
     denoise = peak("transformer", "infer", 1)
     decode = peak("vae", "decode", 1)
     return {

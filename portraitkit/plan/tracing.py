@@ -281,7 +281,7 @@ def _run_training_step(unet, arch: dict, resolution: int, batch: int, rank: int,
 @functools.lru_cache(maxsize=16)
 @_table_first
 def transformer_training_step(key: str, resolution: int, batch: int, rank: int, checkpointing: bool, weight_bytes: int,
-                              autocast: bool) -> dict:
+                              autocast: bool, targets: str = "attention") -> dict:
     """One micro-batch of `train`'s loop on a FLUX.2 transformer: the LoRA on its attention
     projections (`klein.lora_targets`), forward over the image tokens ((resolution / 16)^2 of 128
     channels) and the 512 cached text tokens, MSE against the velocity, backward."""
@@ -292,7 +292,7 @@ def transformer_training_step(key: str, resolution: int, batch: int, rank: int, 
     arch = json.loads(key)
     dtype = torch.float16 if weight_bytes == 2 else torch.float32
     transformer = meta_component(key, "transformer", weight_bytes)
-    lora_numels = [p.numel() for p in lora.add_adapters(transformer, rank, klein.lora_targets(transformer))]
+    lora_numels = [p.numel() for p in lora.add_adapters(transformer, rank, klein.lora_targets(transformer, targets))]
     transformer.train()
     tracer = _Tracer(autocast)
     if checkpointing:

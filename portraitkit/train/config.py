@@ -59,6 +59,9 @@ class TrainConfig:
                                      "ai-toolkit uses 0.05", 0.0)
     save_precision: str = setting("precision of the saved LoRA files: fp16 (kohya's default, half the size of fp32), bf16 or fp32",
                                   "fp16", choices=("fp32", "fp16", "bf16"))
+    targets: str = setting("FLUX.2 [klein]: the layers that learn: attention (the attention projections: the smallest file) or "
+                           "attention+mlp (also the double blocks' feed-forward layers, as ai-toolkit adapts: more file, "
+                           "memory and time, see `portraitkit plan --targets`)", "attention", choices=("attention", "attention+mlp"))
     dora: bool = setting("DoRA (weight-decomposed LoRA, peft's use_dora): a learned magnitude per output beside the "
                          "low-rank direction; a little more memory and time per step", False)
     checkpoint_every: int = setting("save a resumable checkpoint every N steps (0 = never)", 100)

@@ -268,6 +268,9 @@ def check_family_settings(config: TrainConfig, family: str) -> None:
     if family != "flux2":
         if config.quantize == "nf4":
             raise PortraitkitError("--quantize nf4 is for FLUX.2 [klein] bases; Stable Diffusion trains with fp16 weights: leave it out")
+        if config.targets != "attention":
+            raise PortraitkitError(f"--targets {config.targets} is for FLUX.2 [klein] bases; Stable Diffusion's LoRA adapts the "
+                                   "UNet's attention: leave --targets out")
         return
     unsupported = [flag for flag, on in (("--train-text-encoder", config.train_text_encoder), ("--dora", config.dora),
                                          ("--class-dir", config.class_dir is not None),
@@ -414,7 +417,8 @@ def load_for_training(config: TrainConfig, weight_dtype, quantized: bool = False
 
     pipe = load_pipeline(config.base, dtype=weight_dtype, vae=config.vae, transformer_nf4=quantized)
     set_seed(config.seed)  # the LoRA's random initialisation
-    lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder, use_dora=config.dora)
+    lora_modules = lora.add_to_pipeline(pipe, config.rank, config.alpha, config.train_text_encoder, use_dora=config.dora,
+                                        targets=config.targets)
     for module in lora_modules.values():
         # Training mode: older diffusers and transformers checkpoint only modules in training mode
         # (their dropout is 0, so nothing else changes).
