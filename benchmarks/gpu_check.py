@@ -15,7 +15,9 @@ a T4's memory (torch.cuda.set_per_process_memory_fraction: 14.75 GiB) with bf16 
    where the planner chooses it for a T4, one checkpoint, --no-validate), a few steps; for klein4b
    the transformer in 4-bit NF4 where the planner chooses it for a T4 (it does: fp16 needs more RAM
    than a free Colab has), so the first GPU run measures the QLoRA recipe no CPU can run;
-3. `sample`: one portrait at the base's size, 25 steps, SDXL's VAE decoding as sampling does it,
+3. `sample`: one portrait at the base's size, at the steps the planner's sampling estimate is for
+   (the styles' own: 30, klein's 50), with the recipe it chose for a T4 (klein4b: the transformer
+   in NF4, Qwen3 on the GPU only to encode the prompt), SDXL's VAE decoding as sampling does it,
    checked for NaN or all-black pixels;
 4. peaks of torch.cuda's allocated and reserved memory per phase of the run (load, cache, steps,
    checkpoints, save, sample), seconds per step, peak RAM, and the planner's estimate for a T4
@@ -46,7 +48,6 @@ import bench_training as bench  # noqa: E402  (the random bases, peaks and versi
 
 T4_GIB = 14.75  # what PyTorch reports as a free Colab T4's total capacity (plan/devices.py)
 GIB = 2**30
-SAMPLE_STEPS = 25  # the planner's inference estimate is for 25 steps
 CHILD_ENV = {**bench.CHILD_ENV, "PORTRAITKIT_SKIP_PLAN": "1"}  # the T4's plan is made here, not for this GPU
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = bench.prepare_base(base, args.cache or str(work / "bases"))
         resolution = bench.resolution_of(folder)
         spec = {"base": base, "folder": str(folder), "resolution": resolution, "steps": args.steps or (2 if args.tiny else 6),
-                "sample_steps": 2 if args.tiny else SAMPLE_STEPS, "dataset": str(bench.make_dataset(work / f"data-{resolution}", resolution)),
+                "sample_steps": 2 if args.tiny else None, "dataset": str(bench.make_dataset(work / f"data-{resolution}", resolution)),
                 "work": str(work / base), "cap_gib": None if args.tiny else T4_GIB}
         result["bases"][base] = check_base(spec) if args.tiny else run_child(spec)
         print(f"{base}: {result['bases'][base]['status']}", flush=True)
@@ -117,7 +118,7 @@ def check_base(spec: dict) -> dict:
     try:
         with peaks.per_phase():
             result["train"] = train_t4(spec, plan)
-        result["sample"] = sample_one(spec, peaks)
+        result["sample"] = sample_one(spec, peaks, plan["inference"])
     except Exception as error:  # out of memory under the cap is a result, not a crash
         result["status"] = f"{'out of memory' if 'out of memory' in str(error).lower() else 'error'}: " \
                            f"{type(error).__name__}: {str(error)[:300]}"
@@ -157,8 +158,9 @@ def train_t4(spec: dict, plan: dict) -> dict:
             "losses": [row["loss"] for row in rows], "seconds_by_phase": json.loads((run / "config.json").read_text())["seconds_by_phase"]}
 
 
-def sample_one(spec: dict, peaks: Peaks) -> dict:
-    """One portrait as `portraitkit sample` makes it; a NaN or black decode is refused there, and recorded here."""
+def sample_one(spec: dict, peaks: Peaks, planned: dict) -> dict:
+    """One portrait as `portraitkit sample` makes it, with the T4's sampling recipe (`planned`, the
+    plan's `inference`); a NaN or black decode is refused there, and recorded here."""
     import numpy as np
     from PIL import Image
 
@@ -166,7 +168,8 @@ def sample_one(spec: dict, peaks: Peaks) -> dict:
     from portraitkit.sample.render import SampleConfig, sample
 
     config = SampleConfig(run_dir=str(Path(spec["work"]) / "run"), out_dir=str(Path(spec["work"]) / "images"),
-                          styles=["studio"], per_style=1, steps=spec["sample_steps"], token="sks", class_word="person")
+                          styles=["studio"], per_style=1, steps=spec["sample_steps"] or planned["steps"], token="sks",
+                          class_word="person", quantize=planned.get("quantize") or "auto")
     peaks.start()
     began = time.perf_counter()
     try:
@@ -177,7 +180,7 @@ def sample_one(spec: dict, peaks: Peaks) -> dict:
         decode = {"problem": str(error)}
     seconds = time.perf_counter() - began
     peaks.close_phase("sample")
-    return {"steps": spec["sample_steps"], "seconds_with_loading": round(seconds, 2), "decode": decode}
+    return {"steps": config.steps, "quantize": config.quantize, "seconds_with_loading": round(seconds, 2), "decode": decode}
 
 
 class Peaks(bench.GpuPeaks):

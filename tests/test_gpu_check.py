@@ -38,6 +38,9 @@ def test_the_tiny_check_trains_samples_and_writes_one_json_with_the_t4_estimates
         assert check["train"]["gradient_checkpointing"] == estimate["gradient_checkpointing"]
     klein = result["bases"]["tiny-klein"]
     assert klein["train"]["quantize"] == klein["estimate_t4"]["quantize"] == "none"
+    # sampling follows the planner's T4 recipe too (the real klein4b's: NF4), and its estimate is recorded beside it
+    assert klein["sample"]["quantize"] == klein["estimate_t4"]["inference"]["quantize"] == "none"
+    assert klein["estimate_t4"]["inference"]["peak_gpu_mem_gb"] > 0
 
 
 def test_a_gpu_without_bf16_trains_in_fp16(monkeypatch, tmp_path):

@@ -55,18 +55,21 @@ DEVICES = {
 # The throughput above is calibrated on inference; training runs slower than its FLOPs say
 # (optimizer steps, casts, the allocator, smaller kernels in the backward pass). Two published T4
 # training figures state their settings well enough to plan the same run (FACTS.md); the planner's
-# raw estimate was below both, by 1.50x and 1.56x (`estimate.training_calibration` prints them).
-# The larger applies to every GPU's training steps until a GPU run of portraitkit measures its own.
-# Left out: kohya-colab's SD1.5 figure (~0.8 s/step, batch 2, dim 32, Prodigy), which states no
-# resolution.
+# raw estimate was below both: 1.20x for diffusers' SDXL notebook (whose script also encodes each
+# image with the VAE every step, counted here), 1.56x for kohya's SD1.5 run if it trained without
+# gradient checkpointing (1.18x if with: the notebook does not say). The larger applies to every
+# GPU's training steps until a GPU run of portraitkit measures its own, so "fits in a session" errs
+# long (`estimate.training_calibration` prints each figure's remaining error). Left out:
+# kohya-colab's SD1.5 figure (~0.8 s/step, batch 2, dim 32, Prodigy), which states no resolution.
 TRAINING_SLOWDOWN = 1.56
 T4_TRAINING_FIGURES = [
     {"what": "SDXL DreamBooth-LoRA, 1024 px, rank 4, batch 1, 8-bit AdamW, gradient checkpointing, fp16",
      "published_s_per_step": 2.65, "source": "huggingface/notebooks diffusers/SDXL_DreamBooth_LoRA_.ipynb: 500 steps in 68 min",
-     "settings": {"base": "sdxl", "rank": 4, "gradient_checkpointing": True}},
+     "settings": {"base": "sdxl", "rank": 4, "gradient_checkpointing": True}, "vae_every_step": True},
     {"what": "kohya LoRA on SD1.5, dim 16 with the text encoder, batch 6, 512 px, fp16, cached latents",
      "published_s_per_step": 1.53, "source": "Linaqruf/kohya-trainer notebook outputs: 1.53 s/it",
-     "settings": {"base": "sd15", "rank": 16, "batch_size": 6, "train_text_encoder": True, "gradient_checkpointing": False}},
+     "settings": {"base": "sd15", "rank": 16, "batch_size": 6, "train_text_encoder": True, "gradient_checkpointing": False},
+     "vae_every_step": False},
 ]
 
 # A CPU's throughput: SD1.5's training steps and inference at 512 px reached 0.137-0.152 TFLOP/s

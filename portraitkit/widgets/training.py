@@ -112,7 +112,11 @@ class TrainPanel(Panel):
             "(plus loading and caching)"
             + (f", validation about {plan.validation_seconds / 60:.0f} min more ({plan.config.validations} x "
                f"{plan.config.validation_renders} images)" if plan.config.validations else "")
-            + f" · one portrait at 25 steps: {plan.inference['seconds_per_image']:.1f} s",
+            + f" · one portrait at {plan.inference['steps']} steps: {plan.inference['seconds_per_image']:.1f} s"
+            + (f" · {info['session']['seconds'] / 3600:.1f} h in all, "
+               + ("within" if info["session"]["within"] else "<b>more than</b>")
+               + f" a {info['session']['budget_seconds'] // 3600} h Colab session"
+               if info["session"] else ""),
             f"<small>Estimates, not measurements: {html.escape(info['method'])}. Based on: "
             f"{html.escape(plan.device.source)}. GPU measurements of portraitkit: "
             f"{html.escape(info['calibration']['gpu_measurements_of_portraitkit'])}.</small>",
