@@ -16,6 +16,7 @@ import typing
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import check_writable
+from portraitkit.models import families
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +265,7 @@ def add_styles(subparsers) -> None:
     parser = subparsers.add_parser("styles", help="list the portrait styles, one per line: name, then description",
                                    description="List the built-in styles plus those in --styles-file.")
     parser.add_argument("--styles-file", help="YAML or JSON file with your own styles")
-    parser.add_argument("--family", choices=("sd", "sdxl"), default="sd", help="model family the styles are resolved for (default: sd)")
+    parser.add_argument("--family", choices=families.names(), default="sd", help="model family the styles are resolved for (default: sd)")
     parser.set_defaults(func=run_styles)
 
 

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from portraitkit.models import families
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import check_writable, write_json, write_text
 from portraitkit.core.settings import check_at_least, setting
@@ -79,9 +80,10 @@ def plan(config: DemoConfig) -> Plan:
         steps = config.train_steps or 40
         return Plan(True, 256, steps, max(1, steps // 2), 8, config.styles or ["studio", "outdoor", "black_and_white"],
                     config.per_style or 2, config.sample_steps or 8)
-    family = check_available(config.base).family  # before prep: a base that cannot load fails in seconds
+    family = families.named(check_available(config.base).family)  # before prep: a base that cannot load fails in seconds
     steps = config.train_steps or 1000
-    return Plan(False, 1024 if family == "sdxl" else 512, steps, max(1, steps // 4), 25, config.styles,
+    # FLUX.2 at 512 px: the size a T4's session fits (`plan.estimate.session_resolution`)
+    return Plan(False, 512 if family.quantizable else family.native_size, steps, max(1, steps // 4), 25, config.styles,
                 config.per_style or 4, config.sample_steps)
 
 

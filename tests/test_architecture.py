@@ -123,3 +123,26 @@ def test_the_layers_stay_in_their_place():
 def test_every_stage_is_a_folder():
     top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in {"__init__", "__main__"})
     assert top == ["classroom", "cli", "colab", "demo"], top  # the apps; everything else lives in its stage's folder
+
+
+def test_only_the_family_folder_tells_the_model_families_apart():
+    """What differs between Stable Diffusion, SDXL and FLUX.2 lives in models/families; everywhere
+    else code asks the family object (`families.of(pipe)`, `families.named(name)`). A comparison of
+    a family's name (`family == "flux2"`, `arch["family"] != "sdxl"`, `"flux2" in (...)` about a
+    family) or a guess from a pipeline's parts (`hasattr(pipe, "transformer")`) outside that
+    folder fails."""
+    names = {"sd", "sdxl", "flux2"}
+    offences = []
+    for module, tree in _modules().items():
+        if module.startswith("portraitkit.models.families"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                literals = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+                if literals & names and "family" in ast.unparse(node):
+                    offences.append(f"{module}: {ast.unparse(node)}")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "hasattr" \
+                    and len(node.args) == 2 and isinstance(node.args[1], ast.Constant) \
+                    and node.args[1].value in {"transformer", "unet", "text_encoder_2"}:
+                offences.append(f"{module}: {ast.unparse(node)}")
+    assert not offences, offences

@@ -63,14 +63,14 @@ def test_a_failed_run_moves_the_models_off_the_device_and_keeps_no_tensor_in_its
             super()._place(names)
             on_device.append(self.here)
 
-    def failing_step(unet, scheduler, latents, *args, **kwargs):
-        held["unet"], held["latents"] = weakref.ref(unet), weakref.ref(latents)
-        activations = objective_loss(unet, scheduler, latents, *args, **kwargs)  # noqa: F841 (held by this frame)
+    def failing_step(pipe, scheduler, latents, *args, **kwargs):
+        held["unet"], held["latents"] = weakref.ref(pipe.unet), weakref.ref(latents)
+        activations = objective_loss(pipe, scheduler, latents, *args, **kwargs)  # noqa: F841 (held by this frame)
         raise RuntimeError("CUDA out of memory")
 
-    objective_loss = objective.loss_of_draw
+    objective_loss = objective.step_loss
     monkeypatch.setattr(loop, "Placement", Recorded)
-    monkeypatch.setattr(objective, "loss_of_draw", failing_step)
+    monkeypatch.setattr(objective, "step_loss", failing_step)
     with pytest.raises(RuntimeError, match="out of memory") as failure:
         train(quick(face_dataset, tmp_path / "run"))
     assert "unet" in on_device[-2] and on_device[-1] == frozenset()  # the UNet trained there, then left
@@ -144,7 +144,8 @@ def test_the_vae_encodes_the_cache_in_fp32_whatever_the_weights(face_dataset):
 
     images = [Image.open(path).convert("RGB") for path in sorted(face_dataset.glob("*.png"))]
     half = load_pipeline("tiny-sd", dtype=torch.bfloat16)  # the weights of a bf16 run (L4, A100)
-    upcast = types.SimpleNamespace(vae=copy.deepcopy(half.vae).float())  # the same weights, fp32 arithmetic
+    # the same weights, fp32 arithmetic, in a stand-in of the same pipeline class (the family is read from it)
+    upcast = type(type(half).__name__, (types.SimpleNamespace,), {})(vae=copy.deepcopy(half.vae).float())
     reference = encode_images(upcast, images, 64)
     latents = encode_images(half, images, 64)
     assert half.vae.dtype == torch.bfloat16  # back as the run keeps it

@@ -76,7 +76,7 @@ def test_validation_loss_is_identical_for_identical_weights(face_dataset):
     pipe = load_pipeline("tiny-sd")
     lora.add_to_pipeline(pipe, 4, None, False)
     examples = load_examples(str(face_dataset))[:2]
-    cache = encode_examples(pipe, examples, 64, with_text=True)
+    cache = encode_examples(pipe, examples, 64, encode_captions=True)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     def loss():

@@ -270,7 +270,7 @@ def test_the_cache_and_the_masked_loss_work_on_the_patch_grid(portrait_path):
     mask = Image.new("L", (64, 64))
     mask.paste(255, (0, 0, 8, 8))  # inside the first 16 px patch; dilated by one patch: the top-left 2 x 2 patches
     examples = [{"image": photo, "text": "a photo of sks person, smiling", "mask": mask}]
-    cache = encode_examples(pipe, examples, 64, with_text=True, bare=True, masks=True)
+    cache = encode_examples(pipe, examples, 64, encode_captions=True, bare=True, masks=True)
     assert cache["latents"].shape == (1, 16, 4, 4) and cache["embeds"].shape == (1, 512, 48)
     assert not torch.equal(cache["embeds"], cache["bare_embeds"])
     weights = cache["masks"]
@@ -461,7 +461,7 @@ def test_targets_attention_and_mlp_is_klein_only_and_costs_what_the_plan_says(tm
     parameters at rank 16 on the real 4B (29% more file), a few MB more memory; SD refuses it in
     one sentence, before loading."""
     from portraitkit.plan.estimate import lora_parameter_count, plan_run
-    from portraitkit.train.loop import check_family_settings
+    from portraitkit.models import families
 
     both = lora_parameter_count("klein4b", 16, targets="attention+mlp")
     # per double block and stream: linear_in 3072 -> 2 x 9216 (SwiGLU's gate and value), linear_out 9216 -> 3072
@@ -470,7 +470,7 @@ def test_targets_attention_and_mlp_is_klein_only_and_costs_what_the_plan_says(tm
     assert wide.parameters["lora"] == both and wide.phases_gb["train_step"] > plan_run("klein4b", gpu="t4").phases_gb["train_step"]
     config = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="tiny-sd", targets="attention+mlp")
     with pytest.raises(PortraitkitError, match="--targets attention\\+mlp is for FLUX.2"):
-        check_family_settings(config, "sd")
+        families.named("sd").refuse(config)
     with pytest.raises(PortraitkitError, match="is for FLUX.2"):
         plan_run("sd15", targets="attention+mlp")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from portraitkit.models import kohya, lora
+from portraitkit.models import families, kohya, lora
 from portraitkit.models.lora import LORA_FILE, kohya_file
 from portraitkit.train.config import TrainConfig
 from portraitkit.train.loop import load_for_training, train
@@ -52,7 +52,7 @@ def test_every_adapted_module_learns_with_checkpointing_on(text_encoder_run, dat
     base, run = text_encoder_run
     # The same seed gives the same initial LoRA (A random, B zero), named as in the file.
     initial, _ = load_for_training(_config(dataset, tmp_path, base), torch.float32)
-    start = kohya.state_dict(lora.lora_layers(initial, 1.0, True), lora.family(initial), 4, lora.models(initial), torch.float32)
+    start = families.of(initial).kohya_state_dict(lora.lora_layers(initial, 1.0, True), 4, lora.models(initial), torch.float32)
     trained = load_file(kohya_file(run))
     assert trained.keys() == start.keys()
     stems = {key.split(".", 1)[0] for key in trained}
@@ -262,7 +262,8 @@ def test_comfyui_renders_the_dora_kohya_file_as_peft_does(name, rank):
             magnitude = holder.proj.lora_magnitude_vector["default"].weight
             magnitude.mul_(1 + 0.1 * torch.randn_like(magnitude))
             peft_weight = holder.proj(torch.eye(in_features)).T  # what peft computes, whatever its formula
-        tensors = kohya.state_dict({"unet": get_peft_model_state_dict(holder)}, family, rank, {"unet": holder}, torch.float32)
+        tensors = families.named(family).kohya_state_dict({"unet": get_peft_model_state_dict(holder)}, rank, {"unet": holder},
+                                                          torch.float32)
         up, down, alpha = (tensors[f"lora_unet_proj.{t}"] for t in ("lora_up.weight", "lora_down.weight", "alpha"))
         weight = holder.proj.base_layer.weight.detach()
         comfy = comfyui_dora_weight(weight, up, down, alpha.item(), tensors["lora_unet_proj.dora_scale"])
@@ -286,10 +287,12 @@ def _real_size_kohya(name: str, rank: int = 4) -> dict:
     arch = ARCHITECTURES[name]
     with torch.device("meta"):
         parts = {c: build_component(arch, c) for c in ("unet", "text_encoder", "text_encoder_2") if c in arch}
-        pipe = SimpleNamespace(vae=torch.nn.Identity(), **{"text_encoder_2": None, **parts})
+        family = families.named(arch["family"])
+        # the pipeline's parts under its class's name: what `families.of` reads
+        pipe = type(family.pipeline, (SimpleNamespace,), {})(vae=torch.nn.Identity(), **{"text_encoder_2": None, **parts})
         lora.add_to_pipeline(pipe, rank, None, train_text_encoder=True)
         layers = lora.lora_layers(pipe, 1.0, True)
-        return kohya.state_dict(layers, arch["family"], rank, lora.models(pipe), torch.float32)
+        return family.kohya_state_dict(layers, rank, lora.models(pipe), torch.float32)
 
 
 @pytest.mark.parametrize("name, unet_parameters, encoder_layers", [

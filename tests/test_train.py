@@ -181,7 +181,8 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
     from diffusers import DiffusionPipeline
 
     from portraitkit.models.bases import load_pipeline
-    from portraitkit.models.conditioning import prompt_embeddings, without_text_encoders
+    from portraitkit.models import families
+    from portraitkit.models.conditioning import without_text_encoders
 
     def first_model(self):
         names, _ = self._get_signature_keys(self)
@@ -191,7 +192,7 @@ def test_validation_runs_where_the_unet_is_in_every_diffusers_release(monkeypatc
     for base in ("tiny-sd", "tiny-sdxl"):
         pipe = load_pipeline(base)
         with torch.no_grad():
-            embeddings = prompt_embeddings(pipe, "a photo of sks person", "blurry", torch.device("cpu"))
+            embeddings = families.of(pipe).prompt_embeddings(pipe, "a photo of sks person", "blurry", torch.device("cpu"))
         for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
             if encoder is not None:
                 encoder.to("meta")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from portraitkit.models import families
+
 SD15_SOURCE = "stable-diffusion-v1-5/stable-diffusion-v1-5: unet/, vae/, text_encoder/ and scheduler/ config.json"
 SDXL_SOURCE = ("stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/, text_encoder/, text_encoder_2/ "
                "and scheduler/ config.json")
@@ -88,15 +90,13 @@ def architecture(base: str) -> dict:
     """The component configurations of a base: the published ones for the presets, the base's own
     config.json files for folders and hub ids (small downloads), the family's preset otherwise."""
     if base in ARCHITECTURES:
-        if ARCHITECTURES[base]["family"] == "flux2":
-            from portraitkit.models.klein import require_libraries
-
-            require_libraries()  # its classes are not in the floors' diffusers and transformers
+        # FLUX.2's classes are not in the floors' diffusers and transformers: one sentence if missing
+        families.named(ARCHITECTURES[base]["family"]).require_libraries()
         return ARCHITECTURES[base]
     from portraitkit.models.bases import resolve_base
 
     spec = resolve_base(base)
-    preset = ARCHITECTURES[{"sdxl": "sdxl", "flux2": "klein4b"}.get(spec.family, "sd15")]
+    preset = ARCHITECTURES[families.named(spec.family).preset]
     configs = {name: config for name in (*COMPONENTS, "scheduler") if (config := _read_config(spec.source, name))}
     if not ({"unet", "transformer"} & set(configs)):  # no network: the family's published architecture is the best guess
         return {**preset, "source": f"{preset['source']} (assumed: {base}'s own configuration could not be read)"}

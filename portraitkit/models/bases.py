@@ -24,7 +24,8 @@ from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import shareable
-from portraitkit.models.klein import KLEIN_REPO, require_libraries
+from portraitkit.models import families
+from portraitkit.models.klein import KLEIN_REPO
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -43,16 +44,7 @@ class BaseSpec:
 
     @property
     def pipeline_class(self):
-        from portraitkit.core.quiet import quiet
-
-        with quiet():  # import-time notices: image processors without torchvision, optional kernels
-            if self.family == "flux2":  # not in the diffusers of the floors (require_libraries)
-                from diffusers import Flux2KleinPipeline
-
-                return Flux2KleinPipeline
-            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
+        return families.named(self.family).pipeline_class()
 
 
 PRESETS = {"sd15": (SD15_REPO, "sd"), "sdxl": (SDXL_REPO, "sdxl"), "klein4b": (KLEIN_REPO, "flux2")}
@@ -74,8 +66,9 @@ def resolve_base(name: str) -> BaseSpec:
     For hub ids this reads only the small `model_index.json`, so a typo, a missing network or
     a gated model fails here in a second with a clear message, not after minutes of loading.
     """
-    if "flux2" in (TINY_PRESETS.get(name), PRESETS.get(name, ("", ""))[1]):
-        require_libraries()  # before building or reading anything
+    preset_family = TINY_PRESETS.get(name) or PRESETS.get(name, (None, None))[1]
+    if preset_family:
+        families.named(preset_family).require_libraries()  # before building or reading anything
     if name in TINY_PRESETS:
         return BaseSpec(name, str(tiny_base_folder(name)), TINY_PRESETS[name], offline=True)
     if name in PRESETS:
@@ -123,15 +116,9 @@ def hub_model_index(repo: str) -> dict:
 
 
 def _family(model_index: dict) -> str:
-    class_name = model_index.get("_class_name", "")
-    if class_name == "Flux2KleinPipeline":
-        require_libraries()
-        return "flux2"
-    if "XL" in class_name:
-        return "sdxl"
-    if class_name.startswith("StableDiffusion"):
-        return "sd"
-    raise PortraitkitError(f"portraitkit trains Stable Diffusion 1.x/2.x, SDXL and FLUX.2 [klein] models, not {class_name or 'this model'}")
+    family = families.of_pipeline_class(model_index.get("_class_name", ""))
+    family.require_libraries()
+    return family.name
 
 
 def base_unavailable(name: str, error: Exception) -> PortraitkitError:
@@ -158,8 +145,7 @@ def load_pipeline(name: str, dtype=None, device=None, vae: str | None = None, tr
     kwargs = {"torch_dtype": dtype or torch.float32, "use_safetensors": True}
     if vae:
         kwargs["vae"] = load_vae(vae, kwargs["torch_dtype"])
-    if spec.family == "sd":
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    kwargs.update(families.named(spec.family).load_arguments())  # SD: no safety checker (portraits of the user)
     if transformer_nf4:
         from portraitkit.models.klein import load_transformer_nf4
 
@@ -282,20 +268,23 @@ def tiny_tokenizer():
 
 
 def build_tiny_pipeline(family: str):
-    """Toy-size SD1.5 / SDXL / FLUX.2 [klein] pipelines with the real component classes and wiring.
+    """Toy-size SD1.5 / SDXL / FLUX.2 [klein] pipelines (by family name) with the real component
+    classes and wiring: FLUX.2's is `klein.build_tiny`, Stable Diffusion's `tiny_stable_diffusion`."""
+    from portraitkit.models import klein
 
-    Sizes follow diffusers' own test models, except the VAE: four blocks so that it keeps the
-    real 8x downsampling (64 px images -> 8x8 latents), as the resolution arithmetic of the
-    real models then holds for the tiny ones too.
-    """
+    builders = {"sd": lambda: tiny_stable_diffusion(xl=False), "sdxl": lambda: tiny_stable_diffusion(xl=True),
+                "flux2": klein.build_tiny}
+    return builders[family]()
+
+
+def tiny_stable_diffusion(xl: bool):
+    """Toy-size SD1.5 or SDXL. Sizes follow diffusers' own test models, except the VAE: four blocks
+    so that it keeps the real 8x downsampling (64 px images -> 8x8 latents), as the resolution
+    arithmetic of the real models then holds for the tiny ones too."""
     import torch
 
     from portraitkit.core.quiet import quiet
 
-    if family == "flux2":
-        from portraitkit.models import klein
-
-        return klein.build_tiny()
     with quiet():  # import-time notices: image processors without torchvision, optional kernels
         from diffusers import (
             AutoencoderKL,
@@ -326,7 +315,7 @@ def build_tiny_pipeline(family: str):
         norm_num_groups=8,
     )
     scheduler_common = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
-    if family == "sd":
+    if not xl:
         torch.manual_seed(1)
         unet = UNet2DConditionModel(**unet_common, cross_attention_dim=32, attention_head_dim=8)
         torch.manual_seed(2)

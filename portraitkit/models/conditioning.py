@@ -1,7 +1,8 @@
 """What the UNet is conditioned on besides the noisy latents: the text embeddings, and for SDXL
 its pooled text embedding and the size/crop ids. Training, validation, sampling and the planner's
-tracer build these the same way; validation and sampling both encode their prompts first and then
-denoise with a pipeline that has no text encoders (`without_text_encoders`).
+tracer build these the same way; validation and sampling both encode their prompts first (the
+family's `prompt_embeddings`) and then denoise with a pipeline that has no text encoders
+(`without_text_encoders`).
 
 SDXL's six size ids are (original height, width, crop top, left, target height, width). For a
 face crop portraitkit uses the convention for a picture that is shown whole: the original size
@@ -52,21 +53,3 @@ def without_text_encoders(pipe, scheduler=None):
     denoiser = type(pipe)(**{**pipe.components, **drop})
     denoiser.set_progress_bar_config(disable=True)
     return denoiser
-
-
-def prompt_embeddings(pipe, prompt: str, negative_prompt: str, device) -> dict:
-    """A prompt and its negative prompt as the embeddings the pipeline's call takes, so the
-    text encoders need not stay on the GPU while it denoises and decodes."""
-    if hasattr(pipe, "transformer"):  # FLUX.2 [klein]
-        from portraitkit.models import klein
-
-        # klein's pipeline guides against the empty prompt when it is given no negative embeddings
-        return {"prompt_embeds": klein.encode_prompts(pipe, [prompt], device),
-                "negative_prompt_embeds": klein.encode_prompts(pipe, [negative_prompt], device)}
-    if hasattr(pipe, "text_encoder_2"):
-        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-            prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negative_prompt)
-        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative,
-                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
-    embeds, negative = pipe.encode_prompt(prompt, device, 1, True, negative_prompt=negative_prompt)
-    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}

@@ -18,32 +18,19 @@ from __future__ import annotations
 
 import json
 
-PREFIXES = {"sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
-            "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"},
-            # FLUX.2: `lora_unet_` + the module's name in Black Forest Labs' own checkpoint, dots as
-            # underscores: ComfyUI's loader makes that key for every weight of every model it
-            # loads (comfy/lora.py, model_lora_keys_unet), and diffusers' Flux2 loader reads the
-            # same names (`_convert_kohya_flux2_lora_to_diffusers`). See `flux2_state_dict`.
-            "flux2": {"transformer": "lora_unet"}}
 # peft's tensor names and kohya's for the same tensor.
 TENSORS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight", "lora_magnitude_vector": "dora_scale"}
-# kohya's names for the base families, as A1111's Lora tab reads them (`ss_base_model_version`),
-# and the SAI model spec's architecture ids.
-# kohya's sd-scripts name no FLUX.2 version (found none in their docs or source): the klein 4B
-# base is named here in their style; A1111 does not run FLUX.2 at all, so no Lora tab reads it.
-BASE_MODEL_VERSIONS = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux2": "flux2_klein_4b_base"}
-ARCHITECTURES = {"sd": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora",
-                 "flux2": "flux-2-klein-4b-base/lora"}
+# Each family's key prefixes, `ss_base_model_version` (as A1111's Lora tab reads it) and the SAI
+# model spec's architecture id are the family's (`models.families`); FLUX.2's names are BFL's own
+# (`flux2_state_dict`).
 
 
-def state_dict(layers: dict[str, dict], family: str, rank: int, modules: dict, dtype) -> dict:
-    """The kohya file's tensors from `lora.lora_layers` (scale folded into B, so alpha = rank), in
-    `dtype`. `modules` ({component: the model that carries the adapters}) give DoRA its base W."""
+def state_dict(layers: dict[str, dict], prefixes: dict, rank: int, modules: dict, dtype) -> dict:
+    """A Stable Diffusion kohya file's tensors from `lora.lora_layers` (scale folded into B, so
+    alpha = rank), in `dtype`, each module's key `<prefix of its component>_<module path with _>`.
+    `modules` ({component: the model that carries the adapters}) give DoRA its base W."""
     import torch
 
-    if family == "flux2":
-        return flux2_state_dict(layers["transformer"], dtype)
-    prefixes = PREFIXES[family]
     out = {}
     for component, state in layers.items():
         for key, value in state.items():
@@ -132,20 +119,21 @@ def _split_tensor_name(key: str) -> tuple[str, str]:
     raise ValueError(f"not a LoRA tensor this module knows how to name in the kohya format: {key}")
 
 
-def header(name: str, family: str, rank: int, dora: bool, run: dict | None = None, facts: dict | None = None) -> dict[str, str]:
+def header(name: str, family, rank: int, dora: bool, run: dict | None = None, facts: dict | None = None) -> dict[str, str]:
     """The safetensors metadata kohya's scripts write (LyCORIS' module and arguments for DoRA), plus
-    the SAI model spec's title and trigger phrase. `run` is the run's config.json; `facts` what it
+    the SAI model spec's title and trigger phrase, for `family` (a `models.families.Family`): its
+    `base_model_version` and `modelspec_architecture`. `run` is the run's config.json; `facts` what it
     resolved to: `resolution`, `images`, `trigger` (token and class word), `tags` (caption tag
     counts), `model_name` and `model_sha256` of the base checkpoint."""
     meta = {
         "ss_output_name": name,
-        "ss_base_model_version": BASE_MODEL_VERSIONS[family],
+        "ss_base_model_version": family.base_model_version,
         "ss_v2": "False",
         "ss_network_module": "lycoris.kohya" if dora else "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(rank)),  # alpha / rank is folded into the up weights
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": ARCHITECTURES[family],
+        "modelspec.architecture": family.modelspec_architecture,
         "modelspec.title": name,
     }
     if dora:  # how LyCORIS records a DoRA LoRA (`--network_args algo=lora dora_wd=True`)

@@ -21,106 +21,40 @@ from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import atomic_path
-from portraitkit.models import kohya, runs
+from portraitkit.models import families, kohya, runs
+# re-exported: the planner's tracer and the notebooks add adapters through here
+from portraitkit.models.adapters import TEXT_ENCODER_TARGETS, add_adapters, text_encoder_targets  # noqa: F401
+from portraitkit.models.families.sd import UNET_TARGETS  # noqa: F401
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # The kohya file is `<run name>.safetensors` (`kohya_file`); runs made before were given this name.
 OLD_KOHYA_FILE = "pytorch_lora_weights_kohya.safetensors"
-# The attention projections: what person-LoRA recipes (diffusers, kohya) adapt by default.
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 def text_encoders(pipe) -> list:
-    """The pipeline's text encoders: one for SD1.x, two for SDXL."""
-    return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+    """The pipeline's text encoders: one for SD1.x and FLUX.2, two for SDXL."""
+    return families.of(pipe).text_encoders_of(pipe)
 
 
 def denoiser(pipe):
     """The model that predicts: SD's UNet, or FLUX.2's transformer."""
-    return pipe.transformer if family(pipe) == "flux2" else pipe.unet
-
-
-def denoiser_name(pipe) -> str:
-    return "transformer" if family(pipe) == "flux2" else "unet"
+    return families.of(pipe).denoiser_of(pipe)
 
 
 def models(pipe) -> dict:
     """{component: model} of the pipeline's models that can carry adapters (FLUX.2's Qwen3 encoder never does)."""
-    if family(pipe) == "flux2":
-        return {"transformer": pipe.transformer}
-    return {"unet": pipe.unet, **dict(zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)))}
-
-
-def family(pipe) -> str:
-    if hasattr(pipe, "transformer"):
-        return "flux2"
-    return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
-
-
-def text_encoder_targets(encoder, skip_last_layer: bool) -> list[str]:
-    """The full names of `encoder`'s attention projections that can learn.
-
-    SDXL conditions on text encoder 1's penultimate hidden state (`hidden_states[-2]`), and its
-    pooled text comes from encoder 2: encoder 1's last layer never reaches the UNet, so a LoRA
-    there would get no gradient and ship as dead weight. `skip_last_layer` leaves it out.
-    """
-    last = f"layers.{encoder.config.num_hidden_layers - 1}."
-    return [name for name, _ in encoder.named_modules()
-            if name.rsplit(".", 1)[-1] in TEXT_ENCODER_TARGETS and not (skip_last_layer and last in name)]
-
-
-def add_adapters(module, rank: int, targets: list[str], alpha: float | None = None, use_dora: bool = False) -> list:
-    """Put LoRA adapters on `module`'s `targets` and return the parameters that train (in fp32).
-
-    Gaussian init (B = 0) makes the LoRA a no-op at first: training starts from the base model.
-    `use_dora`: DoRA (Liu et al. 2024, peft's `use_dora`) adds a magnitude per output row of each
-    weight, initialised to the row norms of W, so it too starts as a no-op.
-    """
-    import torch
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig, inject_adapter_in_model
-
-    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=targets,
-                        use_dora=use_dora)
-    if hasattr(module, "add_adapter") and not type(module).__name__.startswith("CLIP"):
-        module.add_adapter(config)  # diffusers' models
-    else:  # peft directly: transformers 5's own `add_adapter` demands a newer peft than exists
-        inject_adapter_in_model(config, module)
-    # fp16 master weights lose small updates (lr 1e-4 x grad underflows): train LoRA in fp32.
-    cast_training_params(module, torch.float32)
-    return [p for p in module.parameters() if p.requires_grad]
+    return families.of(pipe).adaptable(pipe)
 
 
 def add_to_pipeline(pipe, rank: int, alpha: float | None, train_text_encoder: bool, use_dora: bool = False,
                     targets: str = "attention") -> dict:
     """Freeze the base and attach adapters to its UNet or transformer (and SD's text encoders);
-    return {name: module that trains}. `targets`: FLUX.2's "attention" or "attention+mlp"
-    (`klein.lora_targets`); SD's UNet is adapted on its attention projections."""
+    return {name: module that trains}. Which layers learn is the family's (`Family.add_lora`):
+    SD's UNet attention projections, FLUX.2's by `targets` ("attention" or "attention+mlp")."""
     for module in [denoiser(pipe), pipe.vae, *text_encoders(pipe)]:
         module.requires_grad_(False)
-    if family(pipe) == "flux2":
-        from portraitkit.models import klein
-
-        if use_dora:
-            raise PortraitkitError("DoRA is not written for FLUX.2 [klein] yet: train without --dora")
-        if train_text_encoder:
-            raise PortraitkitError("FLUX.2 [klein]'s Qwen3 text encoder is not trained (its embeddings are cached once): "
-                                   "train without --train-text-encoder")
-        add_adapters(pipe.transformer, rank, klein.lora_targets(pipe.transformer, targets), alpha, use_dora)
-        return {"transformer": pipe.transformer}
-    if targets != "attention":
-        raise PortraitkitError(f"--targets {targets} is for FLUX.2 [klein] bases; Stable Diffusion's LoRA adapts the UNet's "
-                               "attention: leave --targets out")
-    add_adapters(pipe.unet, rank, UNET_TARGETS, alpha, use_dora)
-    modules = {"unet": pipe.unet}
-    if train_text_encoder:
-        sdxl = family(pipe) == "sdxl"
-        for name, encoder in zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)):
-            add_adapters(encoder, rank, text_encoder_targets(encoder, skip_last_layer=sdxl and name == "text_encoder"), alpha, use_dora)
-            modules[name] = encoder
-    return modules
+    return families.of(pipe).add_lora(pipe, rank, alpha, train_text_encoder, use_dora, targets)
 
 
 def canonical_name(component: str, name: str) -> str:
@@ -135,9 +69,10 @@ def lora_layers(pipe, scale: float, train_text_encoder: bool) -> dict[str, dict]
     peft state dicts with the LoRA scale alpha / rank folded into B."""
     from peft.utils import get_peft_model_state_dict
 
-    modules = {denoiser_name(pipe): denoiser(pipe)}
+    family = families.of(pipe)
+    modules = {family.denoiser: family.denoiser_of(pipe)}
     if train_text_encoder:
-        modules.update(zip(["text_encoder", "text_encoder_2"], text_encoders(pipe)))
+        modules.update((name, getattr(pipe, name)) for name in family.trainable_text_encoders)
     layers = {}
     for component, module in modules.items():
         state = get_peft_model_state_dict(module)
@@ -167,8 +102,9 @@ def save(pipe, folder: Path, rank: int, alpha: float | None, train_text_encoder:
     dora = any(key.endswith(".lora_magnitude_vector") for state in layers.values() for key in state)
     name = runs.run_name(folder)
     with atomic_path(folder / f"{name}.safetensors") as tmp:
-        save_file(kohya.state_dict(layers, family(pipe), rank, models(pipe), dtype), tmp,
-                  metadata=kohya.header(name, family(pipe), rank, dora, run, _run_facts(run)))
+        family = families.of(pipe)
+        save_file(family.kohya_state_dict(layers, rank, models(pipe), dtype), tmp,
+                  metadata=kohya.header(name, family, rank, dora, run, _run_facts(run)))
     return folder / LORA_FILE
 
 
@@ -191,7 +127,7 @@ def where_the_files_go(run_dir: Path) -> list[str]:
     run_dir = Path(run_dir)
     run = runs.read_run(run_dir)
     kohya_path, dora = kohya_file(run_dir), run["settings"].get("dora")
-    if run["base"].get("family") == "flux2":  # AUTOMATIC1111 does not run FLUX.2; ComfyUI and diffusers do
+    if not families.named(run["base"].get("family", "sd")).runs_in_a1111:  # FLUX.2: ComfyUI and diffusers, not A1111
         return [f"LoRA saved in {run_dir}:",
                 f"  {kohya_path.name}: for ComfyUI (models/loras, LoraLoaderModelOnly on a FLUX.2 [klein] 4B model)",
                 f"  {LORA_FILE}: for diffusers, Flux2KleinPipeline's load_lora_weights(\"{run_dir}\", weight_name=\"{LORA_FILE}\")"]

@@ -27,7 +27,7 @@ import math
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.settings import check_at_least, check_resolution
-from portraitkit.models import lora
+from portraitkit.models import families
 from portraitkit.models.architectures import arch_key, architecture
 from portraitkit.plan.devices import DEVICES, Device, local_cpu_device, local_cuda_device  # noqa: F401 (re-exported)
 from portraitkit.plan.klein import flux2_plan
@@ -79,13 +79,14 @@ def plan_run(base: str = "sd15", resolution: int | None = None, rank: int = 16, 
     check_at_least({"validation_steps": config.validation_steps}, 1)
     check_resolution(config.resolution)
     arch = architecture(base)
-    if config.targets != "attention" and arch["family"] != "flux2":
-        raise PortraitkitError(f"--targets {config.targets} is for FLUX.2 [klein] bases; Stable Diffusion's LoRA adapts the "
-                               "UNet's attention: leave --targets out")
-    if arch["family"] == "flux2":  # a transformer, not a UNet: its own measures (`plan.klein`)
-        if config.resolution is None and device.gpu_memory_gb is not None:
+    families.named(arch["family"]).check_targets(config.targets)
+    if families.named(arch["family"]).denoiser == "transformer":  # not a UNet: its own measures (`plan.klein`)
+        sized = config.resolution is None and device.gpu_memory_gb is not None
+        if sized:
             config = dataclasses.replace(config, resolution=session_resolution(config, device, arch))
-        return _with_figures(_sized_validations(flux2_plan(config, device, arch), most_validations), advise)
+        plan = flux2_plan(config, device, arch)
+        plan.sized_resolution = sized
+        return _with_figures(_sized_validations(plan, most_validations), advise)
     config = dataclasses.replace(config, validation_steps=config.validation_steps or SD_SAMPLING_STEPS)
     plan = None
     if recipe == "plain":  # the plain loop never checkpoints
@@ -177,7 +178,7 @@ def plan_sampling(base: str, gpu: str | Device = "t4", resolution: int | None = 
     the RAM, else NF4), its peak GPU memory and RAM, one image's time, and `fits`."""
     device = _device(gpu)
     arch = architecture(base)
-    if arch["family"] == "flux2":
+    if families.named(arch["family"]).quantizable:  # FLUX.2: the fp16 or the NF4 transformer
         plan = flux2_plan(PlanConfig(base=base, resolution=resolution, gpu=device.name, validations=0, validation_steps=steps,
                                       quantize=quantize), device, arch)
         if quantize == "auto" and device.gpu_memory_gb is not None and not _sampling_fits(plan.inference, device):
@@ -220,8 +221,8 @@ def _advice(config: PlanConfig, device: Device, plan: Plan) -> str:
     for resolution in (896, 768, 640, 512, 448, 384):
         if resolution < plan.resolution:
             changes.append((f"train at --resolution {resolution} (less detail)", {"resolution": resolution}))
-    if plan.family == "sdxl":
-        changes.append(("use the SD1.5 base (--base sd15) at 512 px", {"base": "sd15", "resolution": None}))
+    if smaller := families.named(plan.family).smaller_base:
+        changes.append((f"use the {smaller} base (--base {smaller}) at its own size", {"base": smaller, "resolution": None}))
 
     def fits(settings: dict) -> bool:
         trial = dataclasses.replace(config, **settings)
@@ -252,16 +253,18 @@ def lora_parameter_count(base: str = "sd15", rank: int = 4, dora: bool = False, 
     import torch
 
     from portraitkit.models import klein
+    from portraitkit.models.families.sd import UNET_TARGETS
 
     arch = architecture(base)
-    if arch["family"] == "flux2":
-        transformer = meta_component(arch_key(arch), "transformer", 2)
-        names = set(klein.lora_targets(transformer, targets))
-        adapted = [m for name, m in transformer.named_modules() if name in names]
+    family = families.named(arch["family"])
+    family.check_targets(targets)
+    denoiser = meta_component(arch_key(arch), family.denoiser, 2)
+    if family.denoiser == "transformer":
+        names = set(klein.lora_targets(denoiser, targets))
+        adapted = [m for name, m in denoiser.named_modules() if name in names]
     else:
-        unet = meta_component(arch_key(arch), "unet", 2)
-        adapted = [m for name, m in unet.named_modules()
-                   if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in lora.UNET_TARGETS)]
+        adapted = [m for name, m in denoiser.named_modules()
+                   if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in UNET_TARGETS)]
     return sum(rank * (m.in_features + m.out_features) + dora * m.out_features for m in adapted)
 
 

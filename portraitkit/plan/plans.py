@@ -153,6 +153,7 @@ class Plan:
     fits_host: bool | None
     advice: str | None = None
     faster: str | None = None  # a speed-up that still fits, when there is one
+    sized_resolution: bool = False  # the size was chosen for the session (FLUX.2 left at its default on a GPU)
     recipe: str | None = None  # the recipe in words, where the family has more than one (FLUX.2: fp16 or NF4)
     training_figures: list | None = None  # the published T4 training figures beside this planner's (`estimate.training_calibration`)
     assumptions: list = field(default_factory=lambda: list(ASSUMPTIONS))

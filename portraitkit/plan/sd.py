@@ -5,6 +5,7 @@ from the real UNet, VAE and text encoders traced on the meta device, and `sample
 from __future__ import annotations
 
 from portraitkit.core.errors import PortraitkitError
+from portraitkit.models import families
 from portraitkit.models.architectures import arch_key
 from portraitkit.plan.devices import Device
 from portraitkit.plan.plans import (ALLOCATOR_OVERHEAD, CAPTIONS_ENCODED_AT_ONCE, CPU_EXTRA_CAP_GB, CPU_EXTRA_RATIO, CPU_STEP_EXTRA_GB,
@@ -119,7 +120,7 @@ def sd_plan(config: PlanConfig, device: Device, arch: dict) -> Plan:
 
 def _vae_upcasts(arch: dict, recipe: Recipe) -> bool:
     # StableDiffusionXLPipeline decodes in fp32 when the VAE asks for it (SDXL's overflows in fp16)
-    return arch["family"] == "sdxl" and recipe.weight_bytes == 2 and arch["vae"].get("force_upcast", True)
+    return families.named(arch["family"]).vae_upcasts and recipe.weight_bytes == 2 and arch["vae"].get("force_upcast", True)
 
 
 def _inference(key: str, arch: dict, resolution: int, device: Device, recipe: Recipe, steps: int = SD_SAMPLING_STEPS) -> dict:

@@ -24,7 +24,8 @@ import inspect
 import json
 from importlib import resources
 
-from portraitkit.models import lora
+from portraitkit.models import families, klein, lora
+from portraitkit.models.families.sd import UNET_TARGETS
 from portraitkit.models.architectures import COMPONENTS, arch_key, architecture, build_component
 from portraitkit.models.conditioning import unet_conditioning
 
@@ -110,8 +111,6 @@ def linear_parameters(key: str) -> dict:
     """A FLUX.2 transformer's weights in the Linear layers NF4 quantises (all but `klein.NF4_KEPT`)
     and in its largest one (the dequantised copy a quantised step holds)."""
     import torch
-
-    from portraitkit.models import klein
 
     transformer = meta_component(key, "transformer", 2)
     sizes = [m.weight.numel() for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)
@@ -261,7 +260,7 @@ def _run_training_step(unet, arch: dict, resolution: int, batch: int, rank: int,
                        autocast: bool, device: str, dora: bool = False) -> dict:
     """Add the LoRA, then one forward, loss and backward of `unet` under the live-tensor tracer;
     on meta tensors for the estimates, on real ones for `check_training_step`."""
-    lora_numels = [p.numel() for p in lora.add_adapters(unet, rank, lora.UNET_TARGETS, use_dora=dora)]
+    lora_numels = [p.numel() for p in lora.add_adapters(unet, rank, UNET_TARGETS, use_dora=dora)]
     unet.train()
     tracer = _Tracer(autocast)
     if checkpointing:
@@ -286,8 +285,6 @@ def transformer_training_step(key: str, resolution: int, batch: int, rank: int, 
     projections (`klein.lora_targets`), forward over the image tokens ((resolution / 16)^2 of 128
     channels) and the 512 cached text tokens, MSE against the velocity, backward."""
     import torch
-
-    from portraitkit.models import klein
 
     arch = json.loads(key)
     dtype = torch.float16 if weight_bytes == 2 else torch.float32
@@ -339,7 +336,7 @@ def text_encoder_step(key: str, name: str, batch: int, rank: int, weight_bytes: 
 
     encoder = meta_component(key, name, weight_bytes)
     # the layers `train` adapts (lora.add_to_pipeline): SDXL's first encoder without its unused last layer
-    targets = lora.text_encoder_targets(encoder, skip_last_layer=json.loads(key)["family"] == "sdxl" and name == "text_encoder")
+    targets = lora.text_encoder_targets(encoder, skip_last_layer=families.named(json.loads(key)["family"]).unused_last_layer(name))
     lora_numels = [p.numel() for p in lora.add_adapters(encoder, rank, targets, use_dora=dora)]
     encoder.train()
 
@@ -368,18 +365,14 @@ def trace_pass(key: str, name: str, mode: str, batch: int, resolution: int, weig
                 latents, timesteps, cond = _unet_inputs(arch, batch, resolution, dtype)
                 module(latents.to(dtype), timesteps, **cond)
             elif name == "transformer":  # one FLUX.2 denoising pass: image tokens beside 512 text tokens
-                from portraitkit.models import klein
-
                 side = resolution // 16
                 latents = torch.randn(batch, arch["transformer"]["in_channels"], side, side, device="meta")
                 embeds = torch.randn(batch, klein.MAX_TOKENS, arch["transformer"]["joint_attention_dim"], device="meta")
                 klein.velocity_prediction(module, latents, torch.randn_like(latents), torch.full((batch,), 0.5, device="meta"),
                                           embeds, dtype)
-            elif arch["family"] == "flux2" and name == "text_encoder":
+            elif name == "text_encoder" and families.named(arch["family"]).text_tokens == klein.MAX_TOKENS:
                 # the pipeline's prompt encoding: 512 tokens, every layer's hidden state kept, and the
                 # language model's logits over its vocabulary, which the call computes too
-                from portraitkit.models import klein
-
                 tokens = torch.zeros(batch, klein.MAX_TOKENS, dtype=torch.long, device="meta")
                 # the causal padding mask as the 4-D additive mask the real call builds from the
                 # padding (building it here would need data, which meta tensors have none of)

@@ -37,12 +37,14 @@ def family_sampler(family: str, sampler: str = DEFAULT_SAMPLER) -> str:
     """The sampler a base family draws with: FLUX.2 only with its flow sampler (the default is
     swapped for it), Stable Diffusion with any other."""
     from portraitkit.core.errors import PortraitkitError
+    from portraitkit.models import families
 
-    if family == "flux2":
-        if sampler not in (DEFAULT_SAMPLER, FLOW_SAMPLER):
-            raise PortraitkitError(f"--sampler {sampler} cannot draw with a FLUX.2 [klein] base: it samples with {FLOW_SAMPLER} "
-                                   "(its own flow-matching Euler); leave --sampler out")
-        return FLOW_SAMPLER
+    own = families.named(family).own_sampler
+    if own:
+        if sampler not in (DEFAULT_SAMPLER, own):
+            raise PortraitkitError(f"--sampler {sampler} cannot draw with a {families.named(family).label} base: it samples "
+                                   f"with {own} (its own flow-matching Euler); leave --sampler out")
+        return own
     if sampler == FLOW_SAMPLER:
         raise PortraitkitError(f"--sampler {FLOW_SAMPLER} is FLUX.2's; Stable Diffusion bases draw with {DEFAULT_SAMPLER}, "
                                "euler_a, euler or ddim")

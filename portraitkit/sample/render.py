@@ -28,7 +28,8 @@ from pathlib import Path
 
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem, native_resolution, resolve_base
-from portraitkit.models.conditioning import prompt_embeddings, sampling_sizes, without_text_encoders
+from portraitkit.models import families
+from portraitkit.models.conditioning import without_text_encoders
 # read_run and person_words are re-exported: notebook 05's panel reads the run through here.
 from portraitkit.models.bases import no_loading_bars
 from portraitkit.models.runs import person_words, read_run  # noqa: F401
@@ -88,9 +89,9 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     check_config(config)
     run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
     run = read_run(run_dir)
-    family = run["base"]["family"]
-    sampler = family_sampler(family, config.sampler)
-    chosen = select_styles(styles or style_library(config, family), config.styles)
+    family = families.named(run["base"]["family"])
+    sampler = family_sampler(family.name, config.sampler)
+    chosen = select_styles(styles or style_library(config, family.name), config.styles)
     token, class_word = person_words(run, config.token, config.class_word)
     lora_dir = run_dir / "best" if config.lora == "best" else run_dir
     identity = run_dir / "identity.json"
@@ -138,7 +139,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
             device = "cuda" if torch.cuda.is_available() else "cpu"
             quantize = sampling_recipe(run["base"]["name"], resolution, missing[0]["steps"], config.quantize, device)
             with contextlib.nullcontext() if progress else no_loading_bars():
-                loaded.update(key=key, device=device, pipe=load_for_sampling(run["base"]["name"], family, device, sampler,
+                loaded.update(key=key, device=device, pipe=load_for_sampling(run["base"]["name"], device, sampler,
                                                                              vae=shared["vae"], quantize=quantize))
             with quiet():  # "No LoRA keys associated to CLIPTextModel": the LoRA trained the UNet only
                 lora.load(loaded["pipe"], lora_dir, adapter_name=ADAPTER)
@@ -149,22 +150,22 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         # then go back to RAM, and the denoiser has the GPU to itself.
         with torch.inference_mode():
             embeddings = encode_once(pipe, [(e["prompt"], e["negative_prompt"]) for e in missing], loaded["device"])
-        denoiser = without_text_encoders(pipe)
+        drawing = without_text_encoders(pipe)
         # One bar counts the portraits; each image's own bar of denoising steps closes when done.
         # The pipeline's config replaces the whole dict (load_pipeline's disable=True with it), and a
         # `disable` given explicitly overrides TQDM_DISABLE: so both are decided here.
         quiet_bars = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
-        denoiser.set_progress_bar_config(leave=False, disable=quiet_bars)
+        drawing.set_progress_bar_config(leave=False, disable=quiet_bars)
     # `disable` passed only to switch the bar off: passed at all, it would override TQDM_DISABLE
     for entry in tqdm(missing, desc="sampling portraits", unit="img", **({} if progress else {"disable": True})):
         generator = torch.Generator("cpu").manual_seed(entry["seed"])
         with torch.inference_mode():
-            array = denoiser(**embeddings[entry["prompt"], entry["negative_prompt"]], num_inference_steps=entry["steps"],
-                             guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
-                             output_type="np", **(sampling_sizes(resolution) if family == "sdxl" else {})).images
+            array = drawing(**embeddings[entry["prompt"], entry["negative_prompt"]], num_inference_steps=entry["steps"],
+                            guidance_scale=entry["guidance_scale"], height=resolution, width=resolution, generator=generator,
+                            output_type="np", **family.sampling_arguments(resolution)).images
         if problem := decode_problem(array):  # never save a black square as a portrait
             raise PortraitkitError(f"{entry['file']}: {problem}")
-        image = denoiser.numpy_to_pil(array)[0]
+        image = drawing.numpy_to_pil(array)[0]
         save_image(out_dir / entry["file"], image, pnginfo=png_parameters(entry))
         manifest[entry["file"]] = entry
         write_json(out_dir / MANIFEST, list(manifest.values()))
@@ -292,7 +293,7 @@ def sampling_recipe(base: str, resolution: int, steps: int, quantize: str, devic
     """Whether the transformer loads in 4-bit NF4 (FLUX.2 on a GPU: --quantize nf4, or auto where
     the planner finds the fp16 load too big for this GPU or its RAM); a load that would not fit
     either way is refused here, before minutes of loading, with what would fit."""
-    if device != "cuda" or resolve_base(base).family != "flux2":  # SD and SDXL sample in fp16 on any GPU people use
+    if device != "cuda" or not families.named(resolve_base(base).family).quantizable:  # SD: fp16 fits the GPUs people use
         return False
     from portraitkit.plan.devices import local_cuda_device
     from portraitkit.plan.estimate import plan_sampling
@@ -307,8 +308,7 @@ def sampling_recipe(base: str, resolution: int, steps: int, quantize: str, devic
     return planned["quantize"] == "nf4"
 
 
-def load_for_sampling(base: str, family: str, device: str, sampler: str = DEFAULT_SAMPLER, vae: str | None = None,
-                      quantize: bool = False):
+def load_for_sampling(base: str, device: str, sampler: str = DEFAULT_SAMPLER, vae: str | None = None, quantize: bool = False):
     """The base pipeline, set up for a T4: fp16 weights (FLUX.2's transformer in 4-bit NF4 when
     `quantize`), memory-light VAE decoding for SDXL; the denoiser and the VAE on `device`, the text
     encoders in RAM until `encode_once` needs them."""
@@ -318,16 +318,10 @@ def load_for_sampling(base: str, family: str, device: str, sampler: str = DEFAUL
 
     pipe = load_pipeline(base, dtype=torch.float16 if device == "cuda" else torch.float32, vae=vae, transformer_nf4=quantize)
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
-    if family == "sdxl":
-        # SDXL's VAE overflows in fp16, so diffusers decodes in fp32: several GB at 1024 px.
-        # Slicing decodes a batch one image at a time; tiling decodes in overlapping tiles for
-        # sizes above the VAE's tile size. Attention needs no slicing: PyTorch 2's fused
-        # attention already avoids the quadratic memory (and slicing would slow it down).
-        pipe.vae.enable_slicing()
-        pipe.vae.enable_tiling()
-    for name in ("unet", "transformer", "vae"):
-        model = getattr(pipe, name, None)
-        if model is not None and not getattr(model, "is_quantized", False):  # bitsandbytes put it on the GPU already
+    family = families.of(pipe)
+    family.prepare_for_sampling(pipe)  # SDXL: its fp32 VAE decodes in slices and tiles
+    for model in (family.denoiser_of(pipe), pipe.vae):
+        if not getattr(model, "is_quantized", False):  # bitsandbytes put it on the GPU already
             model.to(device)
     return pipe
 
@@ -337,11 +331,12 @@ def encode_once(pipe, pairs: list[tuple[str, str]], device) -> dict:
     with the text encoders on `device`, which go back to the CPU afterwards."""
     import torch
 
-    encoders = [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
+    family = families.of(pipe)
+    encoders = family.text_encoders_of(pipe)
     for encoder in encoders:
         encoder.to(device)
     try:
-        return {pair: prompt_embeddings(pipe, *pair, torch.device(device)) for pair in dict.fromkeys(pairs)}
+        return {pair: family.prompt_embeddings(pipe, *pair, torch.device(device)) for pair in dict.fromkeys(pairs)}
     finally:
         if device != "cpu":
             for encoder in encoders:

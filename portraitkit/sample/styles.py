@@ -21,9 +21,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from portraitkit.models import families
 from portraitkit.core.errors import PortraitkitError
 
-FAMILIES = ("sd", "sdxl", "flux2")
+FAMILIES = families.names()  # a style may have a section for each
 # What `portraitkit sample` renders when no --styles are given: four looks people most often
 # want, 16 images at the default 4 per style (a few minutes for SD1.5 on a T4).
 DEFAULT_STYLES = ("studio", "natural", "outdoor", "corporate")
@@ -61,8 +62,7 @@ def load_styles(*sources: str | os.PathLike | Mapping | Style, family: str = "sd
 
     `family` is the base model's: "sd" (Stable Diffusion 1.x/2.x), "sdxl" or "flux2" (FLUX.2 [klein]).
     """
-    if family not in FAMILIES:
-        raise PortraitkitError(f"unknown model family '{family}': use one of {', '.join(FAMILIES)}")
+    families.named(family)  # an unknown family, in one sentence
     spec = builtin_spec()
     defaults, raw = spec["defaults"], dict(spec["styles"])
     ready: dict[str, Style] = {}
@@ -117,10 +117,11 @@ def _where(error: Exception) -> str:
 def resolve_style(name: str, fields: Mapping[str, Any], defaults: Mapping[str, Any], family: str) -> Style:
     """family defaults < the style's own fields < the style's fields for this family."""
     own = fields.get(family, {})
-    if family == "flux2" and not own and "prompt" in fields.get("sdxl", {}):
+    lender = families.named(family).prompts_from
+    if lender and not own and "prompt" in fields.get(lender, {}):
         # FLUX.2's Qwen3 encoder reads whole sentences, as SDXL's encoders do: a style without a
         # flux2 section takes its SDXL prompt (not its negative words: klein's defaults have none)
-        own = {"prompt": fields["sdxl"]["prompt"]}
+        own = {"prompt": fields[lender]["prompt"]}
     merged = {**defaults.get(family, {}), **{k: v for k, v in fields.items() if k not in FAMILIES}, **own}
     if not merged.get("prompt"):
         raise PortraitkitError(f"style '{name}' has no prompt for {family} models: add `prompt` (with {{token}} and {{class_word}})")

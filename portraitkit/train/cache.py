@@ -16,6 +16,7 @@ from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import dataset_rows, save_image
+from portraitkit.models import families
 
 
 def check_dataset(dataset_dir: str) -> Path:
@@ -138,12 +139,8 @@ def encode_images(pipe, images: list, resolution: int):
     digits of every latent the whole run trains on (diffusers' SDXL scripts keep the VAE in fp32)."""
     import torch
 
-    from portraitkit.models import klein
-    from portraitkit.models.lora import family
-
-    # FLUX.2's latents are patched and normalised by its VAE's batch-norm statistics (`klein`)
-    encode = klein.encode_images if family(pipe) == "flux2" else (lambda vae, pixels: vae.encode(pixels).latent_dist.mean
-                                                                   * vae.config.scaling_factor)
+    # SD: the scaled mean; FLUX.2: patched and normalised by its VAE's batch-norm statistics (`klein`)
+    encode = families.of(pipe).encode_latents
     vae = pipe.vae
     dtype = vae.dtype
     if dtype != torch.float32:  # diffusers warns on every cast, also when no module must stay fp32: cast only when needed
@@ -162,21 +159,12 @@ def encode_images(pipe, images: list, resolution: int):
 
 def encode_text(pipe, captions: list[str], device) -> dict:
     """Prompt embeddings the UNet or transformer is conditioned on (plus SDXL's pooled embedding)."""
-    from portraitkit.models import klein
-    from portraitkit.models.lora import family
-
-    if family(pipe) == "flux2":
-        return {"embeds": klein.encode_prompts(pipe, captions, device)}
-    if hasattr(pipe, "text_encoder_2"):
-        embeds, _, pooled, _ = pipe.encode_prompt(captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-        return {"embeds": embeds, "pooled": pooled}
-    embeds, _ = pipe.encode_prompt(captions, device, 1, False)
-    return {"embeds": embeds}
+    return families.of(pipe).encode_text(pipe, captions, device)
 
 
-def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool, bare: bool = False,
+def encode_examples(pipe, examples: list[dict], resolution: int, encode_captions: bool, bare: bool = False,
                     masks: bool = False, class_prompt: str | None = None) -> dict:
-    """{"latents", "embeds" (and SDXL's "pooled") when `with_text`}; with `bare` also each caption's
+    """{"latents", "embeds" (and SDXL's "pooled") when `encode_captions`}; with `bare` also each caption's
     bare trigger phrase encoded ("bare_embeds", "bare_pooled": caption dropout), with `class_prompt`
     each class caption ("class_embeds", "class_pooled": output preservation), with `masks` the
     masks at latent resolution ("masks": the masked loss)."""
@@ -185,9 +173,9 @@ def encode_examples(pipe, examples: list[dict], resolution: int, with_text: bool
     from portraitkit.train.objective import bare_caption, class_caption
 
     cache = {"latents": encode_images(pipe, [e["image"] for e in examples], resolution)}
-    if hasattr(pipe, "text_encoder_2"):
+    if families.of(pipe).size_ids:
         cache["time_ids"] = size_time_ids(examples, resolution)
-    if with_text:
+    if encode_captions:
         with torch.no_grad():
             text = encode_text(pipe, [e["text"] for e in examples], pipe.text_encoder.device)
             cache.update({key: value.float() for key, value in text.items()})

@@ -29,7 +29,7 @@ from typing import Callable
 
 from portraitkit.plan import estimate as planner
 from portraitkit.core.errors import DiskFull, PortraitkitError
-from portraitkit.models import lora
+from portraitkit.models import families, lora
 from portraitkit.models.conditioning import unet_conditioning
 from portraitkit.train import checkpoints, objective, parallel, validate
 from portraitkit.train.cache import (batch_inputs, class_examples, encode_examples, load_examples, preservation_inputs,
@@ -108,12 +108,12 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
         if main and held_out:
             record_in_config(run_dir, holdout=[e["file_name"] for e in held_out])
         from portraitkit.models.bases import resolve_base
-        family = resolve_base(config.base).family
-        check_family_settings(config, family)
+        family = families.named(resolve_base(config.base).family)
+        family.refuse(config)  # what this family does not do yet, before minutes of loading
         if config.validating:  # an unknown style or unreadable token fails now, not at the first validation
-            validate.validation_recipe(config, family)
+            validate.validation_recipe(config, family.name)
         resolution = training_resolution(config, examples)
-        pipe, lora_modules = load_for_training(config, weight_dtype, quantize_transformer(config, family, gpu))
+        pipe, lora_modules = load_for_training(config, weight_dtype, quantize_transformer(config, family.name, gpu))
     if checkpointing:
         lora.denoiser(pipe).enable_gradient_checkpointing()
         if config.train_text_encoder:
@@ -125,14 +125,14 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
     # Caching runs only the VAE and the text encoders, so the UNet joins the GPU after them: SDXL's
     # 4.8 GiB UNet never sits beside the VAE encoding 1024 px images.
     placement = held["placement"] = Placement(pipe, device)
-    with_text = not config.train_text_encoder
+    encode_captions = not config.train_text_encoder  # a trained text encoder encodes them every step
     with clock("cache"), placement.on("vae", "text_encoder", "text_encoder_2"):
         classes = class_examples(pipe, placement, config.class_dir, config.class_prompt, config.num_class_images, config.seed,
                                  config.validation_steps or 30, resolution) if config.class_dir else []  # 30: the styles' steps
-        cache = encode_examples(pipe, examples, resolution, with_text=with_text, bare=config.caption_dropout > 0,
+        cache = encode_examples(pipe, examples, resolution, encode_captions=encode_captions, bare=config.caption_dropout > 0,
                                 masks=config.masked_loss, class_prompt=config.class_prompt if config.output_preservation else None)
-        held_out_cache = encode_examples(pipe, held_out, resolution, with_text=with_text) if held_out and main else None
-        class_cache = encode_examples(pipe, classes, resolution, with_text=with_text) if classes else None
+        held_out_cache = encode_examples(pipe, held_out, resolution, encode_captions=encode_captions) if held_out and main else None
+        class_cache = encode_examples(pipe, classes, resolution, encode_captions=encode_captions) if classes else None
     # From here on only the UNet (and the text encoders it trains) run; the VAE waits in RAM.
     placement.keep(*lora_modules)
 
@@ -150,14 +150,13 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
         if state.get("scaler") and accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
         print(f"Resumed from {resume_from.name}.")
-    # Mixed precision comes from accelerator.autocast(); the UNet itself is not wrapped (`parallel`).
-    unet = lora.denoiser(pipe)  # SD's UNet or FLUX.2's transformer
+    # Mixed precision comes from accelerator.autocast(); the denoiser itself is not wrapped (`parallel`).
+    denoiser = lora.denoiser(pipe)  # SD's UNet or FLUX.2's transformer
     # The scheduler is not prepared: accelerate would step it once per process at every optimizer
     # step (warm-up N times too fast, and shifted on a resume with another process count).
     optimizer = accelerator.prepare(optimizer)
     noise_scheduler = objective.training_scheduler(pipe)
-    latent_shape = tuple(cache["latents"].shape[1:])
-    class_count = len(class_cache["latents"]) if class_cache is not None else 0
+    cached = Cached(examples, cache, class_cache)
 
     validated = set(config.validated_steps())
     log_path = run_dir / "train_log.jsonl"
@@ -168,41 +167,13 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
         began = time.perf_counter()
         losses = []
         for micro in range(config.grad_accum):
-            with accelerator.accumulate(unet):
+            with accelerator.accumulate(denoiser):
                 # 1. draw: which photos and captions, which noise, which timesteps (seeded by the micro-batch)
-                drawn = draw(config, (step - 1) * config.grad_accum + micro, len(examples), class_count, latent_shape,
-                             noise_scheduler.config.num_train_timesteps, share)
-                captions = [objective.bare_caption(examples[i]["text"]) if drop else examples[i]["text"]
-                            for i, drop in zip(drawn.picks, drawn.dropped)]
-                latents, cond = batch_inputs(pipe, cache, drawn.picks, captions, drawn.dropped, device, accelerator.autocast)
-                mask = cache["masks"][drawn.picks].to(device) if config.masked_loss else None
-                if class_cache is not None:  # prior preservation: class images ride along in the same batch
-                    class_latents, class_cond = batch_inputs(pipe, class_cache, drawn.class_picks,
-                                                             [config.class_prompt] * len(drawn.class_picks),
-                                                             [False] * len(drawn.class_picks), device, accelerator.autocast)
-                    latents = torch.cat([latents, class_latents])
-                    cond = {key: torch.cat([cond[key], class_cond[key]]) for key in cond}
-                    if mask is not None:  # class images keep the whole picture: the prior is all of it
-                        mask = torch.cat([mask, torch.ones_like(mask)])
-                if config.output_preservation:  # the class caption, through the UNet with and without the LoRA
-                    preserve = preservation_inputs(pipe, cache, drawn.picks, [objective.class_caption(examples[i]["text"],
-                                                   config.class_prompt) for i in drawn.picks], device)
-                # 2. noise the latents at the drawn timesteps, predict the noise (SD) or the velocity (FLUX.2), weigh the error
-                with accelerator.autocast():
-                    per_sample = objective.step_loss(pipe, noise_scheduler, latents, drawn.noise.to(device), drawn.timesteps.to(device),
-                                                     cond, resolution, config.snr_gamma, weight_dtype, mask, config.background_weight)
-                    if config.output_preservation:
-                        n = len(drawn.picks)
-                        preservation = objective.preservation_loss(
-                            unet, noise_scheduler, latents[:n], drawn.noise[:n].to(device), drawn.timesteps[:n].to(device),
-                            *(unet_conditioning(c, resolution, weight_dtype) for c in preserve), config.snr_gamma, weight_dtype)
-                if class_cache is None:
-                    loss = per_sample.mean()
-                else:
-                    instance, prior = per_sample.chunk(2)
-                    loss = instance.mean() + config.prior_loss_weight * prior.mean()
-                if config.output_preservation:
-                    loss = loss + config.preservation_weight * preservation.mean()
+                drawn = draw(config, (step - 1) * config.grad_accum + micro, len(examples), cached.class_count,
+                             cached.latent_shape, noise_scheduler.config.num_train_timesteps, share)
+                # 2. the loss of what was drawn
+                loss = micro_batch_loss(config, pipe, cached, drawn, noise_scheduler, resolution, weight_dtype, device,
+                                        accelerator.autocast)
                 # 3. backward and step (accelerate steps only after the last accumulated micro-batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -258,26 +229,68 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
     return run_dir
 
 
+# --- the step ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Cached:
+    """What the loop draws from: the photos' examples and cache, and the class images' cache (prior preservation)."""
+
+    examples: list[dict]
+    photos: dict
+    classes: dict | None
+
+    @property
+    def class_count(self) -> int:
+        return len(self.classes["latents"]) if self.classes is not None else 0
+
+    @property
+    def latent_shape(self) -> tuple:
+        return tuple(self.photos["latents"].shape[1:])
+
+
+def micro_batch_loss(config: TrainConfig, pipe, cached: Cached, drawn, noise_scheduler, resolution: int, weight_dtype, device,
+                     autocast):
+    """The loss of one micro-batch, the models run under `autocast`: the drawn photos with their
+    captions (bare where caption dropout drew it), the class images riding along for prior
+    preservation, the family's step loss on the drawn noise and timesteps (SD: the noise, FLUX.2:
+    the velocity; masked with --masked-loss), and output preservation's term."""
+    import torch
+
+    examples, cache, class_cache = cached.examples, cached.photos, cached.classes
+    captions = [objective.bare_caption(examples[i]["text"]) if drop else examples[i]["text"]
+                for i, drop in zip(drawn.picks, drawn.dropped)]
+    latents, cond = batch_inputs(pipe, cache, drawn.picks, captions, drawn.dropped, device, autocast)
+    mask = cache["masks"][drawn.picks].to(device) if config.masked_loss else None
+    if class_cache is not None:  # prior preservation: class images ride along in the same batch
+        class_latents, class_cond = batch_inputs(pipe, class_cache, drawn.class_picks, [config.class_prompt] * len(drawn.class_picks),
+                                                 [False] * len(drawn.class_picks), device, autocast)
+        latents = torch.cat([latents, class_latents])
+        cond = {key: torch.cat([cond[key], class_cond[key]]) for key in cond}
+        if mask is not None:  # class images keep the whole picture: the prior is all of it
+            mask = torch.cat([mask, torch.ones_like(mask)])
+    if config.output_preservation:  # the class caption, through the UNet with and without the LoRA
+        preserve = preservation_inputs(pipe, cache, drawn.picks, [objective.class_caption(examples[i]["text"], config.class_prompt)
+                                                                  for i in drawn.picks], device)
+    with autocast():
+        per_sample = objective.step_loss(pipe, noise_scheduler, latents, drawn.noise.to(device), drawn.timesteps.to(device), cond,
+                                         resolution, config.snr_gamma, weight_dtype, mask, config.background_weight)
+        if config.output_preservation:
+            n = len(drawn.picks)
+            preservation = objective.preservation_loss(
+                lora.denoiser(pipe), noise_scheduler, latents[:n], drawn.noise[:n].to(device), drawn.timesteps[:n].to(device),
+                *(unet_conditioning(c, resolution, weight_dtype) for c in preserve), config.snr_gamma, weight_dtype)
+    if class_cache is None:
+        loss = per_sample.mean()
+    else:
+        instance, prior = per_sample.chunk(2)
+        loss = instance.mean() + config.prior_loss_weight * prior.mean()
+    if config.output_preservation:
+        loss = loss + config.preservation_weight * preservation.mean()
+    return loss
+
+
 # --- set-up -----------------------------------------------------------------------------------
-
-
-def check_family_settings(config: TrainConfig, family: str) -> None:
-    """Refuse, before loading, what portraitkit does not do for a FLUX.2 base yet: its Qwen3 encoder
-    is never trained (its embeddings are cached once), and prior or output preservation and DoRA
-    are not written for its transformer."""
-    if family != "flux2":
-        if config.quantize == "nf4":
-            raise PortraitkitError("--quantize nf4 is for FLUX.2 [klein] bases; Stable Diffusion trains with fp16 weights: leave it out")
-        if config.targets != "attention":
-            raise PortraitkitError(f"--targets {config.targets} is for FLUX.2 [klein] bases; Stable Diffusion's LoRA adapts the "
-                                   "UNet's attention: leave --targets out")
-        return
-    unsupported = [flag for flag, on in (("--train-text-encoder", config.train_text_encoder), ("--dora", config.dora),
-                                         ("--class-dir", config.class_dir is not None),
-                                         ("--output-preservation", config.output_preservation)) if on]
-    if unsupported:
-        raise PortraitkitError(f"{', '.join(unsupported)}: not available for FLUX.2 [klein] bases yet; train without "
-                               f"{'it' if len(unsupported) == 1 else 'them'}")
 
 
 def training_resolution(config: TrainConfig, examples: list[dict]) -> int:
@@ -306,7 +319,7 @@ def session_defaults(config: TrainConfig, estimate) -> TrainConfig:
         return config
     changes = {}
     saved = Path(config.out_dir) / "config.json"
-    if config.resolution is None and estimate.family == "flux2":
+    if config.resolution is None and estimate.sized_resolution:
         previous = read_run_config(Path(config.out_dir))["settings"].get("resolution") if config.resume and saved.is_file() else None
         changes["resolution"] = previous or estimate.resolution
     if config.validate_every is None and config.validating and estimate.config.validations < len(config.validated_steps()):
@@ -396,7 +409,7 @@ def quantize_transformer(config: TrainConfig, family: str, gpu: bool, device=Non
     where the planner finds the fp16 recipe does not fit this GPU (`device`, default the local one)
     or the RAM, as on a free T4. Never on a CPU (bitsandbytes' 4-bit layers need CUDA) nor for SD;
     a planner failure chooses NF4, the choice that fits."""
-    if family != "flux2" or not gpu or config.quantize == "none":
+    if not families.named(family).quantizable or not gpu or config.quantize == "none":
         return False
     if config.quantize == "nf4":
         return True

@@ -19,16 +19,20 @@
   output preservation"), ai-toolkit and OneTrainer ("prior-model preservation") do the same; unlike
   DreamBooth's prior preservation it needs no class images, only one more forward pass per step.
 
-Both sit in `loss_of_draw`, the loss of one draw of noise and timesteps, with min-SNR weighting
-(Hang et al., ICCV 2023). `step_loss` is the one place a training step tells the families apart:
-Stable Diffusion predicts the noise (`loss_of_draw`), FLUX.2 [klein] the flow's velocity
-(`models.klein.velocity_prediction`); the same masked loss scores both. All are plain functions of tensors and seeds, so tests check them on
-their own, and notebook 04 checks its by-hand step against `loss_of_draw`.
+Both sit in `step_loss`, the loss of one draw of noise and timesteps: the family says what is
+predicted and against what (`Family.predict`: Stable Diffusion the noise, FLUX.2 [klein] the flow's
+velocity) and how the noise levels weigh (min-SNR for SD, Hang et al., ICCV 2023; none for flow
+matching); the same masked loss scores both. `loss_of_draw` is Stable Diffusion's step as plain
+functions of tensors, which notebook 04 checks its by-hand step against.
 """
 
 from __future__ import annotations
 
 import contextlib
+
+from portraitkit.models import families
+# Stable Diffusion's prediction and min-SNR weights, re-exported: notebook 04 and the tests read them here
+from portraitkit.models.families.sd import min_snr_weights as snr_weights, noise_prediction  # noqa: F401
 
 # Every caption prep writes starts with the trigger phrase, then ", " and the measured words.
 CAPTION_SEPARATOR = ", "
@@ -133,53 +137,23 @@ def loss_of_draw(unet, noise_scheduler, latents, noise, timesteps, conditioning:
     `mask` (latent resolution) the error counts the person, the background by `background_weight`
     (`objective.masked_loss`). Notebook 04 does the same by hand and checks it equals this.
     """
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy.to(dtype or latents.dtype), timesteps, **conditioning).sample.float()
-    target = noise_scheduler.get_velocity(latents, noise, timesteps) if noise_scheduler.config.prediction_type == "v_prediction" else noise
+    prediction, target = noise_prediction(unet, noise_scheduler, latents, noise, timesteps, conditioning, dtype)
     return masked_loss(prediction, target, mask, background_weight) * snr_weights(noise_scheduler, timesteps, snr_gamma)
 
 
 def training_scheduler(pipe):
     """The noise schedule a run draws its timesteps from: SD's DDPM schedule, or FLUX.2's flow matching."""
-    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
-
-    from portraitkit.models.lora import family
-
-    if family(pipe) == "flux2":
-        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+    return families.of(pipe).training_scheduler(pipe)
 
 
 def step_loss(pipe, noise_scheduler, latents, noise, timesteps, cond: dict, resolution: int, snr_gamma: float | None,
               dtype=None, mask=None, background_weight: float = 0.0):
     """The per-sample loss of one draw for the pipeline's family; `timesteps` are the draw's
-    integers below the schedule's length (`draws.draw`).
-
-    FLUX.2: the integer t becomes the uniform u = (t + 1) / 1000 and then the noise level shifted
-    for the resolution (`klein.shifted_sigmas`), the flow's velocity is scored by the same masked MSE, with no
-    min-SNR weighting (an epsilon-prediction remedy; flow-matching trainers weigh every level alike)."""
-    from portraitkit.models import klein
-    from portraitkit.models.conditioning import unet_conditioning
-    from portraitkit.models.lora import family
-
-    if family(pipe) == "flux2":
-        sigmas = klein.shifted_sigmas((timesteps.float() + 1) / noise_scheduler.config.num_train_timesteps, resolution)
-        prediction, target = klein.velocity_prediction(pipe.transformer, latents, noise, sigmas, cond["embeds"], dtype or latents.dtype)
-        loss = masked_loss(prediction, target, mask, background_weight)
-        klein.finite_or_stop(loss)  # fp16 on a T4: stop at the first overflow, never train on NaN
-        return loss
-    return loss_of_draw(pipe.unet, noise_scheduler, latents, noise, timesteps, unet_conditioning(cond, resolution, dtype or latents.dtype),
-                        snr_gamma, dtype, mask, background_weight)
-
-
-def snr_weights(noise_scheduler, timesteps, gamma: float | None):
-    """Min-SNR weighting (Hang et al., ICCV 2023): easy, low-noise steps stop dominating the loss."""
-    import torch
-
-    if gamma is None:
-        return torch.ones(timesteps.shape, device=timesteps.device)
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, timesteps)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else clipped / snr
+    integers below the schedule's length (`draws.draw`): the family's prediction and target
+    (`Family.predict`), scored by the masked MSE and weighted by the family's noise-level weights;
+    the family's guard then stops a run whose loss is no longer finite (FLUX.2 in fp16)."""
+    family = families.of(pipe)
+    prediction, target = family.predict(pipe, noise_scheduler, latents, noise, timesteps, cond, resolution, dtype)
+    loss = masked_loss(prediction, target, mask, background_weight) * family.loss_weights(noise_scheduler, timesteps, snr_gamma)
+    family.check_loss(loss)
+    return loss

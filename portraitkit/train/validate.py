@@ -31,7 +31,8 @@ from portraitkit.core.files import save_image, write_json
 from portraitkit.faces.likeness import LikenessBand, likeness_band, likeness_distances, nearest_distances, spread_of
 from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem
-from portraitkit.models.conditioning import prompt_embeddings, unet_conditioning, without_text_encoders
+from portraitkit.models import families
+from portraitkit.models.conditioning import unet_conditioning, without_text_encoders
 from portraitkit.pick.likeness import reference_embeddings
 from portraitkit.sample import recipe
 from portraitkit.train.cache import batch_inputs, encode_examples, load_examples
@@ -71,7 +72,8 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
     from portraitkit.train.run_folder import plot_likeness
 
     device = placement.device
-    draws = validation_recipe(config, lora.family(pipe))
+    family = families.of(pipe)
+    draws = validation_recipe(config, family.name)
     training = [module for module in (lora.denoiser(pipe), *lora.text_encoders(pipe)) if module.training]
     for module in training:  # inference mode for the pictures; back to training at the end
         module.eval()
@@ -80,31 +82,31 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
     # decode at full size (SDXL's VAE in fp32) is the run's largest graph.
     timed = clock or (lambda phase: contextlib.nullcontext())
     with timed("validation"), placement.on(*looping, "text_encoder", "text_encoder_2"), torch.no_grad():
-        embeddings = {pair: prompt_embeddings(pipe, *pair, device)
+        embeddings = {pair: family.prompt_embeddings(pipe, *pair, device)
                       for pair in dict.fromkeys((d["prompt"], d["negative_prompt"]) for d in draws)}
     folder = run_dir / "validation" / f"step_{step:06d}"
     images, problems = [], []
-    sampler = recipe.family_sampler(lora.family(pipe))
-    denoiser = without_text_encoders(pipe, scheduler=recipe.make_scheduler(sampler, pipe.scheduler.config))
+    sampler = recipe.family_sampler(family.name)
+    drawing = without_text_encoders(pipe, scheduler=recipe.make_scheduler(sampler, pipe.scheduler.config))
     # No fp16 autocast here: it would force the VAE's convolutions into fp16, where SDXL's VAE
     # overflows to NaN whatever dtype the pipeline upcasts it to. peft's layers cast their
     # inputs themselves, so the fp32 LoRA runs beside the half-precision base without it.
     with timed("validation"), placement.on(*looping, "vae"), torch.no_grad(), torch.autocast(device.type, enabled=False):
         for draw in draws:
-            array = denoiser(**embeddings[draw["prompt"], draw["negative_prompt"]], guidance_scale=draw["guidance_scale"],
+            array = drawing(**embeddings[draw["prompt"], draw["negative_prompt"]], guidance_scale=draw["guidance_scale"],
                              num_inference_steps=draw["steps"], height=resolution, width=resolution, output_type="np",
                              generator=torch.Generator().manual_seed(draw["seed"])).images
             problems.append(decode_problem(array))
-            image = denoiser.numpy_to_pil(np.nan_to_num(array))[0]
+            image = drawing.numpy_to_pil(np.nan_to_num(array))[0]
             images.append(image)
             save_image(folder / f"{draw['style']}_seed{draw['seed']}.png", image)
     broken = next((problem for problem in problems if problem), None)
     if broken:
         print(f"portraitkit: validation at step {step}: {broken}.")
     grid = save_image(folder.with_suffix(".png"), image_grid(images, columns=len(config.validation_seeds)))
-    # What actually drew them, recorded: the scheduler the denoiser ran, not the one intended.
-    used = {"scheduler": type(denoiser.scheduler).__name__,
-            "karras_sigmas": bool(denoiser.scheduler.config.get("use_karras_sigmas", False)), "renders": draws}
+    # What actually drew them, recorded: the scheduler the drawing pipeline ran, not the one intended.
+    used = {"scheduler": type(drawing.scheduler).__name__,
+            "karras_sigmas": bool(drawing.scheduler.config.get("use_karras_sigmas", False)), "renders": draws}
     with timed("scoring"):
         score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
                               save_best=lambda best: lora.save(pipe, best, config.rank, config.alpha, config.train_text_encoder),
@@ -336,7 +338,7 @@ def denoising_loss(base: str, dataset_dir: str, lora_dir: str | None = None, res
 
     from portraitkit.models.bases import load_pipeline, resolve_base
 
-    if resolve_base(base).family == "flux2":  # refused before minutes of loading
+    if families.named(resolve_base(base).family).objective != "ddpm":  # refused before minutes of loading
         raise PortraitkitError("denoising_loss measures Stable Diffusion's noise prediction; for a FLUX.2 base, train with "
                                "--holdout N and read the held-out photos' validation_loss in train_log.jsonl")
     pipe = load_pipeline(base)
@@ -344,7 +346,7 @@ def denoising_loss(base: str, dataset_dir: str, lora_dir: str | None = None, res
         lora.load(pipe, lora_dir)
     examples = load_examples(dataset_dir)
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    cache = encode_examples(pipe, examples, resolution, with_text=True)
+    cache = encode_examples(pipe, examples, resolution, encode_captions=True)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     generator = torch.Generator().manual_seed(seed)
     total = 0.0
