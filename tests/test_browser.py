@@ -225,6 +225,28 @@ def wait_for_text(locator, pattern: str, timeout_s: float = 60) -> str:
     pytest.fail(f"never showed {pattern!r}; showed: {text[:500]}")
 
 
+def exercise_checks_the_prediction(page, name: str) -> None:
+    """The learner's side of an exercise: the cell ran with `prediction = None` and printed the
+    answer; typing the wrong choice into its first line and running the cell fails it with what
+    was measured, the right one says so."""
+    cell = page.locator(".jp-Notebook .jp-CodeCell").filter(has_text="exercises.check(").first
+    outputs = cell.locator(".jp-OutputArea")
+    said = re.search(r"The answer: (.+?)\. Set prediction = one of (.+?) before", outputs.inner_text())
+    assert said, f"{name}: the exercise did not print its answer: {outputs.inner_text()[:300]}"
+    right, choices = said.group(1), re.findall(r"'([^']+)'", said.group(2))
+    wrong = next(choice for choice in choices if choice != right)
+    for guess, verdict in ((wrong, rf"you predicted '{re.escape(wrong)}'; it measured '{re.escape(right)}'"),
+                           (right, rf"Right: {re.escape(right)}")):
+        line = cell.locator(".cm-line").first  # `prediction = None  # ...`, the cell's first line
+        line.scroll_into_view_if_needed()
+        line.click()
+        page.keyboard.press("Home")
+        page.keyboard.press("Shift+End")
+        page.keyboard.type(f'prediction = "{guess}"')
+        page.keyboard.press("Shift+Enter")
+        wait_for_text(outputs, verdict)
+
+
 def picture_of(page, has_text: str):
     """The figure picture of the panel whose controls include `has_text`."""
     panel = page.locator(".jp-OutputArea-output", has_text=has_text).first
@@ -251,6 +273,7 @@ def test_01_lens_panel_redraws(page, lab):
         time.sleep(0.5)
     assert picture_of(page, "camera to nose").get_attribute("src") != before, "the lens panel's figure was not redrawn"
     screenshots(page, "01_lens_distortion.ipynb")
+    exercise_checks_the_prediction(page, "01_lens_distortion.ipynb")
 
 
 def test_02_processing_panel_flags_what_its_slider_adds(page, lab):
@@ -261,6 +284,7 @@ def test_02_processing_panel_flags_what_its_slider_adds(page, lab):
     set_slider(page, "JPEG compression", 1)
     wait_for_text(flags, r"JPEG blocks")
     screenshots(page, "02_light_and_processing.ipynb")
+    exercise_checks_the_prediction(page, "02_light_and_processing.ipynb")
 
 
 def test_03_override_panel_changes_the_count(page, lab):
@@ -276,6 +300,7 @@ def test_03_override_panel_changes_the_count(page, lab):
     toggle.click()  # back as prep decided, for the notebooks after this one
     wait_for_text(status, rf"{before} photos will be used")
     screenshots(page, "03_prepare_photos.ipynb")
+    exercise_checks_the_prediction(page, "03_prepare_photos.ipynb")
 
 
 def test_04_train_panel_and_loss_curve(page, lab):
@@ -318,4 +343,12 @@ def test_06_picks_panel_counts_the_ticks(page, lab):
     wait_for_text(status, r"0 picked\.")
     page.locator(".jp-OutputArea-output .widget-checkbox", has_text="pick").locator("input").first.check()
     wait_for_text(status, r"1 picked\.")
+    # on a CPU the judge meets real photos: a copy of a training photo, someone else, a turned head, no face
+    real = "\n".join(page.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts())
+    entries = re.split(r"\n(?=#)", real)  # one per ranked picture, wrapped over lines
+    for name, verdict in (("grace_hopper", "copies_training_photo"), ("eileen_collins", "looks like someone else"),
+                          ("camera_operator", "turned too far to judge"), ("coffee", "no face found")):
+        assert any(name in entry.splitlines()[0] and verdict in entry for entry in entries if entry.strip()), \
+            f"06 does not show {name} ranked as {verdict!r}"
     screenshots(page, "06_final_picks.ipynb")
+    exercise_checks_the_prediction(page, "06_final_picks.ipynb")
