@@ -174,6 +174,12 @@ def check_06(notebook, work) -> None:
     assert "copies_training_photo" in lines["grace_hopper"] and "looks like someone else" in lines["eileen_collins"]
     assert "turned too far to judge" in lines["camera_operator"] and "no face found" in lines["coffee"]
     assert "Your own new photos land within" in real and max(map(len, real.splitlines())) <= 100  # wrapped at words
+    # 1e: a portrait's proportions against the person's: the 30 cm re-render of the real photo reads wider
+    proportions = printed(notebook, "06-propc")
+    assert "Your nose:" in proportions
+    photo, selfie = (float(re.search(rf"{label}: nose ([+-][\d.]+)%", proportions).group(1))
+                     for label in ("the photo", "re-rendered from 30.5 cm"))
+    assert selfie > photo + 5, proportions
     said = printed(notebook, "06-ex1c")
     name = said.split(" and its mirror image")[0]
     trained = {row["file_name"] for row in map(json.loads, (work / "dataset" / "metadata.jsonl").read_text().splitlines())}

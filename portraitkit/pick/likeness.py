@@ -29,6 +29,7 @@ import numpy as np
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import save_image, write_json
 from portraitkit.faces.likeness import LikenessBand, likeness_band, likeness_distances
+from portraitkit.faces.proportions import Proportions
 from portraitkit.pick.copies import TrainingPhotos
 
 RANKING_FILE = "ranking.json"
@@ -51,6 +52,9 @@ class Penalties:
     # A training photo given back (`copies`): the person, but no new portrait. Whatever its
     # score, `order` puts it below every portrait that is not a copy.
     copies_training_photo: float = 0.3
+    # Proportions beyond the person's own (`faces.proportions`): the selfie nose a LoRA learned
+    # from close photos, drawn as the face. Less than a stranger, about a blurry face.
+    different_proportions: float = 0.1
 
 
 def rank_images(images_dir: str | Path, reference_dir: str | Path, top: int = 8, penalties: Penalties = Penalties(),
@@ -136,7 +140,7 @@ def with_copy(row: dict, copied) -> dict:
 
 def unscored(reason: str, faces: int = 0) -> dict:
     return {"identity_distance": None, "likeness": None, "score": 0.0, "faces": faces, "blur": None, "exposure": None,
-            "mean_luma": None, "reasons": [reason], "copies": None}
+            "mean_luma": None, "reasons": [reason], "copies": None, "proportions": None}
 
 
 # --- the scorer -------------------------------------------------------------------------------
@@ -145,10 +149,11 @@ def unscored(reason: str, faces: int = 0) -> dict:
 class IdentityScorer:
     """Scores images against embeddings of the person's reference faces, on the one likeness scale."""
 
-    def __init__(self, reference: np.ndarray, copies: TrainingPhotos | None = None):
+    def __init__(self, reference: np.ndarray, copies: TrainingPhotos | None = None, proportions: Proportions | None = None):
         self.reference = np.asarray(reference, dtype=np.float64).reshape(-1, 128)
         self.band: LikenessBand = likeness_band(self.reference)
         self.copies = copies  # the training crops a portrait may copy (`from_folder` gives them)
+        self.proportions = proportions  # the person's (`from_folder`: prep's report.json), portraits compared against them
 
     @classmethod
     def from_images(cls, images: list, names: list[str] | None = None) -> IdentityScorer:
@@ -182,9 +187,11 @@ class IdentityScorer:
             except PortraitkitError:
                 continue  # an unreadable reference is one fewer, not a failed ranking
         try:
-            return cls.from_images(images, names)
+            scorer = cls.from_images(images, names)
         except PortraitkitError:
             raise PortraitkitError(f"no face was found in the reference images in {folder}: pass the dataset made by `portraitkit prep`") from None
+        scorer.proportions = person_proportions_of(folder, images)
+        return scorer
 
     def distance(self, embedding: np.ndarray) -> float:
         """The likeness scale: distance to the centre of the reference faces (lower is more alike)."""
@@ -231,10 +238,62 @@ class IdentityScorer:
         if copied is not None:
             reasons.append(copied.reason())
             score -= penalties.copies_training_photo
+        proportions = self.compare_proportions(face)
+        if said := proportions_reason(proportions):
+            reasons.append(said)
+            score -= penalties.different_proportions
         return {"identity_distance": round(distance, 4), "likeness": zone, "score": round(max(0.0, score), 4),
                 "faces": 1 + len(others), "blur": _rounded(blur.score), "exposure": _rounded(exposure.score),
                 "mean_luma": _rounded(exposure.detail.get("mean_luma")), "reasons": reasons,
-                "copies": copied.photo if copied is not None else None}
+                "copies": copied.photo if copied is not None else None, "proportions": proportions}
+
+    def compare_proportions(self, face) -> dict | None:
+        """The face's proportions against the person's (`Proportions.compare`), or why not measured;
+        None when the person's are unknown."""
+        from portraitkit.faces.proportions import measure, not_measured
+
+        if self.proportions is None:
+            return None
+        why = not_measured(face)
+        return {"not_measured": why} if why else self.proportions.compare(measure(face.landmarks))
+
+
+def proportions_reason(proportions: dict | None) -> str | None:
+    """A portrait's proportions beyond the person's, in the course's words: "nose 18% wider against
+    the face than yours, as a selfie at about 35 cm would show it"; None when within."""
+    from portraitkit.faces.proportions import MEASURED_SHARE
+    from portraitkit.teach.lens import distance_for_nose_change
+
+    width = (proportions or {}).get("nose_width")
+    if not width or not width["beyond"]:
+        return None
+    change = width["difference_pct"]
+    if change < 0:
+        return f"nose {-change:.0f}% narrower against the face than yours"
+    near = distance_for_nose_change(change / MEASURED_SHARE)
+    return (f"nose {change:.0f}% wider against the face than yours"
+            + (f", as a selfie at about {near:.0f} cm would show it" if near else ", more than any camera distance explains"))
+
+
+def person_proportions_of(folder: Path, images: list) -> Proportions | None:
+    """The person's proportions: prep's (report.json, corrected to a distant camera) for a
+    prepared dataset, else measured on the reference images as they are."""
+    import json
+
+    from portraitkit.faces.detect import detect_faces
+    from portraitkit.faces.proportions import measure, not_measured, person_proportions
+
+    report = folder / "report.json"
+    if report.is_file():
+        try:
+            recorded = json.loads(report.read_text(encoding="utf-8")).get("proportions")
+            if recorded:
+                return Proportions.from_dict(recorded)
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged report: measure the photos themselves
+    faces = [found[0] for found in map(detect_faces, images) if found]
+    return person_proportions([measure(f.landmarks) for f in faces if not_measured(f) is None],
+                              "the reference photos as taken (no camera distances known)")
 
 
 def _rounded(value: float | None) -> float | None:

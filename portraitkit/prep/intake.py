@@ -15,7 +15,7 @@ from PIL import Image
 from portraitkit.core import files
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.faces.photos import PHOTO_SUFFIXES
-from portraitkit.prep import distance
+from portraitkit.prep import distance, proportions
 from portraitkit.prep.checks import judge_quality
 from portraitkit.prep.config import PrepConfig
 from portraitkit.prep.crops import CROP_PNG, caption_words, crop_face, face_geometry, measure_look
@@ -149,6 +149,7 @@ def _examine(photo: Photo, path: Path, staged: Path, config: PrepConfig) -> None
     else:  # the background, for variety: before any correction too
         photo.shot = shot(image, face.landmarks)
     distance.measure(photo, path, image, face, config)
+    proportions.measure(photo, face)  # as taken, before any correction re-renders the photo
     image, face = distance.correct(photo, image, face, config)  # before the crop: the warp needs the whole face
     photo.face_box = face.box
     rivals = [

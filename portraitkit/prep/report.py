@@ -106,8 +106,17 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
-    """Every input as a thumbnail with a coloured frame and its decision in words.
+def proportions_line(proportions: dict) -> str:
+    """The person's proportions in one sentence, as the contact sheet shows them."""
+    centre = proportions["centre"]
+    return (f"Your proportions from {proportions['photos']} near-frontal photos: nose {centre['nose_width']:.2f} of the face's "
+            f"width, nose length {centre['nose_length']:.2f} of it ({proportions['corrected']}); portraits are compared "
+            "against these.")
+
+
+def contact_sheet(photos: list[Photo], summary: dict[str, Any], proportions: dict | None = None) -> Image.Image:
+    """Every input as a thumbnail with a coloured frame and its decision in words, under the
+    person's measured proportions (`prep.proportions`) when there are any.
 
     Green: accepted; amber: accepted with warnings; red: rejected. The outline on the photo is
     the square that was (or would have been) cropped, or the face box when there is no crop; the
@@ -121,6 +130,7 @@ def contact_sheet(photos: list[Photo], summary: dict[str, Any]) -> Image.Image:
     title_lines = textwrap.wrap(summary["message"], max(30, width // 12))
     shown = [code for code in MEANINGS if any(code in photo.warnings for photo in photos)]
     legend = [part for code in shown for part in textwrap.wrap(f"{WARNINGS[code]}: {MEANINGS[code]}", max(40, width // 9))]
+    legend += textwrap.wrap(proportions_line(proportions), max(40, width // 9)) if proportions else []
     header = 16 + 28 * len(title_lines) + 22 * len(legend) + (8 if legend else 0)
     sheet = Image.new("RGB", (width, header + rows * (_CELL + text_height + pad) + pad), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)

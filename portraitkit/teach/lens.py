@@ -540,3 +540,21 @@ def distance_for_framing(focal_mm: float, face_fraction: float = 0.25, head: Hea
         else:
             far = middle
     return math.sqrt(near * far)
+
+
+def distance_for_nose_change(change_pct: float, head: Head | str = "women") -> float | None:
+    """The camera distance (cm, to the nose tip) at which the nose looks `change_pct` % wider
+    against the face than from far away: the distance a measured widening points to. None for no
+    widening, or one beyond what 15 cm would show."""
+    if not change_pct > 0:
+        return None
+    near, far = 15.0, 10000.0  # the widening falls steadily with distance: bisect on a log scale
+    if distortion(near, math.inf, head=head).nose_to_face_width < change_pct:
+        return None
+    for _ in range(50):
+        middle = math.sqrt(near * far)
+        if distortion(middle, math.inf, head=head).nose_to_face_width > change_pct:
+            near = middle
+        else:
+            far = middle
+    return math.sqrt(near * far)

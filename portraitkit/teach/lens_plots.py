@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from portraitkit.faces.proportions import FACE_WIDTH, NOSE_WIDTH
 from portraitkit.teach.lens import DEFAULT_FOCAL_MM, PUBLISHED, REFERENCE_CM, Head, camera_at, distortion, ward_change_pct
 
 
@@ -120,7 +121,9 @@ def plot_distortion_curve(ax, distance_cm: float | None = None, reference_cm: fl
 
 # --- a real photo before and after the distance warp (`lens_warp`) ----------------------------
 
-NOSE_WINGS, FACE_SIDES = (31, 35), (0, 16)  # iBUG 68 (0-based): the nose base's outer points; the outline at the eyes
+# iBUG 68 (0-based): the nose base's outer points; the outline at the eyes: the points the
+# proportions measure reads (`faces.proportions`)
+NOSE_WINGS, FACE_SIDES = NOSE_WIDTH, FACE_WIDTH
 
 
 def nose_and_face_widths(landmarks) -> tuple[float, float]:

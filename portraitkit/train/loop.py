@@ -225,6 +225,8 @@ def _train(config: TrainConfig, on_step, held: dict) -> Path:
             plot_loss(run_dir)
         record_phases(run_dir, clock.seconds)
         record_in_config(run_dir, finished_steps=config.steps)  # last: every final output is written
+        if advice := validate.proportions_advice(run_dir, Path(config.dataset_dir)):
+            print(advice)
     accelerator.wait_for_everyone()
     return run_dir
 

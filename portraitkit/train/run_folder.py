@@ -161,7 +161,9 @@ ZONE_COLOURS = {"copying": "#f4cccc", "you": "#d9ead3", "unsure": "#fff2cc", "so
 def plot_likeness(run_dir: Path) -> Path | None:
     """likeness.png: each validated step's likeness (distance to the centre of the person's photos;
     lower is more alike) over the person's band, shaded: copying, you, unsure, someone else; the
-    best step ringed, steps whose renders copy a training photo crossed out."""
+    best step ringed, steps whose renders copy a training photo crossed out; beside it, where the
+    renders' proportions were measured, their nose width's drift from the person's (in %), with the
+    band inside which it is the measure's noise."""
     from matplotlib.figure import Figure
 
     path = run_dir / "identity.json"
@@ -169,8 +171,11 @@ def plot_likeness(run_dir: Path) -> Path | None:
         return None
     record = read_json(path, "train the run again to measure its likeness", keys=("steps",))
     rows = record["steps"]
-    figure = Figure(figsize=(6.4, 3.8), dpi=100)
-    axes = figure.subplots()
+    drifts = [(r["step"], r["proportions"]["nose_width"]) for r in rows if (r.get("proportions") or {}).get("nose_width")]
+    figure = Figure(figsize=(10.4 if drifts else 6.4, 3.8), dpi=100)
+    axes, *beside = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]}) if drifts else [figure.subplots()]
+    if drifts:
+        plot_proportions(beside[0], drifts, record.get("proportions"))
     band = record.get("band")
     measured = [r[key] for r in rows for key in ("likeness", "holdout") if r.get(key) is not None]
     if band:
@@ -205,6 +210,26 @@ def plot_likeness(run_dir: Path) -> Path | None:
     with atomic_path(run_dir / "likeness.png") as tmp:
         figure.savefig(tmp)
     return run_dir / "likeness.png"
+
+
+def plot_proportions(axes, drifts: list, person: dict | None) -> None:
+    """The renders' nose width against the person's over the validated steps, in %: a LoRA that
+    learned close photos' widened nose drifts up, past the measure's noise (shaded)."""
+    from portraitkit.faces.proportions import Proportions
+
+    steps = [step for step, _ in drifts]
+    values = [drift["difference_pct"] for _, drift in drifts]
+    if person:
+        noise = Proportions.from_dict(person).threshold_pct("nose_width", max(1, min(d["portraits"] for _, d in drifts)))
+        axes.axhspan(-noise, noise, color="#e6e6e6", zorder=0, label="within your photos' variation")
+    axes.axhline(0, color="grey", linewidth=0.8)
+    axes.plot(steps, values, "o-", color="tab:orange", label="renders' nose width vs yours")
+    for step, drift in drifts:
+        if drift["beyond"]:
+            axes.annotate("wider" if drift["difference_pct"] > 0 else "narrower", (step, drift["difference_pct"]),
+                          textcoords="offset points", xytext=(0, 8), ha="center", fontsize="small")
+    axes.set(xlabel="step", ylabel="nose width against the face, % vs yours", title="Proportions of the renders")
+    axes.legend(fontsize="small")
 
 
 def record_in_config(run_dir: Path, **fields) -> None:

@@ -33,7 +33,8 @@ from portraitkit.models import lora
 from portraitkit.models.bases import decode_problem
 from portraitkit.models import families
 from portraitkit.models.conditioning import unet_conditioning, without_text_encoders
-from portraitkit.pick.likeness import reference_embeddings
+from portraitkit.faces.proportions import Proportions
+from portraitkit.pick.likeness import person_proportions_of, reference_embeddings
 from portraitkit.sample import recipe
 from portraitkit.train.cache import batch_inputs, encode_examples, load_examples
 
@@ -110,7 +111,8 @@ def run_validation(pipe, placement, config, examples: list[dict], resolution: in
     with timed("scoring"):
         score_validation_step(run_dir, step, images, [e["image"] for e in examples], config.steps,
                               save_best=lambda best: lora.save(pipe, best, config.rank, config.alpha, config.train_text_encoder),
-                              broken=broken, held_out_images=[e["image"] for e in held_out], recipe=used)
+                              broken=broken, held_out_images=[e["image"] for e in held_out], recipe=used,
+                              proportions=person_proportions_of(Path(config.dataset_dir), [e["image"] for e in examples]))
         plot_likeness(run_dir)
     for module in training:
         module.train()
@@ -131,7 +133,7 @@ NEAR_EQUAL = 0.125
 
 def score_validation_step(run_dir: Path, step: int, images: list, reference_images: list, final_step: int,
                           save_best: Callable[[Path], object], broken: str | None = None, held_out_images: list = (),
-                          recipe: dict | None = None) -> dict:
+                          recipe: dict | None = None, proportions: Proportions | None = None) -> dict:
     """Record where `step`'s validation images land in the person's band, in run_dir/identity.json.
 
     Each step's row: `renders`, `faces` (renders with a face), `scored` (faces judged: not turned
@@ -139,8 +141,9 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
     more alike), `nearest` (to the nearest training face), `holdout` (to the centre of the
     held-out faces, if any), `in_band`, `unsure` and `copying` (scored renders in the band's `you`,
     `unsure` and `copying` zones), `variety` (the scored faces' spread over the person's), `copies` (renders
-    that give back a training photo, named in `copied`) and `reason` when the step cannot be the
-    best. The record's `band` is the person's (`faces.likeness.LikenessBand`). When `step`
+    that give back a training photo, named in `copied`), `proportions` (the near-frontal renders'
+    mean drift from the person's `proportions`, per ratio: `Proportions.drift`; None without the
+    person's) and `reason` when the step cannot be the best. The record's `band` is the person's (`faces.likeness.LikenessBand`). When `step`
     becomes the best (`best_step`), `save_best` is called with run_dir/best to keep its LoRA.
     Nothing is ever guessed: without faces the distances are null and `reason` says why;
     `broken` says why the images themselves are unusable (a failed decode), and the step is then
@@ -152,14 +155,16 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
     steps = {row["step"]: row for row in record.get("steps", []) if row["step"] != step}
 
     row = {"step": step, "renders": len(images), "faces": 0, "scored": 0, "likeness": None, "nearest": None,
-           "holdout": None, "in_band": 0, "unsure": 0, "copying": 0, "variety": None, "copies": 0, "copied": [], "reason": None}
+           "holdout": None, "in_band": 0, "unsure": 0, "copying": 0, "variety": None, "copies": 0, "copied": [], "reason": None,
+           "proportions": None}
     embeddings = held_out = np.zeros((0, 128))
     band = None
     try:
         embeddings = reference_embeddings(reference_images)
         held_out = reference_embeddings(list(held_out_images)) if len(held_out_images) else held_out
         band = likeness_band(embeddings) if len(embeddings) else None
-        row.update(_identity_of_step(images, embeddings, held_out, reference_images, band) if not broken else {"reason": broken})
+        row.update(_identity_of_step(images, embeddings, held_out, reference_images, band, proportions)
+                   if not broken else {"reason": broken})
     except PortraitkitError as error:  # the face models are missing: training goes on, unscored
         row["reason"] = f"identity not scored: {error}"
     steps[step] = row
@@ -174,6 +179,7 @@ def score_validation_step(run_dir: Path, step: int, images: list, reference_imag
         "held_out_faces": len(held_out),
         "scale": "distance to the centre of the training faces (dlib embeddings); lower is more alike",
         "band": band.to_dict() if band is not None else record.get("band"),
+        "proportions": proportions.to_dict() if proportions is not None else record.get("proportions"),
         "steps": [steps[s] for s in sorted(steps)],
         "best_step": best,
         "best_lora": f"{BEST_DIR}/{lora.LORA_FILE}" if best is not None else None,
@@ -240,17 +246,19 @@ def _why_no_best(rows: list[dict]) -> str:
 
 
 def _identity_of_step(images: list, embeddings: np.ndarray, held_out: np.ndarray, reference_images: list,
-                      band: LikenessBand | None) -> dict:
-    """faces, scored, likeness, nearest, holdout, in_band, copying, variety, copies and, where the
+                      band: LikenessBand | None, proportions: Proportions | None = None) -> dict:
+    """faces, scored, likeness, nearest, holdout, in_band, copying, variety, copies, proportions
+    (the near-frontal renders' mean drift from the person's, `Proportions.drift`) and, where the
     step cannot be the best, the reason."""
     if len(embeddings) == 0 or band is None:
         return {"reason": f"no face was found in the {len(reference_images)} training images, so there is nothing to compare with"}
     from portraitkit.faces.detect import detect_faces, face_embedding
     from portraitkit.faces.pose import turned_too_far
+    from portraitkit.faces.proportions import measure, not_measured
     from portraitkit.pick.copies import TrainingPhotos
 
     photos = TrainingPhotos([f"training image {n}" for n in range(1, len(reference_images) + 1)], reference_images)
-    faces, scored, copied = 0, [], []
+    faces, scored, copied, ratios = 0, [], [], []
     for image in images:
         copy = photos.copies(image)  # with a face found or not: a training photo given back is a copy either way
         if copy is not None:
@@ -261,10 +269,13 @@ def _identity_of_step(images: list, embeddings: np.ndarray, held_out: np.ndarray
         faces += 1
         if turned_too_far(found[0]) is None:  # as pick: a face turned beyond the judged range is not judged
             scored.append(face_embedding(image, found[0]))
+        if not_measured(found[0]) is None:
+            ratios.append(measure(found[0].landmarks))
     if not faces:
         return {"copies": len(copied), "copied": sorted(set(copied)),
                 "reason": f"no face was found in the {len(images)} validation images"}
-    row = {"faces": faces, "scored": len(scored), "copies": len(copied), "copied": sorted(set(copied)), "reason": None}
+    row = {"faces": faces, "scored": len(scored), "copies": len(copied), "copied": sorted(set(copied)), "reason": None,
+           "proportions": proportions.drift(ratios) if proportions is not None else None}
     if scored:
         scored = np.array(scored)
         distances = likeness_distances(scored, embeddings)
@@ -282,6 +293,27 @@ def _identity_of_step(images: list, embeddings: np.ndarray, held_out: np.ndarray
         row["reason"] = (f"copies_training_photo: {len(copied)} of {len(images)} validation images reproduce a training photo "
                          f"({', '.join(row['copied'])}), so this step's LoRA memorises rather than learns")
     return row
+
+
+def proportions_advice(run_dir: Path, dataset_dir: Path) -> str | None:
+    """What to do when the last validated step's renders draw the nose wider against the face than
+    the person's photos (beyond the measure's noise for that many renders): most likely the selfie
+    nose learned from close photos, which `prep --correct-distance` re-renders from afar."""
+    path = Path(run_dir) / IDENTITY_FILE
+    rows = json.loads(path.read_text(encoding="utf-8")).get("steps", []) if path.is_file() else []
+    drift = next(((r.get("proportions") or {}).get("nose_width") for r in reversed(rows) if (r.get("proportions") or {}).get("nose_width")), None)
+    if not drift or not drift["beyond"] or drift["difference_pct"] <= 0:
+        return None
+    report = Path(dataset_dir) / "report.json"
+    distances = json.loads(report.read_text(encoding="utf-8")).get("summary", {}).get("camera_distance", {}) if report.is_file() else {}
+    said = (f"The validation renders draw your nose {drift['difference_pct']:.0f}% wider against your face than your photos "
+            f"do (the mean of {drift['portraits']}, beyond what the measure's noise explains): the selfie effect, learned as your face.")
+    close, known = distances.get("selfies", 0), distances.get("known", 0)
+    if known and 2 * close > known:
+        return (said + f" {close} of {known} of your photos with a known distance are arm's-length selfies: prepare them again "
+                f"with `portraitkit prep PHOTOS --out {dataset_dir} --correct-distance` (re-rendered from 1.5 m), and train again.")
+    return (said + " If your photos are arm's-length selfies, `portraitkit prep --correct-distance` re-renders them from 1.5 m "
+            "(it needs their EXIF focal length), or add shots from 1-2 m away.")
 
 
 def _mean(values) -> float:
