@@ -109,7 +109,7 @@ def test_prep_corrects_each_photo_to_a_distant_camera_and_says_how(tmp_path, sam
     measured = [e for e in accepted if "as_taken" in e["measurements"]["proportions"]]
     assert report["proportions"]["photos"] == len(measured) >= 3 and report["proportions"]["spread"]["nose_width"] > 0
     assert 0.15 < report["proportions"]["centre"]["nose_width"] < 0.35
-    assert "without a known distance used as taken" in report["proportions"]["corrected"]
+    assert "as taken: no photo's EXIF gave the camera distance" in report["proportions"]["corrected"]
 
 
 def test_pick_reports_each_portraits_proportions_and_says_a_selfie_nose_in_the_courses_words(hopper, samples_dir):

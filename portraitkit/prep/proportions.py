@@ -42,8 +42,13 @@ def person(accepted: list) -> dict | None:
     records = [p.measurements.get("proportions") or {} for p in accepted]
     measured = [r for r in records if "as_taken" in r]
     corrected = sum("distant_camera" in r for r in measured)
-    how = (f"{corrected} of {len(measured)} photos corrected to a distant camera by the head model at their measured distance"
-           + (f"; {len(measured) - corrected} without a known distance used as taken" if corrected < len(measured) else ""))
+    if not corrected:
+        how = "as taken: no photo's EXIF gave the camera distance to correct for"
+    elif corrected == len(measured):
+        how = f"all {corrected} corrected to a distant camera by the head model at their measured distance"
+    else:
+        how = (f"{corrected} of {len(measured)} photos corrected to a distant camera by the head model at their measured "
+               f"distance; {len(measured) - corrected} without a known distance used as taken")
     found = person_proportions([r.get("distant_camera") or r["as_taken"] for r in measured], how)
     if found is None:
         return None
