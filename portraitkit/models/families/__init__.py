@@ -18,6 +18,8 @@ checks that no module outside this folder compares a family's name). A family sa
 
 from __future__ import annotations
 
+import functools
+
 from portraitkit.core.errors import PortraitkitError
 
 
@@ -106,6 +108,7 @@ class Family:
         """Set the pipeline up for a T4 (nothing by default)."""
 
 
+@functools.cache  # asked at every training step: built once
 def _registry() -> dict[str, Family]:
     from portraitkit.models.families.flux2 import FLUX2
     from portraitkit.models.families.sd import SD, SDXL
