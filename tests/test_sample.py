@@ -267,3 +267,9 @@ def test_other_settings_never_overwrite_a_portrait_and_the_manifest_stays_true(r
         assert (float(recipe["CFG scale"]), f"<lora:{run_dir.name}:{entry['lora_scale']:g}>") == (
             entry["guidance_scale"], re.search(r"<lora:[^>]+>", recipe["prompt"]).group(0))
     assert not np.array_equal(pixels(tmp_path / made[0]["file"]), pixels(tmp_path / made[1]["file"]))
+
+
+def test_quantize_is_for_klein_and_said_before_loading(run_dir, tmp_path):
+    """`sample --quantize nf4` on a Stable Diffusion run is refused in one sentence, before any loading."""
+    with pytest.raises(PortraitkitError, match="--quantize nf4 is for FLUX.2"):
+        sample(SampleConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "images"), quantize="nf4"))

@@ -90,6 +90,8 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
     run_dir, out_dir = Path(config.run_dir), Path(config.out_dir)
     run = read_run(run_dir)
     family = families.named(run["base"]["family"])
+    if config.quantize == "nf4" and not family.quantizable:
+        raise PortraitkitError(f"--quantize nf4 is for FLUX.2 [klein] bases; {family.label} samples with fp16 weights: leave it out")
     sampler = family_sampler(family.name, config.sampler)
     chosen = select_styles(styles or style_library(config, family.name), config.styles)
     token, class_word = person_words(run, config.token, config.class_word)
