@@ -239,7 +239,7 @@ def test_the_trainer_follows_the_plans_recipe_and_stops_on_nan(tmp_path):
     """Which recipe `train` picks (no GPU needed: the device is given): NF4 only for FLUX.2 on a
     GPU, by --quantize or by the planner; never on a CPU. And the NaN guard stops in one sentence."""
     from portraitkit.plan.devices import DEVICES
-    from portraitkit.train.loop import quantize_transformer
+    from portraitkit.train.fitting import quantize_transformer
     from portraitkit.train.objective import step_loss, training_scheduler
 
     config = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="klein4b")
@@ -481,7 +481,7 @@ def test_train_takes_the_sessions_size_and_validations_on_a_t4_and_a_resume_keep
     run keeps the size its config.json recorded (a resume on a larger GPU does not change it)."""
     from portraitkit.core.files import write_json
     from portraitkit.plan.estimate import plan_for_training
-    from portraitkit.train.loop import session_defaults
+    from portraitkit.train.fitting import session_defaults
 
     config = TrainConfig(dataset_dir=str(tmp_path), out_dir=str(tmp_path / "run"), base="klein4b")
     estimate = plan_for_training(config, "t4")

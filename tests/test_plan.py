@@ -18,7 +18,7 @@ from portraitkit.plan.estimate import (
     plan_run,
 )
 from portraitkit.train.config import TrainConfig
-from portraitkit.train.loop import check_training_fits
+from portraitkit.train.fitting import check_training_fits
 
 
 def test_lora_and_model_sizes_match_the_published_figures():

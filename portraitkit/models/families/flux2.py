@@ -4,7 +4,7 @@ Qwen3's hidden states; the details of its latents, text and objective live in `m
 from __future__ import annotations
 
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.models.families import Family
+from portraitkit.models.families.family import Family
 
 
 class Flux2(Family):

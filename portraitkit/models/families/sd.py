@@ -3,7 +3,7 @@ conditioned on CLIP text embeddings (SDXL: two encoders, a pooled embedding and 
 
 from __future__ import annotations
 
-from portraitkit.models.families import Family
+from portraitkit.models.families.family import Family
 
 # The attention projections: what person-LoRA recipes (diffusers, kohya) adapt by default.
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
