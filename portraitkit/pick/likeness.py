@@ -291,9 +291,14 @@ def person_proportions_of(folder: Path, images: list) -> Proportions | None:
                 return Proportions.from_dict(recorded)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged report: measure the photos themselves
-    faces = [found[0] for found in map(detect_faces, images) if found]
-    return person_proportions([measure(f.landmarks) for f in faces if not_measured(f) is None],
-                              "the reference photos as taken (no camera distances known)")
+    from portraitkit.faces.photos import pixels_key
+
+    key = pixels_key(*images)  # validation asks at every validated step: measured once
+    if key not in _PROPORTIONS:
+        faces = [found[0] for found in map(detect_faces, images) if found]
+        _PROPORTIONS[key] = person_proportions([measure(f.landmarks) for f in faces if not_measured(f) is None],
+                                               "the reference photos as taken (no camera distances known)")
+    return _PROPORTIONS[key]
 
 
 def _rounded(value: float | None) -> float | None:
@@ -303,6 +308,7 @@ def _rounded(value: float | None) -> float | None:
 # Reference embeddings by the pixels they came from: training's validation scores every step
 # against the same training images, which need embedding only once per process.
 _EMBEDDINGS: dict[str, np.ndarray] = {}
+_PROPORTIONS: dict[str, Proportions | None] = {}  # the same for proportions measured on reference images
 
 
 def reference_embeddings(images: list) -> np.ndarray:

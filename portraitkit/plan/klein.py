@@ -31,12 +31,11 @@ from portraitkit.models import klein
 from portraitkit.models.architectures import arch_key
 from portraitkit.plan import plans
 from portraitkit.plan.devices import Device
-from portraitkit.plan.plans import (ALLOCATOR_OVERHEAD, CUDA_CONTEXT_GB, HOST_BASELINE_GB, HOST_CUDA_GB, Plan, PlanConfig,
+from portraitkit.plan.plans import (ALLOCATOR_OVERHEAD, CAPTIONS_ENCODED_AT_ONCE, CUDA_CONTEXT_GB, HOST_BASELINE_GB, HOST_CUDA_GB, Plan, PlanConfig,
                                     optimizer_state_bytes, rounded, training_slowdown, validations_of)
 from portraitkit.plan.tracing import GIB, component_parameters, linear_parameters, trace_pass, transformer_training_step
 
 NF4_BYTES = 0.5 + 4 / 64  # a 4-bit code per weight and an fp32 absmax per block of 64 (no double quantisation)
-CAPTIONS = 20  # the course's 10-20 photos, each caption cached (fp32) for the whole run
 HELD_OUT_DRAWS = 4  # the held-out loss's batch: one photo at train.validate.HELD_OUT_DRAWS noise levels
 SAMPLING_STEPS = 50  # klein's styles draw 50 steps with guidance (assets/styles.yaml, its `flux2` defaults)
 ASSUMPTIONS = [
@@ -82,7 +81,7 @@ def measures(config, device, arch: dict) -> dict:
         "activations": step["peak"] + dequantised,
         "caption_encoding": peak("text_encoder", "encode", klein.PROMPTS_AT_ONCE)["peak"],
         "vae_encoding": peak("vae", "encode", 1, 4)["peak"],
-        "cached_captions": CAPTIONS * klein.MAX_TOKENS * arch["transformer"]["joint_attention_dim"] * 4,
+        "cached_captions": CAPTIONS_ENCODED_AT_ONCE * klein.MAX_TOKENS * arch["transformer"]["joint_attention_dim"] * 4,
         "prompt_encoding": peak("text_encoder", "encode", 1)["peak"],
         "held_out_loss": trace_pass(key, "transformer", "infer", HELD_OUT_DRAWS, resolution, weight_bytes, on_gpu)["peak"] + dequantised / 2,
         "denoise": denoise["peak"] + dequantised / 2, "decode": decode["peak"],

@@ -14,7 +14,7 @@ from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.settings import setting
 from portraitkit.plan.devices import DEVICES, TRAINING_SLOWDOWN, Device
 
-CAPTIONS_ENCODED_AT_ONCE = 20  # train encodes all captions in one batch; 10-20 selfies is the course's range
+CAPTIONS_ENCODED_AT_ONCE = 20  # the course's 10-20 selfies: SD encodes their captions in one batch, FLUX.2 caches them all
 
 # Assumptions, each to be replaced by the benchmark's measurements (see docs/benchmarks.md).
 CUDA_CONTEXT_GB = 0.5  # CUDA context, cuBLAS/cuDNN handles: outside PyTorch's allocator

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portraitkit.models import lora
-from portraitkit.models.bases import decode_problem, native_resolution, resolve_base
+from portraitkit.models.bases import decode_problem, native_resolution
 from portraitkit.models import families
 from portraitkit.models.conditioning import without_text_encoders
 # read_run and person_words are re-exported: notebook 05's panel reads the run through here.
@@ -139,7 +139,7 @@ def sample(config: SampleConfig, styles: dict[str, Style] | None = None, loaded:
         key = (str(lora_dir.resolve()), shared["lora_hash"], sampler, shared["vae"])
         if loaded.get("key") != key:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            quantize = sampling_recipe(run["base"]["name"], resolution, missing[0]["steps"], config.quantize, device)
+            quantize = sampling_recipe(run["base"]["name"], family, resolution, missing[0]["steps"], config.quantize, device)
             with contextlib.nullcontext() if progress else no_loading_bars():
                 loaded.update(key=key, device=device, pipe=load_for_sampling(run["base"]["name"], device, sampler,
                                                                              vae=shared["vae"], quantize=quantize))
@@ -291,11 +291,11 @@ def _previous_manifest(out_dir: Path) -> dict[str, dict]:
 # --- the pipeline -----------------------------------------------------------------------------
 
 
-def sampling_recipe(base: str, resolution: int, steps: int, quantize: str, device: str) -> bool:
+def sampling_recipe(base: str, family, resolution: int, steps: int, quantize: str, device: str) -> bool:
     """Whether the transformer loads in 4-bit NF4 (FLUX.2 on a GPU: --quantize nf4, or auto where
     the planner finds the fp16 load too big for this GPU or its RAM); a load that would not fit
     either way is refused here, before minutes of loading, with what would fit."""
-    if device != "cuda" or not families.named(resolve_base(base).family).quantizable:  # SD: fp16 fits the GPUs people use
+    if device != "cuda" or not family.quantizable:  # SD: fp16 fits the GPUs people use
         return False
     from portraitkit.plan.devices import local_cuda_device
     from portraitkit.plan.estimate import plan_sampling
