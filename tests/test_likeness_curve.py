@@ -172,3 +172,31 @@ def test_best_moves_only_to_the_newest_step_whose_lora_is_at_hand():
     chosen = [validate.best_step(rows[:n]) for n in (1, 2, 3)]
     assert chosen == [100, 100, 300]
     assert all(best in (chosen[n - 1], rows[n]["step"]) for n, best in enumerate(chosen[1:], 1))
+
+
+def test_the_worked_example_is_a_record_validation_writes_today_and_reads_as_its_script_says(tmp_path, samples_dir):
+    """notebook 04's worked example (real photos standing in for renders, measured by
+    benchmarks/worked_example.py): its rows carry exactly the keys validation writes now (a renamed
+    field would leave the committed numbers drawing nothing), best/ is the step of the person's
+    other photos, the steps of edits of the training photos are refused as copies, other people
+    land beyond the band, and it is drawn as a run's likeness.png is."""
+    from portraitkit.teach import likeness_example
+
+    example = likeness_example.load()
+    photo = Image.open(samples_dir / "hopper.jpg").convert("RGB")
+    today = validate.score_validation_step(tmp_path, 1, [photo], [photo], 1, save_best=lambda folder: None)
+    assert set(example) - {"worked_example"} == set(today)
+    assert all(set(row) == set(today["steps"][0]) for row in example["steps"])
+    rows = {row["step"]: row for row in example["steps"]}
+    script = example["worked_example"]["script"]
+    assert example["best_step"] == 300 and script["300"] == "the person's other shots"
+    assert rows[300]["in_band"] >= 6 and rows[300]["copies"] == 0
+    assert rows[100]["likeness"] > example["band"]["someone_else_beyond"] and rows[100]["in_band"] == 0
+    assert rows[500]["copies"] == rows[500]["renders"] and "edits of the training photos" in script["500"]
+    assert rows[500]["in_band"] > 0  # copies sit inside the band too: only the copy check tells them from a likeness
+    said = likeness_example.lines(example)
+    assert "kept as best/" in said[2] and "give a training photo back" in said[4] and said[-1].startswith("Measured on")
+    likeness_example.figure(example).savefig(tmp_path / "example.png")
+    picture = np.asarray(Image.open(tmp_path / "example.png").convert("RGB")).astype(int)
+    red, green = picture[..., 0], picture[..., 1]
+    assert ((red > 180) & (green < 80)).sum() > 20 and ((green > 100) & (red < 80)).sum() > 20  # copies crossed, best ringed

@@ -146,10 +146,21 @@ def printed(notebook, cell_id: str) -> str:
 
 
 def check_04(notebook, work) -> None:
-    """The LoRA layer built by hand is asserted equal to peft's, at two alphas, and said so."""
+    """The LoRA layer built by hand is asserted equal to peft's, at two alphas, and said so. Beside
+    the toy run's empty likeness curve, the worked example on real photos is drawn and read: the
+    person's other photos kept as best/, edits of the training photos refused as copies; the
+    proportions line says what it found."""
     [cell] = [cell for cell in notebook.cells if cell.get("id") == "04-lora2"]
     assert "assert torch.allclose(mine(x), theirs(x)" in cell.source and "lora.add_adapters" in cell.source
     assert printed(notebook, "04-lora2").count("largest difference from peft") == 2
+    assert "Proportions:" in printed(notebook, "04-16") or "wider against your face" in printed(notebook, "04-16")
+    example = printed(notebook, "04-examplec")
+    steps = {entry.split(" ")[1]: entry for entry in re.split(r"\n(?=step )", example)}
+    assert "kept as best/" in steps["300"] and "person's other shots" in steps["300"]
+    assert "give a training photo back" in steps["500"] and "kept as best/" not in steps["100"]
+    assert max(map(len, example.splitlines())) <= 100
+    [cell] = [cell for cell in notebook.cells if cell.get("id") == "04-examplec"]
+    assert any("image/png" in output.get("data", {}) for output in cell.outputs)
 
 
 def check_05(notebook, work) -> None:

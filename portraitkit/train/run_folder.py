@@ -159,17 +159,24 @@ ZONE_COLOURS = {"copying": "#f4cccc", "you": "#d9ead3", "unsure": "#fff2cc", "so
 
 
 def plot_likeness(run_dir: Path) -> Path | None:
-    """likeness.png: each validated step's likeness (distance to the centre of the person's photos;
-    lower is more alike) over the person's band, shaded: copying, you, unsure, someone else; the
-    best step ringed, steps whose renders copy a training photo crossed out; beside it, where the
-    renders' proportions were measured, their nose width's drift from the person's (in %), with the
-    band inside which it is the measure's noise."""
-    from matplotlib.figure import Figure
-
+    """likeness.png, drawn from the run's identity.json (`likeness_figure`); None without one."""
     path = run_dir / "identity.json"
     if not path.is_file():
         return None
-    record = read_json(path, "train the run again to measure its likeness", keys=("steps",))
+    figure = likeness_figure(read_json(path, "train the run again to measure its likeness", keys=("steps",)))
+    with atomic_path(run_dir / "likeness.png") as tmp:
+        figure.savefig(tmp)
+    return run_dir / "likeness.png"
+
+
+def likeness_figure(record: dict, title: str = "Likeness over training, in your band"):
+    """An identity.json record drawn: each validated step's likeness (distance to the centre of the
+    person's photos; lower is more alike) over the person's band, shaded: copying, you, unsure,
+    someone else; the best step ringed, steps whose renders copy a training photo crossed out;
+    beside it, where the renders' proportions were measured, their nose width's drift from the
+    person's (in %), with the band inside which it is the measure's noise."""
+    from matplotlib.figure import Figure
+
     rows = record["steps"]
     drifts = [(r["step"], r["proportions"]["nose_width"]) for r in rows if (r.get("proportions") or {}).get("nose_width")]
     figure = Figure(figsize=(10.4 if drifts else 6.4, 3.8), dpi=100)
@@ -179,7 +186,7 @@ def plot_likeness(run_dir: Path) -> Path | None:
     band = record.get("band")
     measured = [r[key] for r in rows for key in ("likeness", "holdout") if r.get(key) is not None]
     if band:
-        top = max([band["someone_else_beyond"] * 1.3, *measured])
+        top = max([band["someone_else_beyond"] * 1.3, *(1.08 * m for m in measured)])  # the highest point inside the frame
         edges = [0.0, band["copying_below"], band["you_within"], band["someone_else_beyond"], top]
         for (low, high), (zone, colour) in zip(zip(edges, edges[1:]), ZONE_COLOURS.items()):
             if high > low:
@@ -203,13 +210,11 @@ def plot_likeness(run_dir: Path) -> Path | None:
         axes.set_xlim(0, max(r["step"] for r in rows) * 1.05)
     if not measured:
         axes.text(0.5, 0.5, "no face judged in the validation renders", transform=axes.transAxes, ha="center", va="center")
-    axes.set(xlabel="step", ylabel="likeness (lower = more alike)", title="Likeness over training, in your band")
+    axes.set(xlabel="step", ylabel="likeness (lower = more alike)", title=title)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small")
     figure.tight_layout()
-    with atomic_path(run_dir / "likeness.png") as tmp:
-        figure.savefig(tmp)
-    return run_dir / "likeness.png"
+    return figure
 
 
 def plot_proportions(axes, drifts: list, person: dict | None) -> None:
