@@ -180,7 +180,7 @@ def test_the_worked_example_is_a_record_validation_writes_today_and_reads_as_its
     field would leave the committed numbers drawing nothing), best/ is the step of the person's
     other photos, the steps of edits of the training photos are refused as copies, other people
     land beyond the band, and it is drawn as a run's likeness.png is."""
-    from portraitkit.teach import likeness_example
+    from portraitkit.train import likeness_example
 
     example = likeness_example.load()
     photo = Image.open(samples_dir / "hopper.jpg").convert("RGB")
