@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from portraitkit.faces import detect
+from portraitkit.faces.photos import PixelMemo
 from portraitkit.faces.detect import SAME_PERSON_THRESHOLD, detect_faces, face_embedding, identity_distance
 
 
@@ -122,6 +123,7 @@ def test_the_fallback_gives_landmarks_and_identity_like_the_frontal_detector(hop
     # checked on the frontal portrait, with the frontal detector made to find nothing. The photo
     # (512 x 600) is above CNN_MAX_PIXELS, so the boxes are also mapped back from the copy.
     monkeypatch.setattr(detect, "_frontal", lambda pixels: ([], [], 1.0))
+    monkeypatch.setattr(detect, "_FOUND", PixelMemo(1))  # found afresh, not remembered from the frontal detector
     (face,) = detect_faces(hopper)
     assert face.detector == "cnn" and face.landmarks_fit
     eye_distance = np.linalg.norm(np.subtract(*hopper_face.eye_centers()))

@@ -169,14 +169,16 @@ def test_without_reference_faces_nothing_is_invented(tmp_path, samples_dir):
 def test_missing_face_models_leave_the_step_unscored_not_the_run_broken(tmp_path, samples_dir, monkeypatch):
     import portraitkit.faces.detect
     from portraitkit.core.errors import PortraitkitError
+    from portraitkit.faces.photos import PixelMemo
 
     def missing():
         raise PortraitkitError("The face models are missing: run `pip install face_recognition_models`")
 
     monkeypatch.setattr(portraitkit.faces.detect, "_shape_predictor", missing)
+    monkeypatch.setattr(portraitkit.faces.detect, "_FOUND", PixelMemo(1))  # nothing found before counts
     noise = Image.effect_noise((96, 96), 60).convert("RGB")
     assert portraitkit.faces.detect.detect_faces(noise) == []  # no face: the landmark model is never needed
-    # a flipped copy: not in the embeddings cache, so its face needs the (missing) landmark model
+    # a flipped copy: not in the embeddings' memo, so its face needs the (missing) landmark model
     reference = [Image.open(samples_dir / "hopper.jpg").convert("RGB").transpose(Image.FLIP_LEFT_RIGHT)]
     record = score_validation_step(tmp_path, 5, [noise], reference, 5, save_best=lambda folder: pytest.fail("unscored"))
     [row] = record["steps"]

@@ -18,6 +18,7 @@ dlib is imported inside the functions that use it, and each model is loaded once
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from portraitkit.core.errors import PortraitkitError
+from portraitkit.faces.photos import PixelMemo, pixels_key
 
 # Euclidean distance between two embeddings at or below which dlib's model calls them one person.
 SAME_PERSON_THRESHOLD = 0.6
@@ -202,14 +204,24 @@ def _turned(pixels: np.ndarray) -> tuple[list, list, float]:
     return [d.rect for d in found], [d.confidence for d in found], scale
 
 
+# Faces found, by the pixels they were found in: prep run again in a notebook, pick and validation
+# meeting the same training photos again, find them once (a face-less photo costs the CNN ~1.6 s).
+_FOUND = PixelMemo(256)
+
+
 def detect_faces(image: Image.Image | np.ndarray) -> list[Face]:
     """Every face dlib finds in an RGB image, largest first, each with its 68 landmarks.
 
     The frontal (HOG) detector first; only where it finds nothing, the CNN detector, which also
     finds heads turned towards profile (`Face.detector` says which found it).
     """
-    dlib = _dlib()
     pixels = _rgb_array(image)
+    found = _FOUND.get(pixels_key(pixels), lambda: _detect(pixels))
+    return [dataclasses.replace(face, landmarks=face.landmarks.copy()) for face in found]  # the caller's own
+
+
+def _detect(pixels: np.ndarray) -> list[Face]:
+    dlib = _dlib()
     height, width = pixels.shape[:2]
     detector = "frontal"
     rects, scores, scale = _frontal(pixels)
@@ -244,8 +256,16 @@ def face_embedding(image: Image.Image | np.ndarray, face: Face, alignment: str =
     `alignment="5"` dlib's 5-point model alone (CC0, which commercial use allows; the 68-point model
     does not): the same separation of people on real photos (docs/judge.md, bench_judge section 6).
     """
-    dlib = _dlib()
     pixels = _rgb_array(image)
+    key = pixels_key(pixels, np.asarray(face.box), face.landmarks) + alignment
+    return _EMBEDDED.get(key, lambda: _embed(pixels, face, alignment)).copy()
+
+
+_EMBEDDED = PixelMemo(1024)  # 1 KB each: the same face in the same picture is embedded once
+
+
+def _embed(pixels: np.ndarray, face: Face, alignment: str) -> np.ndarray:
+    dlib = _dlib()
     left, top, right, bottom = face.box
     box = dlib.rectangle(left, top, right, bottom)
     if alignment == "5":

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from portraitkit.faces.photos import PixelMemo, pixels_key
+
 # Each photo is compared at this long side: edits of one shot down to a 4 px re-crop keep their
 # corners there, and the ORB pyramid (8 scales, 1.2 apart) still meets a crop at a third of the
 # frame. About 0.1 s of CPU per view.
@@ -87,9 +89,19 @@ class Match:
                 and min(self.overlap, self.covered) >= 0.97)
 
 
+# Fingerprints by the pixels they came from (about 1.2 MB each): prep run again in a notebook, and
+# the training crops validation and pick compare every render with, are fingerprinted once.
+_FINGERPRINTS = PixelMemo(64)
+
+
 def fingerprint(image) -> Fingerprint:
     """`image` (PIL) in grey at `SIDE` on its long side (one under MIN_ENLARGED px: its own size),
-    with its ORB features as taken (those of its mirror image follow when a comparison asks)."""
+    with its ORB features as taken (those of its mirror image follow when a comparison asks).
+    The same pixels again give the same Fingerprint back (read it, never change it)."""
+    return _FINGERPRINTS.get(pixels_key(image), lambda: _fingerprint(image))
+
+
+def _fingerprint(image) -> Fingerprint:
     from PIL import Image
 
     grey = image.convert("L")

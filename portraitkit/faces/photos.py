@@ -99,16 +99,41 @@ def open_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return image
 
 
-def pixels_key(*images: Image.Image) -> str:
-    """A key for what `images` show (their sizes and RGB pixels): work on the same pictures in one
-    process (embeddings, fingerprints of the training crops each validation meets again) is done once."""
+def pixels_key(*images: Image.Image | np.ndarray) -> str:
+    """A key for what `images` show (their sizes and RGB pixels; an array as it is): work on the
+    same pictures in one process (detection, embeddings, fingerprints of the training crops each
+    validation meets again, the photos a notebook prepares again) is done once."""
     import hashlib
 
     key = hashlib.sha1()
     for image in images:
-        key.update(repr(image.size).encode())
-        key.update(image.convert("RGB").tobytes())
+        if isinstance(image, np.ndarray):
+            key.update(repr((image.shape, image.dtype.str)).encode())
+            key.update(np.ascontiguousarray(image).tobytes())
+        else:
+            key.update(repr(image.size).encode())
+            key.update(image.convert("RGB").tobytes())
     return key.hexdigest()
+
+
+class PixelMemo:
+    """What was worked out from pictures, by `pixels_key`, the least recently asked forgotten past
+    `size` entries (a long notebook session keeps a bounded amount)."""
+
+    def __init__(self, size: int):
+        from collections import OrderedDict
+
+        self.size = size
+        self.found: OrderedDict = OrderedDict()
+
+    def get(self, key: str, make):
+        if key in self.found:
+            self.found.move_to_end(key)
+            return self.found[key]
+        value = self.found[key] = make()
+        if len(self.found) > self.size:
+            self.found.popitem(last=False)
+        return value
 
 
 @contextlib.contextmanager

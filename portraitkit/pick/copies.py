@@ -26,29 +26,14 @@ class Copy:
                 f"({self.inliers} matching points line up, correlation {self.correlation:.2f} once aligned)")
 
 
-# Fingerprints by the pixels they came from: training's validation checks every step against the
-# same training crops, and pick the same dataset, which need fingerprinting once per process.
-_FINGERPRINTS: dict[str, object] = {}
-
-
-def _fingerprint_once(image):
-    from portraitkit.faces.photograph import fingerprint
-    from portraitkit.faces.photos import pixels_key
-
-    key = pixels_key(image)
-    if key not in _FINGERPRINTS:
-        if len(_FINGERPRINTS) >= 256:  # a long notebook session: the oldest go first
-            _FINGERPRINTS.pop(next(iter(_FINGERPRINTS)))
-        _FINGERPRINTS[key] = fingerprint(image)
-    return _FINGERPRINTS[key]
-
-
 class TrainingPhotos:
-    """The training crops a portrait might copy, fingerprinted once per process."""
+    """The training crops a portrait might copy (`fingerprint` makes each once per process)."""
 
     def __init__(self, names: list[str], images: list):
+        from portraitkit.faces.photograph import fingerprint
+
         self.names = list(names)
-        self.fingerprints = [_fingerprint_once(image) for image in images]
+        self.fingerprints = [fingerprint(image) for image in images]
 
     def copies(self, image) -> Copy | None:
         """The training photo `image` is the same photograph as (the clearest such match), or None."""
