@@ -15,7 +15,12 @@ It prints, side by side:
    found again and measured: the ratio's change beside the head model's prediction. The warp is
    the head model's own, so this checks that the measure reads what a perspective change moves,
    not that real selfies move it as much: no photos of one face from known distances reached here;
-3. **the smallest change told from noise**: twice the median spread between shots.
+3. **the smallest change told from noise**: twice the median spread between shots;
+4. **one portrait told apart**: each near-frontal photo of a person with four or more, and its
+   30.5 cm re-render, against the median of the person's *other* photos, as pick compares a
+   portrait with the person's proportions: at each threshold, the share of the real photos called
+   different (false alarms: they are the person as photographed) and of the re-renders called wider
+   (detections).
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ def distance_change(people: dict) -> None:
             if not found or not_measured(found[0]) is not None:
                 lost += 1
                 continue
-            after = measure(found[0].landmarks)
+            after = photo["near"] = measure(found[0].landmarks)
             for ratio in RATIOS:
                 changes[ratio].append(100 * (after[ratio] / photo["ratios"][ratio] - 1))
     print(f"2. re-rendered from {REFERENCE_CM:.1f} cm to {near} cm by the head model's warp ({lost} faces lost)")
@@ -95,6 +100,27 @@ def distance_change(people: dict) -> None:
         if values:
             print(f"   {ratio}: median {np.median(values):+.1f}% (quartiles {np.percentile(values, 25):+.1f} to "
                   f"{np.percentile(values, 75):+.1f}%, {len(values)} photos); the head model predicts {predicted[ratio]:+.1f}%")
+
+
+def one_portrait(people: dict, thresholds=(8, 10, 12, 14, 16, 18)) -> None:
+    from portraitkit.faces.proportions import MIN_CHANGE_PCT
+
+    real, near = [], []  # nose-width difference (%) from the median of the person's other photos
+    for photos in people.values():
+        if len(photos) < 4:
+            continue
+        for index, photo in enumerate(photos):
+            centre = float(np.median([p["ratios"]["nose_width"] for j, p in enumerate(photos) if j != index]))
+            real.append(100 * (photo["ratios"]["nose_width"] / centre - 1))
+            if "near" in photo:
+                near.append(100 * (photo["near"]["nose_width"] / centre - 1))
+    print(f"4. one portrait against the person's other photos (nose width; {len(real)} photos, {len(near)} re-rendered "
+          f"from 30.5 cm; pick's line today {MIN_CHANGE_PCT:.0f}%)")
+    print(f"   {'threshold':>10}{'real photos called different':>31}{'30.5 cm re-renders called wider':>34}")
+    for threshold in thresholds:
+        alarms = np.mean([abs(d) > threshold for d in real])
+        caught = np.mean([d > threshold for d in near])
+        print(f"   {threshold:>9}%{alarms:>31.0%}{caught:>34.0%}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     distance_change(people)
     print("3. the smallest change told from noise (twice the median spread between shots): "
           + ", ".join(f"{ratio} {2 * value:.1f}%" for ratio, value in noise.items()))
+    one_portrait(people)
     return 0
 
 
