@@ -114,6 +114,9 @@ def one_portrait(people: dict, thresholds=(8, 10, 12, 14, 16, 18)) -> None:
             real.append(100 * (photo["ratios"]["nose_width"] / centre - 1))
             if "near" in photo:
                 near.append(100 * (photo["near"]["nose_width"] / centre - 1))
+    if not real or not near:
+        print("4. one portrait against the person's other photos: no person with four or more near-frontal photos")
+        return
     print(f"4. one portrait against the person's other photos (nose width; {len(real)} photos, {len(near)} re-rendered "
           f"from 30.5 cm; pick's line today {MIN_CHANGE_PCT:.0f}%)")
     print(f"   {'threshold':>10}{'real photos called different':>31}{'30.5 cm re-renders called wider':>34}")
