@@ -217,3 +217,24 @@ def test_edits_of_one_photograph_line_up_and_are_told_from_another_portrait(samp
     astronaut = fingerprint(Image.open(samples_dir / "astronaut.jpg").convert("RGB"))
     found = compare(original, astronaut)
     assert found is None or not found.same
+
+
+@needs_people
+def test_the_worked_example_is_measured_again_as_committed(tmp_path):
+    """benchmarks/worked_example.py on the real photos gives the committed record's verdicts (notebook 04's figure)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import worked_example
+
+    from portraitkit.train import likeness_example
+
+    committed = likeness_example.load()
+    person = committed["worked_example"]["command"].split("--person ")[1]
+    if not (Path(PEOPLE) / person).is_dir():
+        pytest.skip(f"{person} is not in {PEOPLE}")
+    assert worked_example.main([PEOPLE, "--person", person, "--out", str(tmp_path / "example.json")]) == 0
+    again = json.loads((tmp_path / "example.json").read_text())
+    verdicts = [(row["step"], row["in_band"], row["copies"]) for row in again["steps"]]
+    assert verdicts == [(row["step"], row["in_band"], row["copies"]) for row in committed["steps"]]
+    assert again["best_step"] == committed["best_step"] == 300
