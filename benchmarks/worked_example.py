@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                    "400": "half the person's other shots, half edits of the training photos",
                    "500": "edits of the training photos: a 4 px crop, resized, warmer, JPEG 60"},
         "data": (f"one person's {len(person)} judged photos ({TRAINING} as the training photos) and {len(others)} other "
-                 f"people's, from the calibration set of docs/judge.md ({folder.name}); the photos are not shipped"),
+                 f"people's, from the calibration set of docs/judge.md; the photos are not shipped"),
         "command": f"python benchmarks/worked_example.py FOLDER --person {name}",
     }
     write_json(Path(args.out), record)

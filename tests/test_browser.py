@@ -305,7 +305,11 @@ def test_03_override_panel_changes_the_count(page, lab):
 
 def test_04_train_panel_and_loss_curve(page, lab):
     found = run_and_check(page, lab, "04_train_lora.ipynb", 420)
-    assert found["pictures"] >= 4 and found["panels"] >= 2  # the two teaching figures, the loss curve, validation
+    # the two teaching figures, the loss curve, validation, the worked example's likeness curve on real photos
+    assert found["pictures"] >= 5 and found["panels"] >= 2
+    shown = " ".join(" ".join(page.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts()).split())  # unwrapped
+    assert re.search(r"step 300 \(the person's other shots\): likeness [\d.]+, 8 of 8 judged faces in the band; kept as best/", shown)
+    assert "give a training photo back" in shown
     # the panel plans the validation the train cell runs: STEPS 4, VALIDATE_EVERY 2 (tests' parameters) -> steps 2 and 4
     params = OVERRIDES["04_train_lora.ipynb"]["params"]
     validations = len(range(params["VALIDATE_EVERY"], params["STEPS"] + 1, params["VALIDATE_EVERY"]))
