@@ -23,7 +23,6 @@ clean); the JSON records which set and how many photos it was measured on.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
