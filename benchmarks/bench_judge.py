@@ -1,6 +1,6 @@
 """The likeness judge measured on real people's photos: what every threshold of it rests on.
 
-    python benchmarks/bench_judge.py                    # the shipped photos (tests/data/people)
+    python benchmarks/bench_judge.py                    # ../shared/people beside the project, where it is placed
     python benchmarks/bench_judge.py FOLDER             # any folder of PERSON/PHOTO sub-folders
     python benchmarks/bench_judge.py FOLDER --groups G  # G: lines of tab-separated files (relative to FOLDER)
                                                         # that are one photograph, so not "distinct shots"
@@ -38,7 +38,9 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "tests" / "data" / "people"
+# Where a licence-clean set of several real people would sit beside the project (the steering side's
+# shared/ folder, as CI sees it too); none ships in the repository (docs/judge.md says why).
+SHARED_PEOPLE = ROOT.parent / "shared" / "people"
 SIZES = (3, 5, 8, 12, 20)  # training-set sizes the band is calibrated for
 REPEATS = 12  # random training sets per person and size
 
@@ -315,7 +317,7 @@ def five_point_figures(people: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", nargs="?", default=str(SHIPPED), help="a folder of PERSON/PHOTO sub-folders")
+    parser.add_argument("folder", nargs="?", default=str(SHARED_PEOPLE), help="a folder of PERSON/PHOTO sub-folders")
     parser.add_argument("--groups", help="lines of tab-separated files (relative to FOLDER) that are one photograph")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -6,9 +6,10 @@ Two kinds of data:
   many ways, Eileen Collins; scikit-image's CC0 camera operator, turned towards profile): they
   prove the mechanics in every run, never a threshold;
 - real photos of several people, several shots each, as `PERSON/PHOTO` sub-folders (the folder
-  `bench_judge.py` calibrates on): `PORTRAITKIT_PEOPLE=FOLDER` runs the tests below that need
-  them. No such set ships with a clean licence yet (README, "The likeness judge"), so without
-  the variable they are skipped and say why.
+  `bench_judge.py` calibrates on): `PORTRAITKIT_PEOPLE=FOLDER`, or such a folder placed at
+  ../shared/people beside the project, runs the tests below that need them. No such set ships
+  with a clean licence yet (README, "The likeness judge"), so without one they are skipped and
+  say why.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from PIL import Image
 from portraitkit.faces.likeness import likeness_band, likeness_distances
 from portraitkit.faces.photograph import compare, fingerprint, same_photograph
 
-PEOPLE = os.environ.get("PORTRAITKIT_PEOPLE")
-needs_people = pytest.mark.skipif(not PEOPLE, reason="real photos of several people (PORTRAITKIT_PEOPLE=FOLDER of PERSON/PHOTO) "
-                                  "are not here: no licence-clean set ships yet")
+# PORTRAITKIT_PEOPLE, else a set placed in shared/people beside the project (CI has a copy of shared/).
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "people"
+PEOPLE = os.environ.get("PORTRAITKIT_PEOPLE") or (str(_SHARED) if _SHARED.is_dir() else None)
+needs_people = pytest.mark.skipif(not PEOPLE, reason="real photos of several people (PORTRAITKIT_PEOPLE=FOLDER of PERSON/PHOTO, "
+                                  "or ../shared/people) are not here: no licence-clean set ships yet")
 
 
 def people() -> dict[str, list[Path]]:
