@@ -72,14 +72,12 @@ def run_as_on_zen4(args: list[str], tmp_path, **env) -> tuple[subprocess.Complet
 
 
 def test_the_hub_kernel_path_is_reached_here_and_taken_only_when_asked(tmp_path):
-    """The forcing works on this CPU, whatever it is (so the demo's test below sees what a Zen 4
-    sees), and bitsandbytes asks for its Hub kernel only with PORTRAITKIT_HUB_KERNELS=1."""
+    """The forcing works on this CPU, whatever it is: with PORTRAITKIT_HUB_KERNELS=1 bitsandbytes
+    asks for its Hub kernel, so the demo's test below, which asserts that nothing was asked without
+    it (diffusers importing bitsandbytes there), sees what a Zen 4 sees."""
     pytest.importorskip("kernels")
-    code = "import portraitkit, diffusers, bitsandbytes"
-    _, asked = run_as_on_zen4(["-c", code], tmp_path, PORTRAITKIT_HUB_KERNELS="1")
+    _, asked = run_as_on_zen4(["-c", "import portraitkit, bitsandbytes"], tmp_path, PORTRAITKIT_HUB_KERNELS="1")
     assert asked["kernels"] == ["kernels-community/quantization-bitsandbytes"]
-    done, kept = run_as_on_zen4(["-c", code], tmp_path)
-    assert done.returncode == 0 and kept == {"hosts": [], "kernels": []} and done.stderr.strip() == "", done.stderr
 
 
 def test_demo_runs_every_stage_and_reports_them(tmp_path, umask_022, private_paths, capsys):
