@@ -29,6 +29,7 @@ import numpy as np
 from portraitkit.core.errors import PortraitkitError
 from portraitkit.core.files import save_image, write_json
 from portraitkit.faces.likeness import LikenessBand, likeness_band, likeness_distances
+from portraitkit.faces.photos import PixelMemo
 from portraitkit.faces.proportions import Proportions
 from portraitkit.pick.copies import TrainingPhotos
 
@@ -293,12 +294,12 @@ def person_proportions_of(folder: Path, images: list) -> Proportions | None:
             pass  # a damaged report: measure the photos themselves
     from portraitkit.faces.photos import pixels_key
 
-    key = pixels_key(*images)  # validation asks at every validated step: measured once
-    if key not in _PROPORTIONS:
+    def measured() -> Proportions | None:
         faces = [found[0] for found in map(detect_faces, images) if found]
-        _PROPORTIONS[key] = person_proportions([measure(f.landmarks) for f in faces if not_measured(f) is None],
-                                               "the reference photos as taken (no camera distances known)")
-    return _PROPORTIONS[key]
+        return person_proportions([measure(f.landmarks) for f in faces if not_measured(f) is None],
+                                  "the reference photos as taken (no camera distances known)")
+
+    return _PROPORTIONS.get(pixels_key(*images), measured)  # validation asks at every validated step: measured once
 
 
 def _rounded(value: float | None) -> float | None:
@@ -307,8 +308,8 @@ def _rounded(value: float | None) -> float | None:
 
 # Reference embeddings by the pixels they came from: training's validation scores every step
 # against the same training images, which need embedding only once per process.
-_EMBEDDINGS: dict[str, np.ndarray] = {}
-_PROPORTIONS: dict[str, Proportions | None] = {}  # the same for proportions measured on reference images
+_EMBEDDINGS = PixelMemo(16)
+_PROPORTIONS = PixelMemo(16)  # the same for proportions measured on reference images
 
 
 def reference_embeddings(images: list) -> np.ndarray:
@@ -316,15 +317,15 @@ def reference_embeddings(images: list) -> np.ndarray:
     from portraitkit.faces.detect import detect_faces, face_embedding
     from portraitkit.faces.photos import pixels_key
 
-    key = pixels_key(*images)
-    if key not in _EMBEDDINGS:
+    def embedded() -> np.ndarray:
         rows = []
         for image in images:
             found = detect_faces(image.convert("RGB"))
             if found:
                 rows.append(face_embedding(image.convert("RGB"), found[0]))
-        _EMBEDDINGS[key] = np.array(rows, dtype=np.float64).reshape(-1, 128)
-    return _EMBEDDINGS[key]
+        return np.array(rows, dtype=np.float64).reshape(-1, 128)
+
+    return _EMBEDDINGS.get(pixels_key(*images), embedded)
 
 
 def band_line(ranking: list[dict], band: LikenessBand) -> str:
