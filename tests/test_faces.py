@@ -163,3 +163,25 @@ def test_the_embedding_can_be_aligned_by_the_commercially_usable_5_point_model(s
     assert identity_distance(face_embedding(image, face), five) < 0.2
     face.landmarks = face.landmarks * 0  # landmarks gone: the 5-point alignment does not need them
     assert np.allclose(face_embedding(image, face, alignment="5"), five)
+
+
+def test_faces_are_found_once_per_picture_and_each_caller_gets_its_own(hopper, monkeypatch):
+    """A picture met again (prep run again in a notebook, pick and validation meeting the training
+    photos) is not searched again; changing what one caller got changes nothing for the next; the
+    memory is bounded, least recently asked first out."""
+    searches = []
+    real = detect._detect
+    monkeypatch.setattr(detect, "_detect", lambda pixels: searches.append(1) or real(pixels))
+    monkeypatch.setattr(detect, "_FOUND", PixelMemo(2))
+    (first,) = detect_faces(hopper)
+    first.landmarks[:] = 0  # a caller's own business
+    (again,) = detect_faces(hopper.copy())  # the same pixels, another object
+    assert len(searches) == 1 and again.landmarks.any() and again.box == first.box
+    mirrored = hopper.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    detect_faces(mirrored)
+    detect_faces(hopper)  # asked again: now the most recent
+    detect_faces(hopper.resize((256, 300)))  # a third picture: the mirror image, asked least recently, goes
+    detect_faces(hopper)
+    assert len(searches) == 3
+    detect_faces(mirrored)
+    assert len(searches) == 4
