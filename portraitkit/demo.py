@@ -26,7 +26,7 @@ from pathlib import Path
 
 from portraitkit.models import families
 from portraitkit.core.errors import PortraitkitError
-from portraitkit.core.files import check_writable, write_json, write_text
+from portraitkit.core.files import atomic_path, check_writable, write_json, write_text
 from portraitkit.core.settings import check_at_least, setting
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -237,6 +237,15 @@ td, th { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-al
 """
 
 
+def _worked_example(out: Path) -> str:
+    """The worked example's figure beside the report (its path from the report)."""
+    from portraitkit.train import likeness_example
+
+    with atomic_path(out / "likeness_worked_example.png") as tmp:
+        likeness_example.figure().savefig(tmp)
+    return "likeness_worked_example.png"
+
+
 def _e(value) -> str:
     return html.escape(str(value))
 
@@ -317,6 +326,15 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
                   f"faces, lower is more alike).{where} {best} The final output is <code>run/{_e(identity['final_lora'])}</code>.</p>",
                   _img("run/likeness.png", "likeness curve"),
                   _table(["step", "faces found", "in your band", "likeness", "note"], rows)]
+        if settings.tiny:  # noise has no face to judge: what the curve shows when the renders are faces
+            from portraitkit.train import likeness_example
+
+            parts += ["<h3>A likeness curve with faces: a worked example</h3>",
+                      "<p>The tiny base draws no faces, so its curve above is empty. This one was measured on real photos of "
+                      "one person (notebook 04 draws it too): no LoRA was trained, each step's renders are real photos scored "
+                      "by validation's own code.</p>",
+                      _img(_worked_example(out), "likeness curve of the worked example"),
+                      "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in likeness_example.lines()) + "</ul>"]
 
     # 3. sample
     parts += ["<h2>3. Styled portraits</h2>",

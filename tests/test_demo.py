@@ -124,6 +124,8 @@ def test_demo_runs_every_stage_and_reports_them(tmp_path, umask_022, private_pat
     html = (out / "report.html").read_text()
     for heading in ["1. Photos", "2. Training", "3. Styled portraits", "4. Ranking", "tiny-sd"]:
         assert heading in html
+    # beside the toy run's empty likeness curve, the worked example measured on real photos, drawn and read
+    assert "likeness_worked_example.png" in html and "kept as best/" in html and "give a training photo back" in html
     links = re.findall(r'(?:src|href)="?([^" >]+)', html)
     assert links and all(not link.startswith(("/", "http")) and (out / link).is_file() for link in links)
     seconds = json.loads((out / "demo.json").read_text())["seconds"]
