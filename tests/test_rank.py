@@ -211,3 +211,19 @@ def test_picks_sheet_shows_phone_photos_upright(tmp_path, reference_dir, samples
     row = {"file": "phone.jpg", "rank": 1, "score": 0.9, "identity_distance": 0.2}
     turned, straight = (np.asarray(picks_sheet(folder, [row]), dtype=float) for folder in (sideways, upright))
     assert np.abs(turned - straight).mean() < 2  # the same picture, give or take JPEG re-saving
+
+
+def test_the_picks_sheet_marks_a_copy_of_a_training_photo_whatever_its_zone(tmp_path, samples_dir):
+    """A portrait that gives a training photo back reads "a copy" in red on the sheet (and in the
+    picks panel, which shows the same label), not "you"."""
+    from portraitkit.pick.likeness import CAPTION, CELL, likeness_label, picks_sheet
+
+    shutil.copy(samples_dir / "hopper.jpg", tmp_path / "portrait.jpg")
+    row = {"file": "portrait.jpg", "rank": 1, "score": 0.4, "identity_distance": 0.3, "likeness": "you"}
+
+    def red_in_caption(**extra) -> int:
+        caption = np.asarray(picks_sheet(tmp_path, [{**row, **extra}]), dtype=int)[CELL - CAPTION:CELL]
+        return int(((caption[..., 0] > 120) & (caption[..., 1] < 80)).sum())
+
+    assert red_in_caption(copies="hopper.png") > 50 and red_in_caption() == 0
+    assert likeness_label({**row, "copies": "hopper.png"}) == "likeness 0.30 (a copy)" and likeness_label(row).endswith("(you)")

@@ -371,6 +371,14 @@ CELL = 300  # picks-sheet cell: a 254 px picture (enough to judge a face) over t
 CAPTION = 46
 
 
+def likeness_label(row: dict) -> str:
+    """A ranking row's likeness and its zone in words, as the sheet and the picks panel show it: a
+    training photo given back says "a copy", whichever zone its distance is in."""
+    if row.get("identity_distance") is None:
+        return "not judged"
+    return f"likeness {row['identity_distance']:.2f} ({'a copy' if row.get('copies') else row.get('likeness') or '?'})"
+
+
 def picks_sheet(images_dir: Path, rows: list[dict]):
     """The top images with their rank, score and likeness (with its zone) written under each."""
     from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -389,11 +397,11 @@ def picks_sheet(images_dir: Path, rows: list[dict]):
             tile.paste(ImageOps.pad(image, (CELL, CELL - CAPTION), method=method, color="white"))
         except PortraitkitError:
             pass  # unreadable: its reason is in ranking.json, the caption still shows its place
-        identity = ("not judged" if row["identity_distance"] is None
-                    else f"likeness {row['identity_distance']:.2f} ({row.get('likeness') or '?'})")
+        identity = likeness_label(row)
         name = row["file"] if len(row["file"]) <= 34 else row["file"][:16] + "..." + row["file"][-15:]
         draw = ImageDraw.Draw(tile)
-        draw.text((6, CELL - CAPTION + 5), f"#{row['rank']}  score {row['score']:.2f}  {identity}", fill="black", font=font)
+        draw.text((6, CELL - CAPTION + 5), f"#{row['rank']}  score {row['score']:.2f}  {identity}",
+                  fill="firebrick" if row.get("copies") else "black", font=font)  # a copy in red
         draw.text((6, CELL - CAPTION + 24), name, fill="dimgray", font=font)
         tiles.append(tile)
     return image_grid(tiles, columns=min(4, len(tiles)))

@@ -77,8 +77,11 @@ class PicksPanel(Panel):
 def _score_html(row: dict) -> str:
     import html
 
-    distance = row.get("identity_distance")
-    likeness = "not judged" if distance is None else f"likeness {distance:.2f} ({row.get('likeness') or '?'})"
+    from portraitkit.pick.likeness import likeness_label
+
+    likeness = likeness_label(row)
+    if row.get("copies"):
+        likeness = f"<span style='color:firebrick'>{likeness}</span>"
     reasons = ", ".join(row.get("reasons") or [])
     text = f"{file_name_html(row['file'])}<b>#{row.get('rank')}</b> · score {row.get('score', 0):.2f}<br>{likeness}"
     if reasons:
