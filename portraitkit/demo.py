@@ -237,15 +237,6 @@ td, th { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-al
 """
 
 
-def _worked_example(out: Path) -> str:
-    """The worked example's figure beside the report (its path from the report)."""
-    from portraitkit.train import likeness_example
-
-    with atomic_path(out / "likeness_worked_example.png") as tmp:
-        likeness_example.figure().savefig(tmp)
-    return "likeness_worked_example.png"
-
-
 def _e(value) -> str:
     return html.escape(str(value))
 
@@ -329,11 +320,13 @@ def write_report(out: Path, config: DemoConfig, settings: Plan, seconds: dict[st
         if settings.tiny:  # noise has no face to judge: what the curve shows when the renders are faces
             from portraitkit.train import likeness_example
 
+            with atomic_path(out / "likeness_worked_example.png") as tmp:
+                likeness_example.figure().savefig(tmp)
             parts += ["<h3>A likeness curve with faces: a worked example</h3>",
                       "<p>The tiny base draws no faces, so its curve above is empty. This one was measured on real photos of "
                       "one person (notebook 04 draws it too): no LoRA was trained, each step's renders are real photos scored "
                       "by validation's own code.</p>",
-                      _img(_worked_example(out), "likeness curve of the worked example"),
+                      _img("likeness_worked_example.png", "likeness curve of the worked example"),
                       "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in likeness_example.lines()) + "</ul>"]
 
     # 3. sample
