@@ -176,7 +176,8 @@ def run_lens(args) -> int:
     import json
     import math
 
-    from portraitkit.teach.lens import distortion, ward_change_pct
+    from portraitkit.teach.lens import distortion
+    from portraitkit.teach.lens_published import ward_change_pct
 
     if not args.reference_cm > 0:
         raise PortraitkitError(f"--reference-cm must be positive (or inf), got {args.reference_cm}.")

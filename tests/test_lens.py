@@ -12,6 +12,7 @@ from PIL import Image
 from portraitkit import cli
 
 from portraitkit.teach import lens
+from portraitkit.teach import lens_published
 
 from portraitkit.teach import lens_plots
 
@@ -68,7 +69,7 @@ def test_edge_stretch_grows_with_field_of_view_and_follows_one_over_cosine():
 
 
 def test_published_comparison_is_computed_not_copied():
-    rows = lens.compare_with_published()
+    rows = lens_published.compare_with_published()
     assert {r["source"] for r in rows} == {"Ward et al. 2018", "Pressler et al. 2022"}
     for row in rows:
         assert row["difference_pct_points"] == pytest.approx(row["model_pct"] - row["published_pct"], abs=0.11)
@@ -82,9 +83,9 @@ def test_published_comparison_is_computed_not_copied():
 @pytest.mark.parametrize("sex, published", [("men", 30.0), ("women", 29.0)])
 def test_ward_parallel_planes_reproduce_ward_from_niosh_inputs(sex, published):
     # Ward et al. 2018 (JAMA Facial Plast Surg): +30% men, +29% women at 12 in against infinity
-    assert lens.ward_change_pct(30.5, sex) == pytest.approx(published, abs=1.5)
+    assert lens_published.ward_change_pct(30.5, sex) == pytest.approx(published, abs=1.5)
     # "at 5 ft essentially no difference from infinity" (same letter): a few per cent at most
-    assert lens.ward_change_pct(152.4, sex) < 7
+    assert lens_published.ward_change_pct(152.4, sex) < 7
     # and the nasal tip's ~7%: the tip plane against the nasal base, p / D
     assert 100 * lens.NOSE_PROTRUSION_CM[0] / 30.5 == pytest.approx(7, abs=1)
 
@@ -92,11 +93,11 @@ def test_ward_parallel_planes_reproduce_ward_from_niosh_inputs(sex, published):
 @pytest.mark.parametrize("sex", ["men", "women"])
 def test_head_model_against_infinity_sits_between_its_own_two_plane_bounds(sex):
     head = lens.Head(sex)
-    low, high = lens.head_plane_bounds(30.5, head)
+    low, high = lens_published.head_plane_bounds(30.5, head)
     change = lens.distortion(30.5, math.inf, head=head).nose_to_face_width
     assert low < change < high
     assert 15 < change < 30  # below Ward's 29-30%: the outline moves forward up close
-    steps = dict(lens.ward_breakdown(30.5, sex))
+    steps = dict(lens_published.ward_breakdown(30.5, sex))
     assert list(steps.values())[-1] == pytest.approx(change)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from portraitkit.faces.proportions import FACE_WIDTH, NOSE_WIDTH
-from portraitkit.teach.lens import DEFAULT_FOCAL_MM, PUBLISHED, REFERENCE_CM, Head, camera_at, distortion, ward_change_pct
+from portraitkit.teach.lens import DEFAULT_FOCAL_MM, REFERENCE_CM, Head, camera_at, distortion
+from portraitkit.teach.lens_published import PUBLISHED, ward_change_pct
 
 
 def face_drawing(head: Head, camera) -> dict[str, np.ndarray]:
