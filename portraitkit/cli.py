@@ -317,7 +317,8 @@ def add_pick(subparsers) -> None:
 def run_pick(args) -> int:
     from pathlib import Path
 
-    from portraitkit.pick.likeness import PICKS_SHEET, RANKING_FILE, IdentityScorer, band_line, rank_images, ranking_lines
+    from portraitkit.pick.likeness import PICKS_SHEET, RANKING_FILE, IdentityScorer, rank_images
+    from portraitkit.pick.report import band_line, ranking_lines
 
     check_writable(args.images_dir, "IMAGES_DIR (where ranking.json and picks.png go)")
     scorer = IdentityScorer.from_folder(args.reference)

@@ -202,7 +202,7 @@ def test_exposure_is_judged_as_prep_judges_it(tmp_path, reference_dir, samples_d
 
 def test_picks_sheet_shows_phone_photos_upright(tmp_path, reference_dir, samples_dir):
     from portraitkit.faces.photos import open_photo
-    from portraitkit.pick.likeness import picks_sheet
+    from portraitkit.pick.report import picks_sheet
 
     sideways, upright = tmp_path / "sideways", tmp_path / "upright"
     sideways.mkdir(), upright.mkdir()
@@ -216,7 +216,7 @@ def test_picks_sheet_shows_phone_photos_upright(tmp_path, reference_dir, samples
 def test_the_picks_sheet_marks_a_copy_of_a_training_photo_whatever_its_zone(tmp_path, samples_dir):
     """A portrait that gives a training photo back reads "a copy" in red on the sheet (and in the
     picks panel, which shows the same label), not "you"."""
-    from portraitkit.pick.likeness import CAPTION, CELL, likeness_label, picks_sheet
+    from portraitkit.pick.report import CAPTION, CELL, likeness_label, picks_sheet
 
     shutil.copy(samples_dir / "hopper.jpg", tmp_path / "portrait.jpg")
     row = {"file": "portrait.jpg", "rank": 1, "score": 0.4, "identity_distance": 0.3, "likeness": "you"}

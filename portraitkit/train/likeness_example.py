@@ -32,7 +32,7 @@ def lines(record: dict | None = None) -> list[str]:
     what validation made of them; then what it was measured on."""
     import textwrap
 
-    from portraitkit.pick.likeness import WIDTH
+    from portraitkit.pick.report import WIDTH
 
     record = record or load()
     script = record["worked_example"]["script"]

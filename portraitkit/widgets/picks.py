@@ -77,7 +77,7 @@ class PicksPanel(Panel):
 def _score_html(row: dict) -> str:
     import html
 
-    from portraitkit.pick.likeness import likeness_label
+    from portraitkit.pick.report import likeness_label
 
     likeness = likeness_label(row)
     if row.get("copies"):
