@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from portraitkit.faces.detect import detect_faces
-from portraitkit.teach import degrade, diagnose
+from portraitkit.teach import colour, degrade, diagnose
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def face_gray(image: Image.Image, face) -> np.ndarray:
     """The face region in 8-bit luma as diagnose measures its blur."""
     region = image.crop(diagnose.face_region(image.size, face))
     region.thumbnail((diagnose.BLUR_SCALE, diagnose.BLUR_SCALE), Image.Resampling.LANCZOS)
-    return diagnose.luma(diagnose.to_array(region)).astype(np.float64) * 255.0
+    return colour.luma(colour.to_array(region)).astype(np.float64) * 255.0
 
 
 def crossing(sigmas: np.ndarray, scores: np.ndarray, limit: float) -> float:
@@ -75,7 +75,7 @@ def test_blur_limit_means_the_same_gaussian_blur_as_before(faces):
 
 def textbook_lab(rgb: np.ndarray) -> np.ndarray:
     """CIE 1976 L*a*b* of gamma-encoded sRGB, D65 (IEC 61966-2-1's matrix, rounded to 4 digits)."""
-    xyz = diagnose.srgb_to_linear(rgb.astype(np.float64)) @ np.array(
+    xyz = colour.srgb_to_linear(rgb.astype(np.float64)) @ np.array(
         [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T / [0.95047, 1.0, 1.08883]
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
@@ -87,14 +87,14 @@ def test_rgb2lab_is_the_textbook_conversion_within_a_fiftieth_of_a_just_noticeab
     from skimage.color import rgb2lab
 
     for name in ("hopper.jpg", "astronaut.jpg", "coffee.jpg"):
-        rgb = diagnose.to_array(Image.open(samples_dir / name))
+        rgb = colour.to_array(Image.open(samples_dir / name))
         assert np.abs(rgb2lab(rgb) - textbook_lab(rgb)).max() < 0.05, name
 
 
 def test_the_colour_cast_is_measured_in_the_libraries_cielab(faces):
     """The cast's chroma is the light's a*, b* from rgb2lab: a warm cast reads warm, and by the amount the textbook gives."""
     image, _ = faces["hopper.jpg"]
-    cast = diagnose.measure_color_cast(diagnose.to_array(degrade.add_color_cast(image, 0.6, "tungsten")))
+    cast = diagnose.measure_color_cast(colour.to_array(degrade.add_color_cast(image, 0.6, "tungsten")))
     assert cast.detail["direction"].startswith("warm") and cast.score > 8
     assert np.hypot(cast.detail["a"], cast.detail["b"]) == pytest.approx(cast.score)
 

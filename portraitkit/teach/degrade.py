@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from portraitkit.teach.diagnose import LUMINANCE, linear_to_srgb, srgb_to_linear, to_array, to_image
+from portraitkit.teach.colour import LUMINANCE, linear_to_srgb, srgb_to_linear, to_array, to_image
 from portraitkit.core.errors import PortraitkitError
 
 if TYPE_CHECKING:
