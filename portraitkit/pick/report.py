@@ -5,6 +5,7 @@ marked as a copy, in red).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from portraitkit.core.errors import PortraitkitError
@@ -24,8 +25,6 @@ def band_line(ranking: list[dict], band: LikenessBand) -> str:
     unjudged = sum(row.get("likeness") is None for row in ranking)
     if unjudged:
         said.append(f"{unjudged} not judged (no face, or turned too far)")
-    import textwrap
-
     return textwrap.fill(", ".join(said) + f". Your own new photos land within {band.you_within:.2f} of the centre of your "
                          f"photos (closer than {band.copying_below:.2f} is copying), other people beyond "
                          f"{band.someone_else_beyond:.2f}.", WIDTH)
@@ -37,8 +36,6 @@ WIDTH = 100  # printed text wraps at words here: a notebook's output area breaks
 def ranking_lines(ranking: list[dict], top: int) -> list[str]:
     """The first `top` rows of a ranking as text, one entry per portrait: rank, score, likeness,
     file, why (wrapped at words, continued indented)."""
-    import textwrap
-
     lines = []
     for row in ranking[:top]:
         distance = "not judged" if row["identity_distance"] is None else f"likeness {row['identity_distance']:.2f}"
